@@ -1,0 +1,2 @@
+//! Placeholder: the engine is being written.
+pub struct Core;

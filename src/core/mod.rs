@@ -1,0 +1,110 @@
+//! The pure decision engine. It never does I/O and never reads a clock:
+//! `handle(now, Event) -> Vec<Action>` and `next_deadline()`. `now` is the
+//! time since the daemon started (monotonic), passed in by the caller.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::Family;
+use crate::status::Change;
+
+mod engine;
+pub use engine::Core;
+
+/// Index of an uplink in `Config::uplinks` (0 = primary).
+pub type UplinkId = usize;
+
+/// Monotonic time since the daemon started.
+pub type Now = Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarrierSource {
+    /// The RTM_GETLINK poll loop.
+    Poll,
+    /// An rtnetlink multicast event or dump.
+    Netlink,
+}
+
+impl CarrierSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            CarrierSource::Poll => "poll",
+            CarrierSource::Netlink => "netlink",
+        }
+    }
+}
+
+/// What the kernel's managed default route of one family points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteVia {
+    /// No default route at the managed metric.
+    Absent,
+    /// Via this uplink's gateway and interface.
+    Uplink(UplinkId),
+    /// Something else (another gateway or interface).
+    Foreign(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Gateway,
+    /// Index into `Config::transits`.
+    Transit(usize),
+}
+
+/// A probe the core wants sent: one ICMP echo through `uplink` to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub id: ProbeId,
+    pub uplink: UplinkId,
+    pub family: Family,
+    pub kind: ProbeKind,
+    pub target: IpAddr,
+    /// Report `Timeout` if no valid reply within this.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeOutcome {
+    Reply { rtt: Duration },
+    Timeout,
+    /// Could not send (e.g. no route, interface gone). Counts as a miss.
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Live carrier of an uplink's interface. `present: false` = interface missing.
+    Carrier {
+        uplink: UplinkId,
+        up: bool,
+        present: bool,
+        source: CarrierSource,
+    },
+    /// The result of a probe the core asked for.
+    ProbeDone { id: ProbeId, outcome: ProbeOutcome },
+    /// The kernel's managed default route of a family, as dumped or as changed.
+    DefaultRoute { family: Family, via: RouteVia },
+    /// Operator control: drain / undrain an uplink.
+    Drain { uplink: UplinkId, drained: bool },
+    /// Operator control: forget probe verdict timers and probe everything now.
+    Reprobe,
+    /// A deadline passed.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this probe; answer with `Event::ProbeDone`.
+    Probe(ProbeRequest),
+    /// Replace the managed default route of `family` so it goes via `uplink`.
+    SetDefaultRoute { family: Family, uplink: UplinkId },
+    /// Drop the uplink's neighbour entries of this family so senders blocked
+    /// on an unresolved dead gateway resume at once.
+    FlushNeighbours { uplink: UplinkId, family: Family },
+    /// A state change to log and publish.
+    Report(Change),
+}

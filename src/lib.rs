@@ -1,0 +1,8 @@
+//! uplinkd: keeps a server's default route (and bond member) on a healthy uplink.
+//!
+//! Shape: a pure [`core`] between thin adapters ([`netlink`], [`probe`],
+//! [`api`]), joined by one event loop in [`daemon`].
+
+pub mod config;
+pub mod core;
+pub mod status;

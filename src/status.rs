@@ -1,0 +1,190 @@
+//! The one status type: what the core publishes, the socket serves,
+//! `uplinkctl` prints and the tests assert on. Keep it stable: fields are
+//! only ever added.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Snapshot of everything the agent knows and decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Which uplink carries each family's default route (uplink name, or null).
+    pub active: PerFamily<Option<String>>,
+    /// True while no uplink of that family is healthy and the agent keeps the
+    /// current route ("fail static").
+    pub fail_static: PerFamily<bool>,
+    /// True once the agent has made its first decision for every family.
+    pub decided: bool,
+    pub uplinks: Vec<UplinkStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerFamily<T> {
+    pub ipv4: T,
+    pub ipv6: T,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkState {
+    /// Not enough evidence yet (just started).
+    Unknown,
+    /// Usable for every family it has a gateway for.
+    Healthy,
+    /// Usable for some families, not for others.
+    Degraded,
+    /// Usable for no family.
+    Unhealthy,
+}
+
+/// Why an uplink (or one family of it) is not usable. A failure is a set of
+/// these, never a flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// The interface has no carrier (or is administratively down / missing).
+    Carrier,
+    /// The gateway of this family stopped answering.
+    Gateway { family: String },
+    /// Too many transits unreachable through this uplink while reachable
+    /// through another.
+    Quorum {
+        family: String,
+        unreachable: Vec<String>,
+    },
+    /// Held down after repeated flaps.
+    Damped { remaining_ms: u64 },
+    /// Drained by an operator.
+    Drained,
+    /// The interface does not exist (yet).
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub interface: String,
+    pub state: UplinkState,
+    pub carrier: bool,
+    pub drained: bool,
+    /// Union of the reasons of every family.
+    pub reasons: Vec<Reason>,
+    /// Failures (healthy -> unhealthy) counted for damping in the current window.
+    pub flaps: u32,
+    /// Remaining hold-down, if damped.
+    pub damped_ms: Option<u64>,
+    pub families: PerFamily<Option<FamilyStatus>>,
+    /// Gateway probe state per family (null when the uplink has no gateway of that family).
+    pub gateway: PerFamily<Option<TargetStatus>>,
+    /// One entry per transit target of every family, probed through this uplink.
+    pub transits: Vec<TransitStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyStatus {
+    pub state: UplinkState,
+    pub reasons: Vec<Reason>,
+    /// How long the uplink has been continuously usable for this family.
+    pub healthy_for_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub address: IpAddr,
+    /// None until the first verdict.
+    pub reachable: Option<bool>,
+    /// Smoothed round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// Fraction of the recent probes that got no reply.
+    pub loss: f64,
+    pub last_reply_ms_ago: Option<u64>,
+    /// Probes sent since the last reply that went unanswered.
+    pub misses: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitStatus {
+    pub name: String,
+    pub family: String,
+    pub target: IpAddr,
+    pub reachable: Option<bool>,
+    pub rtt_ms: Option<f64>,
+    pub loss: f64,
+}
+
+/// One state change, as logged and as sent on the event stream. The daemon
+/// adds `seq` and `time` when it publishes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// The uplink carrying a family changed.
+    ActiveChanged {
+        family: String,
+        from: Option<String>,
+        to: Option<String>,
+        reason: String,
+    },
+    /// An uplink's usability for a family changed.
+    UplinkHealth {
+        uplink: String,
+        family: String,
+        state: UplinkState,
+        reasons: Vec<Reason>,
+        evidence: String,
+    },
+    Carrier {
+        uplink: String,
+        up: bool,
+        source: String,
+    },
+    Gateway {
+        uplink: String,
+        family: String,
+        address: IpAddr,
+        reachable: bool,
+        evidence: String,
+    },
+    Transit {
+        uplink: String,
+        transit: String,
+        target: IpAddr,
+        reachable: bool,
+        evidence: String,
+    },
+    FailStatic {
+        family: String,
+        active: bool,
+        evidence: String,
+    },
+    Damped {
+        uplink: String,
+        hold_ms: u64,
+        flaps: u32,
+    },
+    Drained {
+        uplink: String,
+        drained: bool,
+    },
+    /// Somebody else changed or deleted a managed route; the agent put it back.
+    RouteRestored {
+        family: String,
+        uplink: String,
+        found: String,
+    },
+    /// The route was adopted as found at start.
+    Adopted {
+        family: String,
+        uplink: Option<String>,
+    },
+}
+
+/// A published change: what goes on the wire and into the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// RFC 3339 wall-clock time.
+    pub time: String,
+    #[serde(flatten)]
+    pub change: Change,
+}
