@@ -6,3 +6,8 @@
 pub mod config;
 pub mod core;
 pub mod status;
+pub mod api;
+pub mod daemon;
+pub mod lab;
+pub mod netlink;
+pub mod probe;
