@@ -1,0 +1,747 @@
+//! Config parsing and validation: the shipped example, the key list, and
+//! every class of error with its location.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use uplinkd::config::{
+    known_keys, AgentConfig, Config, ConfigError, ConfigErrors, DampingConfig, PolicyConfig,
+    ProbeConfig,
+};
+
+const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/uplinkd.toml");
+
+fn example_text() -> String {
+    std::fs::read_to_string(EXAMPLE_PATH).expect("read config/uplinkd.toml")
+}
+
+/// Every leaf key of the typed config, dotted; `uplink.x` / `transit.x` are
+/// keys of each `[[uplink]]` / `[[transit]]`. Maintained by hand on purpose:
+/// adding a key to the parser without adding it here (and to the example)
+/// fails `key_list_matches_parser`.
+const KEYS: &[&str] = &[
+    "agent.socket",
+    "agent.socket_group",
+    "agent.route_metric",
+    "agent.kernel_fallback",
+    "agent.table_base",
+    "agent.fwmark_base",
+    "agent.rule_priority",
+    "policy.failback_after",
+    "policy.quorum",
+    "policy.damping.threshold",
+    "policy.damping.window",
+    "policy.damping.hold",
+    "policy.damping.max_hold",
+    "probe.carrier_interval",
+    "probe.gateway_interval",
+    "probe.gateway_fast_interval",
+    "probe.gateway_dead_after",
+    "probe.gateway_min_misses",
+    "probe.gateway_rise",
+    "probe.gateway_timeout",
+    "probe.transit_interval",
+    "probe.transit_fast_interval",
+    "probe.transit_timeout",
+    "probe.transit_fall",
+    "probe.transit_rise",
+    "uplink.name",
+    "uplink.interface",
+    "uplink.gateway4",
+    "uplink.gateway6",
+    "transit.name",
+    "transit.targets",
+];
+
+/// A minimal valid config: the sections every file needs.
+const MINIMAL_UPLINKS: &str = r#"
+[[uplink]]
+name = "primary"
+interface = "eth0"
+gateway4 = "192.0.2.1"
+gateway6 = "2001:db8:1::1"
+
+[[uplink]]
+name = "secondary"
+interface = "eth1"
+gateway4 = "198.51.100.1"
+"#;
+const MINIMAL_TRANSITS: &str = r#"
+[[transit]]
+name = "transit-a"
+targets = ["203.0.113.1", "2001:db8:ff::1"]
+"#;
+
+fn minimal() -> String {
+    format!("{MINIMAL_UPLINKS}{MINIMAL_TRANSITS}")
+}
+
+fn errors(text: &str) -> ConfigErrors {
+    match Config::parse(text, "test.toml") {
+        Ok(c) => panic!("expected errors, parsed {c:#?}"),
+        Err(e) => e,
+    }
+}
+
+/// The single error for `key`, failing loudly otherwise.
+fn error_for<'a>(errs: &'a ConfigErrors, key: &str) -> &'a ConfigError {
+    let found: Vec<_> = errs.iter().filter(|e| e.key == key).collect();
+    assert_eq!(found.len(), 1, "expected one error for {key}, got:\n{errs}");
+    found[0]
+}
+
+/// 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in text"))
+        + 1
+}
+
+#[test]
+fn example_parses_with_documented_defaults() {
+    let c = Config::load(Path::new(EXAMPLE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent, AgentConfig::default());
+    assert_eq!(
+        c.agent,
+        AgentConfig {
+            socket: PathBuf::from("/run/uplinkd/uplinkd.sock"),
+            socket_group: None,
+            route_metric: 10,
+            kernel_fallback: true,
+            table_base: 1000,
+            fwmark_base: 1000,
+            rule_priority: 1000,
+        }
+    );
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    assert_eq!(
+        c.policy,
+        PolicyConfig {
+            failback_after: s(30),
+            quorum: 2, // ceil(4 / 2)
+            damping: DampingConfig {
+                threshold: 3,
+                window: s(600),
+                hold: s(60),
+                max_hold: s(600),
+            },
+        }
+    );
+    assert_eq!(c.policy.damping, DampingConfig::default());
+    assert_eq!(
+        c.probe,
+        ProbeConfig {
+            carrier_interval: ms(1),
+            gateway_interval: ms(20),
+            gateway_fast_interval: ms(5),
+            gateway_dead_after: ms(60),
+            gateway_min_misses: 5,
+            gateway_rise: 3,
+            gateway_timeout: ms(10),
+            transit_interval: s(1),
+            transit_fast_interval: ms(50),
+            transit_timeout: ms(200),
+            transit_fall: 4,
+            transit_rise: 2,
+        }
+    );
+    assert_eq!(c.probe, ProbeConfig::default());
+    assert_eq!(c.uplinks.len(), 2);
+    assert_eq!(c.uplinks[0].name, "primary");
+    assert_eq!(c.uplinks[0].interface, "eth0");
+    assert_eq!(c.uplinks[0].gateway4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+    assert_eq!(
+        c.uplinks[0].gateway6,
+        Some("2001:db8:1::1".parse::<Ipv6Addr>().unwrap())
+    );
+    assert_eq!(c.uplinks[1].name, "secondary");
+    assert_eq!(c.transits.len(), 4);
+    for t in &c.transits {
+        assert!(t.targets.iter().any(IpAddr::is_ipv4), "{t:?}");
+        assert!(t.targets.iter().any(IpAddr::is_ipv6), "{t:?}");
+    }
+}
+
+/// Defaults apply to everything left out; the example spelling them out
+/// yields the same config as a file that omits them.
+#[test]
+fn omitted_sections_take_defaults() {
+    let c = Config::parse(&minimal(), "min.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent, AgentConfig::default());
+    assert_eq!(c.probe, ProbeConfig::default());
+    assert_eq!(c.policy.damping, DampingConfig::default());
+    assert_eq!(c.policy.failback_after, Duration::from_secs(30));
+    assert_eq!(c.policy.quorum, 1);
+    assert_eq!(c.uplinks[1].gateway6, None);
+
+    // The example's uplinks and transits with no settings at all give the
+    // same config as the example: it spells out exactly the defaults.
+    let example = Config::load(Path::new(EXAMPLE_PATH)).unwrap();
+    let text = example_text();
+    let tail = &text[text.find("\n[[uplink]]").unwrap()..];
+    let bare = Config::parse(tail, "bare.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bare, example);
+}
+
+#[test]
+fn default_quorum_is_half_rounded_up() {
+    assert_eq!(PolicyConfig::default_quorum(1), 1);
+    assert_eq!(PolicyConfig::default_quorum(2), 1);
+    assert_eq!(PolicyConfig::default_quorum(3), 2);
+    assert_eq!(PolicyConfig::default_quorum(4), 2);
+    assert_eq!(PolicyConfig::default_quorum(5), 3);
+}
+
+/// A valid value for each key, used to set it alone.
+fn sample(key: &str) -> &'static str {
+    match key.rsplit('.').next().unwrap() {
+        "socket" => r#""/run/x.sock""#,
+        "socket_group" => r#""adm""#,
+        "kernel_fallback" => "false",
+        "quorum" => "1",
+        "route_metric" | "table_base" | "fwmark_base" | "rule_priority" => "2000",
+        "threshold" | "gateway_min_misses" | "gateway_rise" | "transit_fall" | "transit_rise" => {
+            "7"
+        }
+        "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
+        "hold" => r#""2m""#,
+        "carrier_interval" | "gateway_fast_interval" | "gateway_timeout" => r#""2ms""#,
+        "gateway_interval" => r#""30ms""#,
+        "gateway_dead_after" => r#""100ms""#,
+        "transit_fast_interval" | "transit_timeout" => r#""100ms""#,
+        other => panic!("no sample for {other}"),
+    }
+}
+
+/// The text of a valid config with exactly `key` set (besides the required
+/// uplink/transit entries).
+fn with_key(key: &str, value: &str) -> String {
+    let (section, name) = key.rsplit_once('.').unwrap();
+    match section {
+        "uplink" | "transit" => {
+            // Override inside the first entry of the list (TOML forbids a
+            // duplicate key, so rebuild the entry).
+            let mut text = minimal();
+            let header = format!("[[{section}]]\n");
+            let at = text.find(&header).unwrap() + header.len();
+            let entry_end = text[at..].find("\n\n").map_or(text.len(), |i| at + i);
+            let entry: String = text[at..entry_end]
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{name} ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.replace_range(at..entry_end, &format!("{entry}{name} = {value}"));
+            text
+        }
+        _ => format!("[{section}]\n{name} = {value}\n{}", minimal()),
+    }
+}
+
+#[test]
+fn key_list_matches_parser() {
+    // What the parser declares it accepts is exactly this list...
+    let mut declared = known_keys();
+    declared.sort();
+    let mut ours: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+    ours.sort();
+    assert_eq!(declared, ours);
+
+    for key in KEYS {
+        let (_, name) = key.rsplit_once('.').unwrap();
+        let value = match *key {
+            "uplink.name" => r#""main""#,
+            "uplink.interface" => r#""bond0.100""#,
+            "uplink.gateway4" => r#""192.0.2.254""#,
+            "uplink.gateway6" => r#""fe80::1""#,
+            "transit.name" => r#""t1""#,
+            "transit.targets" => r#"["198.51.100.77"]"#,
+            _ => sample(key),
+        };
+        // ...each key, set alone, is accepted...
+        let text = with_key(key, value);
+        if let Err(e) = Config::parse(&text, "key.toml") {
+            panic!("{key} = {value} rejected:\n{e}\n---\n{text}");
+        }
+        // ...and a misspelling of it is rejected, with its dotted key.
+        let misspelt = with_key(&format!("{key}x"), value);
+        let errs = errors(&misspelt);
+        assert!(
+            errs.iter()
+                .any(|e| e.key.ends_with(&format!("{name}x")) && e.message.contains("unknown key")),
+            "{key}x: {errs}"
+        );
+    }
+}
+
+#[test]
+fn example_mentions_every_key() {
+    let text = example_text();
+    for key in KEYS {
+        let (section, name) = key.rsplit_once('.').unwrap();
+        let header = match section {
+            "uplink" | "transit" => format!("[[{section}]]"),
+            _ => format!("[{section}]"),
+        };
+        assert!(text.contains(&header), "example lacks {header}");
+        let after = &text[text.find(&header).unwrap()..];
+        let set = after.lines().any(|l| {
+            l.starts_with(&format!("{name} = ")) || l.starts_with(&format!("# {name} = "))
+        });
+        assert!(set, "example does not set (or show commented) {key}");
+        // List entries have no defaults: their keys are explained in a comment.
+        if matches!(section, "uplink" | "transit") {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("#   {name} "))),
+                "example does not explain {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_key_has_line_and_dotted_key() {
+    let text = format!("{}\n[[uplink]]\nname = \"third\"\ninterface = \"eth2\"\ngateway4 = \"192.0.2.9\"\ngatway6 = \"2001:db8::9\"\n", minimal());
+    let errs = errors(&text);
+    let e = error_for(&errs, "uplink[2].gatway6");
+    assert_eq!(e.line, Some(line_of(&text, "gatway6")));
+    assert_eq!(e.column, Some(1));
+    assert_eq!(e.origin, "test.toml");
+    assert!(e.message.contains("unknown key"), "{e}");
+    assert!(e.message.contains("gateway6"), "lists the valid keys: {e}");
+    let shown = errs.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "test.toml:{}:1: uplink[2].gatway6: unknown key",
+            line_of(&text, "gatway6")
+        )),
+        "{shown}"
+    );
+
+    let text = format!("[agnet]\nsocket = \"/x\"\n{}", minimal());
+    let errs = errors(&text);
+    assert_eq!(error_for(&errs, "agnet").line, Some(1));
+}
+
+#[test]
+fn wrong_types_are_all_reported() {
+    let text = format!(
+        "[agent]\nroute_metric = \"10\"\nkernel_fallback = 1\n[probe]\ntransit_fall = 2.5\n{}",
+        minimal()
+    );
+    let errs = errors(&text);
+    assert!(error_for(&errs, "agent.route_metric")
+        .message
+        .contains("expected an integer"));
+    assert_eq!(error_for(&errs, "agent.kernel_fallback").line, Some(3));
+    assert!(error_for(&errs, "probe.transit_fall")
+        .message
+        .contains("float"));
+}
+
+#[test]
+fn bad_duration_shows_the_humantime_error() {
+    let text = format!(
+        "[policy]\nfailback_after = \"30 sec onds\"\n[probe]\ntransit_timeout = \"0s\"\n{}",
+        minimal()
+    );
+    let errs = errors(&text);
+    let e = error_for(&errs, "policy.failback_after");
+    assert_eq!(e.line, Some(2));
+    assert_eq!(e.column, Some(18));
+    assert!(e.message.contains("invalid duration"), "{e}");
+    let humantime_msg = humantime::parse_duration("30 sec onds")
+        .unwrap_err()
+        .to_string();
+    assert!(e.message.contains(&humantime_msg), "{e}");
+    let e = error_for(&errs, "probe.transit_timeout");
+    assert!(e.message.contains("greater than zero"), "{e}");
+    assert_eq!(errs.len(), 2, "{errs}");
+}
+
+#[test]
+fn bad_addresses() {
+    let text = r#"
+[[uplink]]
+name = "a"
+interface = "eth0"
+gateway4 = "2001:db8::1"
+gateway6 = "ff02::1"
+
+[[uplink]]
+name = "b"
+interface = "eth1"
+gateway4 = "192.0.2.0/24"
+
+[[uplink]]
+name = "c"
+interface = "eth2"
+gateway4 = "255.255.255.255"
+
+[[transit]]
+name = "t"
+targets = ["127.0.0.1", "0.0.0.0", "224.0.0.1", "::", "::1", "not-an-ip", "203.0.113.1"]
+"#;
+    let errs = errors(text);
+    let e = error_for(&errs, "uplink[0].gateway4");
+    assert!(e.message.contains("not an IPv4 address"), "{e}");
+    assert_eq!(e.line, Some(5));
+    assert!(error_for(&errs, "uplink[0].gateway6")
+        .message
+        .contains("multicast"));
+    assert!(error_for(&errs, "uplink[1].gateway4")
+        .message
+        .contains("prefix length"));
+    assert!(error_for(&errs, "uplink[2].gateway4")
+        .message
+        .contains("broadcast"));
+    for (i, what) in [
+        "loopback",
+        "unspecified",
+        "multicast",
+        "unspecified",
+        "loopback",
+        "not an IP",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = error_for(&errs, &format!("transit[0].targets[{i}]"));
+        assert!(e.message.contains(what), "{e}");
+        assert_eq!(e.line, Some(line_of(text, "targets")));
+    }
+    assert!(errs.iter().all(|e| e.key != "transit[0].targets[6]"));
+}
+
+#[test]
+fn duplicate_names_and_targets() {
+    let text = r#"
+[[uplink]]
+name = "same"
+interface = "eth0"
+gateway4 = "192.0.2.1"
+
+[[uplink]]
+name = "same"
+interface = "eth1"
+gateway4 = "198.51.100.1"
+
+[[transit]]
+name = "t"
+targets = ["203.0.113.1"]
+
+[[transit]]
+name = "t"
+targets = ["203.0.113.2", "203.0.113.1"]
+"#;
+    let errs = errors(text);
+    let e = error_for(&errs, "uplink[1].name");
+    assert_eq!(e.line, Some(8));
+    assert!(
+        e.message.contains("duplicate uplink name") && e.message.contains("line 3"),
+        "{e}"
+    );
+    let e = error_for(&errs, "transit[1].name");
+    assert_eq!(e.line, Some(17));
+    assert!(error_for(&errs, "transit[1].targets[1]")
+        .message
+        .contains("listed twice"));
+}
+
+#[test]
+fn bad_names_and_interfaces() {
+    let text = r#"
+[[uplink]]
+name = "has space"
+interface = "eth0:1"
+gateway4 = "192.0.2.1"
+
+[[uplink]]
+name = ""
+interface = "averyveryverylongifname"
+gateway4 = "198.51.100.1"
+
+[[uplink]]
+name = "abcdefghijabcdefghijabcdefghijabc"
+interface = ".."
+gateway4 = "198.51.100.2"
+
+[[transit]]
+name = "t/1"
+targets = ["203.0.113.1"]
+"#;
+    let errs = errors(text);
+    for key in [
+        "uplink[0].name",
+        "uplink[0].interface",
+        "uplink[1].name",
+        "uplink[1].interface",
+        "uplink[2].name",
+        "uplink[2].interface",
+        "transit[0].name",
+    ] {
+        error_for(&errs, key);
+    }
+    assert_eq!(errs.len(), 7, "{errs}");
+}
+
+#[test]
+fn missing_gateway_and_missing_keys() {
+    let text = r#"
+[[uplink]]
+name = "a"
+interface = "eth0"
+
+[[uplink]]
+gateway4 = "192.0.2.1"
+
+[[transit]]
+name = "t"
+
+[[transit]]
+name = "u"
+targets = []
+"#;
+    let errs = errors(text);
+    let e = error_for(&errs, "uplink[0].gateway4");
+    assert!(e.message.contains("at least one gateway"), "{e}");
+    assert_eq!(e.line, Some(2), "points at the [[uplink]] header: {e}");
+    assert_eq!(error_for(&errs, "uplink[1].name").line, Some(6));
+    error_for(&errs, "uplink[1].interface");
+    assert_eq!(error_for(&errs, "transit[0].targets").line, Some(9));
+    assert_eq!(error_for(&errs, "transit[1].targets").line, Some(14));
+}
+
+#[test]
+fn no_uplinks_no_transits() {
+    let errs = errors("[agent]\nroute_metric = 5\n");
+    let e = error_for(&errs, "uplink");
+    assert_eq!(e.line, None);
+    error_for(&errs, "transit");
+    assert_eq!(
+        errs.errors[0].to_string(),
+        format!("test.toml: uplink: {}", errs.errors[0].message)
+    );
+}
+
+#[test]
+fn quorum_out_of_range() {
+    for q in ["0", "2", "-1"] {
+        let text = format!("[policy]\nquorum = {q}\n{}", minimal());
+        let errs = errors(&text);
+        let e = error_for(&errs, "policy.quorum");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("1..=1"), "{e}");
+    }
+    let text = format!("[policy]\nquorum = 1\n{}", minimal());
+    assert_eq!(Config::parse(&text, "q").unwrap().policy.quorum, 1);
+}
+
+#[test]
+fn shared_interface_needs_different_gateways() {
+    let ok = r#"
+[[uplink]]
+name = "a"
+interface = "bond0"
+gateway4 = "192.0.2.1"
+[[uplink]]
+name = "b"
+interface = "bond0"
+gateway4 = "192.0.2.2"
+[[transit]]
+name = "t"
+targets = ["203.0.113.1"]
+"#;
+    Config::parse(ok, "ok").unwrap();
+    let bad = ok.replace("192.0.2.2", "192.0.2.1");
+    let errs = errors(&bad);
+    let e = error_for(&errs, "uplink[1].gateway4");
+    assert!(e.message.contains("same interface"), "{e}");
+    assert_eq!(errs.len(), 1, "{errs}");
+}
+
+#[test]
+fn integer_ranges_and_relations() {
+    let text = format!(
+        r#"[agent]
+route_metric = 0
+table_base = 252
+fwmark_base = 0
+rule_priority = 32766
+[policy.damping]
+threshold = 0
+hold = "20m"
+[probe]
+gateway_fast_interval = "50ms"
+gateway_dead_after = "20ms"
+transit_fast_interval = "2s"
+gateway_rise = 0
+{}"#,
+        minimal()
+    );
+    let errs = errors(&text);
+    let expect = [
+        ("agent.route_metric", 2, "out of range"),
+        ("agent.table_base", 3, "reserved table 253"),
+        ("agent.fwmark_base", 4, "out of range"),
+        ("agent.rule_priority", 5, "out of range"),
+        ("policy.damping.threshold", 7, "out of range"),
+        ("policy.damping.hold", 8, "max_hold"),
+        ("probe.gateway_fast_interval", 10, "gateway_interval"),
+        ("probe.gateway_dead_after", 11, "gateway_interval"),
+        ("probe.transit_fast_interval", 12, "transit_interval"),
+        ("probe.gateway_rise", 13, "out of range"),
+    ];
+    for (key, line, what) in expect {
+        let e = error_for(&errs, key);
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.message.contains(what), "{e}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs}");
+    // Sorted in text order.
+    let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+
+    // gateway_timeout > gateway_dead_after, and the boundary values.
+    let text = format!("[probe]\ngateway_timeout = \"61ms\"\n{}", minimal());
+    error_for(&errors(&text), "probe.gateway_timeout");
+    let text = format!(
+        "[agent]\nroute_metric = {}\ntable_base = 256\n{}",
+        u32::MAX - 64,
+        minimal()
+    );
+    Config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
+    let text = format!("[agent]\nroute_metric = {}\n{}", u32::MAX - 63, minimal());
+    error_for(&errors(&text), "agent.route_metric");
+    // 2 uplinks from 253 ... touches 253 and 254; 251 + 2 = 251, 252: fine.
+    let text = format!("[agent]\ntable_base = 251\n{}", minimal());
+    Config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let text = r#"
+[agent]
+socket = "relative.sock"
+colour = "blue"
+
+[[uplink]]
+name = "a"
+interface = "eth0"
+gateway4 = "192.0.2.1"
+flavour = 1
+
+[[transit]]
+name = "t"
+targets = ["203.0.113.1"]
+"#;
+    // Unknown keys and bad values are reported in one run, in text order.
+    let errs = errors(text);
+    let socket = error_for(&errs, "agent.socket");
+    assert_eq!(socket.line, Some(3));
+    assert_eq!(error_for(&errs, "agent.colour").line, Some(4));
+    assert_eq!(error_for(&errs, "uplink[0].flavour").line, Some(10));
+    assert_eq!(errs.len(), 3, "{errs}");
+    assert_eq!(errs.to_string().lines().count(), 3);
+
+    // A value of the wrong type is reported once, not again as "missing",
+    // and does not make a default take part in the relation checks.
+    let text = format!(
+        "[probe]\ngateway_interval = 3\ngateway_fast_interval = \"50ms\"\n{}",
+        minimal().replacen("name = \"primary\"", "name = 7", 1)
+    );
+    let errs = errors(&text);
+    error_for(&errs, "probe.gateway_interval");
+    assert!(error_for(&errs, "uplink[0].name")
+        .message
+        .contains("expected a string"));
+    assert_eq!(errs.len(), 2, "{errs}");
+
+    // ...and so are value errors across sections.
+    let text = r#"
+[agent]
+socket = "relative.sock"
+[policy]
+failback_after = "soon"
+quorum = 3
+[probe]
+transit_rise = 0
+[[uplink]]
+name = "a"
+interface = "eth0"
+gateway4 = "192.0.2.300"
+[[uplink]]
+name = "a"
+interface = "eth 1"
+[[transit]]
+name = "t"
+targets = ["203.0.113.1"]
+"#;
+    let errs = errors(text);
+    for key in [
+        "agent.socket",
+        "policy.failback_after",
+        "policy.quorum",
+        "probe.transit_rise",
+        "uplink[0].gateway4",
+        "uplink[1].name",
+        "uplink[1].interface",
+        "uplink[1].gateway4",
+    ] {
+        error_for(&errs, key);
+    }
+    assert_eq!(errs.len(), 8, "{errs}");
+    let shown = errs.to_string();
+    assert_eq!(shown.lines().count(), 8, "{shown}");
+    for line in shown.lines() {
+        assert!(line.starts_with("test.toml:"), "{line}");
+    }
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let text = format!("{}\n[probe]\ntransit_fall = = 3\n", minimal());
+    let errs = errors(&text);
+    let e = &errs.errors[0];
+    assert_eq!(e.line, Some(line_of(&text, "transit_fall")), "{errs}");
+    assert!(e.column.is_some());
+    assert_eq!(e.origin, "test.toml");
+
+    // A key given twice is a TOML error too.
+    let text = format!("[agent]\nroute_metric = 1\nroute_metric = 2\n{}", minimal());
+    let errs = errors(&text);
+    assert_eq!(errs.errors[0].line, Some(3), "{errs}");
+}
+
+#[test]
+fn load_of_missing_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let errs = Config::load(&path).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs.errors[0].origin, path.display().to_string());
+    assert_eq!(errs.errors[0].line, None);
+    let shown = errs.to_string();
+    assert!(shown.starts_with(&path.display().to_string()), "{shown}");
+    assert!(shown.contains("cannot read"), "{shown}");
+}
+
+#[test]
+fn load_reports_the_path_as_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, format!("[probe]\ngateway_rise = 0\n{}", minimal())).unwrap();
+    let errs = Config::load(&path).unwrap_err();
+    assert_eq!(
+        errs.to_string(),
+        format!(
+            "{}:2:16: probe.gateway_rise: {}",
+            path.display(),
+            errs.errors[0].message
+        )
+    );
+}
