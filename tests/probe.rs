@@ -1,0 +1,811 @@
+//! End-to-end tests of the prober in network namespaces.
+//!
+//! Every test runs on its own thread that has unshared a fresh network
+//! namespace (the "server"); routers are `ip netns add` namespaces with
+//! per-test unique names, deleted by a guard even on panic. Nothing touches
+//! the root namespace; only 198.18.0.0/15 and 2001:db8::/32 are used.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
+use uplinkd::config::Family;
+use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+use uplinkd::probe::{ProbeUplink, Prober, SocketKind};
+
+// ---------------------------------------------------------------- harness
+
+/// Counts heap allocations made by the current thread (for the cost test).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn thread_allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+/// Run a command (in the calling thread's network namespace), panic on failure.
+fn run(cmd: &str) {
+    run_args(&cmd.split_whitespace().collect::<Vec<_>>());
+}
+
+fn run_args(args: &[&str]) {
+    let cmd = args.join(" ");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// `ip netns add` namespaces, deleted on drop (also when the test panics).
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    fn new() -> Self {
+        Netns { names: Vec::new() }
+    }
+
+    /// A fresh router namespace: `lo` up, no IPv6 DAD (addresses usable at
+    /// once), ARP answered only for addresses of the asking interface (so a
+    /// probe that is not routed through this router's gateway address cannot
+    /// reach its far target by an on-link ARP for it).
+    fn add(&mut self, test: &str, role: &str) -> String {
+        let name = format!("uplinkd-probe-{}-{test}-{role}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(&format!("ip netns add {name}"));
+        self.names.push(name.clone());
+        run(&format!("ip -n {name} link set lo up"));
+        run(&format!(
+            "ip netns exec {name} sysctl -qw net.ipv6.conf.all.accept_dad=0 \
+             net.ipv6.conf.default.accept_dad=0 net.ipv4.conf.all.arp_ignore=1"
+        ));
+        name
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// Run `body` on a new thread inside a private network namespace (the
+/// server), on a current-thread tokio runtime; re-raise its panic.
+fn in_private_netns<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let handle = std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let mine = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let main = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert_ne!(mine, main, "refusing to run outside a private netns");
+        run("ip link set lo up");
+        run("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
+        // Loose reverse-path filter: replies to probes routed by mark arrive
+        // on an uplink that is not the main table's way back.
+        run("sysctl -qw net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body());
+    });
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Router `i` (1 or 2) behind server interface `uplink`: owns 198.18.i.1,
+/// 2001:db8:i::1 and fe80::1 on the link, and far target 198.19.0.i /
+/// 2001:db8:ff::i on its lo. The server gets 198.18.i.10 / 2001:db8:i::10,
+/// table 999+i with the router as default gateway, and `fwmark 999+i` rules.
+fn add_router_uplink(ns: &mut Netns, test: &str, i: u8, uplink: &str) -> String {
+    let r = ns.add(test, &format!("r{i}"));
+    run(&format!(
+        "ip link add {uplink} type veth peer name eth0 netns {r}"
+    ));
+    router_addresses(
+        &r,
+        &format!("198.18.{i}.1/24"),
+        &format!("2001:db8:{i}::1/64"),
+        i,
+    );
+    run(&format!("ip -n {r} addr add fe80::1/64 dev eth0 nodad"));
+    run(&format!("ip link set {uplink} up"));
+    run(&format!("ip addr add 198.18.{i}.10/24 dev {uplink}"));
+    run(&format!(
+        "ip addr add 2001:db8:{i}::10/64 dev {uplink} nodad"
+    ));
+    let table = 999 + u32::from(i);
+    run(&format!(
+        "ip route add default via 198.18.{i}.1 dev {uplink} table {table}"
+    ));
+    run(&format!(
+        "ip -6 route add default via 2001:db8:{i}::1 dev {uplink} table {table}"
+    ));
+    run(&format!(
+        "ip rule add fwmark {table} lookup {table} pref 100"
+    ));
+    run(&format!(
+        "ip -6 rule add fwmark {table} lookup {table} pref 100"
+    ));
+    r
+}
+
+/// Router side of a link: `eth0` up with the given addresses, far target
+/// `i` on lo.
+fn router_addresses(r: &str, v4: &str, v6: &str, i: u8) {
+    run(&format!("ip -n {r} link set eth0 up"));
+    run(&format!("ip -n {r} addr add {v4} dev eth0"));
+    run(&format!("ip -n {r} addr add {v6} dev eth0 nodad"));
+    run(&format!("ip -n {r} addr add 198.19.0.{i}/32 dev lo"));
+    run(&format!("ip -n {r} addr add 2001:db8:ff::{i}/128 dev lo"));
+}
+
+/// Two uplinks `upa` (mark/table 1000, router 1) and `upb` (1001, router 2);
+/// the main table's default routes point at uplink A only.
+fn two_uplinks(test: &str) -> (Netns, Vec<String>) {
+    let mut ns = Netns::new();
+    let ra = add_router_uplink(&mut ns, test, 1, "upa");
+    let rb = add_router_uplink(&mut ns, test, 2, "upb");
+    run("ip route add default via 198.18.1.1 dev upa");
+    run("ip -6 route add default via 2001:db8:1::1 dev upa");
+    (ns, vec![ra, rb])
+}
+
+fn two_prober() -> Prober {
+    Prober::new(vec![
+        ProbeUplink {
+            interface: "upa".into(),
+            fwmark: 1000,
+        },
+        ProbeUplink {
+            interface: "upb".into(),
+            fwmark: 1001,
+        },
+    ])
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Send one probe and wait for its outcome; check that exactly one arrives.
+/// Returns the outcome and the time from send to outcome.
+async fn probe(
+    p: &mut Prober,
+    uplink: usize,
+    target: &str,
+    timeout: Duration,
+) -> (ProbeOutcome, Duration) {
+    let target: IpAddr = target.parse().unwrap();
+    let id = ProbeId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    p.send(
+        ProbeRequest {
+            id,
+            uplink,
+            family: Family::of(&target),
+            kind: ProbeKind::Gateway,
+            target,
+            timeout,
+        },
+        tx,
+    );
+    let (got, outcome) = tokio::time::timeout(timeout + Duration::from_secs(2), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no outcome for probe to {target} via {uplink}"))
+        .expect("outcome channel closed without an outcome");
+    let elapsed = start.elapsed();
+    assert_eq!(got, id);
+    // The prober drops its sender once the outcome is out: nothing else comes.
+    let more = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    assert!(matches!(more, Ok(None)), "more than one outcome: {more:?}");
+    (outcome, elapsed)
+}
+
+#[track_caller]
+fn assert_reply(o: &ProbeOutcome, what: &str) {
+    assert!(
+        matches!(o, ProbeOutcome::Reply { .. }),
+        "{what}: expected a reply, got {o:?}"
+    );
+}
+
+#[track_caller]
+fn assert_timeout(o: &ProbeOutcome, what: &str) {
+    assert_eq!(*o, ProbeOutcome::Timeout, "{what}");
+}
+
+/// Admit root's gid to unprivileged ICMP sockets (in this netns only), so
+/// the prober gets DGRAM sockets instead of RAW ones.
+fn admit_root_to_ping_sockets() {
+    run_args(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 0"]);
+}
+
+// ------------------------------------------------------------------ tests
+
+async fn gateway_replies(dgram: bool) {
+    let name = if dgram { "gw-dgram" } else { "gw-raw" };
+    let (_ns, _routers) = two_uplinks(name);
+    if dgram {
+        admit_root_to_ping_sockets();
+    }
+    let want = if dgram {
+        SocketKind::Dgram
+    } else {
+        SocketKind::Raw
+    };
+    let mut p = two_prober();
+    for (uplink, gw4, gw6) in [
+        (0, "198.18.1.1", "2001:db8:1::1"),
+        (1, "198.18.2.1", "2001:db8:2::1"),
+    ] {
+        for gw in [gw4, gw6, "fe80::1"] {
+            let (o, _) = probe(&mut p, uplink, gw, Duration::from_secs(2)).await;
+            assert_reply(&o, &format!("gateway {gw} via uplink {uplink}"));
+        }
+        assert_eq!(p.socket_kind(uplink, Family::V4), Some(want));
+        assert_eq!(p.socket_kind(uplink, Family::V6), Some(want));
+    }
+    // Sequence numbers advance per (uplink, family) and many probes in flight
+    // at once are each answered once.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut ids = Vec::new();
+    for k in 0..50u32 {
+        let target: IpAddr = if k % 2 == 0 {
+            "198.18.1.1"
+        } else {
+            "2001:db8:2::1"
+        }
+        .parse()
+        .unwrap();
+        let id = ProbeId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        ids.push(id);
+        p.send(
+            ProbeRequest {
+                id,
+                uplink: (k % 2) as usize,
+                family: Family::of(&target),
+                kind: ProbeKind::Gateway,
+                target,
+                timeout: Duration::from_secs(2),
+            },
+            tx.clone(),
+        );
+    }
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some((id, o)) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+    {
+        assert_reply(&o, "burst");
+        got.push(id);
+    }
+    got.sort();
+    assert_eq!(got, ids);
+}
+
+#[test]
+fn gateway_echo_v4_v6_raw_socket() {
+    in_private_netns(|| gateway_replies(false));
+}
+
+#[test]
+fn gateway_echo_v4_v6_dgram_socket() {
+    in_private_netns(|| gateway_replies(true));
+}
+
+/// Far targets: each is reachable only through its own router. A probe bound
+/// to an uplink must leave through that uplink whatever the main table says.
+#[test]
+fn far_target_is_probed_through_the_requested_uplink() {
+    in_private_netns(|| async {
+        let (_ns, _routers) = two_uplinks("far");
+        let mut p = two_prober();
+        let t = ms(400);
+        for (a, b) in [
+            ("198.19.0.1", "198.19.0.2"),
+            ("2001:db8:ff::1", "2001:db8:ff::2"),
+        ] {
+            let (o, _) = probe(&mut p, 0, a, t).await;
+            assert_reply(&o, &format!("{a} via uplink A"));
+            let (o, _) = probe(&mut p, 1, a, t).await;
+            assert_timeout(
+                &o,
+                &format!("{a} via uplink B must not be reached through A"),
+            );
+            // The main default route points at A; the mark still selects B.
+            let (o, _) = probe(&mut p, 1, b, t).await;
+            assert_reply(&o, &format!("{b} via uplink B"));
+            let (o, _) = probe(&mut p, 0, b, t).await;
+            assert_timeout(&o, &format!("{b} via uplink A"));
+        }
+    });
+}
+
+/// Without the mark the kernel would use the main table (default via A) or,
+/// bound to B, treat the target as on-link: both fail. So the reply through
+/// B proves SO_MARK is set. (Checked here with a prober whose mark is 0.)
+#[test]
+fn unmarked_probe_does_not_reach_far_target_of_other_uplink() {
+    in_private_netns(|| async {
+        let (_ns, _routers) = two_uplinks("nomark");
+        let mut p = Prober::new(vec![ProbeUplink {
+            interface: "upb".into(),
+            fwmark: 0,
+        }]);
+        let (o, _) = probe(&mut p, 0, "198.18.2.1", ms(1000)).await;
+        assert_reply(&o, "gateway B unmarked");
+        let (o, _) = probe(&mut p, 0, "198.19.0.2", ms(300)).await;
+        assert!(
+            !matches!(o, ProbeOutcome::Reply { .. }),
+            "unmarked far probe got {o:?}"
+        );
+    });
+}
+
+/// Both uplinks share one interface (br0, with the two routers on the
+/// bridge); only the mark tells their gateways apart. Each router answers for
+/// its own far target only (no forwarding).
+#[test]
+fn shared_interface_mark_selects_the_gateway() {
+    in_private_netns(|| async {
+        let test = "shared";
+        let mut ns = Netns::new();
+        run("ip link add br0 type bridge mcast_snooping 0");
+        run("ip link set br0 up");
+        run("ip addr add 198.18.3.10/24 dev br0");
+        run("ip addr add 2001:db8:3::10/64 dev br0 nodad");
+        for i in [1u8, 2] {
+            let r = ns.add(test, &format!("r{i}"));
+            let port = format!("p{i}");
+            run(&format!(
+                "ip link add {port} type veth peer name eth0 netns {r}"
+            ));
+            run(&format!("ip link set {port} master br0"));
+            run(&format!("ip link set {port} up"));
+            router_addresses(
+                &r,
+                &format!("198.18.3.{i}/24"),
+                &format!("2001:db8:3::{i}/64"),
+                i,
+            );
+            let table = 999 + u32::from(i);
+            run(&format!(
+                "ip route add default via 198.18.3.{i} dev br0 table {table}"
+            ));
+            run(&format!(
+                "ip -6 route add default via 2001:db8:3::{i} dev br0 table {table}"
+            ));
+            run(&format!(
+                "ip rule add fwmark {table} lookup {table} pref 100"
+            ));
+            run(&format!(
+                "ip -6 rule add fwmark {table} lookup {table} pref 100"
+            ));
+        }
+        // The main table points at router 1. Loose rp_filter still wants a
+        // route back to the reply's source in the (unmarked) main lookup:
+        // without any, the far targets' replies would be dropped.
+        run("ip route add default via 198.18.3.1 dev br0");
+        run("ip -6 route add default via 2001:db8:3::1 dev br0");
+        let mut p = Prober::new(vec![
+            ProbeUplink {
+                interface: "br0".into(),
+                fwmark: 1000,
+            },
+            ProbeUplink {
+                interface: "br0".into(),
+                fwmark: 1001,
+            },
+        ]);
+        let t = ms(1000);
+        for gw in ["198.18.3.1", "2001:db8:3::1"] {
+            let (o, _) = probe(&mut p, 0, gw, t).await;
+            assert_reply(&o, gw);
+        }
+        for gw in ["198.18.3.2", "2001:db8:3::2"] {
+            let (o, _) = probe(&mut p, 1, gw, t).await;
+            assert_reply(&o, gw);
+        }
+        let t = ms(400);
+        for (a, b) in [
+            ("198.19.0.1", "198.19.0.2"),
+            ("2001:db8:ff::1", "2001:db8:ff::2"),
+        ] {
+            let (o, _) = probe(&mut p, 0, a, t).await;
+            assert_reply(&o, &format!("{a} via mark 1000"));
+            let (o, _) = probe(&mut p, 1, b, t).await;
+            assert_reply(&o, &format!("{b} via mark 1001"));
+            let (o, _) = probe(&mut p, 1, a, t).await;
+            assert_timeout(&o, &format!("{a} via mark 1001"));
+            let (o, _) = probe(&mut p, 0, b, t).await;
+            assert_timeout(&o, &format!("{b} via mark 1000"));
+        }
+    });
+}
+
+/// A router that stops answering yields `Timeout`, reported at the timeout.
+#[test]
+fn timeout_when_the_router_stops_answering() {
+    in_private_netns(|| async {
+        let (_ns, routers) = two_uplinks("drop");
+        let ra = &routers[0];
+        let mut p = two_prober();
+        let t = ms(300);
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (o, _) = probe(&mut p, 0, gw, ms(1000)).await;
+            assert_reply(&o, gw);
+        }
+        // The server's neighbour entries stay valid, so the echoes still
+        // reach the router, which no longer owns the addresses (and does not
+        // forward): silence.
+        run(&format!("ip -n {ra} addr del 198.18.1.1/24 dev eth0"));
+        run(&format!("ip -n {ra} addr del 2001:db8:1::1/64 dev eth0"));
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (o, took) = probe(&mut p, 0, gw, t).await;
+            assert_timeout(&o, gw);
+            assert!(
+                took >= t - ms(5) && took <= t + ms(250),
+                "{gw}: timeout reported after {took:?}"
+            );
+        }
+        // Uplink B is unaffected, and A answers again once the router does.
+        let (o, _) = probe(&mut p, 1, "198.18.2.1", ms(1000)).await;
+        assert_reply(&o, "gateway B");
+        run(&format!("ip -n {ra} addr add 198.18.1.1/24 dev eth0"));
+        let (o, _) = probe(&mut p, 0, "198.18.1.1", ms(1000)).await;
+        assert_reply(&o, "gateway A back");
+        // A link that goes down on the router side: no reply either.
+        run(&format!("ip -n {ra} link set eth0 down"));
+        let (o, _) = probe(&mut p, 0, "198.18.1.1", t).await;
+        assert!(
+            !matches!(o, ProbeOutcome::Reply { .. }),
+            "router link down: got {o:?}"
+        );
+    });
+}
+
+#[test]
+fn error_when_the_interface_does_not_exist() {
+    in_private_netns(|| async {
+        let mut p = Prober::new(vec![ProbeUplink {
+            interface: "nosuch0".into(),
+            fwmark: 1000,
+        }]);
+        for target in ["198.18.9.1", "2001:db8:9::1"] {
+            let (o, took) = probe(&mut p, 0, target, ms(500)).await;
+            let ProbeOutcome::Error(msg) = o else {
+                panic!("expected an error, got {o:?}");
+            };
+            for part in ["uplink 0", "nosuch0", target, "No such device"] {
+                assert!(msg.contains(part), "{msg:?} does not name {part:?}");
+            }
+            assert!(took < ms(100), "error should be immediate, took {took:?}");
+        }
+        // An uplink the prober does not know is an error too, not a panic.
+        let (o, _) = probe(&mut p, 3, "198.18.9.1", ms(500)).await;
+        assert!(
+            matches!(o, ProbeOutcome::Error(ref m) if m.contains("uplink 3")),
+            "{o:?}"
+        );
+    });
+}
+
+/// An interface deleted and recreated (new ifindex): the socket bound to the
+/// old one is replaced and probing works again.
+#[test]
+fn socket_is_reopened_after_the_interface_is_recreated() {
+    in_private_netns(|| async {
+        let test = "recreate";
+        let (_ns, routers) = two_uplinks(test);
+        let ra = &routers[0];
+        let mut p = two_prober();
+        let recreate = || {
+            run(&format!(
+                "ip link add upa type veth peer name eth0 netns {ra}"
+            ));
+            run(&format!("ip -n {ra} link set eth0 up"));
+            run(&format!("ip -n {ra} addr add 198.18.1.1/24 dev eth0"));
+            run(&format!(
+                "ip -n {ra} addr add 2001:db8:1::1/64 dev eth0 nodad"
+            ));
+            run("ip link set upa up");
+            run("ip addr add 198.18.1.10/24 dev upa");
+            run("ip addr add 2001:db8:1::10/64 dev upa nodad");
+            run("ip route add default via 198.18.1.1 dev upa table 1000");
+            run("ip -6 route add default via 2001:db8:1::1 dev upa table 1000");
+        };
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (o, _) = probe(&mut p, 0, gw, ms(1000)).await;
+            assert_reply(&o, gw);
+        }
+        // Deleted, probed while gone (an error naming the cause), recreated.
+        run("ip link del upa");
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (o, _) = probe(&mut p, 0, gw, ms(300)).await;
+            assert!(
+                matches!(o, ProbeOutcome::Error(ref m) if m.contains("upa")),
+                "{gw} while deleted: {o:?}"
+            );
+        }
+        recreate();
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (o, _) = probe(&mut p, 0, gw, ms(1000)).await;
+            assert_reply(&o, &format!("{gw} after recreation"));
+        }
+        // Deleted and recreated between two probes: the stale socket's
+        // failure reopens it; at most one probe is lost.
+        run("ip link del upa");
+        recreate();
+        for gw in ["198.18.1.1", "2001:db8:1::1"] {
+            let (first, _) = probe(&mut p, 0, gw, ms(1000)).await;
+            println!("{gw}: first probe after silent recreation: {first:?}");
+            if !matches!(first, ProbeOutcome::Reply { .. }) {
+                assert!(matches!(first, ProbeOutcome::Error(_)), "{gw}: {first:?}");
+                let (o, _) = probe(&mut p, 0, gw, ms(1000)).await;
+                assert_reply(&o, &format!("{gw} after silent recreation"));
+            }
+        }
+    });
+}
+
+// ------------------------------------------------- spoofed / stray replies
+
+/// How the fake responder answers an echo request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(u8)]
+enum Answer {
+    Correct = 0,
+    WrongToken = 1,
+    WrongProbeId = 2,
+    WrongSequence = 3,
+    WrongSource = 4,
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A user-space echo responder in router namespace `ns` (whose kernel echo
+/// is switched off), answering IPv4 echo requests as `mode` says.
+fn spawn_responder(ns: String, mode: Arc<AtomicU8>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let r = ready.clone();
+    let h = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+        let raw = || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
+        let rx: UdpSocket = raw().into();
+        rx.set_read_timeout(Some(ms(50))).unwrap();
+        let spoof = raw();
+        spoof
+            .bind(&SocketAddr::from((Ipv4Addr::new(198, 19, 0, 1), 0)).into())
+            .unwrap();
+        let spoof: UdpSocket = spoof.into();
+        r.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let Ok((n, from)) = rx.recv_from(&mut buf) else {
+                continue;
+            };
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let icmp = &buf[ihl..n];
+            if icmp.len() < 8 || icmp[0] != 8 {
+                continue;
+            }
+            let mut reply = icmp.to_vec();
+            reply[0] = 0;
+            let mode = mode.load(Ordering::SeqCst);
+            let last = reply.len() - 1;
+            match mode {
+                m if m == Answer::WrongToken as u8 => reply[8] ^= 1,
+                m if m == Answer::WrongProbeId as u8 => reply[last] ^= 1,
+                m if m == Answer::WrongSequence as u8 => reply[7] = reply[7].wrapping_add(1),
+                _ => {}
+            }
+            reply[2] = 0;
+            reply[3] = 0;
+            let sum = checksum(&reply);
+            reply[2..4].copy_from_slice(&sum.to_be_bytes());
+            let sock = if mode == Answer::WrongSource as u8 {
+                &spoof
+            } else {
+                &rx
+            };
+            sock.send_to(&reply, from).unwrap();
+        }
+    });
+    while !ready.load(Ordering::SeqCst) {
+        assert!(!h.is_finished(), "responder failed to start");
+        std::thread::sleep(ms(5));
+    }
+    h
+}
+
+/// Replies with a wrong token, probe id, sequence or source do not count;
+/// the same responder answering correctly does (RAW and DGRAM sockets).
+#[test]
+fn spoofed_or_stray_replies_do_not_count() {
+    in_private_netns(|| async {
+        let (_ns, routers) = two_uplinks("spoof");
+        let ra = routers[0].clone();
+        run(&format!(
+            "ip netns exec {ra} sysctl -qw net.ipv4.icmp_echo_ignore_all=1"
+        ));
+        let mode = Arc::new(AtomicU8::new(Answer::Correct as u8));
+        let stop = Arc::new(AtomicBool::new(false));
+        struct Stop(Arc<AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stop = Stop(stop.clone());
+        let responder = spawn_responder(ra, mode.clone(), stop.clone());
+        for dgram in [false, true] {
+            if dgram {
+                admit_root_to_ping_sockets();
+            }
+            let mut p = two_prober();
+            for answer in [
+                Answer::Correct,
+                Answer::WrongToken,
+                Answer::WrongProbeId,
+                Answer::WrongSequence,
+                Answer::WrongSource,
+                Answer::Correct,
+            ] {
+                mode.store(answer as u8, Ordering::SeqCst);
+                let (o, _) = probe(&mut p, 0, "198.18.1.1", ms(400)).await;
+                let what = format!("{answer:?} (dgram: {dgram})");
+                if answer == Answer::Correct {
+                    assert_reply(&o, &what);
+                } else {
+                    assert_timeout(&o, &what);
+                }
+            }
+            let want = if dgram {
+                SocketKind::Dgram
+            } else {
+                SocketKind::Raw
+            };
+            assert_eq!(p.socket_kind(0, Family::V4), Some(want));
+        }
+        stop.store(true, Ordering::SeqCst);
+        responder.join().unwrap();
+    });
+}
+
+// ------------------------------------------------------------------- cost
+
+/// Steady state costs no heap allocation per probe, and little CPU.
+#[test]
+fn cost_per_probe() {
+    in_private_netns(|| async {
+        let (_ns, _routers) = two_uplinks("cost");
+        let mut p = two_prober();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let targets: [(usize, IpAddr); 4] = [
+            (0, "198.18.1.1".parse().unwrap()),
+            (1, "198.18.2.1".parse().unwrap()),
+            (0, "2001:db8:1::1".parse().unwrap()),
+            (1, "2001:db8:2::1".parse().unwrap()),
+        ];
+        let mut next = 0u64;
+        let mut round = |p: &mut Prober, n: usize| {
+            for _ in 0..n {
+                let (uplink, target) = targets[(next % 4) as usize];
+                next += 1;
+                p.send(
+                    ProbeRequest {
+                        id: ProbeId(next),
+                        uplink,
+                        family: Family::of(&target),
+                        kind: ProbeKind::Gateway,
+                        target,
+                        timeout: Duration::from_secs(2),
+                    },
+                    tx.clone(),
+                );
+            }
+        };
+        const BATCH: usize = 20;
+        // Warm up: open the sockets, resolve neighbours, grow the tables.
+        for _ in 0..50 {
+            round(&mut p, BATCH);
+            for _ in 0..BATCH {
+                let (_, o) = rx.recv().await.unwrap();
+                assert_reply(&o, "warm-up");
+            }
+        }
+        let batches = 200;
+        let cpu0 = thread_cpu();
+        let allocs0 = thread_allocs();
+        let wall0 = Instant::now();
+        for _ in 0..batches {
+            round(&mut p, BATCH);
+            for _ in 0..BATCH {
+                let (_, o) = rx.recv().await.unwrap();
+                assert_reply(&o, "measured");
+            }
+        }
+        let n = (batches * BATCH) as f64;
+        let allocs = thread_allocs() - allocs0;
+        let cpu = thread_cpu() - cpu0;
+        let wall = wall0.elapsed();
+        println!(
+            "{n} probes: {:.2} allocations/probe, {:.1} µs CPU/probe (this thread, incl. the \
+             router's kernel-side reply), wall {wall:?}",
+            allocs as f64 / n,
+            cpu.as_secs_f64() * 1e6 / n
+        );
+        assert!(
+            (allocs as f64) / n < 0.2,
+            "{allocs} allocations for {n} probes"
+        );
+    });
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a live timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
