@@ -1,2 +1,995 @@
-//! Placeholder: the engine is being written.
-pub struct Core;
+//! The decision engine: per-uplink health from evidence, then per-family
+//! selection. Pure: time comes in as `now`, effects go out as `Action`s.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use super::target::Target;
+use super::{
+    Action, CarrierSource, Event, Now, ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, RouteVia,
+    UplinkId,
+};
+use crate::config::{Config, Family};
+use crate::status::{
+    Change, FamilyStatus, PerFamily, Reason, Status, TransitStatus, UplinkState, UplinkStatus,
+};
+
+/// A suspected transit probe: unanswered for longer than this (or 4 × srtt,
+/// whichever is larger) starts the fast probing before its timeout expires.
+const OVERDUE_MIN: Duration = Duration::from_millis(10);
+
+/// Health of one uplink for one family.
+#[derive(Debug, Clone)]
+struct UplinkFamily {
+    gateway: Target,
+    /// Per transit (index into config.transits): its targets of this family.
+    transits: Vec<Vec<Target>>,
+    /// Fast rounds left in the current burst (suspicion), and when the next is due.
+    burst_left: u32,
+    burst_next: Now,
+    /// When the last burst sent its last round: only probes sent after it
+    /// can start a new one, so bursts never feed themselves.
+    burst_end: Option<Now>,
+    usable: Option<bool>,
+    /// Since when it has been continuously usable.
+    usable_since: Option<Now>,
+    reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone)]
+struct Uplink {
+    /// None until the first carrier report.
+    carrier: Option<bool>,
+    present: bool,
+    drained: bool,
+    undrained_at: Option<Now>,
+    fams: [Option<UplinkFamily>; 2],
+    /// Failure instants within the damping window.
+    flaps: VecDeque<Now>,
+    damp_level: u32,
+    damped_until: Option<Now>,
+    /// True while every family of this uplink is usable (for flap counting).
+    fully_usable: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FamilyDecision {
+    /// Whether the kernel's route has been observed (initial dump done).
+    route_known: bool,
+    active: Option<UplinkId>,
+    decided: bool,
+    fail_static: bool,
+    /// A mismatch between the observed route and `active` was hinted by an
+    /// event and waits for an authoritative dump.
+    verify_pending: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    uplink: UplinkId,
+    family: Family,
+    kind: ProbeKind,
+    /// Index among the transit's targets of that family.
+    slot: usize,
+    sent_at: Now,
+}
+
+/// The decision engine. See the module docs of [`crate::core`].
+#[derive(Debug, Clone)]
+pub struct Core {
+    cfg: Config,
+    uplinks: Vec<Uplink>,
+    fam: [FamilyDecision; 2],
+    in_flight: HashMap<ProbeId, InFlight>,
+    next_probe: u64,
+    last_now: Now,
+}
+
+impl Core {
+    /// `now` is the start instant (usually zero).
+    pub fn new(cfg: Config, now: Now) -> Core {
+        let uplinks = cfg
+            .uplinks
+            .iter()
+            .map(|u| {
+                let fams = Family::ALL.map(|f| {
+                    // Stagger the far probes of one uplink and family evenly
+                    // over one interval, so a failure is seen within
+                    // interval / targets, not within a whole interval.
+                    let n: usize = cfg.transits.iter().map(|t| t.targets_of(f).count()).sum();
+                    let mut k = 0u32;
+                    u.gateway(f).map(|gw| UplinkFamily {
+                        gateway: Target::new(gw, now),
+                        transits: cfg
+                            .transits
+                            .iter()
+                            .map(|t| {
+                                t.targets_of(f)
+                                    .map(|a| {
+                                        let at =
+                                            now + cfg.probe.transit_interval * k / n.max(1) as u32;
+                                        k += 1;
+                                        Target::new(a, at)
+                                    })
+                                    .collect()
+                            })
+                            .collect(),
+                        burst_left: 0,
+                        burst_next: now,
+                        burst_end: None,
+                        usable: None,
+                        usable_since: None,
+                        reasons: Vec::new(),
+                    })
+                });
+                Uplink {
+                    carrier: None,
+                    present: true,
+                    drained: false,
+                    undrained_at: None,
+                    fams,
+                    flaps: VecDeque::new(),
+                    damp_level: 0,
+                    damped_until: None,
+                    fully_usable: false,
+                }
+            })
+            .collect();
+        Core {
+            cfg,
+            uplinks,
+            fam: Default::default(),
+            in_flight: HashMap::new(),
+            next_probe: 1,
+            last_now: now,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The uplink carrying `family`, if any.
+    pub fn active(&self, family: Family) -> Option<UplinkId> {
+        self.fam[family.index()].active
+    }
+
+    /// True once a first decision was made for every family that has a
+    /// gateway on some uplink.
+    pub fn decided(&self) -> bool {
+        Family::ALL
+            .iter()
+            .all(|f| !self.family_configured(*f) || self.fam[f.index()].decided)
+    }
+
+    fn family_configured(&self, f: Family) -> bool {
+        self.uplinks.iter().any(|u| u.fams[f.index()].is_some())
+    }
+
+    fn name(&self, u: UplinkId) -> String {
+        self.cfg.uplinks[u].name.clone()
+    }
+
+    /// Feed one event; get what must be done now.
+    pub fn handle(&mut self, now: Now, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.last_now = self.last_now.max(now);
+        match event {
+            Event::Carrier {
+                uplink,
+                up,
+                present,
+                source,
+            } => self.on_carrier(now, uplink, up, present, source, &mut out),
+            Event::ProbeDone { id, outcome } => self.on_probe(now, id, outcome, &mut out),
+            Event::DefaultRoute { family, via } => self.on_route(family, via, true, &mut out),
+            Event::DefaultRouteHint { family, via } => self.on_route(family, via, false, &mut out),
+            Event::Drain { uplink, drained } => {
+                let u = &mut self.uplinks[uplink];
+                if u.drained != drained {
+                    u.drained = drained;
+                    if !drained {
+                        u.undrained_at = Some(now);
+                    }
+                    out.push(Action::Report(Change::Drained {
+                        uplink: self.name(uplink),
+                        drained,
+                    }));
+                }
+            }
+            Event::Reprobe => {
+                for u in &mut self.uplinks {
+                    for f in u.fams.iter_mut().flatten() {
+                        f.gateway.next_at = now;
+                        for t in f.transits.iter_mut().flatten() {
+                            t.next_at = now;
+                        }
+                    }
+                }
+            }
+            Event::Tick => {}
+        }
+        self.evaluate(now, &mut out);
+        self.schedule_probes(now, &mut out);
+        out
+    }
+
+    /// When `handle(_, Event::Tick)` must be called next at the latest.
+    pub fn next_deadline(&self) -> Option<Now> {
+        let p = &self.cfg.probe;
+        let mut best: Option<Now> = None;
+        let after = self.last_now;
+        // Only future instants: a deadline already handled must not spin the loop.
+        let mut consider = |t: Now| {
+            if t > after {
+                best = Some(best.map_or(t, |b: Now| b.min(t)));
+            }
+        };
+        for (i, u) in self.uplinks.iter().enumerate() {
+            for f in u.fams.iter().flatten() {
+                consider(f.gateway.next_at);
+                if let Some(&sent) = f.gateway.in_flight.first() {
+                    consider(sent + p.gateway_timeout / 2);
+                }
+                if f.gateway.verdict != Some(false) {
+                    let base = f.gateway.last_reply.or(f.gateway.first_sent);
+                    if let Some(b) = base {
+                        consider(b + p.gateway_dead_after);
+                    }
+                }
+                if f.burst_left > 0 {
+                    consider(f.burst_next);
+                }
+                for t in f.transits.iter().flatten() {
+                    consider(t.next_at);
+                    if let Some(&sent) = t.in_flight.last() {
+                        consider(sent + self.overdue(t));
+                    }
+                }
+                if let Some(since) = self.eligible_since(i, f) {
+                    consider(since + self.cfg.policy.failback_after);
+                }
+            }
+            if let Some(d) = u.damped_until {
+                consider(d);
+            }
+        }
+        best
+    }
+
+    fn overdue(&self, t: &Target) -> Duration {
+        let by_rtt = t.srtt.map_or(Duration::ZERO, |s| s * 4);
+        by_rtt
+            .max(OVERDUE_MIN)
+            .min(self.cfg.probe.transit_timeout)
+    }
+
+    fn eligible_since(&self, i: UplinkId, f: &UplinkFamily) -> Option<Now> {
+        let since = f.usable_since?;
+        Some(match self.uplinks[i].undrained_at {
+            Some(t) => since.max(t),
+            None => since,
+        })
+    }
+
+    // ---- evidence ------------------------------------------------------
+
+    fn on_carrier(
+        &mut self,
+        _now: Now,
+        uplink: UplinkId,
+        up: bool,
+        present: bool,
+        source: CarrierSource,
+        out: &mut Vec<Action>,
+    ) {
+        let up = up && present;
+        let u = &mut self.uplinks[uplink];
+        u.present = present;
+        if u.carrier != Some(up) {
+            u.carrier = Some(up);
+            out.push(Action::Report(Change::Carrier {
+                uplink: self.cfg.uplinks[uplink].name.clone(),
+                up,
+                source: source.name().to_string(),
+            }));
+        }
+    }
+
+    fn on_probe(&mut self, now: Now, id: ProbeId, outcome: ProbeOutcome, out: &mut Vec<Action>) {
+        let Some(fl) = self.in_flight.remove(&id) else {
+            return; // unknown or already forgotten (e.g. after a config change)
+        };
+        let p = self.cfg.probe.clone();
+        let uplink_name = self.name(fl.uplink);
+        let transit_name = match fl.kind {
+            ProbeKind::Transit(t) => self.cfg.transits[t].name.clone(),
+            ProbeKind::Gateway => String::new(),
+        };
+        let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+            return;
+        };
+        let target = match fl.kind {
+            ProbeKind::Gateway => &mut f.gateway,
+            ProbeKind::Transit(t) => match f.transits.get_mut(t).and_then(|v| v.get_mut(fl.slot)) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        match outcome {
+            ProbeOutcome::Reply { rtt } => {
+                target.reply(now, fl.sent_at, rtt);
+                let rise = match fl.kind {
+                    ProbeKind::Gateway => p.gateway_rise,
+                    ProbeKind::Transit(_) => p.transit_rise,
+                };
+                // With no history, one reply is enough; a dead target must prove itself.
+                let needed = if target.verdict.is_none() { 1 } else { rise };
+                if target.verdict != Some(true) && target.consecutive_ok >= needed {
+                    target.set_verdict(now, true);
+                    let evidence = format!("{} consecutive replies", target.consecutive_ok);
+                    out.push(Action::Report(match fl.kind {
+                        ProbeKind::Gateway => Change::Gateway {
+                            uplink: uplink_name,
+                            family: fl.family.name().into(),
+                            address: target.addr,
+                            reachable: true,
+                            evidence,
+                        },
+                        ProbeKind::Transit(_) => Change::Transit {
+                            uplink: uplink_name,
+                            transit: transit_name,
+                            target: target.addr,
+                            reachable: true,
+                            evidence,
+                        },
+                    }));
+                }
+            }
+            ProbeOutcome::Timeout | ProbeOutcome::Error(_) => {
+                target.miss(fl.sent_at);
+                if let ProbeKind::Transit(_) = fl.kind {
+                    if target.verdict != Some(false) && target.consecutive_miss >= p.transit_fall {
+                        target.set_verdict(now, false);
+                        let detail = match &outcome {
+                            ProbeOutcome::Error(e) => format!(" (last: {e})"),
+                            _ => String::new(),
+                        };
+                        out.push(Action::Report(Change::Transit {
+                            uplink: uplink_name,
+                            transit: transit_name,
+                            target: target.addr,
+                            reachable: false,
+                            evidence: format!(
+                                "{} consecutive probes unanswered{detail}",
+                                target.consecutive_miss
+                            ),
+                        }));
+                    }
+                }
+                // Gateway verdicts are time-based: see `gateway_verdicts`.
+            }
+        }
+    }
+
+    /// A gateway is dead when it has not answered for `gateway_dead_after`
+    /// and at least `gateway_min_misses` probes since its last reply went
+    /// unanswered: time alone would call a gateway dead because we did not
+    /// ask; misses alone would be fooled by a burst.
+    fn gateway_verdicts(&mut self, now: Now, out: &mut Vec<Action>) {
+        let p = self.cfg.probe.clone();
+        for (i, u) in self.uplinks.iter_mut().enumerate() {
+            for (fi, f) in u.fams.iter_mut().enumerate() {
+                let Some(f) = f else { continue };
+                let g = &mut f.gateway;
+                if g.verdict == Some(false) {
+                    continue;
+                }
+                let Some(base) = g.last_reply.or(g.first_sent) else {
+                    continue;
+                };
+                let silent = now.saturating_sub(base);
+                if silent >= p.gateway_dead_after && g.misses_since_reply >= p.gateway_min_misses {
+                    g.set_verdict(now, false);
+                    out.push(Action::Report(Change::Gateway {
+                        uplink: self.cfg.uplinks[i].name.clone(),
+                        family: Family::ALL[fi].name().into(),
+                        address: g.addr,
+                        reachable: false,
+                        evidence: format!(
+                            "no reply for {} ms, {} probes unanswered",
+                            silent.as_millis(),
+                            g.misses_since_reply
+                        ),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_route(&mut self, family: Family, via: RouteVia, authoritative: bool, out: &mut Vec<Action>) {
+        let d = &mut self.fam[family.index()];
+        if !d.decided {
+            // Adopt what we find: the first decision starts from it.
+            if !authoritative {
+                return;
+            }
+            d.route_known = true;
+            d.active = match via {
+                RouteVia::Uplink(u) => Some(u),
+                _ => None,
+            };
+            return;
+        }
+        let Some(active) = d.active else {
+            return;
+        };
+        if via == RouteVia::Uplink(active) {
+            d.verify_pending = false;
+            return;
+        }
+        if !authoritative {
+            // Events may describe a state from before our own last change;
+            // ask for the kernel's current view before acting.
+            if !d.verify_pending {
+                d.verify_pending = true;
+                out.push(Action::VerifyRoute { family });
+            }
+            return;
+        }
+        d.verify_pending = false;
+        let found = match via {
+            RouteVia::Absent => "no route".to_string(),
+            RouteVia::Uplink(u) => format!("route via {}", self.cfg.uplinks[u].name),
+            RouteVia::Foreign(s) => s,
+        };
+        out.push(Action::SetDefaultRoute {
+            family,
+            uplink: active,
+        });
+        out.push(Action::Report(Change::RouteRestored {
+            family: family.name().into(),
+            uplink: self.cfg.uplinks[active].name.clone(),
+            found,
+        }));
+    }
+
+    // ---- health --------------------------------------------------------
+
+    fn quorum_failures(&self, i: UplinkId, fi: usize) -> Vec<String> {
+        let Some(f) = &self.uplinks[i].fams[fi] else {
+            return Vec::new();
+        };
+        let mut down = Vec::new();
+        for (t, targets) in f.transits.iter().enumerate() {
+            if targets.is_empty() {
+                continue;
+            }
+            let unreachable_here = targets.iter().all(|x| x.verdict == Some(false));
+            if !unreachable_here {
+                continue;
+            }
+            let reachable_elsewhere = self.uplinks.iter().enumerate().any(|(j, v)| {
+                j != i
+                    && v.carrier == Some(true)
+                    && v.fams[fi].as_ref().is_some_and(|vf| {
+                        vf.transits[t].iter().any(|x| x.verdict == Some(true))
+                    })
+            });
+            if reachable_elsewhere {
+                down.push(self.cfg.transits[t].name.clone());
+            }
+        }
+        down
+    }
+
+    fn quorum_k(&self, fi: usize) -> usize {
+        let with_targets = self
+            .cfg
+            .transits
+            .iter()
+            .filter(|t| t.targets_of(Family::ALL[fi]).next().is_some())
+            .count();
+        self.cfg.policy.quorum.min(with_targets).max(1)
+    }
+
+    fn evaluate(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.gateway_verdicts(now, out);
+        // Health per uplink and family.
+        for i in 0..self.uplinks.len() {
+            let mut newly_failed = false;
+            for fi in 0..2 {
+                if self.uplinks[i].fams[fi].is_none() {
+                    continue;
+                }
+                let quorum_down = self.quorum_failures(i, fi);
+                let k = self.quorum_k(fi);
+                let u = &self.uplinks[i];
+                let f = u.fams[fi].as_ref().expect("checked");
+                let family = Family::ALL[fi];
+                let mut reasons = Vec::new();
+                if !u.present {
+                    reasons.push(Reason::Missing);
+                }
+                if u.carrier == Some(false) {
+                    reasons.push(Reason::Carrier);
+                }
+                if f.gateway.verdict == Some(false) {
+                    reasons.push(Reason::Gateway {
+                        family: family.name().into(),
+                    });
+                }
+                if quorum_down.len() >= k {
+                    reasons.push(Reason::Quorum {
+                        family: family.name().into(),
+                        unreachable: quorum_down.clone(),
+                    });
+                }
+                let known = u.carrier.is_some() && f.gateway.verdict.is_some();
+                let usable = if !reasons.is_empty() {
+                    Some(false)
+                } else if known {
+                    Some(true)
+                } else {
+                    None
+                };
+                if usable == f.usable && reasons == f.reasons {
+                    continue;
+                }
+                let was = f.usable;
+                let evidence = self.evidence(i, fi, &quorum_down);
+                let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
+                f.reasons = reasons.clone();
+                if usable != was {
+                    f.usable = usable;
+                    f.usable_since = (usable == Some(true)).then_some(now);
+                    if was == Some(true) && usable == Some(false) {
+                        newly_failed = true;
+                    }
+                    let state = match usable {
+                        Some(true) => UplinkState::Healthy,
+                        Some(false) => UplinkState::Unhealthy,
+                        None => UplinkState::Unknown,
+                    };
+                    out.push(Action::Report(Change::UplinkHealth {
+                        uplink: self.cfg.uplinks[i].name.clone(),
+                        family: family.name().into(),
+                        state,
+                        reasons,
+                        evidence,
+                    }));
+                }
+            }
+            let fully = self.uplinks[i]
+                .fams
+                .iter()
+                .flatten()
+                .all(|f| f.usable == Some(true));
+            let was_fully = std::mem::replace(&mut self.uplinks[i].fully_usable, fully);
+            if was_fully && newly_failed {
+                self.count_flap(now, i, out);
+            }
+        }
+        // Expire damping.
+        for u in &mut self.uplinks {
+            if u.damped_until.is_some_and(|t| t <= now) {
+                u.damped_until = None;
+            }
+            let window = self.cfg.policy.damping.window;
+            while u.flaps.front().is_some_and(|t| now.saturating_sub(*t) > window) {
+                u.flaps.pop_front();
+            }
+            if u.flaps.is_empty() && u.damped_until.is_none() {
+                u.damp_level = 0;
+            }
+        }
+        for f in Family::ALL {
+            self.select(now, f, out);
+        }
+    }
+
+    fn evidence(&self, i: UplinkId, fi: usize, quorum_down: &[String]) -> String {
+        let u = &self.uplinks[i];
+        let f = u.fams[fi].as_ref().expect("caller checked");
+        let mut parts = Vec::new();
+        match u.carrier {
+            Some(false) => parts.push("carrier down".to_string()),
+            None => parts.push("carrier unknown".to_string()),
+            _ => {}
+        }
+        let g = &f.gateway;
+        match g.verdict {
+            Some(false) => parts.push(format!(
+                "gateway {} silent, {} probes unanswered",
+                g.addr, g.misses_since_reply
+            )),
+            None => parts.push(format!("gateway {} not yet probed", g.addr)),
+            Some(true) => parts.push(format!(
+                "gateway {} answering (loss {:.0}%)",
+                g.addr,
+                g.loss() * 100.0
+            )),
+        }
+        if !quorum_down.is_empty() {
+            parts.push(format!(
+                "unreachable here but reachable elsewhere: {}",
+                quorum_down.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+
+    fn count_flap(&mut self, now: Now, i: UplinkId, out: &mut Vec<Action>) {
+        let d = self.cfg.policy.damping.clone();
+        let u = &mut self.uplinks[i];
+        u.flaps.push_back(now);
+        if u.flaps.len() as u32 >= d.threshold {
+            u.damp_level += 1;
+            let factor = 1u32 << (u.damp_level - 1).min(16);
+            let hold = d.hold.saturating_mul(factor).min(d.max_hold);
+            u.damped_until = Some(now + hold);
+            out.push(Action::Report(Change::Damped {
+                uplink: self.cfg.uplinks[i].name.clone(),
+                hold_ms: hold.as_millis() as u64,
+                flaps: u.flaps.len() as u32,
+            }));
+        }
+    }
+
+    fn damped(&self, i: UplinkId, now: Now) -> bool {
+        self.uplinks[i].damped_until.is_some_and(|t| t > now)
+    }
+
+    /// Usable for `family` and not drained.
+    fn candidate(&self, i: UplinkId, fi: usize) -> bool {
+        let u = &self.uplinks[i];
+        !u.drained && u.fams[fi].as_ref().is_some_and(|f| f.usable == Some(true))
+    }
+
+    fn healthy_for(&self, i: UplinkId, fi: usize, now: Now) -> Duration {
+        self.uplinks[i].fams[fi]
+            .as_ref()
+            .and_then(|f| self.eligible_since(i, f))
+            .map_or(Duration::ZERO, |t| now.saturating_sub(t))
+    }
+
+    fn select(&mut self, now: Now, family: Family, out: &mut Vec<Action>) {
+        let fi = family.index();
+        if !self.family_configured(family) || !self.fam[fi].route_known {
+            return;
+        }
+        let n = self.uplinks.len();
+        let has_family: Vec<bool> = (0..n).map(|i| self.uplinks[i].fams[fi].is_some()).collect();
+        // Wait for a verdict on every uplink of this family before the first
+        // decision, unless the adopted route is already good.
+        if !self.fam[fi].decided {
+            let all_known = (0..n).all(|i| {
+                !has_family[i] || self.uplinks[i].fams[fi].as_ref().unwrap().usable.is_some()
+            });
+            let adopted_ok = self.fam[fi].active.is_some_and(|a| self.candidate(a, fi));
+            if !all_known && !adopted_ok {
+                return;
+            }
+            self.fam[fi].decided = true;
+            let active = self.fam[fi].active;
+            out.push(Action::Report(Change::Adopted {
+                family: family.name().into(),
+                uplink: active.map(|a| self.name(a)),
+            }));
+        }
+        let current = self.fam[fi].active;
+        let undamped = |s: &Self, i: UplinkId| s.candidate(i, fi) && !s.damped(i, now);
+        let (target, reason): (Option<UplinkId>, String) = match current {
+            Some(c) if self.candidate(c, fi) => {
+                // Fail back to a more preferred uplink once it is stable.
+                let better = (0..c).find(|&p| {
+                    undamped(self, p) && self.healthy_for(p, fi, now) >= self.cfg.policy.failback_after
+                });
+                match better {
+                    Some(p) => (Some(p), "failback".into()),
+                    None => (Some(c), String::new()),
+                }
+            }
+            _ => {
+                let pick = (0..n)
+                    .find(|&i| Some(i) != current && undamped(self, i))
+                    .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)));
+                let reason = match current {
+                    None => "initial".to_string(),
+                    Some(c) => self.reason_code(c, fi),
+                };
+                (pick, reason)
+            }
+        };
+        match target {
+            Some(t) if Some(t) != current => {
+                let d = &mut self.fam[fi];
+                d.active = Some(t);
+                let was_static = std::mem::replace(&mut d.fail_static, false);
+                out.push(Action::SetDefaultRoute { family, uplink: t });
+                if let Some(c) = current {
+                    let fell = !self.candidate(c, fi);
+                    let carrier_or_gw = self.uplinks[c].carrier == Some(false)
+                        || self.uplinks[c].fams[fi]
+                            .as_ref()
+                            .is_some_and(|f| f.gateway.verdict == Some(false));
+                    if fell && carrier_or_gw {
+                        out.push(Action::FlushNeighbours { uplink: c, family });
+                    }
+                }
+                if was_static {
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: false,
+                        evidence: format!("{} is usable again", self.name(t)),
+                    }));
+                }
+                out.push(Action::Report(Change::ActiveChanged {
+                    family: family.name().into(),
+                    from: current.map(|c| self.name(c)),
+                    to: Some(self.name(t)),
+                    reason,
+                }));
+            }
+            Some(_) => {
+                if self.fam[fi].fail_static {
+                    self.fam[fi].fail_static = false;
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: false,
+                        evidence: "the active uplink is usable again".into(),
+                    }));
+                }
+            }
+            None => {
+                // Nothing usable: fail static, keep the current route.
+                if !self.fam[fi].fail_static {
+                    self.fam[fi].fail_static = true;
+                    let evidence = (0..n)
+                        .filter(|&i| has_family[i])
+                        .map(|i| format!("{}: {}", self.name(i), self.reason_code(i, fi)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: true,
+                        evidence: format!("no usable uplink ({evidence}); keeping current routes"),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Short code for why an uplink is not a candidate, for `active_changed.reason`.
+    fn reason_code(&self, i: UplinkId, fi: usize) -> String {
+        let u = &self.uplinks[i];
+        if u.drained {
+            return "drained".into();
+        }
+        let Some(f) = &u.fams[fi] else {
+            return "no_gateway".into();
+        };
+        let codes: Vec<&str> = f
+            .reasons
+            .iter()
+            .map(|r| match r {
+                Reason::Carrier => "carrier",
+                Reason::Gateway { .. } => "gateway",
+                Reason::Quorum { .. } => "quorum",
+                Reason::Damped { .. } => "damped",
+                Reason::Drained => "drained",
+                Reason::Missing => "missing",
+            })
+            .collect();
+        if codes.is_empty() {
+            "unknown".into()
+        } else {
+            codes.join("+")
+        }
+    }
+
+    // ---- probe schedule ------------------------------------------------
+
+    fn schedule_probes(&mut self, now: Now, out: &mut Vec<Action>) {
+        let p = self.cfg.probe.clone();
+        for i in 0..self.uplinks.len() {
+            for fi in 0..2 {
+                let family = Family::ALL[fi];
+                let Some(f) = self.uplinks[i].fams[fi].as_ref() else {
+                    continue;
+                };
+                // Suspicion: a steady probe to a reachable far target that is
+                // overdue (or missed) starts a burst: every far target of this
+                // uplink and family gets `transit_fall` fast probes, enough
+                // to reach a verdict, then probing returns to the steady rate.
+                let trigger = f.burst_left == 0
+                    && f.transits.iter().flatten().any(|t| {
+                        t.verdict != Some(false)
+                            && t.in_flight.iter().any(|sent| {
+                                f.burst_end.is_none_or(|e| *sent > e)
+                                    && now.saturating_sub(*sent) >= self.overdue(t)
+                            })
+                    });
+                let mut reqs = Vec::new();
+                let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
+                // Gateway: fast while a reply is missing.
+                let g = &mut f.gateway;
+                // A dead gateway is re-probed at the steady rate, not hammered.
+                let g_suspect = g.verdict != Some(false)
+                    && (g.consecutive_miss > 0
+                        || g.oldest_in_flight(now).is_some_and(|a| a >= p.gateway_timeout / 2));
+                if g_suspect {
+                    g.next_at = g.next_at.min(
+                        g.in_flight
+                            .last()
+                            .map_or(now, |t| *t + p.gateway_fast_interval),
+                    );
+                }
+                if g.next_at <= now {
+                    g.sent(now);
+                    let every = if g_suspect {
+                        p.gateway_fast_interval
+                    } else {
+                        p.gateway_interval
+                    };
+                    g.next_at = now + every;
+                    reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
+                }
+                if trigger {
+                    f.burst_left = p.transit_fall;
+                    f.burst_next = now;
+                }
+                let round = f.burst_left > 0 && f.burst_next <= now;
+                if round {
+                    f.burst_left -= 1;
+                    f.burst_next = now + p.transit_fast_interval;
+                    if f.burst_left == 0 {
+                        f.burst_end = Some(now);
+                    }
+                }
+                for (t, targets) in f.transits.iter_mut().enumerate() {
+                    for (slot, x) in targets.iter_mut().enumerate() {
+                        if round || x.next_at <= now {
+                            x.sent(now);
+                            if x.next_at <= now {
+                                x.next_at = now + p.transit_interval;
+                            }
+                            reqs.push((ProbeKind::Transit(t), slot, x.addr, p.transit_timeout));
+                        }
+                    }
+                }
+                for (kind, slot, target, timeout) in reqs {
+                    let id = ProbeId(self.next_probe);
+                    self.next_probe += 1;
+                    self.in_flight.insert(
+                        id,
+                        InFlight {
+                            uplink: i,
+                            family,
+                            kind,
+                            slot,
+                            sent_at: now,
+                        },
+                    );
+                    out.push(Action::Probe(ProbeRequest {
+                        id,
+                        uplink: i,
+                        family,
+                        kind,
+                        target,
+                        timeout,
+                    }));
+                }
+            }
+        }
+    }
+
+    // ---- status --------------------------------------------------------
+
+    pub fn status(&self, now: Now) -> Status {
+        let active = |f: Family| self.fam[f.index()].active.map(|a| self.name(a));
+        Status {
+            active: PerFamily {
+                ipv4: active(Family::V4),
+                ipv6: active(Family::V6),
+            },
+            fail_static: PerFamily {
+                ipv4: self.fam[0].fail_static,
+                ipv6: self.fam[1].fail_static,
+            },
+            decided: self.decided(),
+            uplinks: (0..self.uplinks.len())
+                .map(|i| self.uplink_status(i, now))
+                .collect(),
+        }
+    }
+
+    fn uplink_status(&self, i: UplinkId, now: Now) -> UplinkStatus {
+        let u = &self.uplinks[i];
+        let damped_ms = u
+            .damped_until
+            .filter(|t| *t > now)
+            .map(|t| (t - now).as_millis() as u64);
+        let fam_status = |fi: usize| {
+            u.fams[fi].as_ref().map(|f| {
+                let mut reasons = f.reasons.clone();
+                if u.drained {
+                    reasons.push(Reason::Drained);
+                }
+                if let Some(ms) = damped_ms {
+                    reasons.push(Reason::Damped { remaining_ms: ms });
+                }
+                let state = match f.usable {
+                    None => UplinkState::Unknown,
+                    Some(_) if !reasons.is_empty() => UplinkState::Unhealthy,
+                    Some(_) => UplinkState::Healthy,
+                };
+                FamilyStatus {
+                    state,
+                    reasons,
+                    healthy_for_ms: f
+                        .usable_since
+                        .map(|t| now.saturating_sub(t).as_millis() as u64),
+                }
+            })
+        };
+        let families = PerFamily {
+            ipv4: fam_status(0),
+            ipv6: fam_status(1),
+        };
+        let fs: Vec<&FamilyStatus> = [&families.ipv4, &families.ipv6]
+            .into_iter()
+            .flatten()
+            .collect();
+        let state = if fs.iter().any(|f| f.state == UplinkState::Unknown) {
+            UplinkState::Unknown
+        } else if fs.iter().all(|f| f.state == UplinkState::Healthy) {
+            UplinkState::Healthy
+        } else if fs.iter().any(|f| f.state == UplinkState::Healthy) {
+            UplinkState::Degraded
+        } else {
+            UplinkState::Unhealthy
+        };
+        let mut reasons: Vec<Reason> = Vec::new();
+        for f in &fs {
+            for r in &f.reasons {
+                if !reasons.contains(r) {
+                    reasons.push(r.clone());
+                }
+            }
+        }
+        let mut transits = Vec::new();
+        for (fi, f) in u.fams.iter().enumerate() {
+            let Some(f) = f else { continue };
+            for (t, targets) in f.transits.iter().enumerate() {
+                for x in targets {
+                    let s = x.status(now);
+                    transits.push(TransitStatus {
+                        name: self.cfg.transits[t].name.clone(),
+                        family: Family::ALL[fi].name().into(),
+                        target: x.addr,
+                        reachable: s.reachable,
+                        rtt_ms: s.rtt_ms,
+                        loss: s.loss,
+                    });
+                }
+            }
+        }
+        UplinkStatus {
+            name: self.name(i),
+            interface: self.cfg.uplinks[i].interface.clone(),
+            state,
+            carrier: u.carrier == Some(true),
+            drained: u.drained,
+            reasons,
+            flaps: u.flaps.len() as u32,
+            damped_ms,
+            families,
+            gateway: PerFamily {
+                ipv4: u.fams[0].as_ref().map(|f| f.gateway.status(now)),
+                ipv6: u.fams[1].as_ref().map(|f| f.gateway.status(now)),
+            },
+            transits,
+        }
+    }
+}

@@ -9,6 +9,7 @@ use crate::config::Family;
 use crate::status::Change;
 
 mod engine;
+mod target;
 pub use engine::Core;
 
 /// Index of an uplink in `Config::uplinks` (0 = primary).
@@ -86,8 +87,11 @@ pub enum Event {
     },
     /// The result of a probe the core asked for.
     ProbeDone { id: ProbeId, outcome: ProbeOutcome },
-    /// The kernel's managed default route of a family, as dumped or as changed.
+    /// The kernel's managed default route of a family, from a dump: authoritative.
     DefaultRoute { family: Family, via: RouteVia },
+    /// The same from a multicast event: it may describe a state from before
+    /// the agent's own last change, so a mismatch only asks for a dump.
+    DefaultRouteHint { family: Family, via: RouteVia },
     /// Operator control: drain / undrain an uplink.
     Drain { uplink: UplinkId, drained: bool },
     /// Operator control: forget probe verdict timers and probe everything now.
@@ -105,6 +109,9 @@ pub enum Action {
     /// Drop the uplink's neighbour entries of this family so senders blocked
     /// on an unresolved dead gateway resume at once.
     FlushNeighbours { uplink: UplinkId, family: Family },
+    /// Dump the kernel's default route of `family` and answer with
+    /// `Event::DefaultRoute`.
+    VerifyRoute { family: Family },
     /// A state change to log and publish.
     Report(Change),
 }
