@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -14,47 +13,20 @@ use uplinkd::config::*;
 use uplinkd::core::*;
 use uplinkd::status::{Change, Reason, UplinkState};
 
-const MS: Duration = Duration::from_millis(1);
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 fn config() -> Config {
     Config {
-        agent: AgentConfig {
-            socket: PathBuf::from("/nonexistent"),
-            socket_group: None,
-            route_metric: 10,
-            kernel_fallback: true,
-            table_base: 1000,
-            fwmark_base: 1000,
-            rule_priority: 1000,
-        },
+        // The shipped defaults: the scenarios test what operators get.
+        agent: AgentConfig::default(),
         policy: PolicyConfig {
-            failback_after: Duration::from_secs(30),
-            quorum: 2,
-            damping: DampingConfig {
-                threshold: 3,
-                window: Duration::from_secs(600),
-                hold: Duration::from_secs(60),
-                max_hold: Duration::from_secs(600),
-            },
+            failback_after: PolicyConfig::DEFAULT_FAILBACK_AFTER,
+            quorum: PolicyConfig::default_quorum(4),
+            damping: DampingConfig::default(),
         },
-        probe: ProbeConfig {
-            carrier_interval: MS,
-            gateway_interval: ms(20),
-            gateway_fast_interval: ms(5),
-            gateway_dead_after: ms(60),
-            gateway_min_misses: 5,
-            gateway_rise: 3,
-            gateway_timeout: ms(10),
-            transit_interval: Duration::from_secs(1),
-            transit_fast_interval: ms(50),
-            transit_timeout: ms(200),
-            transit_fall: 4,
-            transit_rise: 2,
-        },
+        probe: ProbeConfig::default(),
         uplinks: vec![
             UplinkConfig {
                 name: "primary".into(),

@@ -1,1 +1,170 @@
-fn main() {}
+//! uplink-lab: builds the uplinkd lab (a dual-homed server, two routers,
+//! four transits and a sink, all in network namespaces) and tears it down
+//! again, also on Ctrl-C, SIGTERM or SIGHUP.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use uplinkd::lab::{self, Lab, LabSpec, Node, Termination, Uplink, TRANSITS};
+
+#[derive(Parser)]
+#[command(
+    name = "uplink-lab",
+    about = "The uplinkd lab: topology, demo and benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RouteVia {
+    None,
+    Primary,
+    Secondary,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab, print how to enter it, and keep it until Ctrl-C.
+    Up {
+        /// Give the server a default route (normally uplinkd installs it).
+        #[arg(long, value_enum, default_value = "none")]
+        default_route: RouteVia,
+        /// Skip the reachability check after building.
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// Delete what crashed labs left behind.
+    Down {
+        /// Every lab namespace whose process no longer exists.
+        #[arg(long, required = true)]
+        all_stale: bool,
+    },
+    /// Build the lab, run uplinkd and play the failure scenarios (not yet).
+    Demo,
+    /// Measure failover outage against the comparators (not yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask and the
+    // signals wait for us instead of killing the process mid-build.
+    let term = match Termination::block() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("uplink-lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Up {
+            default_route,
+            no_check,
+        } => up(&term, default_route, no_check),
+        Cmd::Down { all_stale } => down(all_stale),
+        Cmd::Demo | Cmd::Bench => {
+            eprintln!("uplink-lab: not yet");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uplink-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn up(term: &Termination, route: RouteVia, no_check: bool) -> anyhow::Result<()> {
+    let spec = LabSpec {
+        server_default_route: match route {
+            RouteVia::None => None,
+            RouteVia::Primary => Some(Uplink::Primary),
+            RouteVia::Secondary => Some(Uplink::Secondary),
+        },
+        check_reachability: !no_check,
+        ..LabSpec::default()
+    };
+    eprintln!("uplink-lab: building the lab...");
+    let started = std::time::Instant::now();
+    let lab = Lab::build(&spec).context("build the lab")?;
+    if let Some(sig) = term.poll() {
+        eprintln!("uplink-lab: {sig} during build, cleaning up");
+        return lab.destroy().context("clean up");
+    }
+    println!("lab up in {:.0?}; namespaces:", started.elapsed());
+    let mut rows = vec![
+        (
+            "server (eth0 primary, eth1 secondary)",
+            lab.ns(Node::Server),
+        ),
+        ("router a (primary)", lab.ns(Node::Router(Uplink::Primary))),
+        (
+            "router b (secondary)",
+            lab.ns(Node::Router(Uplink::Secondary)),
+        ),
+        ("inet (sink 198.19.1.1, 2001:db8:fe::1)", lab.ns(Node::Inet)),
+    ];
+    let transit_labels: Vec<String> = (0..TRANSITS)
+        .map(|i| {
+            format!(
+                "{} ({}, {})",
+                lab::TRANSIT_NAMES[i],
+                lab::transit_target(i, lab::Family::V4),
+                lab::transit_target(i, lab::Family::V6)
+            )
+        })
+        .collect();
+    for (i, label) in transit_labels.iter().enumerate() {
+        rows.push((label.as_str(), lab.ns(Node::Transit(i))));
+    }
+    for (label, ns) in &rows {
+        println!("  {ns:<22} {label}");
+    }
+    let srv = lab.server_ns();
+    println!();
+    println!("enter the server:   ip netns exec {srv} bash");
+    println!("look at it:         ip -n {srv} addr; ip -n {srv} route");
+    println!(
+        "uplinkd config:     {}",
+        lab.write_config("").context("write config")?.display()
+    );
+    println!(
+        "run the daemon:     ip netns exec {srv} uplinkd --config {}",
+        lab.dir().join("uplinkd.toml").display()
+    );
+    println!();
+    println!("Ctrl-C tears the lab down.");
+    let sig = term.wait();
+    eprintln!("uplink-lab: {sig}, tearing down");
+    lab.destroy().context("clean up")?;
+    eprintln!("uplink-lab: done");
+    Ok(())
+}
+
+fn down(all_stale: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(all_stale, "nothing to do: pass --all-stale");
+    let r = lab::netns::cleanup_stale();
+    for n in &r.deleted {
+        println!("deleted namespace {n}");
+    }
+    for d in &r.dirs_removed {
+        println!("removed {}", d.display());
+    }
+    for n in &r.alive {
+        println!("kept {n} (its lab is still running)");
+    }
+    if r.deleted.is_empty() && r.dirs_removed.is_empty() {
+        println!("nothing stale");
+    }
+    for e in &r.errors {
+        eprintln!("uplink-lab: {e}");
+    }
+    anyhow::ensure!(r.errors.is_empty(), "{} cleanup error(s)", r.errors.len());
+    Ok(())
+}

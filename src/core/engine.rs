@@ -819,11 +819,9 @@ impl Core {
                     && (g.consecutive_miss > 0
                         || g.oldest_in_flight(now).is_some_and(|a| a >= p.gateway_timeout / 2));
                 if g_suspect {
-                    g.next_at = g.next_at.min(
-                        g.in_flight
-                            .last()
-                            .map_or(now, |t| *t + p.gateway_fast_interval),
-                    );
+                    g.next_at = g
+                        .next_at
+                        .min(g.last_sent.map_or(now, |t| t + p.gateway_fast_interval));
                 }
                 if g.next_at <= now {
                     g.sent(now);

@@ -20,6 +20,7 @@ pub(crate) struct Target {
     pub misses_since_reply: u32,
     pub last_reply: Option<Now>,
     pub first_sent: Option<Now>,
+    pub last_sent: Option<Now>,
     pub next_at: Now,
     /// Send times of probes still in flight (oldest first).
     pub in_flight: Vec<Now>,
@@ -45,6 +46,7 @@ impl Target {
             misses_since_reply: 0,
             last_reply: None,
             first_sent: None,
+            last_sent: None,
             next_at: first_at,
             in_flight: Vec::new(),
             srtt: None,
@@ -57,6 +59,7 @@ impl Target {
 
     pub fn sent(&mut self, now: Now) {
         self.first_sent.get_or_insert(now);
+        self.last_sent = Some(now);
         self.in_flight.push(now);
     }
 

@@ -1,0 +1,500 @@
+//! The fast carrier poller.
+//!
+//! Why poll: the kernel's linkwatch handles link-state changes of ordinary
+//! devices at most once per second, globally, whenever other interfaces on
+//! the host are changing state, so RTM_NEWLINK events (and the kernel's own
+//! `ignore_routes_with_linkdown` fallback) can be up to 1 s late. But
+//! `IFLA_CARRIER` in an RTM_GETLINK answer is `netif_carrier_ok()` read live
+//! (net/core/rtnetlink.c, rtnl_fill_ifinfo), so polling it every few
+//! milliseconds sees a carrier loss within one period. Bonding's miimon polls
+//! for the same reason.
+//!
+//! Shape: one std thread with one blocking NETLINK_ROUTE socket, no runtime,
+//! no allocation per poll. Every `interval`, for each interface, one
+//! RTM_GETLINK by name (so a deleted and re-created interface is found again
+//! without any cache), with `IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS` so the
+//! answer leaves out the 64-bit counters (about half of it). Samples are sent
+//! only on change, plus once at start for each interface. Sleeps are
+//! absolute (`clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`), so the period
+//! does not drift with the work done in it; a period that is overrun entirely
+//! is skipped, not made up for with a burst.
+//!
+//! Side effect, observed on Linux 6.18 (tests/netlink.rs,
+//! `carrier_poller_is_fast_while_another_interface_flaps`): with another
+//! NIC-like interface flapping, RTM_NEWLINK for a carrier loss came ~0.7-1 s
+//! late, but while the poller polls that device it came within ~1 ms, as fast
+//! as the poll: answering GETLINK apparently runs the device's pending
+//! linkwatch work (probably `linkwatch_sync_dev()`, added around 6.7 so that
+//! a queried carrier is consistent). Do not rely on it on older kernels.
+//!
+//! Namespace: the socket is opened by [`spawn_carrier_poller`] on the calling
+//! thread, so it belongs to the network namespace of that thread (the poller
+//! thread would inherit it too). Create the poller from a thread inside the
+//! namespace you mean.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::NetlinkError;
+
+/// One observation of an interface, sent when it differs from the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarrierSample {
+    /// The configured interface name (as given to the poller).
+    pub interface: String,
+    /// Its current ifindex; `None` when absent.
+    pub ifindex: Option<u32>,
+    /// The interface exists.
+    pub present: bool,
+    /// IFF_UP.
+    pub admin_up: bool,
+    /// IFLA_CARRIER, forced false when not admin up (the kernel already
+    /// reports 0 for a device that is not running).
+    pub carrier: bool,
+}
+
+// include/uapi/linux/netlink.h, rtnetlink.h, if_link.h.
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const NLM_F_REQUEST: u16 = 1;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_EXT_MASK: u16 = 29;
+const IFLA_CARRIER: u16 = 33;
+/// RTEXT_FILTER_SKIP_STATS: leave IFLA_STATS/IFLA_STATS64 out of the answer.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const IFF_UP: u32 = 1;
+
+/// Shortest accepted interval. Below this the poller is a busy loop.
+const MIN_INTERVAL: Duration = Duration::from_micros(100);
+/// The stop flag is checked at least this often, even with long intervals.
+const MAX_SLEEP_CHUNK: Duration = Duration::from_millis(100);
+/// Receive buffer for one answer; a GETLINK answer without stats and VF
+/// info is a few KiB at most.
+const ANSWER_BUF: usize = 32 << 10;
+/// At most this many stale datagrams (answers to timed-out requests) are
+/// skipped while waiting for the current answer.
+const MAX_STALE: usize = 16;
+/// Repeated poll errors are logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Start the poller thread for `interfaces` (names), sampling every
+/// `interval`, until `stop` is set or the receiver of `tx` is dropped.
+///
+/// The socket is opened here, on the calling thread, in that thread's
+/// network namespace (see the module docs).
+pub fn spawn_carrier_poller(
+    interfaces: Vec<String>,
+    interval: Duration,
+    tx: UnboundedSender<CarrierSample>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
+    if interval < MIN_INTERVAL {
+        return Err(NetlinkError::Invalid {
+            op: "start carrier poller".into(),
+            reason: format!("interval {interval:?} is below {MIN_INTERVAL:?}"),
+        });
+    }
+    let mut requests = Vec::with_capacity(interfaces.len());
+    for name in &interfaces {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(NetlinkError::Invalid {
+                op: format!("start carrier poller for {name:?}"),
+                reason: "not a valid interface name".into(),
+            });
+        }
+        requests.push(getlink_request(name));
+    }
+    // Receive timeout: a lost answer costs at most this, never the thread.
+    let recv_timeout = interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let sock = open_socket(recv_timeout)
+        .map_err(|e| NetlinkError::io("open carrier poller netlink socket", e))?;
+    let first = interfaces.first().map(String::as_str).unwrap_or("none");
+    let name = truncate(&format!("carrier:{first}"), 15);
+    let poller = Poller {
+        sock,
+        interfaces,
+        requests,
+        last: Vec::new(),
+        buf: vec![0; ANSWER_BUF],
+        seq: 0,
+        tx,
+        last_error_log: None,
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || poller.run(interval, &stop))
+        .map_err(|e| NetlinkError::io("spawn carrier poller thread", e))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The RTM_GETLINK request for one interface; only the sequence number
+/// (bytes 8..12) changes between polls.
+fn getlink_request(name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    b.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, set below
+    b.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes()); // seq
+    b.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    b.extend_from_slice(&[0u8; IFINFOMSG_LEN]); // AF_UNSPEC, ifindex 0: look up by name
+    push_attr(
+        &mut b,
+        IFLA_EXT_MASK,
+        &RTEXT_FILTER_SKIP_STATS.to_ne_bytes(),
+    );
+    let mut cname = name.as_bytes().to_vec();
+    cname.push(0);
+    push_attr(&mut b, IFLA_IFNAME, &cname);
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_ne_bytes());
+    b
+}
+
+fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    b.extend_from_slice(&(len as u16).to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(value);
+    while b.len() % 4 != 0 {
+        b.push(0);
+    }
+}
+
+fn open_socket(recv_timeout: Duration) -> std::io::Result<OwnedFd> {
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // nl_pid 0: the kernel picks our port id; no multicast groups.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let tv = libc::timeval {
+        tv_sec: recv_timeout.as_secs() as libc::time_t,
+        tv_usec: recv_timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    ifindex: Option<u32>,
+    admin_up: bool,
+    carrier: bool,
+}
+
+/// The kernel's answer to one GETLINK.
+#[derive(Debug)]
+enum Answer {
+    Link(State),
+    /// ENODEV: no such interface.
+    Absent,
+    /// No answer within the receive timeout.
+    Timeout,
+    Error(std::io::Error),
+}
+
+struct Poller {
+    sock: OwnedFd,
+    interfaces: Vec<String>,
+    requests: Vec<Vec<u8>>,
+    last: Vec<Option<State>>,
+    buf: Vec<u8>,
+    seq: u32,
+    tx: UnboundedSender<CarrierSample>,
+    last_error_log: Option<Instant>,
+}
+
+impl Poller {
+    fn run(mut self, interval: Duration, stop: &AtomicBool) {
+        self.last = vec![None; self.interfaces.len()];
+        let mut next = monotonic_now();
+        let mut polls: u64 = 0;
+        while !stop.load(Ordering::Relaxed) && !self.tx.is_closed() {
+            for i in 0..self.interfaces.len() {
+                if !self.poll_one(i) {
+                    return; // receiver gone
+                }
+            }
+            polls += 1;
+            next += interval;
+            let now = monotonic_now();
+            if next < now {
+                // We fell a whole period behind (suspended, starved): skip
+                // the missed polls rather than run them back to back.
+                next = now;
+            }
+            sleep_until(next, stop);
+        }
+        tracing::debug!(
+            polls,
+            cpu = ?thread_cpu_time(),
+            "carrier poller stopped"
+        );
+    }
+
+    /// Poll interface `i`; false when the receiver is gone.
+    fn poll_one(&mut self, i: usize) -> bool {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.seq;
+        self.requests[i][8..12].copy_from_slice(&seq.to_ne_bytes());
+        let fd = self.sock.as_raw_fd();
+        let answer = match send_all(fd, &self.requests[i]) {
+            Ok(()) => read_answer(fd, seq, &mut self.buf),
+            Err(e) => Answer::Error(e),
+        };
+        let state = match answer {
+            Answer::Link(s) => s,
+            Answer::Absent => State {
+                ifindex: None,
+                admin_up: false,
+                carrier: false,
+            },
+            Answer::Timeout => {
+                self.log_error(i, "no answer to RTM_GETLINK");
+                return true;
+            }
+            Answer::Error(e) => {
+                self.log_error(i, &e.to_string());
+                return true;
+            }
+        };
+        if self.last[i] == Some(state) {
+            return true;
+        }
+        self.last[i] = Some(state);
+        self.tx
+            .send(CarrierSample {
+                interface: self.interfaces[i].clone(),
+                ifindex: state.ifindex,
+                present: state.ifindex.is_some(),
+                admin_up: state.admin_up,
+                carrier: state.carrier,
+            })
+            .is_ok()
+    }
+
+    fn log_error(&mut self, i: usize, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY)
+        {
+            return;
+        }
+        self.last_error_log = Some(now);
+        tracing::warn!(
+            interface = %self.interfaces[i],
+            error = what,
+            "carrier poll failed (logged at most every {ERROR_LOG_EVERY:?})"
+        );
+    }
+}
+
+fn send_all(fd: RawFd, req: &[u8]) -> std::io::Result<()> {
+    loop {
+        let n = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Receive until the answer to `seq` arrives (skipping stale answers to
+/// earlier, timed-out requests), the receive timeout fires, or too many
+/// stale datagrams were seen.
+fn read_answer(fd: RawFd, seq: u32, buf: &mut [u8]) -> Answer {
+    let mut stale = 0;
+    while stale < MAX_STALE {
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Answer::Timeout,
+                Some(libc::EINTR) => continue,
+                _ => return Answer::Error(e),
+            }
+        }
+        match parse_answer(&buf[..n as usize], seq) {
+            Some(a) => return a,
+            None => stale += 1,
+        }
+    }
+    Answer::Timeout
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// The answer to `seq` in this datagram, `None` if it holds none.
+fn parse_answer(data: &[u8], seq: u32) -> Option<Answer> {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= data.len() {
+        let len = u32_at(data, off) as usize;
+        if len < NLMSG_HDRLEN || off + len > data.len() {
+            return None;
+        }
+        let msg = &data[off..off + len];
+        off += (len + 3) & !3;
+        if u32_at(msg, 8) != seq {
+            continue;
+        }
+        match u16_at(msg, 4) {
+            NLMSG_ERROR if msg.len() >= NLMSG_HDRLEN + 4 => {
+                let err = u32_at(msg, NLMSG_HDRLEN) as i32;
+                return Some(match -err {
+                    libc::ENODEV => Answer::Absent,
+                    0 => Answer::Error(std::io::Error::other("unexpected ack")),
+                    errno => Answer::Error(std::io::Error::from_raw_os_error(errno)),
+                });
+            }
+            RTM_NEWLINK if msg.len() >= NLMSG_HDRLEN + IFINFOMSG_LEN => {
+                let ifindex = u32_at(msg, NLMSG_HDRLEN + 4);
+                let flags = u32_at(msg, NLMSG_HDRLEN + 8);
+                let admin_up = flags & IFF_UP != 0;
+                let mut carrier = false;
+                let mut a = NLMSG_HDRLEN + IFINFOMSG_LEN;
+                while a + 4 <= msg.len() {
+                    let alen = u16_at(msg, a) as usize;
+                    let kind = u16_at(msg, a + 2) & 0x3fff;
+                    if alen < 4 || a + alen > msg.len() {
+                        break;
+                    }
+                    if kind == IFLA_CARRIER && alen >= 5 {
+                        carrier = msg[a + 4] != 0;
+                        break;
+                    }
+                    a += (alen + 3) & !3;
+                }
+                return Some(Answer::Link(State {
+                    ifindex: Some(ifindex),
+                    admin_up,
+                    carrier: admin_up && carrier,
+                }));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Sleep until the absolute CLOCK_MONOTONIC instant `deadline`, in chunks of
+/// at most [`MAX_SLEEP_CHUNK`] so `stop` is noticed promptly.
+fn sleep_until(deadline: Duration, stop: &AtomicBool) {
+    loop {
+        let now = monotonic_now();
+        if now >= deadline || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let target = deadline.min(now + MAX_SLEEP_CHUNK);
+        let ts = libc::timespec {
+            tv_sec: target.as_secs() as libc::time_t,
+            tv_nsec: target.subsec_nanos() as libc::c_long,
+        };
+        // Returns the error number directly; EINTR just loops.
+        unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
+/// CPU time (user + system) of the calling thread (getrusage RUSAGE_THREAD).
+pub fn thread_cpu_time() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_layout() {
+        let r = getlink_request("eth0");
+        assert_eq!(u32_at(&r, 0) as usize, r.len());
+        assert_eq!(u16_at(&r, 4), RTM_GETLINK);
+        assert_eq!(r.len() % 4, 0);
+        // header + ifinfomsg + ext mask (8) + "eth0\0" padded (4 + 8)
+        assert_eq!(r.len(), 16 + 16 + 8 + 12);
+    }
+
+    #[test]
+    fn parses_enodev_and_skips_stale() {
+        let mut m = vec![0u8; 36];
+        m[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        m[16..20].copy_from_slice(&(-libc::ENODEV).to_ne_bytes());
+        assert!(matches!(parse_answer(&m, 7), Some(Answer::Absent)));
+        assert!(parse_answer(&m, 8).is_none());
+    }
+}

@@ -1,0 +1,199 @@
+//! Shared harness for the end-to-end tests: the real `uplinkd` binary in the
+//! lab's server namespace, its status read over its socket.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use uplinkd::config::Family;
+use uplinkd::lab::{Lab, LabChild, LabSpec, Uplink};
+use uplinkd::status::Status;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_uplinkd");
+
+pub fn lab() -> Lab {
+    Lab::build(&LabSpec::default()).expect("build lab")
+}
+
+pub struct Agent {
+    pub child: Option<LabChild>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    ns: String,
+    config: PathBuf,
+}
+
+impl Agent {
+    /// Start the daemon with the lab config plus `overrides` (TOML).
+    pub fn start(lab: &Lab, overrides: &str) -> Agent {
+        let config = lab.write_config(overrides).expect("write config");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cfg = uplinkd::config::Config::parse(&text, "lab").expect("lab config is valid");
+        let mut a = Agent {
+            child: None,
+            socket: cfg.agent.socket.clone(),
+            log: lab.dir().join("uplinkd.log"),
+            ns: lab.server_ns(),
+            config,
+        };
+        a.spawn(lab);
+        a
+    }
+
+    pub fn spawn(&mut self, lab: &Lab) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = lab
+            .command(&self.ns, &[BIN, "--config", self.config.to_str().unwrap()])
+            .unwrap();
+        cmd.env("UPLINKD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("start uplinkd");
+        self.child = Some(LabChild::new(child, "uplinkd"));
+        // Wait for the socket to answer.
+        self.wait_for("status socket", Duration::from_secs(10), |_| true);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn request(&self, req: &str) -> Result<String, String> {
+        let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(b"\n").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(line)
+    }
+
+    pub fn status(&self) -> Result<Status, String> {
+        let line = self.request(r#"{"request":"status"}"#)?;
+        serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+    }
+
+    /// Poll the status until `pred` holds; panic with the last status after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + timeout;
+        let mut last = Err("no answer yet".to_string());
+        while Instant::now() < deadline {
+            if let Some(c) = &self.child {
+                // Fail fast when the daemon died.
+                let pid = c.pid();
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    panic!("uplinkd exited while waiting for {what}:\n{}", self.log_text());
+                }
+            }
+            last = self.status();
+            if let Ok(s) = &last {
+                if pred(s) {
+                    return s.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; last status: {last:#?}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every event record the daemon logged, parsed from its log.
+    pub fn logged_events(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("event=").nth(1))
+            .filter_map(|j| serde_json::from_str(j.trim()).ok())
+            .collect()
+    }
+
+    /// The active_changed events for `family`, as (from, to, reason).
+    pub fn switches(&self, family: Family) -> Vec<(Option<String>, Option<String>, String)> {
+        self.logged_events()
+            .into_iter()
+            .filter(|e| e["kind"] == "active_changed" && e["family"] == family.name())
+            .map(|e| {
+                (
+                    e["from"].as_str().map(String::from),
+                    e["to"].as_str().map(String::from),
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- uplinkd log ----\n{}", self.log_text());
+        }
+        if let Some(c) = self.child.take() {
+            let _ = c.terminate(Duration::from_secs(3));
+        }
+    }
+}
+
+pub fn active(s: &Status, f: Family) -> Option<&str> {
+    match f {
+        Family::V4 => s.active.ipv4.as_deref(),
+        Family::V6 => s.active.ipv6.as_deref(),
+    }
+}
+
+/// The kernel's default route in the server namespace goes via `uplink`'s gateway.
+pub fn route_via(lab: &Lab, f: Family, uplink: Uplink) -> bool {
+    lab.default_route(f)
+        .ok()
+        .flatten()
+        .is_some_and(|(gw, dev)| gw == uplink.gateway(f) && dev == uplink.interface())
+}
+
+pub fn wait_route(lab: &Lab, agent: &Agent, f: Family, uplink: Uplink, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if route_via(lab, f, uplink) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{f} default route not via {} after {timeout:?}: {:?}\nlog:\n{}",
+        uplink.name(),
+        lab.default_routes(f),
+        agent.log_text()
+    );
+}
+
+/// Settled on the primary for both families.
+pub fn settled(lab: &Lab, overrides: &str) -> Agent {
+    let a = Agent::start(lab, overrides);
+    a.wait_for("first decision on primary", Duration::from_secs(10), |s| {
+        s.decided
+            && s.active.ipv4.as_deref() == Some("primary")
+            && s.active.ipv6.as_deref() == Some("primary")
+    });
+    for f in Family::ALL {
+        wait_route(lab, &a, f, Uplink::Primary, Duration::from_secs(5));
+    }
+    a
+}
