@@ -344,9 +344,10 @@ fn random_loss_drops_echo_requests_only() {
         let r = stream.stop();
         assert!(r.sent > 1000, "{r:?}");
         assert_eq!(
-            r.received, r.sent,
+            r.received, r.transmitted,
             "UDP through a 100 % echo-loss router: {r:?}"
         );
+        assert_eq!(r.send_errors, 0, "{r:?}");
     }
     lab.clear_loss(Uplink::Primary).unwrap();
     lab.clear_loss(Uplink::Primary).unwrap();
@@ -424,8 +425,16 @@ fn udp_stream_counts_outage() {
         std::thread::sleep(Duration::from_millis(800));
         let r = s.stop();
         assert!(r.sent >= 7000, "{r:?}");
-        assert_eq!(r.received, r.sent, "{f}: {:?}", r.gaps);
-        assert!(r.gaps.is_empty() && r.longest_gap == Duration::ZERO);
+        // Everything transmitted arrived. Slots skipped while the sender was
+        // not scheduled (an overloaded test host) are the only excuse.
+        assert_eq!(r.send_errors, 0, "{r:?}");
+        assert_eq!(r.received, r.transmitted, "{f}: {:?}", r.gaps);
+        assert!(r.stalls.iter().all(|s| !s.in_sendto), "{:?}", r.stalls);
+        assert!(r.network_gaps().is_empty(), "{f}: {:?}", r.gaps);
+        if r.stalls.is_empty() {
+            assert_eq!(r.received, r.sent);
+            assert!(r.gaps.is_empty() && r.longest_gap == Duration::ZERO);
+        }
 
         // The route disappears for ~100 ms: one gap of about that length.
         let s = lab
@@ -441,15 +450,16 @@ fn udp_stream_counts_outage() {
         std::thread::sleep(Duration::from_millis(300));
         let r = s.stop();
         assert!(r.send_errors > 0, "{r:?}");
+        // One outage of about 100 ms (10,000/s: 1,000 slots), apart from
+        // sender stalls on an overloaded host.
+        let big: Vec<_> = r.network_gaps().into_iter().filter(|g| g.1 >= 50).collect();
+        assert_eq!(big.len(), 1, "{f}: one outage expected: {r:?}");
         assert!(
-            r.longest_gap >= Duration::from_millis(80)
-                && r.longest_gap <= Duration::from_millis(400),
-            "{f}: longest gap {:?}, gaps {:?}",
-            r.longest_gap,
-            r.gaps
+            (800..=4000).contains(&big[0].1),
+            "{f}: outage of {} slots, expected ~1000: {r:?}",
+            big[0].1
         );
-        let big: Vec<_> = r.gaps.iter().filter(|g| g.1 >= 50).collect();
-        assert_eq!(big.len(), 1, "{f}: one outage expected: {:?}", r.gaps);
+        assert!(r.longest_gap >= Duration::from_millis(80), "{r:?}");
         assert_eq!(r.lost(), r.sent - r.received);
     }
 }
@@ -586,36 +596,5 @@ fn stale_namespaces_of_dead_labs_are_removed() {
     assert!(!netns::exists(&stale));
     for n in live.namespaces() {
         assert!(netns::exists(&n), "a live lab's namespace {n} was deleted");
-    }
-}
-
-#[test]
-#[ignore]
-fn scratch_kernel_fallback() {
-    let lab = build(&LabSpec::default());
-    let srv = lab.server_ns();
-    lab.sysctl(&srv, &["net.ipv4.conf.all.ignore_routes_with_linkdown=1", "net.ipv6.conf.all.ignore_routes_with_linkdown=1"]).unwrap();
-    lab.set_server_default(Uplink::Secondary, 11).unwrap();
-    lab.set_server_default(Uplink::Primary, 10).unwrap();
-    for noisy in [false, true, false, true] {
-        let _n = if noisy { Some(lab.noise(Duration::from_millis(150)).unwrap()) } else { None };
-        std::thread::sleep(Duration::from_millis(400));
-        let s = lab.udp_stream(&StreamSpec::default()).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let t = std::time::Instant::now();
-        lab.carrier_down(Uplink::Primary).unwrap();
-        let mut lower = None; let mut oper = None;
-        while t.elapsed() < Duration::from_secs(3) && (lower.is_none() || oper.is_none()) {
-            let l = lab.server_link(Uplink::Primary).unwrap();
-            if lower.is_none() && !l.carrier() { lower = Some(t.elapsed()); }
-            if oper.is_none() && l.operstate != "UP" { oper = Some(t.elapsed()); }
-        }
-        std::thread::sleep(Duration::from_millis(1500));
-        let r = s.stop();
-        eprintln!("noisy={noisy} lower_up_off={lower:?} operstate_off={oper:?} longest_gap={:?} lost={} skipped={} gaps={:?}", r.longest_gap, r.lost(), r.skipped, &r.gaps[..r.gaps.len().min(5)]);
-        lab.carrier_up(Uplink::Primary).unwrap();
-        lab.set_server_default(Uplink::Primary, 10).unwrap();
-        lab.wait_carrier(Uplink::Primary, true, Duration::from_secs(2)).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
     }
 }

@@ -57,7 +57,7 @@ pub use crate::config::Family;
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
-pub use stream::{StreamReport, StreamSpec, UdpStream};
+pub use stream::{Stall, StreamReport, StreamSpec, UdpStream};
 
 /// Temp dirs of labs are `<tmp>/uplink-lab-<prefix without trailing '-'>`.
 pub(crate) const TEMP_DIR_PREFIX: &str = "uplink-lab-";
@@ -987,17 +987,17 @@ impl Lab {
     }
 
     /// One link of a lab namespace.
+    ///
+    /// Read from a link *dump*, never with a per-device RTM_GETLINK (`ip
+    /// link show dev X`): the kernel's `rtnl_getlink()` synchronises the
+    /// device's pending linkwatch work (`linkwatch_sync_dev`), so merely
+    /// asking would apply a delayed carrier change early, including the
+    /// kernel's own linkdown fallback, and change what the lab measures.
     pub fn link(&self, ns: &str, dev: &str) -> Result<LinkInfo> {
-        self.owns(ns)?;
-        let out = cmd::run("ip", &["-n", ns, "-j", "link", "show", "dev", dev], None)?;
-        let v = parse_json("ip link", &out)?;
-        v.as_array()
-            .and_then(|a| a.first())
-            .and_then(parse_link)
-            .ok_or_else(|| LabError::Parse {
-                what: format!("ip link show {dev} in {ns}"),
-                detail: out.clone(),
-            })
+        self.links(ns)?
+            .into_iter()
+            .find(|l| l.name == dev)
+            .ok_or_else(|| LabError::Invalid(format!("no link {dev} in namespace {ns}")))
     }
 
     /// The server end of `uplink`.

@@ -101,8 +101,58 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     u32::from_str_radix(pid, 16).ok()
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+/// Whether the lab process `pid` that created namespace `name` still runs:
+/// the pid exists, is not a zombie, and started before the namespace was
+/// created (otherwise the pid was reused by another process).
+fn lab_alive(pid: u32, name: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name (which may contain spaces and ')').
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return true;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return false;
+    }
+    // starttime is field 22 of /proc/pid/stat, i.e. index 19 after the state.
+    let started = fields
+        .get(19)
+        .and_then(|t| t.parse::<u64>().ok())
+        .zip(boot_time())
+        .map(|(ticks, btime)| {
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            btime + ticks / hz
+        });
+    let created = std::fs::metadata(path(name))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    match (started, created) {
+        // 2 s of slack for rounding of both clocks.
+        (Some(s), Some(c)) => s <= c + 2,
+        _ => true, // cannot tell: keep it
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "Z" || st == "X"))
+        })
+        .unwrap_or(false)
+}
+
+fn boot_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
 }
 
 /// What [`cleanup_stale`] did.
@@ -139,7 +189,7 @@ pub fn cleanup_stale() -> StaleCleanup {
         let Some(pid) = owner_pid(&name) else {
             continue;
         };
-        if pid_alive(pid) {
+        if lab_alive(pid, &name) {
             report.alive.push(name);
             continue;
         }
@@ -161,7 +211,7 @@ pub fn cleanup_stale() -> StaleCleanup {
             let Some(pid) = owner_pid(&format!("{ns_prefix}-x")) else {
                 continue;
             };
-            if pid_alive(pid) {
+            if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
                 continue;
             }
             match std::fs::remove_dir_all(d.path()) {

@@ -91,6 +91,8 @@ pub struct StreamReport {
     pub first_send_error: Option<String>,
     /// Slots skipped because the sender was blocked longer than `max_lateness`.
     pub skipped: u64,
+    /// Each run of skipped slots, and why the sender was late.
+    pub stalls: Vec<Stall>,
     /// Distinct sequence numbers received.
     pub received: u64,
     /// Datagrams received more than once.
@@ -101,9 +103,38 @@ pub struct StreamReport {
     pub gaps: Vec<(u64, u64)>,
 }
 
+/// A run of slots the sender skipped because it fell behind its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stall {
+    pub first_seq: u64,
+    pub count: u64,
+    /// The sender slept inside `sendto` (a voluntary context switch during a
+    /// slow call: e.g. its socket buffer held by a dead neighbour's queue):
+    /// a real outage, as an application would suffer it. false: it was late
+    /// without sleeping in `sendto`, i.e. it was preempted or not scheduled
+    /// (an overloaded measuring host): a measurement artifact.
+    pub in_sendto: bool,
+}
+
 impl StreamReport {
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.received)
+    }
+
+    /// The gaps that are not just the sender being descheduled: gaps not
+    /// entirely made of slots skipped in stalls with `in_sendto == false`.
+    pub fn network_gaps(&self) -> Vec<(u64, u64)> {
+        self.gaps
+            .iter()
+            .copied()
+            .filter(|&(first, count)| {
+                !self.stalls.iter().any(|st| {
+                    !st.in_sendto
+                        && st.first_seq <= first
+                        && first + count <= st.first_seq + st.count
+                })
+            })
+            .collect()
     }
 }
 
@@ -113,6 +144,7 @@ struct SenderResult {
     send_errors: u64,
     first_send_error: Option<String>,
     skipped: u64,
+    stalls: Vec<Stall>,
 }
 
 struct ReceiverResult {
@@ -300,6 +332,7 @@ impl UdpStream {
                                 send_errors: 0,
                                 first_send_error: None,
                                 skipped: 0,
+                                stalls: Vec::new(),
                             }
                         }
                     }
@@ -369,6 +402,7 @@ impl UdpStream {
                 send_errors: 0,
                 first_send_error: Some("sender thread panicked".into()),
                 skipped: 0,
+                stalls: Vec::new(),
             });
         self.stop_receiver.store(true, Ordering::SeqCst);
         let r = self
@@ -391,6 +425,7 @@ impl UdpStream {
             send_errors: s.send_errors,
             first_send_error: s.first_send_error,
             skipped: s.skipped,
+            stalls: s.stalls,
             received: r.received,
             duplicates: r.duplicates,
             longest_gap: interval * u32::try_from(longest).unwrap_or(u32::MAX),
@@ -428,8 +463,13 @@ fn send(
         send_errors: 0,
         first_send_error: None,
         skipped: 0,
+        stalls: Vec::new(),
     };
     let mut seq: u64 = 0;
+    // Whether the previous sendto was slow *and slept*: tells a block in
+    // the kernel from a sender that simply was not scheduled (preemption is
+    // an involuntary context switch, sleeping a voluntary one).
+    let mut last_send_blocked = false;
     while seq < max_slots && !stop.load(Ordering::Relaxed) {
         let due = start + Duration::from_nanos((u128::from(seq) * interval_ns) as u64);
         let now = Instant::now();
@@ -442,6 +482,11 @@ fn send(
             let resume = ((behind.as_nanos() / interval_ns) as u64).min(max_slots);
             if resume > seq {
                 r.skipped += resume - seq;
+                r.stalls.push(Stall {
+                    first_seq: seq,
+                    count: resume - seq,
+                    in_sendto: last_send_blocked,
+                });
                 seq = resume;
                 if seq >= max_slots {
                     break;
@@ -449,7 +494,12 @@ fn send(
             }
         }
         buf[8..16].copy_from_slice(&seq.to_be_bytes());
-        match sock.send_to(&buf, to) {
+        let slept_before = voluntary_switches();
+        let t = Instant::now();
+        let res = sock.send_to(&buf, to);
+        last_send_blocked =
+            t.elapsed() > spec.max_lateness / 2 && voluntary_switches() > slept_before;
+        match res {
             Ok(_) => r.transmitted += 1,
             Err(e) => {
                 r.send_errors += 1;
@@ -463,6 +513,18 @@ fn send(
     }
     r.slots = seq;
     r
+}
+
+/// Voluntary context switches of the calling thread so far.
+fn voluntary_switches() -> libc::c_long {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: RUSAGE_THREAD fills the struct we pass; on error it is zeroed.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: initialised by getrusage (or zeroed).
+    unsafe { ru.assume_init() }.ru_nvcsw
 }
 
 fn receive(
