@@ -61,6 +61,34 @@ pub struct Config {
     pub uplinks: Vec<UplinkConfig>,
     /// The upstream transit providers (any number >= 1).
     pub transits: Vec<TransitConfig>,
+    /// Commands run on changes (`[hooks]`); none by default.
+    pub hooks: HooksConfig,
+    /// Prometheus metrics (`[metrics]`): always on the socket, optionally HTTP.
+    pub metrics: MetricsConfig,
+}
+
+/// Commands run on state changes, each through `/bin/sh -c`, asynchronously,
+/// with the change in `UPLINKD_*` environment variables and as JSON on stdin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HooksConfig {
+    /// Run on every change of a family's active uplink (`active_changed`).
+    pub on_active_change: Vec<String>,
+    /// Run on every health change of an uplink or transit target
+    /// (`uplink_health`, `carrier`, `gateway`, `transit`, `fail_static`, `damped`).
+    pub on_health_change: Vec<String>,
+    /// A hook still running after this is killed (its whole process group).
+    pub timeout: Duration,
+}
+
+/// Prometheus metrics: served by `metrics` on the socket, and over HTTP
+/// when `http` is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Also serve `GET /metrics` over HTTP on `listen`. Off by default: the
+    /// socket already serves the same text to local collectors.
+    pub http: bool,
+    /// Address and port of the HTTP listener (loopback by default).
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +135,8 @@ pub struct DampingConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
-    /// How often the live carrier of every uplink is read (RTM_GETLINK).
+    /// The loop's tick: how often the live carrier of every uplink is read,
+    /// and the granularity of probe replies and timers.
     pub carrier_interval: Duration,
     /// Gateway echo interval while all is well.
     pub gateway_interval: Duration,
@@ -139,9 +168,19 @@ pub struct UplinkConfig {
     pub interface: String,
     pub gateway4: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
+    /// Set when `interface` is a member (port) of this active-backup bond:
+    /// the gateways are reached through the bond, and choosing this uplink
+    /// means making `interface` the bond's active member.
+    pub bond: Option<String>,
 }
 
 impl UplinkConfig {
+    /// The interface routes and neighbours of this uplink live on: the bond
+    /// for a bond member, else its own interface.
+    pub fn route_interface(&self) -> &str {
+        self.bond.as_deref().unwrap_or(&self.interface)
+    }
+
     pub fn gateway(&self, family: Family) -> Option<IpAddr> {
         match family {
             Family::V4 => self.gateway4.map(IpAddr::V4),
@@ -272,6 +311,26 @@ impl Default for AgentConfig {
     }
 }
 
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            on_active_change: Vec::new(),
+            on_health_change: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            http: false,
+            // 9469: free in the Prometheus default port allocations wiki page.
+            listen: std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 9469)),
+        }
+    }
+}
+
 impl Default for DampingConfig {
     fn default() -> Self {
         DampingConfig {
@@ -286,7 +345,7 @@ impl Default for DampingConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
-            carrier_interval: Duration::from_millis(1),
+            carrier_interval: Duration::from_millis(4),
             gateway_interval: Duration::from_millis(20),
             gateway_fast_interval: Duration::from_millis(5),
             gateway_dead_after: Duration::from_millis(60),
@@ -327,6 +386,10 @@ struct RawConfig {
     probe: RawProbe,
     uplink: Option<Vec<Spanned<RawUplink>>>,
     transit: Option<Vec<Spanned<RawTransit>>>,
+    #[serde(default)]
+    hooks: RawHooks,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 type RawStr = Option<Spanned<String>>;
@@ -379,6 +442,21 @@ struct RawProbe {
     transit_rise: RawInt,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_active_change: Option<Spanned<Vec<Spanned<String>>>>,
+    on_health_change: Option<Spanned<Vec<Spanned<String>>>>,
+    timeout: RawStr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    http: Option<Spanned<bool>>,
+    listen: RawStr,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUplink {
@@ -386,6 +464,7 @@ struct RawUplink {
     interface: RawStr,
     gateway4: RawStr,
     gateway6: RawStr,
+    bond: RawStr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,14 +543,23 @@ const UPLINK_KEYS: &[(&str, Kind)] = &[
     ("interface", Kind::Str),
     ("gateway4", Kind::Str),
     ("gateway6", Kind::Str),
+    ("bond", Kind::Str),
 ];
 const TRANSIT_KEYS: &[(&str, Kind)] = &[("name", Kind::Str), ("targets", Kind::StrList)];
+const HOOKS_KEYS: &[(&str, Kind)] = &[
+    ("on_active_change", Kind::StrList),
+    ("on_health_change", Kind::StrList),
+    ("timeout", Kind::Str),
+];
+const METRICS_KEYS: &[(&str, Kind)] = &[("http", Kind::Bool), ("listen", Kind::Str)];
 const ROOT_KEYS: &[(&str, Kind)] = &[
     ("agent", Kind::Table(AGENT_KEYS)),
     ("policy", Kind::Table(POLICY_KEYS)),
     ("probe", Kind::Table(PROBE_KEYS)),
     ("uplink", Kind::TableList(UPLINK_KEYS)),
     ("transit", Kind::TableList(TRANSIT_KEYS)),
+    ("hooks", Kind::Table(HOOKS_KEYS)),
+    ("metrics", Kind::Table(METRICS_KEYS)),
 ];
 
 /// Every leaf key the configuration accepts, dotted (`agent.socket`,
@@ -1035,11 +1123,67 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
                 "an uplink needs at least one gateway: set gateway4, gateway6 or both",
             );
         }
-        let (Some(name), Some(interface), Some(gateway4), Some(gateway6)) =
-            (name, interface, gateway4, gateway6)
+        // Outer None: present but bad (reported); Some(None): absent.
+        let bond: Option<Option<String>> = match &u.bond {
+            None => Some(None),
+            Some(b) => match ifname_problem(b.get_ref()) {
+                Some(problem) => {
+                    r.add(format!("{p}.bond"), Some(b.span()), problem);
+                    None
+                }
+                None if interface.as_deref() == Some(b.get_ref().as_str()) => {
+                    r.add(
+                        format!("{p}.bond"),
+                        Some(b.span()),
+                        format!(
+                            "the bond ({}) must differ from the interface, which is the bond's member",
+                            b.get_ref()
+                        ),
+                    );
+                    None
+                }
+                None => Some(Some(b.get_ref().clone())),
+            },
+        };
+        let (Some(name), Some(interface), Some(gateway4), Some(gateway6), Some(bond)) =
+            (name, interface, gateway4, gateway6, bond)
         else {
             continue;
         };
+        // Members of one bond reach the same gateways through it (the route
+        // goes via the bond whichever member is active).
+        if let Some(b) = &bond {
+            if let Some((j, other)) = uplinks
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.bond.as_ref() == Some(b))
+            {
+                if other.gateway4 != gateway4 || other.gateway6 != gateway6 {
+                    r.add(
+                        format!("{p}.bond"),
+                        u.bond.as_ref().map(|s| s.span()),
+                        format!(
+                            "uplink {name:?} and uplink[{j}] {:?} are members of bond {b} but have different gateways; members of one bond reach the same gateway4/gateway6 through it",
+                            other.name
+                        ),
+                    );
+                }
+            }
+            if let Some((j, other)) = uplinks
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.bond.is_none() && o.interface == *b)
+            {
+                r.add(
+                    format!("{p}.bond"),
+                    u.bond.as_ref().map(|s| s.span()),
+                    format!(
+                        "bond {b} is also the interface of the routed uplink[{j}] {:?}; configure the bond through its members (interface = member, bond = {b:?})",
+                        other.name
+                    ),
+                );
+            }
+        }
         // Two uplinks on one interface (e.g. two routers on one VLAN) are
         // told apart only by their gateways.
         for (j, other) in uplinks.iter().enumerate() {
@@ -1069,6 +1213,7 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
             interface,
             gateway4,
             gateway6,
+            bond,
         });
     }
 
@@ -1384,6 +1529,19 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
         1..=COUNT_MAX,
         "",
     );
+    if let (Some(tick), Some(fast)) = (carrier_interval, gateway_fast_interval) {
+        r.relation(
+            tick <= fast,
+            ("probe.carrier_interval", &pr.carrier_interval, tick),
+            (
+                "probe.gateway_fast_interval",
+                &pr.gateway_fast_interval,
+                fast,
+            ),
+            "<=",
+            "carrier_interval is the agent's tick: probes and timers are handled on it",
+        );
+    }
     if let (Some(fast), Some(slow)) = (gateway_fast_interval, gateway_interval) {
         r.relation(
             fast <= slow,
@@ -1429,6 +1587,61 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
         );
     }
 
+    // --- hooks ---
+    let hd = HooksConfig::default();
+    let hr = &raw.hooks;
+    let mut hook_list = |key: &str, raw: &Option<Spanned<Vec<Spanned<String>>>>| {
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (k, cmd) in raw.iter().flat_map(|l| l.get_ref().iter()).enumerate() {
+            let text = cmd.get_ref();
+            if text.trim().is_empty() || text.contains('\0') {
+                r.add(
+                    format!("{key}[{k}]"),
+                    Some(cmd.span()),
+                    "must be a command line (run with /bin/sh -c), not empty",
+                );
+                ok = false;
+            } else {
+                out.push(text.clone());
+            }
+        }
+        ok.then_some(out)
+    };
+    let on_active_change = hook_list("hooks.on_active_change", &hr.on_active_change);
+    let on_health_change = hook_list("hooks.on_health_change", &hr.on_health_change);
+    let hook_timeout = r.duration("hooks.timeout", &hr.timeout, hd.timeout);
+
+    // --- metrics ---
+    let md = MetricsConfig::default();
+    let mr = &raw.metrics;
+    let metrics_http = mr.http.as_ref().map_or(md.http, |b| *b.get_ref());
+    let metrics_listen = match &mr.listen {
+        None => Some(md.listen),
+        Some(l) => match l.get_ref().trim().parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                r.add(
+                    "metrics.listen",
+                    Some(l.span()),
+                    format!("{a}: port 0 would pick a random port; give a fixed one"),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                r.add(
+                    "metrics.listen",
+                    Some(l.span()),
+                    format!(
+                        "{:?} is not an address and port (write e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+
     Some(Config {
         agent: AgentConfig {
             socket: socket?,
@@ -1465,6 +1678,15 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
         },
         uplinks,
         transits,
+        hooks: HooksConfig {
+            on_active_change: on_active_change?,
+            on_health_change: on_health_change?,
+            timeout: hook_timeout?,
+        },
+        metrics: MetricsConfig {
+            http: metrics_http,
+            listen: metrics_listen?,
+        },
     })
 }
 

@@ -2,50 +2,73 @@
 //! the uplink it names, and reports exactly one outcome per request. It
 //! decides nothing: counting misses, timers and verdicts belong to the core.
 //!
-//! One socket per (uplink, family), opened lazily on the first probe. It is
+//! # Tick-driven, no reactor
+//!
+//! Every thread wake-up costs CPU (about 17.5 µs measured on our VMs), so the
+//! prober never wakes anyone: its sockets are plain non-blocking sockets that
+//! are registered with no reactor (tokio, epoll, anything). The daemon's loop
+//! calls [`Prober::send`] when the core asks for a probe and
+//! [`Prober::poll`] on its periodic tick (and at [`Prober::next_deadline`]);
+//! `poll` reads whatever replies the kernel has queued meanwhile. No runtime
+//! is needed.
+//!
+//! A reply can wait in its socket for up to one tick before `poll` reads it,
+//! so the round-trip time is not "when poll saw it" but the kernel's receive
+//! timestamp (`SO_TIMESTAMPNS`, CLOCK_REALTIME, taken when the packet entered
+//! the stack; see the kernel's Documentation/networking/timestamping.rst)
+//! minus CLOCK_REALTIME read just before `sendto`. Lateness is judged the same
+//! way: a reply the kernel received after the probe's timeout is a `Timeout`,
+//! however early `poll` reads it, and one received in time is a `Reply` even
+//! if `poll` runs after the deadline (queued replies are read before expiring).
+//!
+//! # Sockets
+//!
+//! One socket per (uplink, family), opened lazily by the first probe, on the
+//! calling thread (so it belongs to that thread's network namespace). It is
 //! bound to the uplink's interface (`SO_BINDTODEVICE`) and marked with the
 //! uplink's fwmark (`SO_MARK`), so the policy rule `fwmark X lookup T` routes
 //! the probe through that uplink's own gateway even when two uplinks share an
 //! interface, and a far target never silently leaves through the current
-//! default route instead of the uplink under test.
+//! default route instead of the uplink under test. A DGRAM "ping" socket is
+//! used when `net.ipv4.ping_group_range` admits our gid, RAW otherwise.
 //!
-//! Sockets come from [`surge_ping::AsyncSocket`] (DGRAM "ping" socket when
-//! `net.ipv4.ping_group_range` admits our gid, RAW otherwise). Matching is
-//! ours, not surge-ping's `Client`/`Pinger`: surge-ping 0.9.1 decodes a reply
-//! into an `IcmpPacket` that does not carry the echoed payload, and a reply
-//! must prove it answers *our* probe (design note: "validate every reply so
-//! stray or spoofed replies never keep a dead path up"). A reply counts only
-//! if it comes from the target, is an echo reply (type 0 / 129, code 0), has
-//! our identifier (RAW; the kernel demultiplexes DGRAM sockets by it), our
-//! sequence number, and a payload of exactly the per-process random token
-//! followed by the probe id.
+//! A socket that fails (send or receive error, e.g. ENODEV once its interface
+//! is deleted: a socket keeps the old ifindex even when an interface of the
+//! same name comes back) is replaced by the next probe. The failed socket is
+//! kept, and still read, until the probes sent through it are reported.
 //!
-//! Each socket has one driver task that sends, receives and expires its
-//! probes; the steady state allocates nothing per probe (the pending table and
-//! the job queue reuse their storage, the packet is built on the stack).
+//! # Validation
 //!
-//! Threads and namespaces: sockets are opened in [`Prober::send`], on the
-//! calling thread, so they belong to that thread's network namespace. `send`
-//! must run inside a tokio runtime (current-thread is fine): the driver task
-//! is started with `tokio::spawn`.
+//! A reply must prove it answers *our* probe (design note: "validate every
+//! reply so stray or spoofed replies never keep a dead path up"). It counts
+//! only if it comes from the target, is an echo reply (type 0 / 129, code 0),
+//! has our identifier (RAW; the kernel demultiplexes DGRAM sockets by it), our
+//! sequence number (per (uplink, family), wrapping), and a payload of exactly
+//! the per-process random token followed by the probe id.
+//!
+//! # Cost
+//!
+//! The steady state allocates nothing per probe: the tables reuse their
+//! storage, packets are built and received in fixed stack buffers, outcomes go
+//! into the caller's vector. `poll` reads only sockets with probes in flight
+//! (one `recvmsg` returning EAGAIN when nothing arrived), at most
+//! [`MAX_RECV_PER_POLL`] datagrams per socket per call; with nothing in
+//! flight it makes no system call at all. A socket left idle is emptied by
+//! the `send` that ends its idleness (a RAW socket queues every echo reply on
+//! its interface meanwhile, and a full receive buffer would drop ours).
 
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::mem::{size_of, size_of_val, MaybeUninit};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use surge_ping::{AsyncSocket, ICMP};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio::time::Instant;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::debug;
 
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
-
-/// Where the prober reports `(probe id, outcome)`.
-pub type OutcomeSender = UnboundedSender<(ProbeId, ProbeOutcome)>;
 
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,38 +93,90 @@ pub enum SocketKind {
     Raw,
 }
 
+/// At most this many datagrams are read from one socket in one `poll`, so a
+/// flood of echo replies (a RAW socket sees everyone's on its interface)
+/// cannot hold the daemon's loop; the rest wait for the next tick.
+pub const MAX_RECV_PER_POLL: usize = 256;
+
+/// A kernel RTT longer than the monotonic time since the send plus this is
+/// not believed: CLOCK_REALTIME was stepped meanwhile, and the RTT falls back
+/// to the monotonic time until `poll` (an overestimate by at most one tick).
+const CLOCK_STEP_SLACK: Duration = Duration::from_millis(100);
+
+/// When a socket could not be drained within [`MAX_RECV_PER_POLL`], a probe
+/// past its deadline is still reported as `Timeout` this long after it, even
+/// if the datagrams read so far do not prove its reply is not queued: a
+/// sustained flood must not keep probes unanswered for ever.
+const FLOOD_GRACE: Duration = Duration::from_secs(1);
+
 /// Sends echoes through uplinks; see the module documentation.
+///
+/// Not thread-safe by design (`&mut self`): one owner, the daemon's loop.
 pub struct Prober {
     uplinks: Vec<ProbeUplink>,
     /// `slots[uplink][family.index()]`.
     slots: Vec<[Slot; 2]>,
+    /// Outcomes decided by `send` (errors), handed out by the next `poll`.
+    ready: Vec<(ProbeId, ProbeOutcome)>,
+    /// When the oldest entry of `ready` was recorded: `next_deadline` asks
+    /// for a `poll` from then on.
+    ready_since: Option<Instant>,
+    /// The per-process payload token.
+    token: [u8; 8],
+    /// Generation of the next socket opened (tells a probe's socket apart
+    /// from its replacement).
+    next_gen: u64,
 }
 
 #[derive(Default)]
 struct Slot {
-    client: Option<Client>,
+    /// The socket new probes are sent on.
+    sock: Option<Sock>,
+    /// Failed sockets that still have probes in flight: read until those are
+    /// reported, then closed. Empty (and unallocated) in the steady state.
+    retired: Vec<Sock>,
+    /// Probes in flight on this slot's sockets.
+    pending: Vec<Pending>,
     /// Last sequence number used; per (uplink, family), wraps at 2^16. It
     /// survives a socket being reopened, so a late reply to the old socket's
     /// probe cannot match a new one.
     seq: u16,
 }
 
-/// Handle to one socket's driver task.
-struct Client {
-    jobs: UnboundedSender<Job>,
-    /// Set by the driver when the socket failed (send or receive error); the
-    /// next probe opens a fresh socket. This is how a socket bound to an
-    /// interface that was deleted and recreated (new ifindex) gets replaced.
-    broken: Arc<AtomicBool>,
+struct Sock {
+    socket: Socket,
+    gen: u64,
+    /// For the logs.
+    uplink: UplinkId,
     kind: SocketKind,
+    /// Our identifier (RAW only; a ping socket's is the kernel's).
+    ident: u16,
+    /// IPv6 scope (ifindex) for link-local targets.
+    scope_id: u32,
+    /// A send or receive failed: the next probe opens a fresh socket.
+    broken: bool,
+    /// False after a receive error: nothing more is read from it.
+    readable: bool,
+    /// The last drain read everything that was queued (hit EAGAIN).
+    drained: bool,
+    /// Kernel receive time (CLOCK_REALTIME, ns) of the last datagram the last
+    /// drain read: every reply received before it has been read too.
+    last_rx: Option<i64>,
 }
 
-struct Job {
+struct Pending {
     id: ProbeId,
     seq: u16,
     target: IpAddr,
+    /// Generation of the socket it was sent on.
+    gen: u64,
+    /// The caller's `now` at send.
+    sent: Instant,
+    /// CLOCK_REALTIME (ns) just before `sendto`, to compare with the kernel's
+    /// receive timestamp.
+    sent_rt: Option<i64>,
     timeout: Duration,
-    tx: OutcomeSender,
+    deadline: Instant,
 }
 
 impl Prober {
@@ -109,17 +184,26 @@ impl Prober {
     /// `uplinks[i]` is uplink `i` of the requests.
     pub fn new(uplinks: Vec<ProbeUplink>) -> Self {
         let slots = uplinks.iter().map(|_| Default::default()).collect();
-        Prober { uplinks, slots }
+        Prober {
+            uplinks,
+            slots,
+            ready: Vec::new(),
+            ready_since: None,
+            token: *token(),
+            next_gen: 0,
+        }
     }
 
-    /// Send one echo through `req.uplink` to `req.target`; later exactly one
-    /// `(req.id, outcome)` goes to `tx`: `Reply { rtt }` for a valid reply
-    /// within `req.timeout`, `Timeout` otherwise, `Error` if it could not be
-    /// sent (the message names uplink, interface, target and cause).
+    /// Send one echo through `req.uplink` to `req.target` now (a non-blocking
+    /// `sendto`; opens the socket first if needed). Later `poll` returns
+    /// exactly one `(req.id, outcome)`: `Reply { rtt }` for a valid reply
+    /// that the kernel received within `req.timeout`, `Timeout` otherwise,
+    /// `Error` if it could not be sent (the message names uplink, interface,
+    /// target and cause; returned by the very next `poll`).
     ///
-    /// Must be called inside a tokio runtime, on a thread in the network
-    /// namespace the uplinks live in (sockets are opened here).
-    pub fn send(&mut self, req: ProbeRequest, tx: OutcomeSender) {
+    /// `now` is the caller's monotonic clock; the deadline is `now + timeout`.
+    /// Call on a thread in the network namespace the uplinks live in.
+    pub fn send(&mut self, now: Instant, req: ProbeRequest) {
         let family = Family::of(&req.target);
         let Some(uplink) = self.uplinks.get(req.uplink) else {
             let msg = format!(
@@ -128,7 +212,7 @@ impl Prober {
                 req.uplink,
                 self.uplinks.len()
             );
-            let _ = tx.send((req.id, ProbeOutcome::Error(msg)));
+            self.fail(now, req.id, msg);
             return;
         };
         if family != req.family {
@@ -136,91 +220,196 @@ impl Prober {
                 "echo to {} via uplink {} ({}): target is not an {} address",
                 req.target, req.uplink, uplink.interface, req.family
             );
-            let _ = tx.send((req.id, ProbeOutcome::Error(msg)));
+            self.fail(now, req.id, msg);
             return;
         }
         let slot = &mut self.slots[req.uplink][family.index()];
-        if slot
-            .client
-            .as_ref()
-            .is_some_and(|c| c.broken.load(Ordering::Relaxed) || c.jobs.is_closed())
-        {
-            // The old driver still reports its probes in flight, then exits.
-            slot.client = None;
+        if slot.sock.as_ref().is_some_and(|s| s.broken) {
+            if let Some(old) = slot.sock.take() {
+                if slot.pending.iter().any(|p| p.gen == old.gen) {
+                    slot.retired.push(old);
+                }
+            }
         }
-        let client = match &mut slot.client {
-            Some(client) => client,
-            empty => match Client::open(req.uplink, uplink, family) {
-                Ok(client) => empty.insert(client),
+        let sock = match &mut slot.sock {
+            Some(sock) => {
+                if !slot.pending.iter().any(|p| p.gen == sock.gen) {
+                    // Idle since the last poll that read it, so nothing reads
+                    // it meanwhile; a RAW socket may have queued everyone's
+                    // echo replies since. Empty it, or a full receive buffer
+                    // could drop this probe's reply.
+                    drain(
+                        sock,
+                        family,
+                        &self.token,
+                        &mut slot.pending,
+                        now,
+                        &mut self.ready,
+                    );
+                }
+                sock
+            }
+            empty => match Sock::open(req.uplink, uplink, family, self.next_gen) {
+                Ok(sock) => {
+                    self.next_gen += 1;
+                    debug!(
+                        uplink = req.uplink,
+                        interface = %uplink.interface,
+                        family = %family,
+                        kind = ?sock.kind,
+                        fwmark = uplink.fwmark,
+                        "opened probe socket"
+                    );
+                    empty.insert(sock)
+                }
                 Err(e) => {
                     let msg = format!(
                         "echo to {} via uplink {} ({}): open ICMP socket: {}",
                         req.target, req.uplink, uplink.interface, e
                     );
-                    let _ = tx.send((req.id, ProbeOutcome::Error(msg)));
+                    self.fail(now, req.id, msg);
                     return;
                 }
             },
         };
         slot.seq = slot.seq.wrapping_add(1);
-        let job = Job {
-            id: req.id,
-            seq: slot.seq,
-            target: req.target,
-            timeout: req.timeout,
-            tx,
+        let payload = encode_payload(&self.token, req.id);
+        let packet = build_echo(family, sock.kind, sock.ident, slot.seq, &payload);
+        let dst = match req.target {
+            IpAddr::V6(ip) if is_unicast_link_local(&ip) => {
+                SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, sock.scope_id))
+            }
+            ip => SocketAddr::new(ip, 0),
         };
-        if let Err(mpsc::error::SendError(job)) = client.jobs.send(job) {
-            // The driver is gone (its runtime is shutting down).
-            slot.client = None;
-            let msg = format!(
-                "echo to {} via uplink {} ({}): probe socket task has stopped",
-                job.target, req.uplink, uplink.interface
-            );
-            let _ = job.tx.send((job.id, ProbeOutcome::Error(msg)));
+        // Before the send: on a fast local path the reply can be received
+        // (and timestamped) before `sendto` even returns.
+        let sent_rt = realtime_ns();
+        match sock.socket.send_to(&packet, &SockAddr::from(dst)) {
+            Ok(_) => slot.pending.push(Pending {
+                id: req.id,
+                seq: slot.seq,
+                target: req.target,
+                gen: sock.gen,
+                sent: now,
+                sent_rt,
+                timeout: req.timeout,
+                deadline: now + req.timeout,
+            }),
+            Err(e) => {
+                // Whatever the cause, a fresh socket costs little and also
+                // cures a binding to a deleted interface (stale ifindex);
+                // only a full send buffer says nothing about the socket.
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    sock.broken = true;
+                }
+                let msg = format!(
+                    "echo to {} via uplink {} ({}): {}",
+                    req.target, req.uplink, uplink.interface, e
+                );
+                self.fail(now, req.id, msg);
+            }
         }
+    }
+
+    /// Read every reply already queued on the sockets with probes in flight
+    /// (non-blocking, at most [`MAX_RECV_PER_POLL`] per socket), match and
+    /// validate them, and expire the probes whose deadline is `<= now` and
+    /// whose reply cannot be among the datagrams still queued. Appends
+    /// `(id, outcome)` to `out`; each probe id is reported exactly once.
+    /// Never blocks, never allocates unless `out` must grow.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<(ProbeId, ProbeOutcome)>) {
+        out.append(&mut self.ready);
+        self.ready_since = None;
+        for slots in &mut self.slots {
+            for (family, slot) in [Family::V4, Family::V6].into_iter().zip(slots.iter_mut()) {
+                if slot.pending.is_empty() {
+                    continue;
+                }
+                let Slot {
+                    sock,
+                    retired,
+                    pending,
+                    ..
+                } = slot;
+                for s in sock.iter_mut().chain(retired.iter_mut()) {
+                    if pending.iter().any(|p| p.gen == s.gen) {
+                        drain(s, family, &self.token, pending, now, out);
+                    }
+                }
+                expire(pending, sock.as_ref(), retired, now, out);
+                retired.retain(|s| pending.iter().any(|p| p.gen == s.gen));
+            }
+        }
+    }
+
+    /// When `poll` should run next at the latest: the earliest deadline of a
+    /// probe in flight, or the time an `Error` was recorded if one is waiting.
+    /// `None` when nothing is in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let probes = self
+            .slots
+            .iter()
+            .flatten()
+            .flat_map(|s| s.pending.iter().map(|p| p.deadline))
+            .min();
+        match (probes, self.ready_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Probes sent whose outcome `poll` has not returned yet.
+    pub fn in_flight(&self) -> usize {
+        let pending: usize = self.slots.iter().flatten().map(|s| s.pending.len()).sum();
+        pending + self.ready.len()
     }
 
     /// The kind of socket currently open for (uplink, family), if any.
     pub fn socket_kind(&self, uplink: UplinkId, family: Family) -> Option<SocketKind> {
-        let client = self.slots.get(uplink)?[family.index()].client.as_ref()?;
-        Some(client.kind)
+        let sock = self.slots.get(uplink)?[family.index()].sock.as_ref()?;
+        Some(sock.kind)
+    }
+
+    fn fail(&mut self, now: Instant, id: ProbeId, msg: String) {
+        self.ready.push((id, ProbeOutcome::Error(msg)));
+        self.ready_since.get_or_insert(now);
     }
 }
 
-impl Client {
-    fn open(uplink: UplinkId, cfg: &ProbeUplink, family: Family) -> io::Result<Client> {
-        // AsyncSocket::new registers with the reactor and panics outside a
-        // runtime; make that an ordinary error.
-        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let kind = match family {
-            Family::V4 => ICMP::V4,
-            Family::V6 => ICMP::V6,
+impl Sock {
+    fn open(uplink: UplinkId, cfg: &ProbeUplink, family: Family, gen: u64) -> io::Result<Sock> {
+        let (domain, proto) = match family {
+            Family::V4 => (Domain::IPV4, Protocol::ICMPV4),
+            Family::V6 => (Domain::IPV6, Protocol::ICMPV6),
         };
-        let config = surge_ping::Config::builder()
-            .kind(kind)
-            .interface(&cfg.interface)
-            .build();
-        // DGRAM first, RAW if the gid is outside net.ipv4.ping_group_range;
-        // binds to the interface (fails with ENODEV if it does not exist).
-        let socket = AsyncSocket::new(&config)?;
-        let kind = if socket.get_type() == socket2::Type::RAW {
-            SocketKind::Raw
-        } else {
-            SocketKind::Dgram
+        // DGRAM first (EACCES when our gid is outside
+        // net.ipv4.ping_group_range), RAW otherwise (needs CAP_NET_RAW).
+        let (socket, kind) = match Socket::new(domain, Type::DGRAM.nonblocking(), Some(proto)) {
+            Ok(s) => (s, SocketKind::Dgram),
+            Err(dgram) => match Socket::new(domain, Type::RAW.nonblocking(), Some(proto)) {
+                Ok(s) => (s, SocketKind::Raw),
+                Err(raw) => {
+                    return Err(io::Error::new(
+                        raw.kind(),
+                        format!("ping socket: {dgram}; raw socket: {raw}"),
+                    ))
+                }
+            },
         };
-        let fd = socket.get_native_sock();
+        // Fails with ENODEV if the interface does not exist.
+        socket.bind_device(Some(cfg.interface.as_bytes()))?;
         if cfg.fwmark != 0 {
-            // SAFETY: `fd` belongs to `socket`, which outlives this borrow.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            socket2::SockRef::from(&borrowed)
-                .set_mark(cfg.fwmark)
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("set SO_MARK {}: {e}", cfg.fwmark))
-                })?;
+            socket.set_mark(cfg.fwmark).map_err(|e| {
+                io::Error::new(e.kind(), format!("set SO_MARK {}: {e}", cfg.fwmark))
+            })?;
         }
+        let fd = socket.as_raw_fd();
         if kind == SocketKind::Raw {
             install_echo_reply_filter(fd, family);
+        }
+        if let Err(e) = set_int_opt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1) {
+            // Then RTTs are measured up to the `poll` that reads the reply.
+            debug!(interface = %cfg.interface, error = %e, "SO_TIMESTAMPNS not set");
         }
         // IPv6 link-local targets (a gateway is often fe80::1) need the scope.
         let scope_id = match family {
@@ -229,32 +418,293 @@ impl Client {
                 nix::net::if_::if_nametoindex(cfg.interface.as_str()).map_err(io::Error::from)?
             }
         };
-        let broken = Arc::new(AtomicBool::new(false));
-        let (jobs, rx) = mpsc::unbounded_channel();
-        let driver = Driver {
+        Ok(Sock {
             socket,
+            gen,
+            uplink,
             kind,
-            family,
             ident: match kind {
                 SocketKind::Raw => rand::random(),
                 SocketKind::Dgram => 0, // the kernel sets it
             },
             scope_id,
-            token: *token(),
-            uplink,
-            interface: cfg.interface.clone(),
-            broken: broken.clone(),
+            broken: false,
+            readable: true,
+            drained: true,
+            last_rx: None,
+        })
+    }
+}
+
+/// Read what is queued on `sock` (at most [`MAX_RECV_PER_POLL`] datagrams)
+/// and report the probes in `pending` that the replies answer.
+fn drain(
+    sock: &mut Sock,
+    family: Family,
+    token: &[u8; 8],
+    pending: &mut Vec<Pending>,
+    now: Instant,
+    out: &mut Vec<(ProbeId, ProbeOutcome)>,
+) {
+    sock.last_rx = None;
+    sock.drained = true;
+    if !sock.readable {
+        return;
+    }
+    let mut buf = [0u8; RECV_BUF_LEN];
+    for _ in 0..MAX_RECV_PER_POLL {
+        match recv(sock.socket.as_raw_fd(), &mut buf) {
+            Ok(None) => return,
+            Ok(Some(dgram)) => {
+                if dgram.rx.is_some() {
+                    sock.last_rx = dgram.rx;
+                }
+                if !dgram.truncated {
+                    on_packet(
+                        sock,
+                        family,
+                        token,
+                        &buf[..dgram.len],
+                        &dgram,
+                        pending,
+                        now,
+                        out,
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!(uplink = sock.uplink, family = %family, error = %e,
+                    "probe socket receive failed; reopening on the next probe");
+                sock.readable = false;
+                sock.broken = true;
+                return;
+            }
+        }
+    }
+    sock.drained = false;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_packet(
+    sock: &Sock,
+    family: Family,
+    token: &[u8; 8],
+    buf: &[u8],
+    dgram: &Datagram,
+    pending: &mut Vec<Pending>,
+    now: Instant,
+    out: &mut Vec<(ProbeId, ProbeOutcome)>,
+) {
+    let Some((ident, seq, payload)) = parse_echo_reply(buf, family, sock.kind) else {
+        return;
+    };
+    if sock.kind == SocketKind::Raw && ident != sock.ident {
+        return; // another socket's (or host's) echo on this interface
+    }
+    let Some(id) = decode_payload(token, payload) else {
+        debug!(uplink = sock.uplink, from = %dgram.from, seq, "echo reply without our token ignored");
+        return;
+    };
+    let Some(i) = pending
+        .iter()
+        .position(|p| p.gen == sock.gen && p.id == id && p.seq == seq && p.target == dgram.from)
+    else {
+        debug!(uplink = sock.uplink, from = %dgram.from, seq, id = id.0,
+            "unexpected, late or duplicate echo reply ignored");
+        return;
+    };
+    let p = pending.swap_remove(i);
+    let rtt =
+        kernel_rtt(&p, dgram.rx, now).unwrap_or_else(|| now.saturating_duration_since(p.sent));
+    let outcome = if rtt <= p.timeout {
+        ProbeOutcome::Reply { rtt }
+    } else {
+        ProbeOutcome::Timeout
+    };
+    out.push((p.id, outcome));
+}
+
+/// Kernel receive time minus send time, if both are known and believable.
+fn kernel_rtt(p: &Pending, rx: Option<i64>, now: Instant) -> Option<Duration> {
+    let d = rx?.checked_sub(p.sent_rt?)?;
+    let d = Duration::from_nanos(u64::try_from(d).ok()?);
+    (d <= now.saturating_duration_since(p.sent) + CLOCK_STEP_SLACK).then_some(d)
+}
+
+/// Report `Timeout` for the probes past their deadline whose reply cannot be
+/// among the datagrams still queued on their socket.
+fn expire(
+    pending: &mut Vec<Pending>,
+    sock: Option<&Sock>,
+    retired: &[Sock],
+    now: Instant,
+    out: &mut Vec<(ProbeId, ProbeOutcome)>,
+) {
+    let mut i = 0;
+    while i < pending.len() {
+        let p = &pending[i];
+        let overdue = p.deadline <= now && {
+            let s = sock
+                .filter(|s| s.gen == p.gen)
+                .or_else(|| retired.iter().find(|s| s.gen == p.gen));
+            match s {
+                None => true,
+                Some(s) if s.drained => true,
+                Some(s) => {
+                    // Replies queue in arrival order: once one received
+                    // after the deadline was read, this reply is not queued.
+                    let past = s.last_rx.zip(p.sent_rt).is_some_and(|(rx, sent)| {
+                        rx.saturating_sub(sent) > p.timeout.as_nanos() as i64
+                    });
+                    past || now >= p.deadline + FLOOD_GRACE
+                }
+            }
         };
-        tokio::spawn(driver.run(rx));
-        debug!(
-            uplink,
-            interface = %cfg.interface,
-            family = %family,
-            kind = ?kind,
-            fwmark = cfg.fwmark,
-            "opened probe socket"
-        );
-        Ok(Client { jobs, broken, kind })
+        if overdue {
+            let p = pending.swap_remove(i);
+            out.push((p.id, ProbeOutcome::Timeout));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// One datagram as `recv` saw it (its bytes are in the caller's buffer).
+struct Datagram {
+    len: usize,
+    /// The datagram did not fit the buffer (so it is not one of ours).
+    truncated: bool,
+    from: IpAddr,
+    /// Kernel receive timestamp, CLOCK_REALTIME ns.
+    rx: Option<i64>,
+}
+
+/// One non-blocking `recvmsg`: `Ok(None)` when nothing is queued.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    let mut addr = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    // u64 for cmsghdr alignment; room for one timespec cmsg and more.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = addr.as_mut_ptr().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` points at live buffers of the stated
+    // lengths for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: the kernel wrote `msg_namelen` bytes of a socket address (or
+    // left the zeroed storage, which `sockaddr_ip` rejects).
+    let from = unsafe { sockaddr_ip(addr.assume_init_ref(), msg.msg_namelen) };
+    let Some(from) = from else {
+        return Ok(Some(Datagram {
+            len: 0,
+            truncated: true,
+            from: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rx: None,
+        }));
+    };
+    let mut rx = None;
+    // SAFETY: `msg` describes the control buffer the kernel filled; the CMSG
+    // macros stay within `msg_controllen`, and the data is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                rx = Some(timespec_ns(&ts));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some(Datagram {
+        len: n as usize,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        from,
+        rx,
+    }))
+}
+
+/// The IP address of a socket address the kernel returned.
+///
+/// # Safety
+/// `len` bytes of `ss` must be initialised by the kernel.
+unsafe fn sockaddr_ip(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+    let len = len as usize;
+    match i32::from(ss.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says it is a sockaddr_in, and it fits.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says it is a sockaddr_in6, and it fits.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+// time_t and c_long are narrower than i64 on some 32-bit targets.
+#[allow(clippy::unnecessary_cast)]
+fn timespec_ns(ts: &libc::timespec) -> i64 {
+    (ts.tv_sec as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as i64)
+}
+
+/// CLOCK_REALTIME in ns: the clock of `SO_TIMESTAMPNS`.
+fn realtime_ns() -> Option<i64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a live timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (rc == 0).then(|| timespec_ns(&ts))
+}
+
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: valid fd, pointer and length of a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -271,8 +721,6 @@ const ECHO_LEN: usize = ECHO_HEADER_LEN + PAYLOAD_LEN;
 /// Big enough for any reply we accept (IPv4 header with options + echo), and
 /// anything truncated to it is longer than what we accept, so never matches.
 const RECV_BUF_LEN: usize = 256;
-/// After this many packets in a row, queued probes are sent before the next.
-const MAX_PACKET_STREAK: u32 = 64;
 
 /// The random token every probe of this process carries.
 fn token() -> &'static [u8; 8] {
@@ -415,166 +863,6 @@ fn install_echo_reply_filter(fd: RawFd, family: Family) {
 fn is_unicast_link_local(ip: &Ipv6Addr) -> bool {
     ip.segments()[0] & 0xffc0 == 0xfe80
 }
-
-struct Pending {
-    id: ProbeId,
-    seq: u16,
-    target: IpAddr,
-    sent: Instant,
-    deadline: Instant,
-    tx: OutcomeSender,
-}
-
-/// Owns one socket: sends the jobs, matches replies, expires the rest.
-struct Driver {
-    socket: AsyncSocket,
-    kind: SocketKind,
-    family: Family,
-    /// Our identifier (RAW only; a ping socket's is the kernel's).
-    ident: u16,
-    /// IPv6 scope (ifindex) for link-local targets.
-    scope_id: u32,
-    token: [u8; 8],
-    uplink: UplinkId,
-    interface: String,
-    broken: Arc<AtomicBool>,
-}
-
-impl Driver {
-    /// Runs until the `Client` is gone and every probe in flight is reported.
-    async fn run(self, mut jobs: UnboundedReceiver<Job>) {
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut buf = [0u8; RECV_BUF_LEN];
-        let mut jobs_open = true;
-        let mut recv_ok = true;
-        // Packets handled in a row; bounds how long a stream of replies (or
-        // of other echo replies a RAW socket sees) can hold back new probes.
-        let mut streak = 0u32;
-        let sleep = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(sleep);
-        while jobs_open || !pending.is_empty() {
-            let next = pending.iter().map(|p| p.deadline).min();
-            if let Some(at) = next {
-                if Instant::now() >= at {
-                    // Also when the timer arm is starved by a packet stream.
-                    expire(&mut pending, Instant::now());
-                    continue;
-                }
-                if sleep.deadline() != at {
-                    sleep.as_mut().reset(at);
-                }
-            }
-            if streak >= MAX_PACKET_STREAK {
-                streak = 0;
-                while let Ok(job) = jobs.try_recv() {
-                    self.send(job, &mut pending).await;
-                }
-            }
-            tokio::select! {
-                // Replies first: one that is already queued must not lose
-                // against its own deadline just because the timer fired too,
-                // and its RTT must not include the sending of a burst.
-                biased;
-                r = self.socket.recv_from(&mut buf), if recv_ok => match r {
-                    Ok((n, from)) => {
-                        streak += 1;
-                        self.on_packet(&buf[..n], from.ip(), &mut pending);
-                    }
-                    Err(e) => {
-                        debug!(uplink = self.uplink, interface = %self.interface, error = %e,
-                            "probe socket receive failed; reopening on the next probe");
-                        recv_ok = false;
-                        self.broken.store(true, Ordering::Relaxed);
-                    }
-                },
-                job = jobs.recv(), if jobs_open => {
-                    streak = 0;
-                    match job {
-                        Some(job) => self.send(job, &mut pending).await,
-                        None => jobs_open = false,
-                    }
-                }
-                () = &mut sleep, if next.is_some() => {
-                    streak = 0;
-                    expire(&mut pending, Instant::now());
-                }
-            }
-        }
-    }
-
-    async fn send(&self, job: Job, pending: &mut Vec<Pending>) {
-        let payload = encode_payload(&self.token, job.id);
-        let mut packet = build_echo(self.family, self.kind, self.ident, job.seq, &payload);
-        let dst = match job.target {
-            IpAddr::V6(ip) if is_unicast_link_local(&ip) => {
-                SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, self.scope_id))
-            }
-            ip => SocketAddr::new(ip, 0),
-        };
-        let sent = Instant::now();
-        match self.socket.send_to(&mut packet, &dst).await {
-            Ok(_) => pending.push(Pending {
-                id: job.id,
-                seq: job.seq,
-                target: job.target,
-                sent,
-                deadline: sent + job.timeout,
-                tx: job.tx,
-            }),
-            Err(e) => {
-                // Whatever the cause, a fresh socket costs little and also
-                // cures a binding to a deleted interface (stale ifindex).
-                self.broken.store(true, Ordering::Relaxed);
-                let msg = format!(
-                    "echo to {} via uplink {} ({}): {}",
-                    job.target, self.uplink, self.interface, e
-                );
-                let _ = job.tx.send((job.id, ProbeOutcome::Error(msg)));
-            }
-        }
-    }
-
-    fn on_packet(&self, buf: &[u8], from: IpAddr, pending: &mut Vec<Pending>) {
-        let Some((ident, seq, payload)) = parse_echo_reply(buf, self.family, self.kind) else {
-            return;
-        };
-        if self.kind == SocketKind::Raw && ident != self.ident {
-            return; // another socket's (or host's) echo on this interface
-        }
-        let Some(id) = decode_payload(&self.token, payload) else {
-            debug!(uplink = self.uplink, %from, seq, "echo reply without our token ignored");
-            return;
-        };
-        let Some(i) = pending
-            .iter()
-            .position(|p| p.id == id && p.seq == seq && p.target == from)
-        else {
-            debug!(uplink = self.uplink, %from, seq, id = id.0, "unexpected, late or duplicate echo reply ignored");
-            return;
-        };
-        let p = pending.swap_remove(i);
-        let now = Instant::now();
-        let outcome = if now <= p.deadline {
-            ProbeOutcome::Reply { rtt: now - p.sent }
-        } else {
-            ProbeOutcome::Timeout
-        };
-        let _ = p.tx.send((p.id, outcome));
-    }
-}
-
-fn expire(pending: &mut Vec<Pending>, now: Instant) {
-    let mut i = 0;
-    while i < pending.len() {
-        if pending[i].deadline <= now {
-            let p = pending.swap_remove(i);
-            let _ = p.tx.send((p.id, ProbeOutcome::Timeout));
-        } else {
-            i += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,34 +942,58 @@ mod tests {
         assert!(parse_echo_reply(&[0, 0, 0], Family::V4, SocketKind::Dgram).is_none());
     }
 
-    #[test]
-    fn expire_reports_only_overdue_probes() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let now = Instant::now();
-        let mk = |id, deadline| Pending {
+    fn pending(id: u64, gen: u64, sent: Instant, timeout: Duration) -> Pending {
+        Pending {
             id: ProbeId(id),
             seq: 0,
             target: IpAddr::from([198, 18, 0, 1]),
-            sent: now,
-            deadline,
-            tx: tx.clone(),
-        };
+            gen,
+            sent,
+            sent_rt: Some(1_000_000_000),
+            timeout,
+            deadline: sent + timeout,
+        }
+    }
+
+    #[test]
+    fn expire_reports_only_overdue_probes() {
+        let now = Instant::now();
+        let t0 = now - Duration::from_secs(1);
         let mut pending = vec![
-            mk(1, now),
-            mk(2, now + Duration::from_secs(5)),
-            mk(3, now - Duration::from_millis(1)),
+            pending(1, 0, t0, Duration::from_secs(1)),
+            pending(2, 0, t0, Duration::from_secs(5)),
+            pending(3, 0, t0, Duration::from_millis(999)),
         ];
-        expire(&mut pending, now);
+        let mut out = Vec::new();
+        expire(&mut pending, None, &[], now, &mut out);
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].id, ProbeId(2));
-        let mut got = vec![rx.try_recv().unwrap(), rx.try_recv().unwrap()];
-        got.sort_by_key(|(id, _)| *id);
+        out.sort_by_key(|(id, _)| *id);
         assert_eq!(
-            got,
+            out,
             vec![
                 (ProbeId(1), ProbeOutcome::Timeout),
                 (ProbeId(3), ProbeOutcome::Timeout)
             ]
         );
+    }
+
+    #[test]
+    fn kernel_rtt_is_used_unless_the_clock_jumped() {
+        let now = Instant::now();
+        let p = pending(
+            1,
+            0,
+            now - Duration::from_millis(20),
+            Duration::from_secs(1),
+        );
+        let sent = p.sent_rt.unwrap();
+        let rtt = |rx: i64| kernel_rtt(&p, Some(rx), now);
+        assert_eq!(rtt(sent + 300_000), Some(Duration::from_micros(300)));
+        assert_eq!(rtt(sent), Some(Duration::ZERO));
+        // Received "before" it was sent, or long after: CLOCK_REALTIME stepped.
+        assert_eq!(rtt(sent - 1), None);
+        assert_eq!(rtt(sent + 10_000_000_000), None);
+        assert_eq!(kernel_rtt(&p, None, now), None);
     }
 }

@@ -17,6 +17,52 @@ pub struct Status {
     /// True once the agent has made its first decision for every family.
     pub decided: bool,
     pub uplinks: Vec<UplinkStatus>,
+    /// The managed active-backup bonds (empty without bond members).
+    #[serde(default)]
+    pub bonds: Vec<BondStatus>,
+}
+
+/// A managed bond: the driver's view, the agent's choice, and loud warnings
+/// about settings that weaken or fight the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BondStatus {
+    pub name: String,
+    pub present: bool,
+    /// The driver's active member (interface), as last read.
+    pub active: Option<String>,
+    /// The member the agent chose (interface); null before its first choice.
+    pub chosen: Option<String>,
+    pub mode: Option<String>,
+    pub miimon_ms: Option<u32>,
+    pub arp_interval_ms: Option<u32>,
+    pub primary: Option<String>,
+    pub primary_reselect: Option<String>,
+    /// Configured members currently enslaved to the bond.
+    pub enslaved: Vec<String>,
+    /// Settings that weaken or fight the agent, each with what it does about it.
+    pub warnings: Vec<String>,
+}
+
+/// What one check proves for a bond member, and how it is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCheck {
+    /// "carrier", "gateway4", "gateway6", "transits".
+    pub check: String,
+    /// Whether this check is done through this member.
+    pub probed: bool,
+    /// How, or why not.
+    pub how: String,
+}
+
+/// Bond membership of an uplink (absent for routed uplinks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BondMemberStatus {
+    pub bond: String,
+    /// Enslaved to that bond right now.
+    pub enslaved: bool,
+    /// The driver's active member right now.
+    pub active: bool,
+    pub checks: Vec<MemberCheck>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +105,8 @@ pub enum Reason {
     Drained,
     /// The interface does not exist (yet).
     Missing,
+    /// A bond member that is not enslaved to its bond (removed from it).
+    NotInBond { bond: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +127,9 @@ pub struct UplinkStatus {
     pub gateway: PerFamily<Option<TargetStatus>>,
     /// One entry per transit target of every family, probed through this uplink.
     pub transits: Vec<TransitStatus>,
+    /// Set for a bond member: its bond, and what each check proves through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<BondMemberStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +227,16 @@ pub enum Change {
     Adopted {
         family: String,
         uplink: Option<String>,
+    },
+    /// A bond's active member changed (`by`: "agent" or "driver"), or its
+    /// settings changed (`warnings` lists what weakens or fights the agent).
+    Bond {
+        bond: String,
+        from: Option<String>,
+        to: Option<String>,
+        by: String,
+        cause: String,
+        warnings: Vec<String>,
     },
 }
 

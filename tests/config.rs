@@ -50,8 +50,14 @@ const KEYS: &[&str] = &[
     "uplink.interface",
     "uplink.gateway4",
     "uplink.gateway6",
+    "uplink.bond",
     "transit.name",
     "transit.targets",
+    "hooks.on_active_change",
+    "hooks.on_health_change",
+    "hooks.timeout",
+    "metrics.http",
+    "metrics.listen",
 ];
 
 /// A minimal valid config: the sections every file needs.
@@ -134,7 +140,7 @@ fn example_parses_with_documented_defaults() {
     assert_eq!(
         c.probe,
         ProbeConfig {
-            carrier_interval: ms(1),
+            carrier_interval: ms(4),
             gateway_interval: ms(20),
             gateway_fast_interval: ms(5),
             gateway_dead_after: ms(60),
@@ -208,10 +214,15 @@ fn sample(key: &str) -> &'static str {
         }
         "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
         "hold" => r#""2m""#,
-        "carrier_interval" | "gateway_fast_interval" | "gateway_timeout" => r#""2ms""#,
+        "carrier_interval" | "gateway_timeout" => r#""2ms""#,
+            "gateway_fast_interval" => r#""6ms""#,
         "gateway_interval" => r#""30ms""#,
         "gateway_dead_after" => r#""100ms""#,
         "transit_fast_interval" | "transit_timeout" => r#""100ms""#,
+        "on_active_change" | "on_health_change" => r#"["/bin/true"]"#,
+        "timeout" => r#""3s""#,
+        "http" => "true",
+        "listen" => r#""[::1]:9100""#,
         other => panic!("no sample for {other}"),
     }
 }
@@ -256,6 +267,7 @@ fn key_list_matches_parser() {
             "uplink.interface" => r#""bond0.100""#,
             "uplink.gateway4" => r#""192.0.2.254""#,
             "uplink.gateway6" => r#""fe80::1""#,
+            "uplink.bond" => r#""bond1""#,
             "transit.name" => r#""t1""#,
             "transit.targets" => r#"["198.51.100.77"]"#,
             _ => sample(key),

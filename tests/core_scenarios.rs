@@ -33,12 +33,14 @@ fn config() -> Config {
                 interface: "eth0".into(),
                 gateway4: Some("198.18.1.1".parse().unwrap()),
                 gateway6: Some("2001:db8:1::1".parse().unwrap()),
+                bond: None,
             },
             UplinkConfig {
                 name: "secondary".into(),
                 interface: "eth1".into(),
                 gateway4: Some("198.18.2.1".parse().unwrap()),
                 gateway6: Some("2001:db8:2::1".parse().unwrap()),
+                bond: None,
             },
         ],
         transits: (1..=4)
@@ -50,6 +52,8 @@ fn config() -> Config {
                 ],
             })
             .collect(),
+        hooks: Default::default(),
+        metrics: Default::default(),
     }
 }
 
@@ -225,7 +229,9 @@ impl Sim {
         self.log
             .iter()
             .filter_map(|(t, a)| match a {
-                Action::SetDefaultRoute { family: f, uplink } if *f == family => Some((*t, *uplink)),
+                Action::SetDefaultRoute { family: f, uplink } if *f == family => {
+                    Some((*t, *uplink))
+                }
                 _ => None,
             })
             .collect()
@@ -283,8 +289,10 @@ fn carrier_loss_switches_immediately_and_flushes_neighbours() {
     // The switch is decided in the same handle() call as the carrier event.
     assert_eq!(s.route, [Some(1), Some(1)]);
     assert!(s.switches(Family::V4).last().unwrap().0 == t0);
-    assert!(s.log.iter().any(|(t, a)| *t == t0
-        && matches!(a, Action::FlushNeighbours { uplink: 0, .. })));
+    assert!(s
+        .log
+        .iter()
+        .any(|(t, a)| *t == t0 && matches!(a, Action::FlushNeighbours { uplink: 0, .. })));
     let last = s.active_changes().last().unwrap().clone();
     assert_eq!(last.3, "carrier");
     let st = s.core.status(s.now);
@@ -326,7 +334,11 @@ fn one_dead_transit_is_not_a_dead_uplink() {
     let mut s = settled();
     s.net.transit_dead[0] = true;
     s.run_for(Duration::from_secs(20));
-    assert_eq!(s.switches(Family::V4).len(), 1, "no switch after the initial one");
+    assert_eq!(
+        s.switches(Family::V4).len(),
+        1,
+        "no switch after the initial one"
+    );
     let st = s.core.status(s.now);
     let a: Vec<_> = st.uplinks[0]
         .transits
@@ -368,8 +380,14 @@ fn failback_waits_for_stability_and_is_a_plain_replace() {
     let (t, to) = *sw.last().unwrap();
     assert_eq!(to, 0);
     let waited = t - back;
-    assert!(waited >= Duration::from_secs(30), "failback after {waited:?}");
-    assert!(waited < Duration::from_secs(33), "failback after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(30),
+        "failback after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(33),
+        "failback after {waited:?}"
+    );
     assert_eq!(s.active_changes().last().unwrap().3, "failback");
     // Make-before-break: no flush of the uplink we leave.
     assert!(!s
@@ -413,7 +431,10 @@ fn flapping_uplink_is_damped_longer_each_time() {
         }
     }
     assert!(holds.len() >= 2, "holds {holds:?}");
-    assert!(holds.windows(2).all(|w| w[1] > w[0]), "holds grow: {holds:?}");
+    assert!(
+        holds.windows(2).all(|w| w[1] > w[0]),
+        "holds grow: {holds:?}"
+    );
     let st = s.core.status(s.now);
     assert!(st.uplinks[0].damped_ms.is_some());
     assert!(st.uplinks[0]
@@ -478,7 +499,11 @@ fn adoption_at_start_keeps_the_secondary_until_failback() {
     assert_eq!(s.route, [Some(1), Some(1)]);
     assert!(s.core.decided());
     s.run_for(Duration::from_secs(25));
-    assert_eq!(s.route, [Some(0), Some(0)], "fails back after failback_after");
+    assert_eq!(
+        s.route,
+        [Some(0), Some(0)],
+        "fails back after failback_after"
+    );
 }
 
 #[test]
@@ -590,7 +615,15 @@ fn figures() {
     let downs = s
         .reports()
         .iter()
-        .filter(|c| matches!(c, Change::Transit { reachable: false, .. }))
+        .filter(|c| {
+            matches!(
+                c,
+                Change::Transit {
+                    reachable: false,
+                    ..
+                }
+            )
+        })
         .count();
     println!("upstream-dead worst of 20 phases: {worst:?}; 600 s at 19% loss: {downs} transit downs, {} switches", s.switches(Family::V4).len() + s.switches(Family::V6).len() - 2);
     assert!(worst < Duration::from_secs(1));

@@ -19,10 +19,14 @@ fn carrier_loss_on_primary_moves_both_families() {
         wait_route(&lab, &a, f, Uplink::Secondary, S(5));
     }
     let s = a.wait_for("secondary active", S(5), |s| {
-        s.active.ipv4.as_deref() == Some("secondary") && s.active.ipv6.as_deref() == Some("secondary")
+        s.active.ipv4.as_deref() == Some("secondary")
+            && s.active.ipv6.as_deref() == Some("secondary")
     });
     assert!(!s.uplinks[0].carrier);
-    assert!(a.switches(Family::V4).iter().any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "carrier"));
+    assert!(a
+        .switches(Family::V4)
+        .iter()
+        .any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "carrier"));
 }
 
 fn on(s: &uplinkd::status::Status, v4: &str, v6: &str) -> bool {
@@ -39,8 +43,14 @@ fn dead_gateway_with_carrier_up_moves_traffic() {
     }
     let s = a.wait_for("on secondary", S(5), |s| on(s, "secondary", "secondary"));
     assert!(s.uplinks[0].carrier, "carrier stayed up");
-    assert!(s.uplinks[0].reasons.iter().any(|r| matches!(r, uplinkd::status::Reason::Gateway { .. })));
-    assert!(a.switches(Family::V4).iter().any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "gateway"));
+    assert!(s.uplinks[0]
+        .reasons
+        .iter()
+        .any(|r| matches!(r, uplinkd::status::Reason::Gateway { .. })));
+    assert!(a
+        .switches(Family::V4)
+        .iter()
+        .any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "gateway"));
 }
 
 #[test]
@@ -54,8 +64,14 @@ fn dead_upstream_with_gateway_alive_fails_quorum() {
     let s = a.wait_for("on secondary", S(5), |s| on(s, "secondary", "secondary"));
     let gw = s.uplinks[0].gateway.ipv4.as_ref().unwrap();
     assert_eq!(gw.reachable, Some(true), "gateway still answers");
-    assert!(s.uplinks[0].reasons.iter().any(|r| matches!(r, uplinkd::status::Reason::Quorum { .. })));
-    assert!(a.switches(Family::V4).iter().any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "quorum"));
+    assert!(s.uplinks[0]
+        .reasons
+        .iter()
+        .any(|r| matches!(r, uplinkd::status::Reason::Quorum { .. })));
+    assert!(a
+        .switches(Family::V4)
+        .iter()
+        .any(|(_, to, r)| to.as_deref() == Some("secondary") && r == "quorum"));
 }
 
 #[test]
@@ -71,14 +87,24 @@ fn recovery_fails_back_only_after_failback_after() {
     });
     // Default failback_after is 30 s: still on the secondary well before.
     std::thread::sleep(S(20).saturating_sub(back.elapsed()));
-    assert!(route_via(&lab, Family::V4, Uplink::Secondary), "no early failback");
+    assert!(
+        route_via(&lab, Family::V4, Uplink::Secondary),
+        "no early failback"
+    );
     assert!(on(&a.status().unwrap(), "secondary", "secondary"));
     a.wait_for("failback", S(30), |s| on(s, "primary", "primary"));
-    assert!(back.elapsed() >= S(30), "failback after {:?}", back.elapsed());
+    assert!(
+        back.elapsed() >= S(30),
+        "failback after {:?}",
+        back.elapsed()
+    );
     for f in Family::ALL {
         wait_route(&lab, &a, f, Uplink::Primary, S(5));
     }
-    assert!(a.switches(Family::V4).iter().any(|(_, to, r)| to.as_deref() == Some("primary") && r == "failback"));
+    assert!(a
+        .switches(Family::V4)
+        .iter()
+        .any(|(_, to, r)| to.as_deref() == Some("primary") && r == "failback"));
 }
 
 #[test]
@@ -110,8 +136,18 @@ fn random_loss_on_primary_probes_for_60s_never_switches() {
     std::thread::sleep(S(60));
     let s = a.status().unwrap();
     assert!(on(&s, "primary", "primary"), "{s:#?}");
-    assert_eq!(a.switches(Family::V4).len(), 1, "{:?}", a.switches(Family::V4));
-    assert_eq!(a.switches(Family::V6).len(), 1, "{:?}", a.switches(Family::V6));
+    assert_eq!(
+        a.switches(Family::V4).len(),
+        1,
+        "{:?}",
+        a.switches(Family::V4)
+    );
+    assert_eq!(
+        a.switches(Family::V6).len(),
+        1,
+        "{:?}",
+        a.switches(Family::V6)
+    );
     // The loss was really there and seen.
     let gw = s.uplinks[0].gateway.ipv4.as_ref().unwrap();
     assert!(gw.loss > 0.0, "loss was applied: {gw:?}");
@@ -138,12 +174,18 @@ fn both_uplinks_dead_fails_static() {
         s.uplinks[1].state == uplinkd::status::UplinkState::Unhealthy
     });
     lab.gateway_dead(Uplink::Primary).unwrap();
-    let s = a.wait_for("fail static", S(10), |s| s.fail_static.ipv4 && s.fail_static.ipv6);
+    let s = a.wait_for("fail static", S(10), |s| {
+        s.fail_static.ipv4 && s.fail_static.ipv6
+    });
     assert!(on(&s, "primary", "primary"), "kept the current uplink");
     std::thread::sleep(S(3));
     assert!(route_via(&lab, Family::V4, Uplink::Primary), "route kept");
     assert!(route_via(&lab, Family::V6, Uplink::Primary));
-    assert_eq!(a.switches(Family::V4).len(), 1, "no flapping between dead uplinks");
+    assert_eq!(
+        a.switches(Family::V4).len(),
+        1,
+        "no flapping between dead uplinks"
+    );
     assert!(a
         .logged_events()
         .iter()
@@ -166,20 +208,35 @@ fn restart_while_on_secondary_does_not_flap() {
         wait_route(&lab, &a, f, Uplink::Secondary, S(10));
     }
     lab.carrier_up(Uplink::Primary).unwrap();
-    a.wait_for("primary healthy", S(15), |s| s.uplinks[0].state == uplinkd::status::UplinkState::Healthy);
+    a.wait_for("primary healthy", S(15), |s| {
+        s.uplinks[0].state == uplinkd::status::UplinkState::Healthy
+    });
     a.kill();
     let before = a.switches(Family::V4).len();
     a.spawn(&lab);
     let s = a.wait_for("decided after restart", S(10), |s| s.decided);
-    assert!(on(&s, "secondary", "secondary"), "adopted the secondary: {s:#?}");
+    assert!(
+        on(&s, "secondary", "secondary"),
+        "adopted the secondary: {s:#?}"
+    );
     // Watch for a while: the primary is healthy, but failback must wait.
     let t0 = std::time::Instant::now();
     while t0.elapsed() < S(10) {
-        assert!(route_via(&lab, Family::V4, Uplink::Secondary), "flapped to primary");
-        assert!(route_via(&lab, Family::V6, Uplink::Secondary), "flapped to primary");
+        assert!(
+            route_via(&lab, Family::V4, Uplink::Secondary),
+            "flapped to primary"
+        );
+        assert!(
+            route_via(&lab, Family::V6, Uplink::Secondary),
+            "flapped to primary"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(a.switches(Family::V4).len(), before, "no switch after restart");
+    assert_eq!(
+        a.switches(Family::V4).len(),
+        before,
+        "no switch after restart"
+    );
     assert!(a
         .logged_events()
         .iter()
@@ -193,6 +250,8 @@ fn deleted_route_is_restored() {
     lab.delete_server_default(Family::V4, 10).unwrap();
     wait_route(&lab, &a, Family::V4, Uplink::Primary, S(5));
     a.wait_for("restore reported", S(5), |_| {
-        a.logged_events().iter().any(|e| e["kind"] == "route_restored")
+        a.logged_events()
+            .iter()
+            .any(|e| e["kind"] == "route_restored")
     });
 }

@@ -43,10 +43,39 @@ enum Cmd {
         #[arg(long, required = true)]
         all_stale: bool,
     },
-    /// Build the lab, run uplinkd and play the failure scenarios (not yet).
-    Demo,
-    /// Measure failover outage against the comparators (not yet).
-    Bench,
+    /// Build the lab, run uplinkd and play the failure scenarios (under two
+    /// minutes): carrier loss, failback, dead gateway, dead upstream, fail
+    /// static; prints a timeline and the outage of every step.
+    Demo {
+        /// The uplinkd binary (default: the one next to this executable,
+        /// built first if missing or older).
+        #[arg(long, value_name = "PATH")]
+        uplinkd: Option<std::path::PathBuf>,
+    },
+    /// Measure failover outage (and CPU, RSS, false switches, start-up)
+    /// against the kernel's own fallback; prints a table.
+    Bench {
+        /// Trials per failure kind and address family.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Also write the results as JSON to PATH.
+        #[arg(long, value_name = "PATH")]
+        json: Option<std::path::PathBuf>,
+        /// Also write the results table as Markdown to PATH.
+        #[arg(long, value_name = "PATH")]
+        markdown: Option<std::path::PathBuf>,
+        /// Run only these sections (comma-separated): first-decision, idle,
+        /// carrier-quiet, carrier-busy, gateway, upstream, failback, drain,
+        /// false-switches, kernel.
+        #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
+        only: Vec<String>,
+        /// Install FRR with apt-get for the FRR comparator if missing.
+        #[arg(long)]
+        install_frr: bool,
+        /// The uplinkd binary (default: the one next to this executable).
+        #[arg(long, value_name = "PATH")]
+        uplinkd: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,10 +95,27 @@ fn main() -> ExitCode {
             no_check,
         } => up(&term, default_route, no_check),
         Cmd::Down { all_stale } => down(all_stale),
-        Cmd::Demo | Cmd::Bench => {
-            eprintln!("uplink-lab: not yet");
-            return ExitCode::from(2);
-        }
+        Cmd::Demo { uplinkd } => with_cancel(term, |c| {
+            lab::demo::run_demo(&lab::demo::DemoOpts { uplinkd }, c).context("demo")
+        }),
+        Cmd::Bench {
+            trials,
+            json,
+            markdown,
+            only,
+            install_frr,
+            uplinkd,
+        } => with_cancel(term, |c| {
+            let opts = lab::bench::BenchOpts {
+                trials,
+                json,
+                markdown,
+                install_frr,
+                uplinkd,
+                only,
+            };
+            lab::bench::run_bench(&opts, c).map(|_| ()).context("bench")
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +124,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `f` while a thread turns Ctrl-C / SIGTERM / SIGHUP into a
+/// cancellation that every wait of the demo and the bench checks, so they
+/// stop within a fraction of a second and drop (tear down) their lab.
+fn with_cancel(
+    term: Termination,
+    f: impl FnOnce(&lab::demo::Cancel) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cancel = lab::demo::Cancel::new();
+    let c2 = cancel.clone();
+    // Detached: it only waits for a signal; the process exits after `f`.
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = term.wait();
+            eprintln!("\nuplink-lab: {sig}: stopping and tearing the lab down");
+            c2.cancel();
+        });
+    f(&cancel)
 }
 
 fn up(term: &Termination, route: RouteVia, no_check: bool) -> anyhow::Result<()> {

@@ -1,16 +1,24 @@
-//! uplinkctl: ask a running uplinkd what it sees and did.
+//! uplinkctl: ask a running uplinkd what it sees and did, and control it.
+//! Thin: it sends one JSON request line over the daemon's socket and
+//! prints the answer.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use uplinkd::status::Status;
+use serde_json::{json, Value};
+use uplinkd::status::{Reason, Status, TargetStatus, UplinkStatus};
 
 #[derive(Parser, Debug)]
-#[command(name = "uplinkctl", version, about = "Query and control a running uplinkd")]
+#[command(
+    name = "uplinkctl",
+    version,
+    about = "Query and control a running uplinkd"
+)]
 struct Args {
     /// The daemon's socket ([agent] socket in its config).
     #[arg(short, long, default_value = "/run/uplinkd/uplinkd.sock")]
@@ -28,100 +36,273 @@ enum Command {
         json: bool,
     },
     /// Print every state change as one JSON object per line, as it happens.
-    Events,
+    Events {
+        /// First replay the recent events after this sequence number.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Print the Prometheus metrics (text exposition format).
+    Metrics,
+    /// Take an uplink out of use (maintenance) until undrained. Root only.
+    Drain {
+        /// Uplink name, as in the config.
+        name: String,
+    },
+    /// Put a drained uplink back in use (it becomes preferred again only
+    /// after the failback rule). Root only.
+    Undrain {
+        /// Uplink name, as in the config.
+        name: String,
+    },
+    /// Probe every gateway and transit target now. Root only.
+    Reprobe,
 }
 
-fn connect(path: &PathBuf) -> Result<UnixStream> {
-    let s = UnixStream::connect(path)
-        .with_context(|| format!("connect to uplinkd at {}", path.display()))?;
-    Ok(s)
+/// How long to wait for an answer (not for `events`).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).with_context(|| format!("connect to uplinkd at {}", path.display()))
 }
 
-fn request(path: &PathBuf, req: &str) -> Result<String> {
+/// Send one request line; return the answer, or fail with the daemon's error.
+fn request(path: &Path, req: &Value) -> Result<Value> {
     let mut s = connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(req.as_bytes())?;
-    s.write_all(b"\n")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    writeln!(s, "{req}").context("send request")?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .context("read answer")?;
     if line.is_empty() {
         bail!("uplinkd closed the connection without answering");
     }
-    Ok(line)
+    let v: Value = serde_json::from_str(&line).context("parse answer")?;
+    if let Some(e) = v.get("error") {
+        bail!("uplinkd: {}", e.as_str().unwrap_or(&e.to_string()));
+    }
+    Ok(v)
 }
 
-fn table(st: &Status) -> String {
+/// Width of the whole table; the last column is cut to fit.
+const WIDTH: usize = 100;
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('~');
+        t
+    }
+}
+
+fn gateway_cell(g: &Option<TargetStatus>) -> String {
+    match g {
+        None => "-".into(),
+        Some(g) => match (g.reachable, g.rtt_ms) {
+            (Some(false), _) => "DEAD".into(),
+            (_, Some(r)) => format!("{r:.2}ms {:.0}%", g.loss * 100.0),
+            _ => "?".into(),
+        },
+    }
+}
+
+/// A reason in a few characters: `gateway4`, `quorum6(transit-a,transit-b)`,
+/// `damped(60s)`; any other reason by its kind (taken from the wire form, so
+/// a new reason needs no change here).
+fn reason_code(r: &Reason) -> String {
+    let v = serde_json::to_value(r).unwrap_or_default();
+    let mut s = v["kind"].as_str().unwrap_or("?").to_string();
+    match v["family"].as_str() {
+        Some("ipv4") => s.push('4'),
+        Some("ipv6") => s.push('6'),
+        _ => {}
+    }
+    if let Some(list) = v["unreachable"].as_array() {
+        let names: Vec<&str> = list.iter().filter_map(|n| n.as_str()).collect();
+        s.push_str(&format!("({})", names.join(",")));
+    }
+    if let Some(ms) = v["remaining_ms"].as_u64() {
+        s.push_str(&format!("({}s)", ms.div_ceil(1000)));
+    }
+    if let Some(b) = v["bond"].as_str() {
+        s.push_str(&format!("({b})"));
+    }
+    s
+}
+
+fn state_cell(u: &UplinkStatus) -> String {
+    let s = serde_json::to_value(u.state)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    if u.drained {
+        "drained".into()
+    } else {
+        s
+    }
+}
+
+/// The compact human table (at most [`WIDTH`] columns). `raw` is the same
+/// status as JSON, for parts read by name (bonds).
+fn table(st: &Status, raw: &Value) -> String {
     let mut out = String::new();
-    let fam = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    out.push_str(&format!(
-        "active: ipv4 {}{}  ipv6 {}{}\n",
-        fam(&st.active.ipv4),
-        if st.fail_static.ipv4 { " (FAIL STATIC)" } else { "" },
-        fam(&st.active.ipv6),
-        if st.fail_static.ipv6 { " (FAIL STATIC)" } else { "" },
+    let fam = |v: &Option<String>, fs: bool, decided: bool| {
+        let name = v.clone().unwrap_or_else(|| "-".into());
+        match (fs, decided) {
+            (true, _) => format!("{name} (FAIL STATIC: no usable uplink)"),
+            (false, false) => format!("{name} (undecided)"),
+            _ => name,
+        }
+    };
+    out.push_str(&cut(
+        &format!(
+            "active  ipv4: {}   ipv6: {}",
+            fam(&st.active.ipv4, st.fail_static.ipv4, st.decided),
+            fam(&st.active.ipv6, st.fail_static.ipv6, st.decided),
+        ),
+        WIDTH,
     ));
-    out.push_str(&format!(
-        "{:<12} {:<10} {:<10} {:<7} {:<14} {:<14} {}\n",
-        "UPLINK", "IFACE", "STATE", "CARRIER", "GW4 RTT/LOSS", "GW6 RTT/LOSS", "TRANSITS UP / REASONS"
-    ));
+    out.push('\n');
+    let head = format!(
+        "{:<12} {:<10} {:<9} {:<7} {:<6} {:<11} {:<11} {:<8} ",
+        "UPLINK", "IFACE", "STATE", "CARRIER", "ACTIVE", "GW4", "GW6", "TRANSITS"
+    );
+    out.push_str(&format!("{head}REASONS\n"));
     for u in &st.uplinks {
-        let gw = |g: &Option<uplinkd::status::TargetStatus>| match g {
-            None => "-".to_string(),
-            Some(g) => match (g.reachable, g.rtt_ms) {
-                (Some(false), _) => "DEAD".to_string(),
-                (_, Some(r)) => format!("{r:.2}ms/{:.0}%", g.loss * 100.0),
-                _ => "?".to_string(),
-            },
-        };
-        let up = u.transits.iter().filter(|t| t.reachable == Some(true)).count();
-        let reasons: Vec<String> = u
-            .reasons
+        let active: Vec<&str> = [
+            (st.active.ipv4.as_deref() == Some(&u.name), "v4"),
+            (st.active.ipv6.as_deref() == Some(&u.name), "v6"),
+        ]
+        .iter()
+        .filter(|(a, _)| *a)
+        .map(|(_, f)| *f)
+        .collect();
+        let up = u
+            .transits
             .iter()
-            .map(|r| serde_json::to_value(r).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str().map(String::from))).unwrap_or_default())
-            .collect();
-        let state = format!("{:?}", u.state).to_lowercase();
-        out.push_str(&format!(
-            "{:<12} {:<10} {:<10} {:<7} {:<14} {:<14} {}/{} {}\n",
-            u.name,
-            u.interface,
-            if u.drained { "drained".into() } else { state },
+            .filter(|t| t.reachable == Some(true))
+            .count();
+        let reasons: Vec<String> = u.reasons.iter().map(reason_code).collect();
+        let row = format!(
+            "{:<12} {:<10} {:<9} {:<7} {:<6} {:<11} {:<11} {:<8} ",
+            cut(&u.name, 12),
+            cut(&u.interface, 10),
+            state_cell(u),
             if u.carrier { "up" } else { "DOWN" },
-            gw(&u.gateway.ipv4),
-            gw(&u.gateway.ipv6),
-            up,
-            u.transits.len(),
-            reasons.join(",")
+            if active.is_empty() {
+                "-".into()
+            } else {
+                active.join(",")
+            },
+            cut(&gateway_cell(&u.gateway.ipv4), 11),
+            cut(&gateway_cell(&u.gateway.ipv6), 11),
+            format!("{up}/{} up", u.transits.len()),
+        );
+        let room = WIDTH.saturating_sub(row.chars().count());
+        let reasons = if reasons.is_empty() {
+            "-".to_string()
+        } else {
+            reasons.join(" ")
+        };
+        out.push_str(&row);
+        out.push_str(&cut(&reasons, room));
+        out.push('\n');
+    }
+    for b in raw["bonds"].as_array().into_iter().flatten() {
+        let name = |k: &str| b[k].as_str().unwrap_or("-").to_string();
+        out.push_str(&cut(
+            &format!(
+                "bond {}: driver's active member {}, agent's choice {}",
+                name("name"),
+                name("active"),
+                name("chosen")
+            ),
+            WIDTH,
         ));
+        out.push('\n');
+        for w in b["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&cut(&format!("  ! {}", w.as_str().unwrap_or("")), WIDTH));
+            out.push('\n');
+        }
     }
     out
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn run(args: Args) -> Result<()> {
+    let sock = &args.socket;
     match args.command {
         Command::Status { json } => {
-            let line = request(&args.socket, r#"{"request":"status"}"#)?;
-            let v: serde_json::Value = serde_json::from_str(&line).context("parse status")?;
-            if let Some(e) = v.get("error") {
-                bail!("uplinkd: {e}");
-            }
+            let v = request(sock, &json!({"request": "status"}))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let st: Status = serde_json::from_value(v).context("decode status")?;
-                print!("{}", table(&st));
+                let st: Status = serde_json::from_value(v.clone()).context("decode status")?;
+                print!("{}", table(&st, &v));
             }
         }
-        Command::Events => {
-            let mut s = connect(&args.socket)?;
-            s.write_all(b"{\"request\":\"events\"}\n")?;
-            let mut out = std::io::stdout().lock();
-            for line in BufReader::new(s).lines() {
-                let line = line?;
-                writeln!(out, "{line}")?;
-                out.flush()?;
+        Command::Events { since } => {
+            let mut s = connect(sock)?;
+            let mut req = json!({"request": "events"});
+            if let Some(n) = since {
+                req["since"] = json!(n);
             }
+            writeln!(s, "{req}").context("send request")?;
+            let mut out = std::io::stdout().lock();
+            let mut lines = BufReader::new(s).lines();
+            // The first line answers the request; events follow.
+            match lines.next() {
+                None => bail!("uplinkd closed the connection without answering"),
+                Some(l) => {
+                    let v: Value = serde_json::from_str(&l?).context("parse answer")?;
+                    if let Some(e) = v.get("error") {
+                        bail!("uplinkd: {}", e.as_str().unwrap_or(&e.to_string()));
+                    }
+                }
+            }
+            for line in lines {
+                let line = line?;
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    return Ok(()); // stdout closed (e.g. `| head`)
+                }
+                if line.contains("\"kind\":\"missed\"") {
+                    bail!("uplinkd dropped this subscriber: it fell behind");
+                }
+            }
+            bail!("uplinkd closed the event stream");
+        }
+        Command::Metrics => {
+            let v = request(sock, &json!({"request": "metrics"}))?;
+            let text = v
+                .get("metrics")
+                .and_then(|m| m.as_str())
+                .context("answer has no metrics")?;
+            print!("{text}");
+        }
+        Command::Drain { name } => {
+            request(sock, &json!({"request": "drain", "uplink": name}))?;
+            println!("{name}: drained (out of use until undrained)");
+        }
+        Command::Undrain { name } => {
+            request(sock, &json!({"request": "undrain", "uplink": name}))?;
+            println!("{name}: undrained (preferred again after the failback rule)");
+        }
+        Command::Reprobe => {
+            request(sock, &json!({"request": "reprobe"}))?;
+            println!("re-probing every gateway and transit target");
         }
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uplinkctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

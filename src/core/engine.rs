@@ -11,7 +11,8 @@ use super::{
 };
 use crate::config::{Config, Family};
 use crate::status::{
-    Change, FamilyStatus, PerFamily, Reason, Status, TransitStatus, UplinkState, UplinkStatus,
+    BondMemberStatus, BondStatus, Change, FamilyStatus, MemberCheck, PerFamily, Reason, Status,
+    TransitStatus, UplinkState, UplinkStatus,
 };
 
 /// A suspected transit probe: unanswered for longer than this (or 4 × srtt,
@@ -50,6 +51,17 @@ struct Uplink {
     damped_until: Option<Now>,
     /// True while every family of this uplink is usable (for flap counting).
     fully_usable: bool,
+    /// For a bond member: enslaved to its bond (None until the bond is read).
+    enslaved: Option<bool>,
+}
+
+/// A managed bond: the driver's view and the agent's choice.
+#[derive(Debug, Clone, Default)]
+struct Bond {
+    status: BondStatus,
+    seen: bool,
+    /// The member the agent last made active.
+    chosen: Option<UplinkId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +95,7 @@ pub struct Core {
     in_flight: HashMap<ProbeId, InFlight>,
     next_probe: u64,
     last_now: Now,
+    bonds: Vec<Bond>,
 }
 
 impl Core {
@@ -98,6 +111,9 @@ impl Core {
                     // interval / targets, not within a whole interval.
                     let n: usize = cfg.transits.iter().map(|t| t.targets_of(f).count()).sum();
                     let mut k = 0u32;
+                    // Transits cannot be probed through a bond member (the
+                    // kernel drops what a backup member receives): none.
+                    let member = u.bond.is_some();
                     u.gateway(f).map(|gw| UplinkFamily {
                         gateway: Target::new(gw, now),
                         transits: cfg
@@ -105,6 +121,7 @@ impl Core {
                             .iter()
                             .map(|t| {
                                 t.targets_of(f)
+                                    .filter(|_| !member)
                                     .map(|a| {
                                         let at =
                                             now + cfg.probe.transit_interval * k / n.max(1) as u32;
@@ -132,9 +149,24 @@ impl Core {
                     damp_level: 0,
                     damped_until: None,
                     fully_usable: false,
+                    enslaved: None,
                 }
             })
             .collect();
+        let mut bonds: Vec<Bond> = Vec::new();
+        for u in &cfg.uplinks {
+            if let Some(b) = &u.bond {
+                if !bonds.iter().any(|x| &x.status.name == b) {
+                    bonds.push(Bond {
+                        status: BondStatus {
+                            name: b.clone(),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         Core {
             cfg,
             uplinks,
@@ -142,6 +174,146 @@ impl Core {
             in_flight: HashMap::new(),
             next_probe: 1,
             last_now: now,
+            bonds,
+        }
+    }
+
+    /// The family whose decision picks a bond member's active member: IPv4
+    /// when the member has an IPv4 gateway, else IPv6.
+    fn lead_family(&self, i: UplinkId) -> Family {
+        if self.cfg.uplinks[i].gateway4.is_some() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// `a` and `b` put the same route in the kernel (members of one bond).
+    fn same_route(&self, a: UplinkId, b: UplinkId) -> bool {
+        let (x, y) = (&self.cfg.uplinks[a], &self.cfg.uplinks[b]);
+        a == b
+            || (x.bond.is_some()
+                && x.bond == y.bond
+                && x.gateway4 == y.gateway4
+                && x.gateway6 == y.gateway6)
+    }
+
+    fn bond_index(&self, name: &str) -> Option<usize> {
+        self.bonds.iter().position(|b| b.status.name == name)
+    }
+
+    fn member_by_interface(&self, bond: &str, ifname: &str) -> Option<UplinkId> {
+        self.cfg
+            .uplinks
+            .iter()
+            .position(|u| u.bond.as_deref() == Some(bond) && u.interface == ifname)
+    }
+
+    /// Ask the driver to make member `t` active (and remember the choice).
+    fn choose_member(&mut self, t: UplinkId, reason: &str, out: &mut Vec<Action>) {
+        let Some(bond) = self.cfg.uplinks[t].bond.clone() else {
+            return;
+        };
+        let Some(bi) = self.bond_index(&bond) else {
+            return;
+        };
+        let from = self.bonds[bi].status.active.clone();
+        self.bonds[bi].chosen = Some(t);
+        self.bonds[bi].status.chosen = Some(self.cfg.uplinks[t].interface.clone());
+        out.push(Action::SetBondActive {
+            bond: bond.clone(),
+            uplink: t,
+        });
+        let to = Some(self.cfg.uplinks[t].interface.clone());
+        if from != to {
+            out.push(Action::Report(Change::Bond {
+                bond,
+                from,
+                to,
+                by: "agent".into(),
+                cause: reason.to_string(),
+                warnings: Vec::new(),
+            }));
+        }
+    }
+
+    fn on_bond(&mut self, st: BondStatus, out: &mut Vec<Action>) {
+        let Some(bi) = self.bond_index(&st.name) else {
+            return;
+        };
+        for i in 0..self.uplinks.len() {
+            let u = &self.cfg.uplinks[i];
+            if u.bond.as_deref() == Some(st.name.as_str()) {
+                self.uplinks[i].enslaved = Some(st.present && st.enslaved.contains(&u.interface));
+            }
+        }
+        let old = std::mem::take(&mut self.bonds[bi].status);
+        let first = !self.bonds[bi].seen;
+        self.bonds[bi].seen = true;
+        let mut st = st;
+        st.chosen = old.chosen.clone();
+        self.bonds[bi].status = st.clone();
+        if (first || old.warnings != st.warnings) && (!st.warnings.is_empty() || !first) {
+            {
+                out.push(Action::Report(Change::Bond {
+                    bond: st.name.clone(),
+                    from: None,
+                    to: None,
+                    by: "settings".into(),
+                    cause: format!(
+                        "mode {}, miimon {}, arp_interval {}, primary {}, primary_reselect {}",
+                        st.mode.as_deref().unwrap_or("?"),
+                        st.miimon_ms.map_or("?".into(), |v| v.to_string()),
+                        st.arp_interval_ms.map_or("?".into(), |v| v.to_string()),
+                        st.primary.as_deref().unwrap_or("none"),
+                        st.primary_reselect.as_deref().unwrap_or("?"),
+                    ),
+                    warnings: st.warnings.clone(),
+                }));
+            }
+        }
+        if old.active == st.active || first {
+            return;
+        }
+        let chosen = self.bonds[bi].chosen;
+        let chosen_if = chosen.map(|c| self.cfg.uplinks[c].interface.clone());
+        if st.active == chosen_if {
+            return; // our own change, now applied
+        }
+        // The driver moved by itself: say why, as far as we can tell.
+        let cause = match old
+            .active
+            .as_deref()
+            .and_then(|a| self.member_by_interface(&st.name, a))
+        {
+            Some(m) if self.uplinks[m].enslaved == Some(false) => {
+                format!("{} left the bond", self.cfg.uplinks[m].interface)
+            }
+            Some(m) if self.uplinks[m].carrier == Some(false) => format!(
+                "carrier loss on {} (the driver's link monitor)",
+                self.cfg.uplinks[m].interface
+            ),
+            _ if st.primary.is_some() && st.active == st.primary => format!(
+                "the driver's primary/primary_reselect ({})",
+                st.primary_reselect.as_deref().unwrap_or("?")
+            ),
+            _ => "the driver's own choice (link or ARP monitor, or an operator)".into(),
+        };
+        out.push(Action::Report(Change::Bond {
+            bond: st.name.clone(),
+            from: old.active.clone(),
+            to: st.active.clone(),
+            by: "driver".into(),
+            cause,
+            warnings: Vec::new(),
+        }));
+        // Put our choice back if it is still good; else the selection
+        // moves on its own evidence.
+        if let Some(c) = chosen {
+            let fi = self.lead_family(c).index();
+            if self.candidate(c, fi) && self.uplinks[c].carrier == Some(true) {
+                self.choose_member(c, "the agent's choice is still usable", out);
+            }
         }
     }
 
@@ -207,6 +379,7 @@ impl Core {
                     }
                 }
             }
+            Event::Bond(st) => self.on_bond(st, &mut out),
             Event::Tick => {}
         }
         self.evaluate(now, &mut out);
@@ -259,9 +432,7 @@ impl Core {
 
     fn overdue(&self, t: &Target) -> Duration {
         let by_rtt = t.srtt.map_or(Duration::ZERO, |s| s * 4);
-        by_rtt
-            .max(OVERDUE_MIN)
-            .min(self.cfg.probe.transit_timeout)
+        by_rtt.max(OVERDUE_MIN).min(self.cfg.probe.transit_timeout)
     }
 
     fn eligible_since(&self, i: UplinkId, f: &UplinkFamily) -> Option<Now> {
@@ -407,7 +578,13 @@ impl Core {
         }
     }
 
-    fn on_route(&mut self, family: Family, via: RouteVia, authoritative: bool, out: &mut Vec<Action>) {
+    fn on_route(
+        &mut self,
+        family: Family,
+        via: RouteVia,
+        authoritative: bool,
+        out: &mut Vec<Action>,
+    ) {
         let d = &mut self.fam[family.index()];
         if !d.decided {
             // Adopt what we find: the first decision starts from it.
@@ -424,7 +601,9 @@ impl Core {
         let Some(active) = d.active else {
             return;
         };
-        if via == RouteVia::Uplink(active) {
+        let same = matches!(via, RouteVia::Uplink(u) if self.same_route(u, active));
+        let d = &mut self.fam[family.index()];
+        if same {
             d.verify_pending = false;
             return;
         }
@@ -472,9 +651,9 @@ impl Core {
             let reachable_elsewhere = self.uplinks.iter().enumerate().any(|(j, v)| {
                 j != i
                     && v.carrier == Some(true)
-                    && v.fams[fi].as_ref().is_some_and(|vf| {
-                        vf.transits[t].iter().any(|x| x.verdict == Some(true))
-                    })
+                    && v.fams[fi]
+                        .as_ref()
+                        .is_some_and(|vf| vf.transits[t].iter().any(|x| x.verdict == Some(true)))
             });
             if reachable_elsewhere {
                 down.push(self.cfg.transits[t].name.clone());
@@ -513,6 +692,11 @@ impl Core {
                 }
                 if u.carrier == Some(false) {
                     reasons.push(Reason::Carrier);
+                }
+                if u.enslaved == Some(false) {
+                    reasons.push(Reason::NotInBond {
+                        bond: self.cfg.uplinks[i].bond.clone().unwrap_or_default(),
+                    });
                 }
                 if f.gateway.verdict == Some(false) {
                     reasons.push(Reason::Gateway {
@@ -576,7 +760,11 @@ impl Core {
                 u.damped_until = None;
             }
             let window = self.cfg.policy.damping.window;
-            while u.flaps.front().is_some_and(|t| now.saturating_sub(*t) > window) {
+            while u
+                .flaps
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) > window)
+            {
                 u.flaps.pop_front();
             }
             if u.flaps.is_empty() && u.damped_until.is_none() {
@@ -663,6 +851,19 @@ impl Core {
         // Wait for a verdict on every uplink of this family before the first
         // decision, unless the adopted route is already good.
         if !self.fam[fi].decided {
+            // A route via a bond names the bond, not a member: adopt the
+            // member the driver has active.
+            if let Some(a) = self.fam[fi].active {
+                if let Some(b) = self.cfg.uplinks[a].bond.clone() {
+                    let driver = self
+                        .bond_index(&b)
+                        .and_then(|bi| self.bonds[bi].status.active.clone())
+                        .and_then(|m| self.member_by_interface(&b, &m));
+                    if let Some(m) = driver.filter(|m| self.same_route(a, *m)) {
+                        self.fam[fi].active = Some(m);
+                    }
+                }
+            }
             let all_known = (0..n).all(|i| {
                 !has_family[i] || self.uplinks[i].fams[fi].as_ref().unwrap().usable.is_some()
             });
@@ -683,7 +884,8 @@ impl Core {
             Some(c) if self.candidate(c, fi) => {
                 // Fail back to a more preferred uplink once it is stable.
                 let better = (0..c).find(|&p| {
-                    undamped(self, p) && self.healthy_for(p, fi, now) >= self.cfg.policy.failback_after
+                    undamped(self, p)
+                        && self.healthy_for(p, fi, now) >= self.cfg.policy.failback_after
                 });
                 match better {
                     Some(p) => (Some(p), "failback".into()),
@@ -701,12 +903,33 @@ impl Core {
                 (pick, reason)
             }
         };
+        // Kept a bond member the agent has not chosen yet (adopted at start):
+        // make the choice explicit, so the driver's own moves are noticed.
+        if let Some(t) = target.filter(|t| Some(*t) == current) {
+            let unchosen = self.cfg.uplinks[t]
+                .bond
+                .as_deref()
+                .and_then(|b| self.bond_index(b))
+                .is_some_and(|bi| self.bonds[bi].chosen.is_none());
+            if unchosen && self.lead_family(t) == family {
+                self.choose_member(t, "adopted", out);
+            }
+        }
         match target {
             Some(t) if Some(t) != current => {
                 let d = &mut self.fam[fi];
                 d.active = Some(t);
                 let was_static = std::mem::replace(&mut d.fail_static, false);
                 out.push(Action::SetDefaultRoute { family, uplink: t });
+                if self.cfg.uplinks[t].bond.is_some() && self.lead_family(t) == family {
+                    let why = if reason.is_empty() {
+                        "initial"
+                    } else {
+                        reason.as_str()
+                    };
+                    let why = why.to_string();
+                    self.choose_member(t, &why, out);
+                }
                 if let Some(c) = current {
                     let fell = !self.candidate(c, fi);
                     let carrier_or_gw = self.uplinks[c].carrier == Some(false)
@@ -779,6 +1002,7 @@ impl Core {
                 Reason::Damped { .. } => "damped",
                 Reason::Drained => "drained",
                 Reason::Missing => "missing",
+                Reason::NotInBond { .. } => "not_in_bond",
             })
             .collect();
         if codes.is_empty() {
@@ -817,7 +1041,8 @@ impl Core {
                 // A dead gateway is re-probed at the steady rate, not hammered.
                 let g_suspect = g.verdict != Some(false)
                     && (g.consecutive_miss > 0
-                        || g.oldest_in_flight(now).is_some_and(|a| a >= p.gateway_timeout / 2));
+                        || g.oldest_in_flight(now)
+                            .is_some_and(|a| a >= p.gateway_timeout / 2));
                 if g_suspect {
                     g.next_at = g
                         .next_at
@@ -899,6 +1124,7 @@ impl Core {
             uplinks: (0..self.uplinks.len())
                 .map(|i| self.uplink_status(i, now))
                 .collect(),
+            bonds: self.bonds.iter().map(|b| b.status.clone()).collect(),
         }
     }
 
@@ -988,6 +1214,49 @@ impl Core {
                 ipv6: u.fams[1].as_ref().map(|f| f.gateway.status(now)),
             },
             transits,
+            bond: self.member_status(i),
         }
+    }
+
+    /// For a bond member: what each check proves through it (see src/bond.rs).
+    fn member_status(&self, i: UplinkId) -> Option<BondMemberStatus> {
+        let c = &self.cfg.uplinks[i];
+        let bond = c.bond.clone()?;
+        let active = self
+            .bond_index(&bond)
+            .is_some_and(|b| self.bonds[b].status.active.as_deref() == Some(c.interface.as_str()));
+        let mut checks = vec![MemberCheck {
+            check: "carrier".into(),
+            probed: true,
+            how: format!("{}'s own carrier, polled", c.interface),
+        }];
+        if let Some(gw) = c.gateway4 {
+            checks.push(MemberCheck {
+                check: "gateway4".into(),
+                probed: true,
+                how: format!(
+                    "ARP probe for {gw} sent on {} (packet socket; RFC 5227 sender 0.0.0.0, the member's permanent MAC): proves this member's own path to the gateway, active or backup, without touching the gateway's neighbour entry or the switches' entry for the bond's MAC",
+                    c.interface
+                ),
+            });
+        }
+        if c.gateway6.is_some() {
+            checks.push(MemberCheck {
+                check: "gateway6".into(),
+                probed: false,
+                how: "not probed per member (neighbour solicitation through a member is not implemented)".into(),
+            });
+        }
+        checks.push(MemberCheck {
+            check: "transits".into(),
+            probed: false,
+            how: "not probed per member: the kernel drops what a backup member receives, so a far target cannot be proven through it; the transit quorum does not apply to bond members".into(),
+        });
+        Some(BondMemberStatus {
+            enslaved: self.uplinks[i].enslaved.unwrap_or(false),
+            bond,
+            active,
+            checks,
+        })
     }
 }

@@ -70,7 +70,9 @@ pub struct ProbeRequest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeOutcome {
-    Reply { rtt: Duration },
+    Reply {
+        rtt: Duration,
+    },
     Timeout,
     /// Could not send (e.g. no route, interface gone). Counts as a miss.
     Error(String),
@@ -96,6 +98,9 @@ pub enum Event {
     Drain { uplink: UplinkId, drained: bool },
     /// Operator control: forget probe verdict timers and probe everything now.
     Reprobe,
+    /// A managed bond as last read (driver's active member, settings,
+    /// enslaved members): the driver may change its active member by itself.
+    Bond(crate::status::BondStatus),
     /// A deadline passed.
     Tick,
 }
@@ -112,6 +117,10 @@ pub enum Action {
     /// Dump the kernel's default route of `family` and answer with
     /// `Event::DefaultRoute`.
     VerifyRoute { family: Family },
+    /// Make `uplink`'s interface the active member of its bond
+    /// (IFLA_BOND_ACTIVE_SLAVE). For a bond member, this is what
+    /// "the route goes via this uplink" means.
+    SetBondActive { bond: String, uplink: UplinkId },
     /// A state change to log and publish.
     Report(Change),
 }

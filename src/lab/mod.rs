@@ -38,7 +38,10 @@
 //! `RUNNING`) may lag by up to a second; [`LinkInfo::carrier`] reads the
 //! former.
 
+pub mod bench;
+pub mod bond;
 mod cmd;
+pub mod demo;
 pub mod netns;
 mod noise;
 pub mod ping;

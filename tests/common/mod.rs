@@ -88,7 +88,12 @@ impl Agent {
     }
 
     /// Poll the status until `pred` holds; panic with the last status after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + timeout;
         let mut last = Err("no answer yet".to_string());
         while Instant::now() < deadline {
@@ -96,7 +101,10 @@ impl Agent {
                 // Fail fast when the daemon died.
                 let pid = c.pid();
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    panic!("uplinkd exited while waiting for {what}:\n{}", self.log_text());
+                    panic!(
+                        "uplinkd exited while waiting for {what}:\n{}",
+                        self.log_text()
+                    );
                 }
             }
             last = self.status();
@@ -196,4 +204,86 @@ pub fn settled(lab: &Lab, overrides: &str) -> Agent {
         wait_route(lab, &a, f, Uplink::Primary, Duration::from_secs(5));
     }
     a
+}
+
+// ---------------------------------------------------------------------------
+// The socket API and uplinkctl (tests/e2e_api.rs).
+// ---------------------------------------------------------------------------
+
+pub const CTL: &str = env!("CARGO_BIN_EXE_uplinkctl");
+
+impl Agent {
+    /// Run `uplinkctl --socket <socket> args...` (as root, in the test's namespace:
+    /// a Unix socket path works across network namespaces).
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(CTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run uplinkctl")
+    }
+
+    /// Subscribe to the event stream over a raw connection; returns once the
+    /// daemon acknowledged the subscription.
+    pub fn subscribe(&self) -> EventStream {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.write_all(b"{\"request\":\"events\"}\n").unwrap();
+        let mut es = EventStream {
+            reader: BufReader::new(s),
+            last_seq: 0,
+        };
+        let ack = es.next(Duration::from_secs(5)).expect("events ack");
+        assert_eq!(ack["ok"], true, "events ack: {ack}");
+        es.last_seq = ack["last_seq"].as_u64().expect("last_seq");
+        es
+    }
+}
+
+/// One event subscription, read line by line.
+pub struct EventStream {
+    pub reader: BufReader<UnixStream>,
+    /// `last_seq` of the subscription's acknowledgement.
+    pub last_seq: u64,
+}
+
+impl EventStream {
+    /// The next line as JSON, or None at EOF / after `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))),
+        }
+    }
+
+    /// Read events until `pred` matches one; every event read is returned
+    /// (the match last). Panics after `timeout`.
+    pub fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left) {
+                Some(ev) => {
+                    let hit = pred(&ev);
+                    seen.push(ev);
+                    if hit {
+                        return seen;
+                    }
+                }
+                None => break,
+            }
+        }
+        panic!("no event {what} within {timeout:?}; saw {seen:#?}");
+    }
 }

@@ -1,0 +1,1075 @@
+//! `uplink-lab bench`: failover figures, not a test (issue 4).
+//!
+//! Outage as a user feels it: a paced UDP stream of 10,000 datagrams/s from
+//! the server to the sink ([`super::UdpStream`]), IPv4 and IPv6 in separate
+//! trials; the outage of a trial is the longest run of missing sequence
+//! numbers times the interval. Two figures per trial:
+//! - **network**: the longest gap that is not entirely slots the sender
+//!   skipped while it was merely not scheduled (a descheduled sender on a
+//!   loaded 2-core VM is not a network outage). A sender *blocked in
+//!   `sendto`* (e.g. behind a dead neighbour's queue) stays in: that is a
+//!   real outage an application suffers. This is the headline figure.
+//! - **raw**: the longest gap of any kind.
+//!
+//! Every trial: wait until the daemon is back on the primary for both
+//! families, both uplinks are healthy, every veth end of the server's
+//! uplinks is operationally up (the kernel applies a veth's carrier-on
+//! lazily, through linkwatch) and the kernel's default route goes via the
+//! primary; start the stream; 300 ms later inject the failure; wait for the
+//! switch (status), then until the stream flows again (so a sender stalled
+//! behind a dead path is measured to its end) and 300 ms more; stop; undo.
+//!
+//! The daemon runs with the shipped defaults adapted to the lab (socket,
+//! interfaces, gateways, transit targets) and one change: `failback_after`
+//! = [`BENCH_FAILBACK_AFTER`], so a trial does not wait 30 s to return to the
+//! primary, and a damping threshold of [`BENCH_DAMPING_THRESHOLD`] failures,
+//! so the primary, failed on purpose many times a minute, is not held down
+//! for minutes. Every detection path uses the defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::demo::{
+    self, active, ensure_prerequisites, find_uplinkd, ms, network_gap, on, secs_between, state,
+    wait_flowing, wait_until, Cancel, Uplinkd,
+};
+use super::{
+    Family, Lab, LabError, LabSpec, NoiseGuard, StreamReport, StreamSpec, Uplink, ROUTER_DOWNLINK,
+};
+use crate::status::UplinkState;
+
+type Result<T, E = LabError> = std::result::Result<T, E>;
+
+fn invalid(msg: impl Into<String>) -> LabError {
+    LabError::Invalid(msg.into())
+}
+
+/// `failback_after` during the trials (the shipped default is 30 s).
+pub const BENCH_FAILBACK_AFTER: &str = "3s";
+/// Flap damping threshold during the trials (default 3 failures in 10 min):
+/// the trials fail the primary on purpose, many times a minute; damping
+/// would hold it down for minutes between trials.
+pub const BENCH_DAMPING_THRESHOLD: u32 = 1000;
+/// Datagrams per second of every stream.
+pub const RATE: u32 = 10_000;
+/// "Another interface on the host changing state": period of the noise.
+pub const NOISE_PERIOD: Duration = Duration::from_millis(150);
+/// Extra wait before a carrier trial. The previous trial's carrier-on
+/// ended in a linkwatch run, and the kernel runs non-urgent linkwatch work
+/// at most once per second (net/core/link_watch.c): a carrier loss within
+/// a second of it is applied late, as on a busy host. A "quiet host" means
+/// no link change for over a second: 200 ms + this + 300 ms before the
+/// injection.
+pub const LINKWATCH_QUIET: Duration = Duration::from_millis(1000);
+/// On the busy host, a random 0-1 s wait before the injection, so the
+/// carrier loss falls at a random phase of the noise's toggling and of the
+/// kernel's once-per-second linkwatch runs (the trials' own rhythm would
+/// otherwise sample one phase only).
+fn phase_jitter(kind: Kind) -> Duration {
+    if kind == Kind::CarrierBusy {
+        Duration::from_millis(rand::random_range(0..1000))
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Network namespaces on the host that are not this process's labs: a sign
+/// that other work (other labs, tests) ran at the same time.
+fn foreign_namespaces() -> usize {
+    let mine = format!("{}{:x}-", super::netns::NAME_PREFIX, std::process::id());
+    std::fs::read_dir(super::netns::NETNS_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(&mine))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn loadavg() -> Option<String> {
+    read_trim("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// Length of the random-loss and idle windows.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    pub trials: usize,
+    pub json: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
+    pub install_frr: bool,
+    pub uplinkd: Option<PathBuf>,
+    /// Sections to run (all when empty): see [`SECTIONS`].
+    pub only: Vec<String>,
+}
+
+/// The sections `--only` accepts.
+pub const SECTIONS: [&str; 10] = [
+    "first-decision",
+    "idle",
+    "carrier-quiet",
+    "carrier-busy",
+    "gateway",
+    "upstream",
+    "failback",
+    "drain",
+    "false-switches",
+    "kernel",
+];
+
+/// A failure kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    CarrierQuiet,
+    CarrierBusy,
+    GatewayDead,
+    UpstreamDead,
+    Failback,
+    Drain,
+}
+
+impl Kind {
+    fn title(self) -> &'static str {
+        match self {
+            Kind::CarrierQuiet => "carrier loss, quiet host",
+            Kind::CarrierBusy => "carrier loss, busy host",
+            Kind::GatewayDead => "dead gateway, carrier up",
+            Kind::UpstreamDead => "dead upstream, gateway alive",
+            Kind::Failback => "failback",
+            Kind::Drain => "drain",
+        }
+    }
+    fn section(self) -> &'static str {
+        match self {
+            Kind::CarrierQuiet => "carrier-quiet",
+            Kind::CarrierBusy => "carrier-busy",
+            Kind::GatewayDead => "gateway",
+            Kind::UpstreamDead => "upstream",
+            Kind::Failback => "failback",
+            Kind::Drain => "drain",
+        }
+    }
+    /// The p99 target of issue 4, in ms.
+    fn target_p99_ms(self) -> f64 {
+        match self {
+            Kind::CarrierQuiet => 2.0,
+            Kind::CarrierBusy => 5.0,
+            Kind::GatewayDead => 100.0,
+            Kind::UpstreamDead => 1000.0,
+            Kind::Failback | Kind::Drain => 0.0,
+        }
+    }
+}
+
+/// min / p50 / p99 / max (nearest rank) of a sample, in ms.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+pub fn summarize(samples: &[f64]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Some(Summary {
+        n: v.len(),
+        min: v[0],
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: v[v.len() - 1],
+    })
+}
+
+/// One trial's measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub network_ms: f64,
+    pub raw_ms: f64,
+    pub lost: u64,
+    pub sent: u64,
+    /// From the injection (just before the command that injects it) to the
+    /// daemon's `active_changed` event. None for the kernel comparator.
+    pub decision_ms: Option<f64>,
+    /// Slots skipped while the sender was blocked in sendto.
+    pub blocked_in_sendto: u64,
+    /// Slots skipped while the sender was not scheduled.
+    pub descheduled: u64,
+}
+
+impl Trial {
+    fn from_report(r: &StreamReport, decision_ms: Option<f64>) -> Trial {
+        Trial {
+            network_ms: ms(network_gap(r)),
+            raw_ms: ms(r.longest_gap),
+            lost: r.lost(),
+            sent: r.sent,
+            decision_ms,
+            blocked_in_sendto: r
+                .stalls
+                .iter()
+                .filter(|s| s.in_sendto)
+                .map(|s| s.count)
+                .sum(),
+            descheduled: r
+                .stalls
+                .iter()
+                .filter(|s| !s.in_sendto)
+                .map(|s| s.count)
+                .sum(),
+        }
+    }
+}
+
+/// All trials of one (subject, kind, family).
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub subject: String,
+    pub kind: Kind,
+    pub title: String,
+    pub family: String,
+    pub trials: Vec<Trial>,
+    /// Trials that failed (e.g. no switch within the bound), with why.
+    pub failed: Vec<String>,
+    pub network_ms: Option<Summary>,
+    pub raw_ms: Option<Summary>,
+    pub decision_ms: Option<Summary>,
+    pub target_p99_ms: Option<f64>,
+    pub meets_target: Option<bool>,
+    /// Load average (1, 5, 15 min) when the series started and ended.
+    pub loadavg: Vec<String>,
+    /// Most network namespaces of other work seen on the host during the
+    /// series (sampled before every trial): other labs or tests running.
+    pub foreign_namespaces_max: usize,
+}
+
+impl Series {
+    fn new(subject: &str, kind: Kind, family: Family) -> Series {
+        Series {
+            subject: subject.to_string(),
+            kind,
+            title: kind.title().to_string(),
+            family: family.name().to_string(),
+            trials: Vec::new(),
+            failed: Vec::new(),
+            network_ms: None,
+            raw_ms: None,
+            decision_ms: None,
+            target_p99_ms: None,
+            meets_target: None,
+            loadavg: loadavg().into_iter().collect(),
+            foreign_namespaces_max: 0,
+        }
+    }
+    fn finish(&mut self) {
+        self.loadavg.extend(loadavg());
+        let net: Vec<f64> = self.trials.iter().map(|t| t.network_ms).collect();
+        let raw: Vec<f64> = self.trials.iter().map(|t| t.raw_ms).collect();
+        let dec: Vec<f64> = self.trials.iter().filter_map(|t| t.decision_ms).collect();
+        self.network_ms = summarize(&net);
+        self.raw_ms = summarize(&raw);
+        self.decision_ms = summarize(&dec);
+        if self.subject == "uplinkd" {
+            let target = self.kind.target_p99_ms();
+            self.target_p99_ms = Some(target);
+            self.meets_target = self
+                .network_ms
+                .map(|s| s.p99 <= target + 1e-9 && self.failed.is_empty());
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub machine: Value,
+    pub method: Value,
+    pub series: Vec<Series>,
+    pub first_decision: Option<Value>,
+    pub idle: Option<Value>,
+    pub false_switches: Option<Value>,
+    /// What was not measured, and why.
+    pub not_measured: Vec<String>,
+    pub duration_s: f64,
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// What machine this ran on.
+pub fn machine() -> Value {
+    let uname = nix::sys::utsname::uname().ok();
+    let mem_kib: Option<u64> = read_trim("/proc/meminfo").and_then(|m| {
+        m.lines().find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+    });
+    let cpu = read_trim("/proc/cpuinfo").and_then(|c| {
+        c.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+    });
+    let virt = std::process::Command::new("systemd-detect-virt")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .or_else(|| {
+            read_trim("/proc/cpuinfo")
+                .filter(|c| c.contains(" hypervisor"))
+                .map(|_| "virtual machine (cpuinfo: hypervisor flag)".to_string())
+        });
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory_mib": mem_kib.map(|k| k / 1024),
+        "kernel": uname.as_ref().map(|u| u.release().to_string_lossy().to_string()),
+        "arch": uname.as_ref().map(|u| u.machine().to_string_lossy().to_string()),
+        "virtualization": virt,
+        "os": read_trim("/etc/os-release").and_then(|o| o.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|s| s.trim_matches('"').to_string()))),
+        "uplinkd_version": env!("CARGO_PKG_VERSION"),
+        "date": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    })
+}
+
+struct Ctx<'a> {
+    cancel: &'a Cancel,
+    progress_t0: Instant,
+}
+
+impl Ctx<'_> {
+    fn say(&self, msg: &str) {
+        eprintln!("[{:7.1}s] {msg}", self.progress_t0.elapsed().as_secs_f64());
+    }
+}
+
+/// Every veth end of both server uplinks is operationally up with carrier.
+fn links_up(lab: &Lab) -> Result<bool> {
+    for u in Uplink::ALL {
+        let s = lab.server_link(u)?;
+        let r = lab.link(&lab.router_ns(u), ROUTER_DOWNLINK)?;
+        for l in [s, r] {
+            if !l.carrier() || l.operstate != "UP" {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn route_via(lab: &Lab, f: Family, u: Uplink) -> Result<bool> {
+    Ok(lab
+        .default_route(f)?
+        .is_some_and(|(gw, dev)| gw == u.gateway(f) && dev == u.interface()))
+}
+
+/// Back to the starting point: on the primary, everything healthy and up.
+fn baseline(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd) -> Result<()> {
+    d.wait_for(
+        ctx.cancel,
+        "back on the primary, both uplinks healthy",
+        Duration::from_secs(90),
+        |s| {
+            on(s, Uplink::Primary)
+                && !s.fail_static.ipv4
+                && !s.fail_static.ipv6
+                && Uplink::ALL.iter().all(|u| {
+                    state(s, *u) == Some(UplinkState::Healthy) && !s.uplinks[u.index()].drained
+                })
+        },
+    )?;
+    wait_until(
+        ctx.cancel,
+        "veth ends up and routes via the primary",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            Ok(links_up(lab)?
+                && route_via(lab, Family::V4, Uplink::Primary)?
+                && route_via(lab, Family::V6, Uplink::Primary)?)
+        },
+    )?;
+    ctx.cancel.sleep(Duration::from_millis(200))
+}
+
+fn spec(f: Family) -> StreamSpec {
+    StreamSpec {
+        family: f,
+        rate: RATE,
+        max_duration: Duration::from_secs(60),
+        ..StreamSpec::default()
+    }
+}
+
+/// One trial of the daemon.
+fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -> Result<Trial> {
+    baseline(ctx, lab, d)?;
+    if matches!(kind, Kind::CarrierQuiet | Kind::CarrierBusy) {
+        ctx.cancel.sleep(LINKWATCH_QUIET + phase_jitter(kind))?;
+    }
+    if kind == Kind::Failback {
+        lab.carrier_down(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "on the secondary",
+            Duration::from_secs(15),
+            |s| on(s, Uplink::Secondary),
+        )?;
+        lab.carrier_up(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "primary healthy again",
+            Duration::from_secs(30),
+            |s| state(s, Uplink::Primary) == Some(UplinkState::Healthy),
+        )?;
+    }
+    let (from, to) = match kind {
+        Kind::Failback => (Uplink::Secondary, Uplink::Primary),
+        _ => (Uplink::Primary, Uplink::Secondary),
+    };
+    let _ = from;
+    let stream = lab.udp_stream(&spec(f))?;
+    let outcome = (|| -> Result<SystemTime> {
+        ctx.cancel.sleep(Duration::from_millis(300))?;
+        let t = SystemTime::now();
+        match kind {
+            Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
+            Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
+            Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
+            Kind::Drain => {
+                let a = d.request(r#"{"request":"drain","uplink":"primary"}"#)?;
+                if a["ok"] != true {
+                    return Err(invalid(format!("drain refused: {a}")));
+                }
+            }
+            Kind::Failback => {}
+        }
+        let bound = match kind {
+            Kind::Failback => Duration::from_secs(30),
+            _ => Duration::from_secs(15),
+        };
+        d.wait_for(
+            ctx.cancel,
+            &format!("{f} on the {}", to.name()),
+            bound,
+            |s| active(s, f) == Some(to.name()),
+        )?;
+        Ok(t)
+    })();
+    let result = match outcome {
+        Ok(t) => {
+            let flowing = wait_flowing(ctx.cancel, &stream, Duration::from_secs(10))?;
+            ctx.cancel.sleep(Duration::from_millis(300))?;
+            let r = stream.stop();
+            let decision = d
+                .wait_switch_event(f, to.name(), t, Duration::from_secs(2))
+                .map(|e| secs_between(t, e.time) * 1000.0);
+            if !flowing {
+                Err(invalid(format!(
+                    "{f} stream did not flow again within 10 s after the switch ({} of {} lost)",
+                    r.lost(),
+                    r.sent
+                )))
+            } else {
+                Ok(Trial::from_report(&r, decision))
+            }
+        }
+        Err(e) => {
+            drop(stream);
+            Err(e)
+        }
+    };
+    // Undo (also after a failed trial).
+    let undo = match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
+        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
+        Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
+        Kind::Drain => d
+            .request(r#"{"request":"undrain","uplink":"primary"}"#)
+            .and_then(|a| {
+                if a["ok"] == true {
+                    Ok(())
+                } else {
+                    Err(invalid(format!("undrain refused: {a}")))
+                }
+            }),
+        Kind::Failback => Ok(()),
+    };
+    let t = result?;
+    undo?;
+    Ok(t)
+}
+
+/// The kernel's own fallback: no daemon, two default routes (metric 10 via
+/// the primary, 11 via the secondary), `ignore_routes_with_linkdown=1`.
+fn kernel_setup(lab: &Lab) -> Result<()> {
+    let srv = lab.server_ns();
+    let mut kv = Vec::new();
+    for fam in ["ipv4", "ipv6"] {
+        for dev in ["all", "default", "eth0", "eth1"] {
+            kv.push(format!(
+                "net.{fam}.conf.{dev}.ignore_routes_with_linkdown=1"
+            ));
+        }
+    }
+    let kv: Vec<&str> = kv.iter().map(String::as_str).collect();
+    lab.sysctl(&srv, &kv)?;
+    lab.set_server_default(Uplink::Primary, 10)?;
+    lab.set_server_default(Uplink::Secondary, 11)?;
+    Ok(())
+}
+
+fn primary_route_linkdown(lab: &Lab, f: Family) -> Result<bool> {
+    Ok(lab.default_routes(f)?.iter().any(|r| {
+        r.dev.as_deref() == Some(Uplink::Primary.interface())
+            && r.flags.iter().any(|x| x == "linkdown")
+    }))
+}
+
+fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
+    wait_until(
+        ctx.cancel,
+        "veth ends up, primary route usable",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            Ok(links_up(lab)?
+                && !primary_route_linkdown(lab, Family::V4)?
+                && !primary_route_linkdown(lab, Family::V6)?
+                && route_via(lab, f, Uplink::Primary)?)
+        },
+    )?;
+    ctx.cancel
+        .sleep(Duration::from_millis(200) + LINKWATCH_QUIET)?;
+    let stream = lab.udp_stream(&spec(f))?;
+    ctx.cancel.sleep(Duration::from_millis(300))?;
+    lab.carrier_down(Uplink::Primary)?;
+    let res = (|| -> Result<bool> {
+        // Nothing may ask the kernel about the server's links or routes
+        // while the outage lasts: `ip` resolves device names with a
+        // per-device RTM_GETLINK, which synchronises pending linkwatch work
+        // (linkwatch_sync_dev) and would apply the delayed fallback early.
+        // Only the stream is watched; the kernel's fallback comes at most
+        // ~1 s late (linkwatch), so watch at least that long.
+        let t = Instant::now();
+        let flowing = wait_flowing(ctx.cancel, &stream, Duration::from_secs(10))?;
+        ctx.cancel
+            .sleep(Duration::from_millis(1300).saturating_sub(t.elapsed()))?;
+        ctx.cancel.sleep(Duration::from_millis(300))?;
+        Ok(flowing)
+    })();
+    let r = stream.stop();
+    let undo = lab.carrier_up(Uplink::Primary);
+    let flowing = res?;
+    undo?;
+    if !flowing {
+        return Err(invalid(format!(
+            "{f} stream did not flow again within 10 s ({} of {} lost)",
+            r.lost(),
+            r.sent
+        )));
+    }
+    Ok(Trial::from_report(&r, None))
+}
+
+fn wants(opts: &BenchOpts, section: &str) -> bool {
+    opts.only.is_empty() || opts.only.iter().any(|s| s == section)
+}
+
+fn frr_zebra() -> Option<PathBuf> {
+    for p in ["/usr/lib/frr/zebra", "/usr/sbin/zebra"] {
+        if Path::new(p).is_file() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::process::Command::new("sh")
+        .args(["-c", "command -v zebra"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
+
+/// Runs the benchmark; prints the table; writes the JSON and Markdown asked for.
+pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
+    for s in &opts.only {
+        if !SECTIONS.contains(&s.as_str()) {
+            return Err(invalid(format!(
+                "--only {s}: unknown section (sections: {})",
+                SECTIONS.join(", ")
+            )));
+        }
+    }
+    if opts.trials == 0 {
+        return Err(invalid("--trials must be at least 1"));
+    }
+    let t_start = Instant::now();
+    ensure_prerequisites()?;
+    let bin = find_uplinkd(opts.uplinkd.as_deref())?;
+    let ctx = Ctx {
+        cancel,
+        progress_t0: t_start,
+    };
+    let mut res = Results {
+        machine: machine(),
+        method: json!({
+            "stream_rate_per_s": RATE,
+            "outage": "longest run of missing sequence numbers x interval (0.1 ms); network = excluding runs made only of slots the sender skipped while descheduled (not blocked in sendto); raw = any",
+            "percentiles": "nearest rank",
+            "trials_per_series": opts.trials,
+            "daemon_config": format!("shipped defaults; lab socket/interfaces/gateways/targets; failback_after = \"{BENCH_FAILBACK_AFTER}\" (default 30s) and damping threshold = {BENCH_DAMPING_THRESHOLD} (default 3) to keep trials short; detection uses the defaults"),
+            "busy_host": format!("a same-ifindex veth pair in two other namespaces toggled every {} ms", NOISE_PERIOD.as_millis()),
+            "decision_ms": "from just before the injecting command (ip/nft, a few ms to start) to the daemon's active_changed event time",
+            "uplinkd": bin.display().to_string(),
+        }),
+        series: Vec::new(),
+        first_decision: None,
+        idle: None,
+        false_switches: None,
+        not_measured: Vec::new(),
+        duration_s: 0.0,
+    };
+    let outcome = run_sections(opts, &ctx, &bin, &mut res);
+    res.duration_s = t_start.elapsed().as_secs_f64();
+    if let Err(e) = &outcome {
+        ctx.say(&format!("stopped early: {e}"));
+        res.not_measured.push(format!("the run stopped early: {e}"));
+    }
+    print_table(&res);
+    if let Some(p) = &opts.json {
+        let text = serde_json::to_string_pretty(&res).unwrap_or_default();
+        write_file(p, &text)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &opts.markdown {
+        write_file(p, &markdown(&res))?;
+        eprintln!("wrote {}", p.display());
+    }
+    outcome.map(|()| res)
+}
+
+fn write_file(p: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
+    }
+    std::fs::write(p, text).map_err(|source| LabError::Io {
+        what: format!("write {}", p.display()),
+        source,
+    })
+}
+
+fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> Result<()> {
+    let overrides = format!(
+        "[policy]\nfailback_after = \"{BENCH_FAILBACK_AFTER}\"\n[policy.damping]\nthreshold = {BENCH_DAMPING_THRESHOLD}\n"
+    );
+    let daemon_kinds = [
+        Kind::CarrierQuiet,
+        Kind::GatewayDead,
+        Kind::UpstreamDead,
+        Kind::Failback,
+        Kind::Drain,
+        Kind::CarrierBusy,
+    ];
+    let need_daemon = ["first-decision", "idle", "false-switches"]
+        .iter()
+        .any(|s| wants(opts, s))
+        || daemon_kinds.iter().any(|k| wants(opts, k.section()));
+    if need_daemon {
+        ctx.say("building the lab for uplinkd");
+        let lab = Lab::build(&LabSpec::default())?;
+        let mut d = Uplinkd::start(&lab, bin, &overrides)?;
+        // Time to first decision (fresh lab, no default route to adopt).
+        let s = d.wait_for(
+            ctx.cancel,
+            "the first decision",
+            Duration::from_secs(30),
+            |s| s.decided,
+        )?;
+        let decided_ms = d.spawned.elapsed().as_secs_f64() * 1000.0;
+        let first_event = d
+            .events()
+            .into_iter()
+            .find(|e| e.kind() == "active_changed")
+            .map(|e| secs_between(d.spawned_wall, e.time) * 1000.0);
+        if wants(opts, "first-decision") {
+            ctx.say(&format!(
+                "first decision: status decided after {decided_ms:.0} ms (polled every 10 ms), first active_changed at {:.0} ms",
+                first_event.unwrap_or(f64::NAN)
+            ));
+            res.first_decision = Some(json!({
+                "status_decided_ms": decided_ms,
+                "first_active_changed_ms": first_event,
+                "active": { "ipv4": active(&s, Family::V4), "ipv6": active(&s, Family::V6) },
+                "note": "from spawning `ip netns exec <server> uplinkd` (fresh lab, no route to adopt); status polled every 10 ms",
+            }));
+        }
+        baseline(ctx, &lab, &mut d)?;
+        if wants(opts, "idle") {
+            ctx.say(&format!("idle: {} s with default probes", WINDOW.as_secs()));
+            ctx.cancel.sleep(Duration::from_secs(2))?;
+            let c0 = d.cpu_seconds()?;
+            let t0 = Instant::now();
+            ctx.cancel.sleep(WINDOW)?;
+            let c1 = d.cpu_seconds()?;
+            let secs = t0.elapsed().as_secs_f64();
+            let cpu = (c1 - c0) / secs * 100.0;
+            let hwm = d.proc_status_kib("VmHWM");
+            let rss = d.proc_status_kib("VmRSS");
+            ctx.say(&format!(
+                "idle: CPU {cpu:.2} % of one core, peak RSS (VmHWM) {} KiB",
+                hwm.unwrap_or(0)
+            ));
+            res.idle = Some(json!({
+                "window_s": secs,
+                "cpu_percent_of_one_core": cpu,
+                "cpu_seconds": c1 - c0,
+                "vm_hwm_kib": hwm,
+                "vm_rss_kib": rss,
+                "target_cpu_percent": 1.0,
+                "target_rss_mib": 16,
+                "meets_target": cpu <= 1.0 && hwm.is_some_and(|k| k <= 16 * 1024),
+            }));
+        }
+        for kind in daemon_kinds {
+            if !wants(opts, kind.section()) {
+                continue;
+            }
+            let noise: Option<NoiseGuard> = if kind == Kind::CarrierBusy {
+                Some(lab.noise(NOISE_PERIOD)?)
+            } else {
+                None
+            };
+            let mut series: Vec<Series> = Family::ALL
+                .iter()
+                .map(|f| Series::new("uplinkd", kind, *f))
+                .collect();
+            for i in 0..opts.trials {
+                for (k, f) in Family::ALL.iter().enumerate() {
+                    ctx.cancel.check()?;
+                    series[k].foreign_namespaces_max =
+                        series[k].foreign_namespaces_max.max(foreign_namespaces());
+                    match uplinkd_trial(ctx, &lab, &mut d, kind, *f) {
+                        Ok(t) => {
+                            ctx.say(&format!(
+                                "uplinkd {} {f} trial {}/{}: outage {:.1} ms (raw {:.1}), decision {}",
+                                kind.title(),
+                                i + 1,
+                                opts.trials,
+                                t.network_ms,
+                                t.raw_ms,
+                                t.decision_ms.map_or("?".into(), |x| format!("{x:.1} ms"))
+                            ));
+                            series[k].trials.push(t);
+                        }
+                        Err(e) => {
+                            if ctx.cancel.is_cancelled() {
+                                return Err(e);
+                            }
+                            ctx.say(&format!(
+                                "uplinkd {} {f} trial {} FAILED: {e}",
+                                kind.title(),
+                                i + 1
+                            ));
+                            series[k].failed.push(e.to_string());
+                            d.check_alive()?;
+                            if series[k].failed.len() > opts.trials / 2 + 2 {
+                                ctx.say("too many failures: skipping the rest of this kind");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(n) = &noise {
+                let errs = n.errors();
+                if !errs.is_empty() {
+                    res.not_measured.push(format!(
+                        "noise stopped during {}: {}",
+                        kind.title(),
+                        errs.join("; ")
+                    ));
+                }
+            }
+            drop(noise);
+            for mut s in series {
+                s.finish();
+                res.series.push(s);
+            }
+        }
+        if wants(opts, "false-switches") {
+            baseline(ctx, &lab, &mut d)?;
+            ctx.say(&format!(
+                "false switches: 10 % random loss on every probe through the primary for {} s",
+                WINDOW.as_secs()
+            ));
+            let t0 = SystemTime::now();
+            lab.random_loss(Uplink::Primary, 10.0)?;
+            let slept = ctx.cancel.sleep(WINDOW);
+            let s = d.status();
+            let cleared = lab.clear_loss(Uplink::Primary);
+            slept?;
+            cleared?;
+            let t1 = SystemTime::now();
+            let ev = d.events();
+            let in_window = |e: &&demo::Event| e.time >= t0 && e.time <= t1;
+            let switches = ev
+                .iter()
+                .filter(in_window)
+                .filter(|e| e.kind() == "active_changed")
+                .count();
+            let health = ev
+                .iter()
+                .filter(in_window)
+                .filter(|e| e.kind() == "uplink_health")
+                .count();
+            let gw_loss = s
+                .as_ref()
+                .ok()
+                .and_then(|s| s.uplinks[0].gateway.ipv4.as_ref().map(|g| g.loss));
+            ctx.say(&format!(
+                "false switches: {switches} switches, {health} health changes (gateway v4 loss seen {:.1} %)",
+                gw_loss.unwrap_or(0.0) * 100.0
+            ));
+            res.false_switches = Some(json!({
+                "window_s": WINDOW.as_secs(),
+                "loss_percent": 10.0,
+                "switches": switches,
+                "uplink_health_changes": health,
+                "gateway_v4_loss_seen": gw_loss,
+                "target": 0,
+                "meets_target": switches == 0,
+            }));
+        }
+        d.stop();
+        lab.destroy()?;
+    }
+
+    if wants(opts, "kernel") {
+        ctx.say("building a lab for the kernel's own fallback (no daemon)");
+        let lab = Lab::build(&LabSpec::default())?;
+        kernel_setup(&lab)?;
+        for kind in [Kind::CarrierQuiet, Kind::CarrierBusy] {
+            let noise = if kind == Kind::CarrierBusy {
+                Some(lab.noise(NOISE_PERIOD)?)
+            } else {
+                None
+            };
+            let mut series: Vec<Series> = Family::ALL
+                .iter()
+                .map(|f| Series::new("kernel", kind, *f))
+                .collect();
+            for i in 0..opts.trials {
+                for (k, f) in Family::ALL.iter().enumerate() {
+                    ctx.cancel.check()?;
+                    series[k].foreign_namespaces_max =
+                        series[k].foreign_namespaces_max.max(foreign_namespaces());
+                    match kernel_trial(ctx, &lab, kind, *f) {
+                        Ok(t) => {
+                            ctx.say(&format!(
+                                "kernel {} {f} trial {}/{}: outage {:.1} ms (raw {:.1})",
+                                kind.title(),
+                                i + 1,
+                                opts.trials,
+                                t.network_ms,
+                                t.raw_ms
+                            ));
+                            series[k].trials.push(t);
+                        }
+                        Err(e) => {
+                            if ctx.cancel.is_cancelled() {
+                                return Err(e);
+                            }
+                            ctx.say(&format!(
+                                "kernel {} {f} trial {} FAILED: {e}",
+                                kind.title(),
+                                i + 1
+                            ));
+                            series[k].failed.push(e.to_string());
+                        }
+                    }
+                }
+            }
+            drop(noise);
+            for mut s in series {
+                s.finish();
+                res.series.push(s);
+            }
+        }
+        lab.destroy()?;
+        res.not_measured.push(
+            "kernel fallback for a dead gateway or a dead upstream: the kernel does not detect either (it keeps routing into the dead path); no figure".into(),
+        );
+    }
+
+    match frr_zebra() {
+        None => {
+            let msg = if opts.install_frr {
+                "FRR: not measured (--install-frr: the FRR comparator is not implemented yet)"
+            } else {
+                "FRR not installed (no zebra in PATH or /usr/lib/frr): no FRR comparator"
+            };
+            ctx.say(msg);
+            res.not_measured.push(msg.into());
+        }
+        Some(z) => {
+            let msg = format!(
+                "FRR is installed ({}), but the FRR comparator (zebra + staticd, bfdd) is not implemented yet: no FRR figures",
+                z.display()
+            );
+            ctx.say(&msg);
+            res.not_measured.push(msg);
+        }
+    }
+    Ok(())
+}
+
+fn fmt_summary(s: &Option<Summary>) -> String {
+    match s {
+        Some(s) => format!(
+            "{:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            s.min, s.p50, s.p99, s.max
+        ),
+        None => format!("{:>8} {:>8} {:>8} {:>8}", "-", "-", "-", "-"),
+    }
+}
+
+/// The table, to stdout.
+pub fn print_table(res: &Results) {
+    println!();
+    println!(
+        "Outage in ms (min / p50 / p99 / max; {} datagrams/s; network gaps, and raw gaps where the sender was also descheduled)",
+        RATE
+    );
+    println!(
+        "  {:<8} {:<30} {:<5} {:>3} {:>8} {:>8} {:>8} {:>8}   {:<8}  raw p99/max   decision p50/p99",
+        "subject", "failure", "fam", "n", "min", "p50", "p99", "max", "target"
+    );
+    for s in &res.series {
+        let fam = if s.family == "ipv4" { "v4" } else { "v6" };
+        let target = match (s.target_p99_ms, s.meets_target) {
+            (Some(t), Some(ok)) => format!("{}{t:.0}{}", "<=", if ok { " ok" } else { " MISS" }),
+            (Some(t), None) => format!("<={t:.0} ?"),
+            _ => String::new(),
+        };
+        let raw = match (&s.raw_ms, &s.network_ms) {
+            (Some(r), Some(n)) if (r.p99 - n.p99).abs() > 0.05 || (r.max - n.max).abs() > 0.05 => {
+                format!("{:.1}/{:.1}", r.p99, r.max)
+            }
+            (Some(_), _) => "same".into(),
+            _ => "-".into(),
+        };
+        let dec = s
+            .decision_ms
+            .map(|d| format!("{:.1}/{:.1}", d.p50, d.p99))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<8} {:<30} {:<5} {:>3} {}   {:<8}  {:<12}  {}{}",
+            s.subject,
+            s.title,
+            fam,
+            s.trials.len(),
+            fmt_summary(&s.network_ms),
+            target,
+            raw,
+            dec,
+            if s.failed.is_empty() {
+                String::new()
+            } else {
+                format!("  ({} failed)", s.failed.len())
+            }
+        );
+    }
+    if let Some(fs) = &res.false_switches {
+        println!(
+            "  false switches during {} s of 10 % random probe loss through the primary: {} (target 0)",
+            fs["window_s"], fs["switches"]
+        );
+    }
+    if let Some(i) = &res.idle {
+        println!(
+            "  idle ({:.0} s, default probes): CPU {:.2} % of one core (target <= 1 %), peak RSS {} KiB (target <= 16 MiB)",
+            i["window_s"].as_f64().unwrap_or(0.0),
+            i["cpu_percent_of_one_core"].as_f64().unwrap_or(f64::NAN),
+            i["vm_hwm_kib"]
+        );
+    }
+    if let Some(fd) = &res.first_decision {
+        println!(
+            "  start to first decision: {:.0} ms (status decided), first active_changed at {:.0} ms",
+            fd["status_decided_ms"].as_f64().unwrap_or(f64::NAN),
+            fd["first_active_changed_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for n in &res.not_measured {
+        println!("  not measured: {n}");
+    }
+}
+
+/// The results as Markdown (bench/RESULTS.md is this plus prose).
+pub fn markdown(res: &Results) -> String {
+    let mut m = String::new();
+    m.push_str("| subject | failure | family | n | min | p50 | p99 | max | target (p99) | raw p99 / max | decision p50 / p99 |\n");
+    m.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in &res.series {
+        let (min, p50, p99, max) = s
+            .network_ms
+            .map(|x| {
+                (
+                    format!("{:.1}", x.min),
+                    format!("{:.1}", x.p50),
+                    format!("{:.1}", x.p99),
+                    format!("{:.1}", x.max),
+                )
+            })
+            .unwrap_or_default();
+        let target = match (s.target_p99_ms, s.meets_target) {
+            (Some(t), Some(true)) => format!("<= {t:.0}: met"),
+            (Some(t), Some(false)) => format!("<= {t:.0}: **missed**"),
+            _ => "-".into(),
+        };
+        let raw = s
+            .raw_ms
+            .map(|r| format!("{:.1} / {:.1}", r.p99, r.max))
+            .unwrap_or_default();
+        let dec = s
+            .decision_ms
+            .map(|d| format!("{:.1} / {:.1}", d.p50, d.p99))
+            .unwrap_or_else(|| "-".into());
+        m.push_str(&format!(
+            "| {} | {} | {} | {}{} | {min} | {p50} | {p99} | {max} | {target} | {raw} | {dec} |\n",
+            s.subject,
+            s.title,
+            s.family,
+            s.trials.len(),
+            if s.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} failed)", s.failed.len())
+            },
+        ));
+    }
+    m
+}

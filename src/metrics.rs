@@ -1,0 +1,776 @@
+//! Prometheus metrics, encoded with `prometheus-client` in the Prometheus
+//! text format (0.0.4), which every scraper and `promtool` read.
+//!
+//! Where the numbers come from, chosen so that the daemon's loop pays
+//! almost nothing:
+//! - published changes ([`Metrics::on_change`], from the event fan-out):
+//!   switches per family and reason, events per kind, time of the last switch;
+//! - every probe outcome ([`Metrics::probe_sent`] / [`Metrics::probe_done`],
+//!   two calls in the loop): RTT histograms and reply/timeout counters per
+//!   uplink and target; a handful of atomic operations per probe;
+//! - a status snapshot taken only when somebody scrapes ([`scrape`]): health
+//!   gauges, smoothed loss, carrier, drained, active uplink. Nobody scraping
+//!   costs nothing.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::api::ApiRequest;
+use crate::config::{Config, Family as AddrFamily};
+use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
+use crate::status::{Change, EventRecord, Status, UplinkState};
+
+/// Content type of what [`Metrics::encode`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Probe RTT buckets: 100 µs to ~3.3 s, doubling. A gateway next door
+/// answers in tens to hundreds of µs, a far transit in milliseconds, and the
+/// longest probe timeout is in seconds.
+const RTT_BUCKET_START: f64 = 0.0001;
+const RTT_BUCKET_COUNT: u16 = 16;
+
+/// Probes in flight are remembered by id until their outcome arrives; the
+/// prober always reports one, so this only guards against a bug growing memory.
+const MAX_PENDING_PROBES: usize = 65_536;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwitchLabels {
+    family: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkLabels {
+    uplink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkFamilyLabels {
+    uplink: String,
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkStateLabels {
+    uplink: String,
+    state: String,
+}
+
+/// One probed target through one uplink: `target` is "gateway" or the
+/// transit's name, `address` the probed address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    uplink: String,
+    family: String,
+    target: String,
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeResultLabels {
+    uplink: String,
+    family: String,
+    target: String,
+    address: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    hook: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+fn rtt_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        RTT_BUCKET_START,
+        2.0,
+        RTT_BUCKET_COUNT,
+    ))
+}
+
+/// Handles of one (uplink, target) pair, resolved once at start so that a
+/// probe outcome costs no label allocation.
+struct ProbeHandles {
+    rtt: Histogram,
+    reply: Counter,
+    timeout: Counter,
+    error: Counter,
+}
+
+/// Every metric of the agent. Shared (`Arc`) by the loop, the event fan-out,
+/// the hooks runner and the socket/HTTP servers; all updates are atomic.
+pub struct Metrics {
+    registry: Registry,
+    switches: Family<SwitchLabels, Counter>,
+    events: Family<KindLabels, Counter>,
+    active: Family<UplinkFamilyLabels, Gauge>,
+    fail_static: Family<FamilyLabels, Gauge>,
+    since_switch: Family<FamilyLabels, GaugeF>,
+    last_switch_ts: Family<FamilyLabels, GaugeF>,
+    uplink_healthy: Family<UplinkFamilyLabels, Gauge>,
+    uplink_state: Family<UplinkStateLabels, Gauge>,
+    uplink_carrier: Family<UplinkLabels, Gauge>,
+    uplink_drained: Family<UplinkLabels, Gauge>,
+    uplink_damped: Family<UplinkLabels, GaugeF>,
+    uplink_flaps: Family<UplinkLabels, Gauge>,
+    gateway_reachable: Family<TargetLabels, Gauge>,
+    transit_reachable: Family<TargetLabels, Gauge>,
+    probe_loss: Family<TargetLabels, GaugeF>,
+    probe_srtt: Family<TargetLabels, GaugeF>,
+    hook_runs: Family<HookLabels, Counter>,
+    hooks_running: Gauge,
+    api_clients: Gauge,
+    api_refused: Family<ReasonLabels, Counter>,
+    subscribers_dropped: Family<ReasonLabels, Counter>,
+    uptime: GaugeF,
+    started: Instant,
+    /// When each family's active uplink last changed (index: Family::index).
+    last_switch: Mutex<[Option<Instant>; 2]>,
+    probe_handles: Vec<ProbeHandles>,
+    /// (uplink, address) -> index into `probe_handles`.
+    probe_index: HashMap<(UplinkId, IpAddr), usize>,
+    /// Probes in flight -> index into `probe_handles`.
+    pending: Mutex<HashMap<ProbeId, usize>>,
+}
+
+impl Metrics {
+    pub fn new(cfg: &Config) -> Metrics {
+        let mut reg = Registry::with_prefix("uplinkd");
+        let m = Metrics {
+            registry: Registry::default(),
+            switches: Family::default(),
+            events: Family::default(),
+            active: Family::default(),
+            fail_static: Family::default(),
+            since_switch: Family::default(),
+            last_switch_ts: Family::default(),
+            uplink_healthy: Family::default(),
+            uplink_state: Family::default(),
+            uplink_carrier: Family::default(),
+            uplink_drained: Family::default(),
+            uplink_damped: Family::default(),
+            uplink_flaps: Family::default(),
+            gateway_reachable: Family::default(),
+            transit_reachable: Family::default(),
+            probe_loss: Family::default(),
+            probe_srtt: Family::default(),
+            hook_runs: Family::default(),
+            hooks_running: Gauge::default(),
+            api_clients: Gauge::default(),
+            api_refused: Family::default(),
+            subscribers_dropped: Family::default(),
+            uptime: GaugeF::default(),
+            started: Instant::now(),
+            last_switch: Mutex::new([None, None]),
+            probe_handles: Vec::new(),
+            probe_index: HashMap::new(),
+            pending: Mutex::new(HashMap::new()),
+        };
+        reg.register(
+            "build",
+            "Build of the running agent (value is always 1)",
+            Info::new(vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                ("name".to_string(), env!("CARGO_PKG_NAME").to_string()),
+            ]),
+        );
+        reg.register(
+            "switches",
+            "Changes of a family's active uplink, by family and reason (initial, carrier, gateway, quorum, drained, failback, ...)",
+            m.switches.clone(),
+        );
+        reg.register(
+            "events",
+            "State changes published, by kind (as on the event stream)",
+            m.events.clone(),
+        );
+        reg.register(
+            "active",
+            "1 for the uplink carrying the family's default route, 0 for the others",
+            m.active.clone(),
+        );
+        reg.register(
+            "fail_static",
+            "1 while no uplink of the family is usable and the agent keeps the current route",
+            m.fail_static.clone(),
+        );
+        reg.register_with_unit(
+            "since_last_switch",
+            "Time since the family's active uplink last changed (absent before the first decision)",
+            Unit::Seconds,
+            m.since_switch.clone(),
+        );
+        reg.register_with_unit(
+            "last_switch_timestamp",
+            "Unix time of the family's last change of active uplink",
+            Unit::Seconds,
+            m.last_switch_ts.clone(),
+        );
+        reg.register(
+            "uplink_healthy",
+            "1 if the uplink is usable for the family (healthy, not drained), else 0",
+            m.uplink_healthy.clone(),
+        );
+        reg.register(
+            "uplink_state",
+            "1 for the uplink's current state (unknown, healthy, degraded, unhealthy), 0 for the others",
+            m.uplink_state.clone(),
+        );
+        reg.register(
+            "uplink_carrier",
+            "1 if the uplink's interface has carrier",
+            m.uplink_carrier.clone(),
+        );
+        reg.register(
+            "uplink_drained",
+            "1 if an operator drained the uplink",
+            m.uplink_drained.clone(),
+        );
+        reg.register_with_unit(
+            "uplink_damped_remaining",
+            "Remaining flap-damping hold-down of the uplink (0 when not damped)",
+            Unit::Seconds,
+            m.uplink_damped.clone(),
+        );
+        reg.register(
+            "uplink_flaps",
+            "Failures of the uplink counted for damping in the current window",
+            m.uplink_flaps.clone(),
+        );
+        reg.register(
+            "gateway_reachable",
+            "1 if the uplink's gateway answers, 0 if it is considered dead (absent until known)",
+            m.gateway_reachable.clone(),
+        );
+        reg.register(
+            "transit_reachable",
+            "1 if the transit target is reachable through the uplink, 0 if not (absent until known)",
+            m.transit_reachable.clone(),
+        );
+        reg.register(
+            "probe_loss_ratio",
+            "Fraction of the recent probes of the target through the uplink that got no reply",
+            m.probe_loss.clone(),
+        );
+        reg.register_with_unit(
+            "probe_srtt",
+            "Smoothed round-trip time of the target through the uplink",
+            Unit::Seconds,
+            m.probe_srtt.clone(),
+        );
+        reg.register(
+            "hook_runs",
+            "Hook runs by hook and result (ok, failed, timeout, error, skipped)",
+            m.hook_runs.clone(),
+        );
+        reg.register(
+            "hooks_running",
+            "Hooks running now",
+            m.hooks_running.clone(),
+        );
+        reg.register(
+            "api_clients",
+            "Clients connected to the socket now",
+            m.api_clients.clone(),
+        );
+        reg.register(
+            "api_refused",
+            "Socket requests or connections refused, by reason",
+            m.api_refused.clone(),
+        );
+        reg.register(
+            "event_subscribers_dropped",
+            "Event subscribers dropped, by reason (lagged: missed events; slow: a write timed out)",
+            m.subscribers_dropped.clone(),
+        );
+        reg.register_with_unit(
+            "uptime",
+            "Time since the agent started",
+            Unit::Seconds,
+            m.uptime.clone(),
+        );
+
+        // Probe RTT histograms and outcome counters, one set per probed
+        // (uplink, target), created up front so every series exists from the
+        // start (a counter that appears only at its first increment hides
+        // the first increase from rate()).
+        let rtt: Family<TargetLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(rtt_histogram);
+        let probes: Family<ProbeResultLabels, Counter> = Family::default();
+        let mut handles = Vec::new();
+        let mut index = HashMap::new();
+        for (i, u) in cfg.uplinks.iter().enumerate() {
+            let mut targets: Vec<(String, IpAddr)> = Vec::new();
+            for f in AddrFamily::ALL {
+                if u.gateway(f).is_none() {
+                    continue;
+                }
+                if let Some(gw) = u.gateway(f) {
+                    targets.push(("gateway".into(), gw));
+                }
+                for t in &cfg.transits {
+                    for a in t.targets_of(f) {
+                        targets.push((t.name.clone(), a));
+                    }
+                }
+            }
+            for (name, addr) in targets {
+                let labels = TargetLabels {
+                    uplink: u.name.clone(),
+                    family: AddrFamily::of(&addr).name().into(),
+                    target: name,
+                    address: addr.to_string(),
+                };
+                let counter = |result: &str| {
+                    probes
+                        .get_or_create(&ProbeResultLabels {
+                            uplink: labels.uplink.clone(),
+                            family: labels.family.clone(),
+                            target: labels.target.clone(),
+                            address: labels.address.clone(),
+                            result: result.into(),
+                        })
+                        .clone()
+                };
+                let h = ProbeHandles {
+                    rtt: rtt.get_or_create(&labels).clone(),
+                    reply: counter("reply"),
+                    timeout: counter("timeout"),
+                    error: counter("error"),
+                };
+                index.insert((i, addr), handles.len());
+                handles.push(h);
+            }
+        }
+        reg.register_with_unit(
+            "probe_rtt",
+            "Round-trip time of answered probes, per uplink and target",
+            Unit::Seconds,
+            rtt,
+        );
+        reg.register(
+            "probes",
+            "Probes per uplink, target and result (reply, timeout, error); loss = rate of timeout+error over all",
+            probes,
+        );
+        Metrics {
+            registry: reg,
+            probe_handles: handles,
+            probe_index: index,
+            ..m
+        }
+    }
+
+    /// A probe was sent (called by the loop for `Action::Probe`).
+    pub fn probe_sent(&self, req: &ProbeRequest) {
+        let Some(&i) = self.probe_index.get(&(req.uplink, req.target)) else {
+            return;
+        };
+        let mut p = self.pending.lock().unwrap();
+        if p.len() >= MAX_PENDING_PROBES {
+            p.clear();
+        }
+        p.insert(req.id, i);
+    }
+
+    /// A probe's outcome arrived (called by the loop for `Event::ProbeDone`).
+    pub fn probe_done(&self, id: ProbeId, outcome: &ProbeOutcome) {
+        let Some(i) = self.pending.lock().unwrap().remove(&id) else {
+            return;
+        };
+        let h = &self.probe_handles[i];
+        match outcome {
+            ProbeOutcome::Reply { rtt } => {
+                h.reply.inc();
+                h.rtt.observe(rtt.as_secs_f64());
+            }
+            ProbeOutcome::Timeout => {
+                h.timeout.inc();
+            }
+            ProbeOutcome::Error(_) => {
+                h.error.inc();
+            }
+        }
+    }
+
+    /// A change was published.
+    pub fn on_change(&self, r: &EventRecord) {
+        self.events
+            .get_or_create(&KindLabels {
+                kind: change_kind(&r.change),
+            })
+            .inc();
+        if let Change::ActiveChanged { family, reason, .. } = &r.change {
+            self.switches
+                .get_or_create(&SwitchLabels {
+                    family: family.clone(),
+                    reason: reason.clone(),
+                })
+                .inc();
+            let fi = usize::from(family == "ipv6");
+            self.last_switch.lock().unwrap()[fi] = Some(Instant::now());
+            let unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.last_switch_ts
+                .get_or_create(&FamilyLabels {
+                    family: family.clone(),
+                })
+                .set(unix);
+        }
+    }
+
+    /// Refresh the gauges that describe the current state from a snapshot.
+    pub fn update_from_status(&self, s: &Status) {
+        for (fam, active, fs) in [
+            ("ipv4", &s.active.ipv4, s.fail_static.ipv4),
+            ("ipv6", &s.active.ipv6, s.fail_static.ipv6),
+        ] {
+            self.fail_static
+                .get_or_create(&FamilyLabels { family: fam.into() })
+                .set(i64::from(fs));
+            for u in &s.uplinks {
+                let has = match fam {
+                    "ipv4" => u.families.ipv4.is_some(),
+                    _ => u.families.ipv6.is_some(),
+                };
+                if !has {
+                    continue;
+                }
+                self.active
+                    .get_or_create(&UplinkFamilyLabels {
+                        uplink: u.name.clone(),
+                        family: fam.into(),
+                    })
+                    .set(i64::from(active.as_deref() == Some(u.name.as_str())));
+            }
+        }
+        for u in &s.uplinks {
+            let ul = UplinkLabels {
+                uplink: u.name.clone(),
+            };
+            self.uplink_carrier
+                .get_or_create(&ul)
+                .set(i64::from(u.carrier));
+            self.uplink_drained
+                .get_or_create(&ul)
+                .set(i64::from(u.drained));
+            self.uplink_flaps.get_or_create(&ul).set(i64::from(u.flaps));
+            self.uplink_damped
+                .get_or_create(&ul)
+                .set(u.damped_ms.unwrap_or(0) as f64 / 1000.0);
+            for st in [
+                UplinkState::Unknown,
+                UplinkState::Healthy,
+                UplinkState::Degraded,
+                UplinkState::Unhealthy,
+            ] {
+                self.uplink_state
+                    .get_or_create(&UplinkStateLabels {
+                        uplink: u.name.clone(),
+                        state: state_name(st),
+                    })
+                    .set(i64::from(u.state == st));
+            }
+            for (fam, fs, gw) in [
+                ("ipv4", &u.families.ipv4, &u.gateway.ipv4),
+                ("ipv6", &u.families.ipv6, &u.gateway.ipv6),
+            ] {
+                if let Some(fs) = fs {
+                    let usable = fs.state == UplinkState::Healthy && !u.drained;
+                    self.uplink_healthy
+                        .get_or_create(&UplinkFamilyLabels {
+                            uplink: u.name.clone(),
+                            family: fam.into(),
+                        })
+                        .set(i64::from(usable));
+                }
+                if let Some(g) = gw {
+                    let l = TargetLabels {
+                        uplink: u.name.clone(),
+                        family: fam.into(),
+                        target: "gateway".into(),
+                        address: g.address.to_string(),
+                    };
+                    self.target_gauges(&self.gateway_reachable, &l, g.reachable, g.rtt_ms, g.loss);
+                }
+            }
+            for t in &u.transits {
+                let l = TargetLabels {
+                    uplink: u.name.clone(),
+                    family: t.family.clone(),
+                    target: t.name.clone(),
+                    address: t.target.to_string(),
+                };
+                self.target_gauges(&self.transit_reachable, &l, t.reachable, t.rtt_ms, t.loss);
+            }
+        }
+    }
+
+    fn target_gauges(
+        &self,
+        reachable_family: &Family<TargetLabels, Gauge>,
+        l: &TargetLabels,
+        reachable: Option<bool>,
+        rtt_ms: Option<f64>,
+        loss: f64,
+    ) {
+        if let Some(r) = reachable {
+            reachable_family.get_or_create(l).set(i64::from(r));
+        }
+        self.probe_loss.get_or_create(l).set(loss);
+        if let Some(rtt) = rtt_ms {
+            self.probe_srtt.get_or_create(l).set(rtt / 1000.0);
+        }
+    }
+
+    /// A hook run ended (or was skipped) with `result`.
+    pub fn hook_result(&self, hook: &str, result: &str) {
+        self.hook_runs
+            .get_or_create(&HookLabels {
+                hook: hook.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn hooks_running(&self) -> &Gauge {
+        &self.hooks_running
+    }
+
+    pub fn api_clients(&self) -> &Gauge {
+        &self.api_clients
+    }
+
+    pub fn api_refused(&self, reason: &str) {
+        self.api_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn subscriber_dropped(&self, reason: &str) {
+        self.subscribers_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let now = Instant::now();
+        self.uptime
+            .set(now.duration_since(self.started).as_secs_f64());
+        let last = *self.last_switch.lock().unwrap();
+        for f in AddrFamily::ALL {
+            if let Some(t) = last[f.index()] {
+                self.since_switch
+                    .get_or_create(&FamilyLabels {
+                        family: f.name().into(),
+                    })
+                    .set(now.duration_since(t).as_secs_f64());
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// The wire name of a state (`healthy`, ...).
+fn state_name(s: UplinkState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The `kind` of a change, exactly as on the wire (taken from its
+/// serialization, so a new kind needs no change here).
+pub fn change_kind(c: &Change) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(String::from)))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// How long a scrape waits for the loop's status snapshot before it
+/// answers with the gauges as they were.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Take a status snapshot from the loop, refresh the gauges, and encode.
+pub async fn scrape(loop_tx: &mpsc::Sender<ApiRequest>, metrics: &Metrics) -> String {
+    let (tx, rx) = oneshot::channel();
+    if loop_tx.try_send(ApiRequest::Status(tx)).is_ok() {
+        if let Ok(Ok(status)) = tokio::time::timeout(SNAPSHOT_TIMEOUT, rx).await {
+            metrics.update_from_status(&status);
+        }
+    }
+    metrics.encode()
+}
+
+// ---------------------------------------------------------------------------
+// The optional HTTP listener: GET /metrics, nothing else.
+// ---------------------------------------------------------------------------
+
+/// Most HTTP clients served at once; a scraper needs one.
+const HTTP_MAX_CLIENTS: usize = 8;
+/// A client must send its request head within this, and read the answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head accepted.
+const HTTP_MAX_HEAD: usize = 8192;
+
+/// The HTTP listener; stops when dropped.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind `addr` and serve `GET /metrics` on the current runtime.
+pub async fn serve_http(
+    addr: SocketAddr,
+    loop_tx: mpsc::Sender<ApiRequest>,
+    metrics: Arc<Metrics>,
+) -> io::Result<HttpServer> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let clients = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CLIENTS));
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // E.g. EMFILE: back off instead of spinning.
+                    warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = clients.clone().try_acquire_owned() else {
+                metrics.api_refused("http_too_many_clients");
+                continue;
+            };
+            let loop_tx = loop_tx.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(HTTP_TIMEOUT, http_client(stream, &loop_tx, &metrics))
+                    .await;
+                if let Ok(Err(e)) | Err(e) = r.map_err(io::Error::other) {
+                    debug!(%peer, error = %e, "metrics HTTP client ended");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok(HttpServer { addr, task })
+}
+
+async fn http_client(
+    mut s: TcpStream,
+    loop_tx: &mpsc::Sender<ApiRequest>,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > HTTP_MAX_HEAD {
+            return respond(
+                &mut s,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            )
+            .await;
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => {
+            let body = scrape(loop_tx, metrics).await;
+            respond(&mut s, "200 OK", CONTENT_TYPE, &body).await
+        }
+        ("GET", _) => {
+            respond(
+                &mut s,
+                "404 Not Found",
+                "text/plain",
+                "only /metrics is served here\n",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut s,
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET /metrics\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    s.shutdown().await
+}

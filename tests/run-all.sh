@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of uplinkd on a fresh Debian machine, as root.
+# Installs what the tests need first (Debian packages with apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run-all.sh: the end-to-end tests build network namespaces: run as root" >&2
+    exit 1
+fi
+
+# Debian packages the tests use: ip (iproute2), nft (nftables).
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "run-all.sh: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+# Every test target: unit, scenario, netlink, prober, lab and end-to-end.
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
