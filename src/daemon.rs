@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -84,6 +84,9 @@ pub struct RunOptions {
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
     /// Called on every loop turn (at least every second): a watchdog ping.
     pub on_alive: Option<Box<dyn FnMut() + Send>>,
+    /// New, already validated configurations (SIGHUP): applied as a
+    /// difference; the answer says what changed or why it was refused.
+    pub reload: Option<mpsc::UnboundedReceiver<(Config, oneshot::Sender<Result<String, String>>)>>,
 }
 
 /// Run the agent until `shutdown` completes. Must be called on a tokio
