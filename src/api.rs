@@ -336,7 +336,9 @@ pub async fn serve(
     let bound = UnixListener::bind(&path);
     nix::sys::stat::umask(old);
     let listener = bound?;
-    if let Some(gid) = gid {
+    // Skipped when the socket already has the group (the packaged unit runs
+    // with Group=uplinkd and a seccomp filter that denies chown).
+    if let Some(gid) = gid.filter(|g| *g != nix::unistd::getegid()) {
         nix::unistd::chown(&path, None, Some(gid)).map_err(io::Error::from)?;
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;

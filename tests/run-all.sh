@@ -13,6 +13,10 @@ fi
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+# The package test (tests/package.rs): lintian, a clean root, the unit checks.
+command -v lintian >/dev/null || need+=(lintian)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "run-all.sh: installing ${need[*]}"
     apt-get update -qq

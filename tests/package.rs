@@ -1,0 +1,1016 @@
+//! The Debian package and the systemd unit (packaging/).
+//!
+//! - The man pages are current: every option and subcommand of the binaries'
+//!   `--help` is documented, and uplinkd.toml(5) is generated from the
+//!   commented example `config/uplinkd.toml` (regenerate it with
+//!   `UPLINKD_BLESS=1 cargo test --test package`).
+//! - The daemon works with the unit's credentials: a non-root user holding
+//!   only the unit's ambient capabilities, in a lab namespace.
+//! - `debian_package` builds the .deb with `cargo deb` (in its own target
+//!   directory, `target/package-build`, so it never waits for the lock of the
+//!   `cargo test` that runs it), lints it with lintian (no error, no warning),
+//!   checks its contents, and installs, reinstalls, upgrades and purges it in
+//!   a clean Debian root made by debootstrap (cached as a tarball under
+//!   `target/package/`; each run unpacks a fresh copy): files and modes, the
+//!   system user and group, the unit not enabled, `uplinkd --check` on the
+//!   shipped config, `systemd-analyze verify` and `security` (exposure at
+//!   most 2.0) on the installed unit, the conffile across a reinstall and an
+//!   upgrade with a local edit, and a purge that leaves nothing behind.
+//!
+//! The package test needs root (dpkg and chroot), cargo-deb (installed here
+//! with `cargo install` when missing), lintian, debootstrap and
+//! systemd-analyze (installed by tests/run-all.sh); it fails when one is
+//! missing, it is never skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const UPLINKD: &str = env!("CARGO_BIN_EXE_uplinkd");
+const UPLINKCTL: &str = env!("CARGO_BIN_EXE_uplinkctl");
+const UNIT: &str = "packaging/uplinkd.service";
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(ROOT).join(p)
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    out
+}
+
+/// Runs `cmd`, panics with its output unless it exits 0; returns stdout.
+fn ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Man pages
+// ---------------------------------------------------------------------------
+
+/// The text of a roff page with the escapes that hide option names undone.
+fn man_text(path: &str) -> String {
+    read(repo(path))
+        .replace("\\-", "-")
+        .replace("\\fB", "")
+        .replace("\\fI", "")
+        .replace("\\fR", "")
+        .replace("\\fP", "")
+}
+
+/// Long options (`--name`) and subcommands listed by a clap `--help`.
+fn help_items(bin: &str, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let text = ok(Command::new(bin).args(args).arg("--help"));
+    let mut options = BTreeSet::new();
+    let mut commands = BTreeSet::new();
+    let mut in_commands = false;
+    for line in text.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            in_commands = line == "Commands:";
+            continue;
+        }
+        if in_commands {
+            if let Some(word) = line.split_whitespace().next() {
+                commands.insert(word.to_string());
+            }
+            continue;
+        }
+        for word in line.split(|c: char| c.is_whitespace() || c == ',' || c == '=') {
+            if let Some(name) = word.strip_prefix("--") {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if !name.is_empty() {
+                    options.insert(format!("--{name}"));
+                }
+            }
+        }
+    }
+    (options, commands)
+}
+
+#[test]
+fn man_pages_document_every_option_and_command() {
+    let page = man_text("packaging/man/uplinkd.8");
+    let (options, commands) = help_items(UPLINKD, &[]);
+    assert!(options.contains("--config") && options.contains("--check"));
+    assert!(
+        commands.is_empty(),
+        "uplinkd has no subcommands: {commands:?}"
+    );
+    for o in &options {
+        assert!(page.contains(o.as_str()), "uplinkd.8 does not document {o}");
+    }
+
+    let page = man_text("packaging/man/uplinkctl.8");
+    let (options, commands) = help_items(UPLINKCTL, &[]);
+    assert!(options.contains("--socket"), "{options:?}");
+    assert!(commands.len() >= 6, "uplinkctl commands: {commands:?}");
+    let mut all = options;
+    for c in &commands {
+        // Each command is a tagged paragraph: `.TP` then a line naming it.
+        let documented = page
+            .split(".TP\n")
+            .skip(1)
+            .any(|para| para.lines().next().unwrap_or("").contains(c.as_str()));
+        assert!(
+            documented,
+            "uplinkctl.8 has no paragraph for the command {c}"
+        );
+        if c != "help" {
+            all.extend(help_items(UPLINKCTL, &[c]).0);
+        }
+    }
+    for o in &all {
+        assert!(
+            page.contains(o.as_str()),
+            "uplinkctl.8 does not document {o}"
+        );
+    }
+}
+
+/// Escapes one line of text for roff in no-fill mode.
+fn roff_line(line: &str) -> String {
+    let s = line.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') {
+        format!("\\&{s}")
+    } else {
+        s
+    }
+}
+
+/// `name = value` (a commented-out key), or a `[table]` line.
+fn is_key_line(l: &str) -> bool {
+    if l.starts_with('[') {
+        return true;
+    }
+    let Some((k, _)) = l.split_once(" = ") else {
+        return false;
+    };
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// uplinkd.toml(5), generated from the commented example: its opening
+/// comment is the description; each table of the example is a subsection
+/// holding, in order, the comment blocks (as written, no-fill) and the keys
+/// with their example values.
+fn generate_toml_man_page() -> String {
+    let example = read(repo("config/uplinkd.toml"));
+    let version = env!("CARGO_PKG_VERSION");
+    let mut out = String::new();
+    out.push_str(
+        ".\\\" uplinkd.toml(5). Generated from config/uplinkd.toml by tests/package.rs:\n\
+         .\\\" do not edit; run `UPLINKD_BLESS=1 cargo test --test package` instead.\n",
+    );
+    out.push_str(&format!(
+        ".TH UPLINKD.TOML 5 2026-11-29 \"uplinkd {version}\" \"File Formats\"\n"
+    ));
+    out.push_str(".SH NAME\nuplinkd.toml \\- configuration of uplinkd\n");
+    out.push_str(".SH SYNOPSIS\n.I /etc/uplinkd/uplinkd.toml\n");
+    out.push_str(".SH DESCRIPTION\n");
+    out.push_str(
+        "The configuration of\n.BR uplinkd (8),\nin TOML. Check a file with\n\
+         .BR \"uplinkd \\-\\-check \\-\\-config\" \" file\" ;\n\
+         apply a changed file with\n.B systemctl reload uplinkd\n(SIGHUP).\n\
+         What follows is the commented example installed as\n\
+         .IR /etc/uplinkd/uplinkd.toml ,\ntable by table.\n",
+    );
+
+    let mut section_started = false;
+    let mut block: Vec<&str> = Vec::new();
+    let flush = |block: &mut Vec<&str>, out: &mut String| {
+        if block.is_empty() {
+            return;
+        }
+        out.push_str(".PP\n.nf\n");
+        for l in block.iter() {
+            out.push_str(&roff_line(l));
+            out.push('\n');
+        }
+        out.push_str(".fi\n");
+        block.clear();
+    };
+    // A key: tagged paragraph `key = value`, its comment block as the body.
+    let key_entry = |key: &str, value: &str, block: &mut Vec<&str>, out: &mut String| {
+        while block.last() == Some(&"") {
+            block.pop();
+        }
+        out.push_str(&format!(
+            ".TP\n\\fB{}\\fR = {}\n",
+            roff_line(key.trim()),
+            roff_line(value.trim())
+        ));
+        if !block.is_empty() {
+            out.push_str(".nf\n");
+            for l in block.iter() {
+                out.push_str(&roff_line(l));
+                out.push('\n');
+            }
+            out.push_str(".fi\n");
+        }
+        block.clear();
+    };
+    let mut seen_tables = BTreeSet::new();
+    for line in example.lines() {
+        let t = line.trim();
+        if let Some(c) = t.strip_prefix('#') {
+            block.push(c.strip_prefix(' ').unwrap_or(c));
+        } else if t.is_empty() {
+            // A block ending in one commented-out `key = value` (after a
+            // description) documents a key the example leaves unset.
+            let n = block.len();
+            if section_started && n >= 2 && is_key_line(block[n - 1]) && !is_key_line(block[n - 2])
+            {
+                let (key, value) = block.pop().unwrap().split_once('=').unwrap();
+                let value = format!("{}   (commented out: not set)", value.trim());
+                key_entry(key, &value, &mut block, &mut out);
+            } else if !section_started && !block.is_empty() {
+                // The opening comment: the overview.
+                flush(&mut block, &mut out);
+            } else if !block.is_empty() {
+                block.push("");
+            }
+        } else if t.starts_with('[') {
+            let name = t.trim_matches(|c| c == '[' || c == ']');
+            // Comment blocks just above a table header introduce it.
+            while block.last() == Some(&"") {
+                block.pop();
+            }
+            let intro = std::mem::take(&mut block);
+            if seen_tables.insert(name.to_string()) {
+                if !section_started {
+                    out.push_str(".SH SETTINGS\n");
+                    section_started = true;
+                }
+                out.push_str(&format!(".SS \"{t}\"\n"));
+            }
+            block = intro;
+            flush(&mut block, &mut out);
+        } else if let Some((key, value)) = t.split_once('=') {
+            key_entry(key, value, &mut block, &mut out);
+        }
+    }
+    while block.last() == Some(&"") {
+        block.pop();
+    }
+    flush(&mut block, &mut out);
+    out.push_str(".SH FILES\n.TP\n.I /etc/uplinkd/uplinkd.toml\n");
+    out.push_str("The configuration (a conffile: upgrades keep local changes).\n");
+    out.push_str(".SH SEE ALSO\n.BR uplinkd (8),\n.BR uplinkctl (8)\n");
+    out
+}
+
+#[test]
+fn uplinkd_toml_man_page_is_generated_from_the_example() {
+    let generated = generate_toml_man_page();
+    let path = repo("packaging/man/uplinkd.toml.5");
+    if std::env::var_os("UPLINKD_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == generated,
+        "packaging/man/uplinkd.toml.5 is stale (config/uplinkd.toml changed): \
+         regenerate it with `UPLINKD_BLESS=1 cargo test --test package uplinkd_toml`"
+    );
+    // Every key the parser accepts is in the page, in its own table.
+    let text = generated.replace("\\-", "-");
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix(".SS ") {
+            current = t
+                .trim_matches(|c| c == '"' || c == '[' || c == ']')
+                .to_string();
+        } else if !current.is_empty() {
+            let body = sections.entry(current.clone()).or_default();
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    for key in uplinkd::config::known_keys() {
+        let (table, leaf) = key.rsplit_once('.').expect("dotted key");
+        let body = sections
+            .get(table)
+            .unwrap_or_else(|| panic!("uplinkd.toml.5 has no section [{table}] (for {key})"));
+        let documented = body.lines().any(|l| {
+            let l = l.trim_start_matches("\\fB").replace("\\fR", "");
+            let l = l.trim_start();
+            l.starts_with(&format!("{leaf} ")) || l == leaf || l.starts_with(&format!("{leaf}="))
+        });
+        assert!(documented, "uplinkd.toml.5 does not document {key}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The unit
+// ---------------------------------------------------------------------------
+
+/// Values of `key=` in the unit (all occurrences, in order).
+fn unit_values(key: &str) -> Vec<String> {
+    read(repo(UNIT))
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root: run the tests as root (bash tests/run-all.sh)"
+    );
+}
+
+/// The unit's credentials are enough: uplinkd as a non-root user holding
+/// only the unit's ambient capabilities (bounding set the same, no new
+/// privileges) programs the routes and the per-uplink sysctls in a lab.
+#[test]
+fn daemon_works_with_the_units_credentials() {
+    require_root("the lab");
+    let caps: Vec<String> = unit_values("AmbientCapabilities")
+        .join(" ")
+        .split_whitespace()
+        .map(|c| {
+            c.strip_prefix("CAP_")
+                .expect("capability name")
+                .to_lowercase()
+        })
+        .collect();
+    assert_eq!(
+        caps,
+        ["net_admin", "net_raw"],
+        "the unit's capabilities changed"
+    );
+    assert_eq!(unit_values("User"), ["uplinkd"]);
+    assert_eq!(
+        unit_values("CapabilityBoundingSet"),
+        unit_values("AmbientCapabilities")
+    );
+    let caps = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // uid/gid 65534 (nobody) stands for the package's system user.
+    let dir = tempfile::Builder::new()
+        .prefix("uplinkd-unpriv-")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let socket = dir.path().join("uplinkd.sock");
+    let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
+    let text = lab
+        .try_config_toml(&format!(
+            "[agent]\nsocket = {:?}\n",
+            socket.to_str().unwrap()
+        ))
+        .unwrap();
+    let config = dir.path().join("uplinkd.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("uplinkd.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut cmd = lab
+        .command(
+            &lab.server_ns(),
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &format!("--inh-caps=-all,{caps}"),
+                &format!("--ambient-caps=-all,{caps}"),
+                &format!("--bounding-set=-all,{caps}"),
+                "--no-new-privs",
+                UPLINKD,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    cmd.env("UPLINKD_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+    let child = uplinkd::lab::LabChild::new(cmd.spawn().expect("start uplinkd"), "uplinkd");
+    let pid = child.pid();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Both families on the primary, through the socket as root would see it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "uplinkd exited:\n{}",
+            log_text()
+        );
+        let out = run(Command::new(UPLINKCTL).args([
+            "--socket",
+            socket.to_str().unwrap(),
+            "status",
+            "--json",
+        ]));
+        let last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&last) {
+            if v["active"]["ipv4"] == "primary" && v["active"]["ipv6"] == "primary" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision within 20 s; last status {last}\nlog:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Running as the unprivileged user...
+    let status = read(format!("/proc/{pid}/status"));
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid_line}"
+    );
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.uid(), 65534);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    // ...it replaced the default routes and wrote the uplink sysctls.
+    let routes = lab
+        .ip(&lab.server_ns(), &["-4", "route", "show", "default"])
+        .unwrap();
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.contains("dev eth0") && l.contains("metric 10")),
+        "{routes}"
+    );
+    let routes6 = lab
+        .ip(&lab.server_ns(), &["-6", "route", "show", "default"])
+        .unwrap();
+    assert!(
+        routes6
+            .lines()
+            .any(|l| l.contains("dev eth0") && l.contains("metric 10")),
+        "{routes6}"
+    );
+    for (ifname, key, want) in [
+        ("eth0", "net/ipv4/conf/eth0/rp_filter", "2"),
+        (
+            "eth1",
+            "net/ipv4/conf/eth1/ignore_routes_with_linkdown",
+            "1",
+        ),
+        (
+            "eth0",
+            "net/ipv6/conf/eth0/ignore_routes_with_linkdown",
+            "1",
+        ),
+    ] {
+        let v = lab
+            .exec(&lab.server_ns(), &["cat", &format!("/proc/sys/{key}")])
+            .unwrap();
+        assert_eq!(v.trim(), want, "{key} of {ifname}\nlog:\n{}", log_text());
+    }
+    // And it fails over as root would: carrier loss on the primary.
+    lab.carrier_down(uplinkd::lab::Uplink::Primary).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let routes = lab
+            .ip(&lab.server_ns(), &["-4", "route", "show", "default"])
+            .unwrap();
+        if routes
+            .lines()
+            .any(|l| l.contains("dev eth1") && l.contains("metric 10"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover to eth1: {routes}\nlog:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log_text();
+    for bad in [
+        "Operation not permitted",
+        "Permission denied",
+        "EPERM",
+        "EACCES",
+    ] {
+        assert!(!log.contains(bad), "{bad} in the log:\n{log}");
+    }
+    child.terminate(Duration::from_secs(5)).unwrap();
+    lab.destroy().unwrap();
+}
+
+#[test]
+fn unit_has_the_settings_the_issue_requires() {
+    for (key, want) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("Restart", "on-failure"),
+        (
+            "ExecStart",
+            "/usr/sbin/uplinkd --config /etc/uplinkd/uplinkd.toml",
+        ),
+        ("RuntimeDirectory", "uplinkd"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        (
+            "RestrictAddressFamilies",
+            "AF_UNIX AF_NETLINK AF_INET AF_INET6 AF_PACKET",
+        ),
+    ] {
+        assert_eq!(unit_values(key), [want], "{key}=");
+    }
+    assert!(!unit_values("WatchdogSec").is_empty());
+    assert!(unit_values("ExecReload")
+        .iter()
+        .any(|v| v == "/bin/kill -HUP $MAINPID"));
+    assert!(!unit_values("SystemCallFilter").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// The .deb
+// ---------------------------------------------------------------------------
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds the .deb in target/package-build and returns its path.
+fn build_deb() -> PathBuf {
+    let has_cargo_deb = run(Command::new(cargo()).args(["deb", "--version"]))
+        .status
+        .success();
+    if !has_cargo_deb {
+        eprintln!("package test: installing cargo-deb (cargo install cargo-deb --locked)");
+        ok(Command::new(cargo()).args(["install", "cargo-deb", "--locked"]));
+    }
+    let target = repo("target/package-build");
+    let out_dir = target.join("debian");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let stdout = ok(Command::new(cargo())
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["deb", "--output"])
+        .arg(&out_dir)
+        .args(["--", "--locked"]));
+    let deb = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    assert!(
+        deb.is_file() && deb.extension().is_some_and(|e| e == "deb"),
+        "cargo deb printed no .deb path: {stdout}"
+    );
+    deb
+}
+
+/// A clean Debian root: a fresh copy of a cached debootstrap.
+struct CleanRoot {
+    dir: tempfile::TempDir,
+}
+
+impl CleanRoot {
+    fn new() -> CleanRoot {
+        let cache_dir = repo("target/package");
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        let cache = cache_dir.join("debian-bookworm-minbase.tar");
+        if !cache.exists() {
+            let t = Instant::now();
+            let tmp = tempfile::Builder::new()
+                .prefix("debootstrap-")
+                .tempdir_in(&cache_dir)
+                .unwrap();
+            let root = tmp.path().join("root");
+            eprintln!(
+                "package test: debootstrap bookworm (cached in {})",
+                cache.display()
+            );
+            ok(Command::new("debootstrap").args([
+                "--variant=minbase",
+                "--include=adduser,init-system-helpers",
+                "bookworm",
+                root.to_str().unwrap(),
+                "http://deb.debian.org/debian",
+            ]));
+            let part = cache.with_extension("tar.part");
+            ok(Command::new("tar")
+                .arg("-C")
+                .arg(&root)
+                .args(["--numeric-owner", "-cf"])
+                .arg(&part)
+                .arg("."));
+            std::fs::rename(&part, &cache).unwrap();
+            eprintln!("package test: debootstrap took {:?}", t.elapsed());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("root-")
+            .tempdir_in(&cache_dir)
+            .unwrap();
+        ok(Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["--numeric-owner", "-xpf"])
+            .arg(&cache));
+        CleanRoot { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    /// `chroot ROOT args...`, without a terminal (dpkg must not ask).
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("chroot");
+        c.arg(self.dir.path())
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c
+    }
+
+    fn dpkg(&self, args: &[&str]) -> String {
+        let mut all = vec!["dpkg"];
+        all.extend_from_slice(args);
+        ok(&mut self.cmd(&all))
+    }
+
+    fn copy_in(&self, deb: &Path) -> String {
+        let name = format!("/tmp/{}", deb.file_name().unwrap().to_str().unwrap());
+        std::fs::copy(deb, self.path(&name)).unwrap();
+        name
+    }
+
+    /// Every path in the root (relative), with its type and mode.
+    fn listing(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let base = self.dir.path();
+        let mut stack = vec![base.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let meta = std::fs::symlink_metadata(e.path()).unwrap();
+                let rel = e.path().strip_prefix(base).unwrap().display().to_string();
+                if meta.is_dir() && !meta.file_type().is_symlink() {
+                    stack.push(e.path());
+                }
+                out.insert(format!("/{rel}"), format!("{:o}", meta.mode()));
+            }
+        }
+        out
+    }
+}
+
+fn mode_of(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+/// Rebuilds `deb` as version `version` with `append` added to the example
+/// config (an upgrade that changes the conffile).
+fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let tree = dir.join("tree");
+    ok(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
+    let conf = tree.join("etc/uplinkd/uplinkd.toml");
+    let mut text = read(&conf);
+    text.push_str(append);
+    std::fs::write(&conf, text).unwrap();
+    let control = tree.join("DEBIAN/control");
+    let c = read(&control)
+        .lines()
+        .map(|l| {
+            if l.starts_with("Version: ") {
+                format!("Version: {version}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&control, c + "\n").unwrap();
+    // md5sums list only non-conffiles; nothing else to update.
+    let out = dir.join(format!("uplinkd_{version}.deb"));
+    ok(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "-b"])
+        .arg(&tree)
+        .arg(&out));
+    out
+}
+
+#[test]
+fn debian_package() {
+    let started = Instant::now();
+    require_root("the package test (dpkg in a chroot)");
+    let missing: Vec<&str> = [
+        "lintian",
+        "debootstrap",
+        "dpkg-deb",
+        "systemd-analyze",
+        "chroot",
+    ]
+    .into_iter()
+    .filter(|t| !have(t))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "the package test needs {missing:?}: bash tests/run-all.sh installs them \
+         (apt-get install lintian debootstrap systemd)"
+    );
+
+    // Build.
+    let t = Instant::now();
+    let deb = build_deb();
+    let size = std::fs::metadata(&deb).unwrap().len();
+    eprintln!(
+        "package test: built {} ({} KiB) in {:?}",
+        deb.display(),
+        size / 1024,
+        t.elapsed()
+    );
+
+    // Lint: no error, no warning (overrides need a written reason: there are none).
+    let lint = run(Command::new("lintian")
+        .args(["--display-info", "--pedantic", "--no-tag-display-limit"])
+        .arg(&deb));
+    let lint_text =
+        String::from_utf8_lossy(&lint.stdout).into_owned() + &String::from_utf8_lossy(&lint.stderr);
+    let bad: Vec<&str> = lint_text
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(bad.is_empty(), "lintian errors or warnings:\n{lint_text}");
+    assert!(
+        lint.status.success(),
+        "lintian failed ({}):\n{lint_text}",
+        lint.status
+    );
+    eprintln!(
+        "package test: lintian: {}",
+        if lint_text.trim().is_empty() {
+            "clean".into()
+        } else {
+            lint_text.replace('\n', "; ")
+        }
+    );
+
+    // Metadata and contents.
+    let info = ok(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    for want in [
+        "Package: uplinkd",
+        "Section: net",
+        "Priority: optional",
+        "libc6",
+        "adduser",
+    ] {
+        assert!(info.contains(want), "control lacks {want:?}:\n{info}");
+    }
+    let name = ok(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Package"));
+    assert_eq!(name.trim(), "uplinkd");
+    let tmp = tempfile::Builder::new()
+        .prefix("uplinkd-deb-")
+        .tempdir()
+        .unwrap();
+    let ctrl = tmp.path().join("control");
+    ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
+    assert_eq!(
+        read(ctrl.join("conffiles")).trim(),
+        "/etc/uplinkd/uplinkd.toml"
+    );
+    let contents = ok(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    assert!(
+        !contents.contains("uplink-lab"),
+        "the lab tool is packaged:\n{contents}"
+    );
+
+    // Install into a clean root.
+    let root = CleanRoot::new();
+    let before = root.listing();
+    let accounts = |root: &CleanRoot| {
+        ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"].map(|f| read(root.path(f)))
+    };
+    let accounts_before = accounts(&root);
+    let in_root = root.copy_in(&deb);
+    root.dpkg(&["-i", &in_root]);
+
+    let unit = [
+        "/lib/systemd/system/uplinkd.service",
+        "/usr/lib/systemd/system/uplinkd.service",
+    ]
+    .into_iter()
+    .find(|p| root.path(p).exists())
+    .unwrap_or_else(|| panic!("no uplinkd.service installed:\n{contents}"));
+    for (path, mode) in [
+        ("/usr/sbin/uplinkd", 0o755),
+        ("/usr/bin/uplinkctl", 0o755),
+        ("/etc/uplinkd/uplinkd.toml", 0o644),
+        ("/usr/share/man/man8/uplinkd.8.gz", 0o644),
+        ("/usr/share/man/man8/uplinkctl.8.gz", 0o644),
+        ("/usr/share/man/man5/uplinkd.toml.5.gz", 0o644),
+        ("/usr/share/doc/uplinkd/copyright", 0o644),
+        ("/usr/share/doc/uplinkd/changelog.Debian.gz", 0o644),
+        (unit, 0o644),
+    ] {
+        assert_eq!(
+            mode_of(&root.path(path)),
+            (mode, 0, 0),
+            "{path}: mode, uid, gid"
+        );
+    }
+    assert_eq!(
+        read(root.path("/etc/uplinkd/uplinkd.toml")),
+        read(repo("config/uplinkd.toml"))
+    );
+    assert_eq!(read(root.path(unit)), read(repo(UNIT)));
+    let files = root.dpkg(&["-L", "uplinkd"]);
+    assert!(!files.contains("uplink-lab"), "{files}");
+
+    // The system user and group; the unit installed but not enabled.
+    let user = ok(&mut root.cmd(&["getent", "passwd", "uplinkd"]));
+    let fields: Vec<&str> = user.trim().split(':').collect();
+    assert!(
+        fields[2].parse::<u32>().unwrap() < 1000,
+        "not a system user: {user}"
+    );
+    assert_eq!(fields[6], "/usr/sbin/nologin", "{user}");
+    let group = ok(&mut root.cmd(&["getent", "group", "uplinkd"]));
+    assert_eq!(fields[3], group.split(':').nth(2).unwrap(), "primary group");
+    let wants = root.path("/etc/systemd/system/multi-user.target.wants/uplinkd.service");
+    assert!(
+        std::fs::symlink_metadata(&wants).is_err(),
+        "the unit must not be enabled on install"
+    );
+
+    // The shipped config is valid, also as the service user reads it.
+    ok(&mut root.cmd(&[
+        "/usr/sbin/uplinkd",
+        "--check",
+        "--config",
+        "/etc/uplinkd/uplinkd.toml",
+    ]));
+    ok(&mut root.cmd(&[
+        "setpriv",
+        "--reuid=uplinkd",
+        "--regid=uplinkd",
+        "--init-groups",
+        "/usr/sbin/uplinkd",
+        "--check",
+    ]));
+
+    // The installed unit verifies (its binaries and man pages in the root).
+    let rootdir = root.dir.path().to_str().unwrap().to_string();
+    let verify = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no", &format!("--root={rootdir}")])
+        .arg(root.path(unit)));
+    let verify_text = String::from_utf8_lossy(&verify.stdout).into_owned()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && verify_text.trim().is_empty(),
+        "systemd-analyze verify ({}):\n{verify_text}",
+        verify.status
+    );
+    for doc in unit_values("Documentation").join(" ").split_whitespace() {
+        let page = doc.strip_prefix("man:").expect("man: documentation");
+        let (name, sect) = page.trim_end_matches(')').split_once('(').unwrap();
+        let p = root.path(&format!("/usr/share/man/man{sect}/{name}.{sect}.gz"));
+        assert!(p.exists(), "Documentation={doc} is not installed");
+    }
+    let sec = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", &format!("--root={rootdir}")])
+        .arg(root.path(unit)));
+    let sec_text =
+        String::from_utf8_lossy(&sec.stdout).into_owned() + &String::from_utf8_lossy(&sec.stderr);
+    let level: f64 = sec_text
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("Overall exposure level for").nth(1)?;
+            rest.split(':')
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{sec_text}"));
+    assert!(level <= 2.0, "exposure {level} > 2.0:\n{sec_text}");
+    eprintln!("package test: systemd-analyze security exposure {level}");
+
+    // Conffile: a local edit survives a reinstall...
+    let conf = root.path("/etc/uplinkd/uplinkd.toml");
+    let edited = read(&conf).replace("failback_after = \"30s\"", "failback_after = \"45s\"");
+    assert!(edited.contains("\"45s\""));
+    std::fs::write(&conf, &edited).unwrap();
+    root.dpkg(&["-i", &in_root]);
+    assert_eq!(read(&conf), edited, "reinstall lost the local edit");
+    // ...and an upgrade that changes the conffile (dpkg keeps the local one,
+    // non-interactively with --force-confold, and leaves the new one aside).
+    let upgrade =
+        repack_with_changed_conffile(&deb, "0.1.0-2", "\n# changed upstream\n", tmp.path());
+    let in_root2 = root.copy_in(&upgrade);
+    root.dpkg(&["-i", "--force-confold", &in_root2]);
+    assert_eq!(read(&conf), edited, "upgrade lost the local edit");
+    let dist = root.path("/etc/uplinkd/uplinkd.toml.dpkg-dist");
+    assert!(
+        read(&dist).ends_with("# changed upstream\n"),
+        "no .dpkg-dist"
+    );
+    // An unedited conffile follows the upgrade silently.
+    std::fs::write(&conf, read(repo("config/uplinkd.toml"))).unwrap();
+    let _ = std::fs::remove_file(&dist);
+    let upgrade3 = repack_with_changed_conffile(
+        &upgrade,
+        "0.1.0-3",
+        "# changed again\n",
+        &tmp.path().join("3"),
+    );
+    let in_root3 = root.copy_in(&upgrade3);
+    root.dpkg(&["-i", &in_root3]);
+    assert!(
+        read(&conf).ends_with("# changed again\n"),
+        "unedited conffile not upgraded"
+    );
+    assert!(!dist.exists());
+
+    // Purge leaves nothing behind: no file, directory, user or group.
+    std::fs::create_dir_all(root.path("/run/uplinkd")).unwrap();
+    std::fs::write(conf.with_extension("toml.dpkg-old"), "x").unwrap();
+    root.dpkg(&["--purge", "uplinkd"]);
+    for f in [&in_root, &in_root2, &in_root3] {
+        std::fs::remove_file(root.path(f)).unwrap();
+    }
+    let after = root.listing();
+    // dpkg's own logs and backups change on every run, whatever the package.
+    let bookkeeping = |p: &str| {
+        p.starts_with("/var/lib/dpkg/")
+            || p.starts_with("/var/log/")
+            || p.starts_with("/var/cache/debconf/")
+            || p.ends_with('-') // /etc/passwd- and co, written by adduser/deluser
+    };
+    let left: Vec<&String> = after
+        .keys()
+        .filter(|p| !before.contains_key(*p) && !bookkeeping(p))
+        .collect();
+    assert!(left.is_empty(), "purge left behind: {left:#?}");
+    let info_left: Vec<&String> = after
+        .keys()
+        .filter(|p| p.starts_with("/var/lib/dpkg/info/uplinkd"))
+        .collect();
+    assert!(info_left.is_empty(), "{info_left:?}");
+    assert_eq!(
+        accounts(&root),
+        accounts_before,
+        "purge left the user or group"
+    );
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(p, m)| after.get(*p).is_some_and(|a| a != *m) && !bookkeeping(p))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(changed.is_empty(), "purge changed modes of {changed:?}");
+
+    eprintln!(
+        "package test: {} KiB .deb; whole test {:?}",
+        size / 1024,
+        started.elapsed()
+    );
+}
