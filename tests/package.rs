@@ -387,8 +387,9 @@ fn daemon_works_with_the_units_credentials() {
     let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
     let text = lab
         .try_config_toml(&format!(
-            "[agent]\nsocket = {:?}\n",
-            socket.to_str().unwrap()
+            "[agent]\nsocket = {:?}\n[hooks]\non_active_change = [{:?}]\n",
+            socket.to_str().unwrap(),
+            "cat >/dev/null; echo \"$UPLINKD_TO\" >/dev/null"
         ))
         .unwrap();
     let config = dir.path().join("uplinkd.toml");
@@ -396,10 +397,21 @@ fn daemon_works_with_the_units_credentials() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let log = dir.path().join("uplinkd.log");
     let logf = std::fs::File::create(&log).unwrap();
+    // Traced, to check every system call against the unit's filter.
+    assert!(
+        have("strace"),
+        "this test needs strace (bash tests/run-all.sh installs it)"
+    );
+    let trace = dir.path().join("strace.log");
     let mut cmd = lab
         .command(
             &lab.server_ns(),
             &[
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                trace.to_str().unwrap(),
                 "setpriv",
                 "--reuid=65534",
                 "--regid=65534",
@@ -419,8 +431,26 @@ fn daemon_works_with_the_units_credentials() {
         .stdout(logf.try_clone().unwrap())
         .stderr(logf);
     let child = uplinkd::lab::LabChild::new(cmd.spawn().expect("start uplinkd"), "uplinkd");
-    let pid = child.pid();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The daemon is strace's child (setpriv execs it).
+    let tracer = child.pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+            .unwrap_or_default();
+        let exe = kids.split_whitespace().find(|k| {
+            std::fs::read_link(format!("/proc/{k}/exe")).is_ok_and(|e| e == Path::new(UPLINKD))
+        });
+        if let Some(k) = exe {
+            break k.parse::<u32>().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uplinkd did not start:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
 
     // Both families on the primary, through the socket as root would see it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -516,6 +546,22 @@ fn daemon_works_with_the_units_credentials() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The socket API answers (read-only requests: the caller is root here).
+    for req in [&["status"][..], &["metrics"]] {
+        ok(Command::new(UPLINKCTL)
+            .args(["--socket", socket.to_str().unwrap()])
+            .args(req));
+    }
+    // The hook ran (on the failover).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_text().contains("hook done") {
+        assert!(
+            Instant::now() < deadline,
+            "the hook did not run:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = log_text();
     for bad in [
         "Operation not permitted",
@@ -527,6 +573,108 @@ fn daemon_works_with_the_units_credentials() {
     }
     child.terminate(Duration::from_secs(5)).unwrap();
     lab.destroy().unwrap();
+
+    // Every system call the daemon and its hook made is allowed by the
+    // unit's SystemCallFilter= (setpriv's own calls before the exec of
+    // uplinkd are not the daemon's).
+    let allowed = unit_syscall_filter();
+    let text = read(&trace);
+    let mut used = BTreeSet::new();
+    let mut started = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(_pid), Some(call)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let name = if call == "<..." {
+            words.next().unwrap_or("")
+        } else {
+            call.split('(').next().unwrap_or("")
+        };
+        if !started {
+            started = name == "execve" && line.contains(UPLINKD);
+            if !started {
+                continue;
+            }
+        }
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            used.insert(name.to_string());
+        }
+    }
+    assert!(started && used.len() > 20, "trace too short: {used:?}");
+    let denied: Vec<&String> = used.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        denied.is_empty(),
+        "system calls the unit's SystemCallFilter= denies: {denied:?} (used: {used:?})"
+    );
+    // And every socket family it opened is in RestrictAddressFamilies=.
+    let families_allowed = unit_values("RestrictAddressFamilies").join(" ");
+    let families: BTreeSet<&str> = text
+        .split("socket(")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', ')']).next())
+        .filter(|f| f.starts_with("AF_"))
+        .collect();
+    assert!(families.contains("AF_NETLINK"), "{families:?}");
+    for f in &families {
+        assert!(
+            families_allowed.split_whitespace().any(|a| a == *f),
+            "the daemon opened an {f} socket, not in RestrictAddressFamilies={families_allowed}"
+        );
+    }
+    eprintln!(
+        "unit credentials: {} distinct system calls and families {families:?}, all allowed",
+        used.len()
+    );
+}
+
+/// The system calls the unit's `SystemCallFilter=` lines allow: the first is
+/// an allow list, `~` lines remove from it, others add; groups are expanded
+/// with `systemd-analyze syscall-filter`; `@default` is always allowed.
+fn unit_syscall_filter() -> BTreeSet<String> {
+    let listing = ok(Command::new("systemd-analyze").arg("syscall-filter"));
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in listing.lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_string());
+            groups.insert(line.trim().to_string(), Vec::new());
+        } else if let Some(g) = &current {
+            let item = line.trim();
+            if !item.is_empty() && !item.starts_with('#') {
+                groups.get_mut(g).unwrap().push(item.to_string());
+            }
+        }
+    }
+    fn expand(item: &str, groups: &BTreeMap<String, Vec<String>>, out: &mut BTreeSet<String>) {
+        match groups.get(item) {
+            Some(items) => items.iter().for_each(|i| expand(i, groups, out)),
+            None => {
+                assert!(!item.starts_with('@'), "unknown system call group {item}");
+                out.insert(item.to_string());
+            }
+        }
+    }
+    let mut allowed = BTreeSet::new();
+    expand("@default", &groups, &mut allowed);
+    let lines = unit_values("SystemCallFilter");
+    assert!(!lines.is_empty() && !lines[0].starts_with('~'), "{lines:?}");
+    for line in &lines {
+        let (deny, items) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, line.as_str()),
+        };
+        let mut set = BTreeSet::new();
+        for item in items.split_whitespace() {
+            expand(item, &groups, &mut set);
+        }
+        if deny {
+            allowed.retain(|c| !set.contains(c));
+        } else {
+            allowed.extend(set);
+        }
+    }
+    allowed
 }
 
 #[test]
@@ -611,7 +759,13 @@ impl CleanRoot {
     fn new() -> CleanRoot {
         let cache_dir = repo("target/package");
         std::fs::create_dir_all(&cache_dir).unwrap();
-        let cache = cache_dir.join("debian-bookworm-minbase.tar");
+        // What the package depends on beyond minbase (dpkg -i resolves nothing),
+        // and systemd, as on a server (systemd-analyze verify --root needs its units).
+        let include = "adduser,init-system-helpers,procps,systemd";
+        let cache = cache_dir.join(format!(
+            "debian-bookworm-minbase-{}.tar",
+            include.replace(',', "-")
+        ));
         if !cache.exists() {
             let t = Instant::now();
             let tmp = tempfile::Builder::new()
@@ -625,7 +779,7 @@ impl CleanRoot {
             );
             ok(Command::new("debootstrap").args([
                 "--variant=minbase",
-                "--include=adduser,init-system-helpers",
+                &format!("--include={include}"),
                 "bookworm",
                 root.to_str().unwrap(),
                 "http://deb.debian.org/debian",
@@ -768,7 +922,7 @@ fn debian_package() {
 
     // Lint: no error, no warning (overrides need a written reason: there are none).
     let lint = run(Command::new("lintian")
-        .args(["--display-info", "--pedantic", "--no-tag-display-limit"])
+        .args(["--display-info", "--pedantic", "--tag-display-limit", "0"])
         .arg(&deb));
     let lint_text =
         String::from_utf8_lossy(&lint.stdout).into_owned() + &String::from_utf8_lossy(&lint.stderr);
@@ -799,6 +953,7 @@ fn debian_package() {
         "Priority: optional",
         "libc6",
         "adduser",
+        "procps",
     ] {
         assert!(info.contains(want), "control lacks {want:?}:\n{info}");
     }
@@ -955,8 +1110,8 @@ fn debian_package() {
         "no .dpkg-dist"
     );
     // An unedited conffile follows the upgrade silently.
-    std::fs::write(&conf, read(repo("config/uplinkd.toml"))).unwrap();
-    let _ = std::fs::remove_file(&dist);
+    // (The operator takes the new version: the file is then as packaged.)
+    std::fs::rename(&dist, &conf).unwrap();
     let upgrade3 = repack_with_changed_conffile(
         &upgrade,
         "0.1.0-3",
@@ -985,6 +1140,7 @@ fn debian_package() {
             || p.starts_with("/var/log/")
             || p.starts_with("/var/cache/debconf/")
             || p.ends_with('-') // /etc/passwd- and co, written by adduser/deluser
+            || p == "/run/adduser" // adduser's lock file (on tmpfs on a real system)
     };
     let left: Vec<&String> = after
         .keys()

@@ -17,6 +17,7 @@ command -v nft >/dev/null || need+=(nftables)
 command -v lintian >/dev/null || need+=(lintian)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
     echo "run-all.sh: installing ${need[*]}"
     apt-get update -qq
