@@ -277,6 +277,14 @@ impl Events {
 pub struct Server {
     path: std::path::PathBuf,
     task: tokio::task::JoinHandle<()>,
+    uplinks: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Server {
+    /// The uplink names by id after a reconfiguration (controls name uplinks).
+    pub fn set_uplinks(&self, names: Vec<String>) {
+        *self.uplinks.write().unwrap() = names;
+    }
 }
 
 impl Drop for Server {
@@ -292,7 +300,7 @@ struct Shared {
     events: Events,
     metrics: Arc<Metrics>,
     /// Uplink names, by id.
-    uplinks: Vec<String>,
+    uplinks: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 fn group_gid(name: &str) -> io::Result<nix::unistd::Gid> {
@@ -344,8 +352,11 @@ pub async fn serve(
         loop_tx,
         events,
         metrics,
-        uplinks: cfg.uplinks.iter().map(|u| u.name.clone()).collect(),
+        uplinks: Arc::new(std::sync::RwLock::new(
+            cfg.uplinks.iter().map(|u| u.name.clone()).collect(),
+        )),
     });
+    let uplinks = shared.uplinks.clone();
     let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
         loop {
@@ -381,7 +392,11 @@ pub async fn serve(
             });
         }
     });
-    Ok(Server { path, task })
+    Ok(Server {
+        path,
+        task,
+        uplinks,
+    })
 }
 
 async fn send(wr: &mut OwnedWriteHalf, v: &Value) -> io::Result<()> {
@@ -500,12 +515,13 @@ async fn client(stream: UnixStream, sh: &Shared) -> io::Result<()> {
             }
             Request::Drain { ref uplink } | Request::Undrain { ref uplink } => {
                 let drained = matches!(req, Request::Drain { .. });
-                match sh.uplinks.iter().position(|u| u == uplink) {
+                let names = sh.uplinks.read().unwrap().clone();
+                match names.iter().position(|u| u == uplink) {
                     None => {
                         let shown: String = uplink.chars().take(64).collect();
                         json!({ "error": format!(
                             "{}: no uplink named {shown:?} (uplinks: {})",
-                            req.name(), sh.uplinks.join(", ")
+                            req.name(), names.join(", ")
                         ) })
                     }
                     Some(id) => {
