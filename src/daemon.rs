@@ -411,7 +411,6 @@ pub async fn run(
                         shown = None;
                         pre_actions = actions;
                         events_in.push(Event::Tick);
-                        info!(changes = %summary, "configuration reloaded");
                         let _ = reply.send(Ok(summary));
                     }
                 }
