@@ -2,8 +2,8 @@
 //! the service manager protocol (sd_notify), call the library.
 //!
 //! Under systemd (`Type=notify`): READY=1 once the first netlink dump is read
-//! and the first decision is applied; WATCHDOG=1 from the event loop (every
-//! quarter of `WATCHDOG_USEC`, at most once per second when none is set);
+//! and the first decision is applied; WATCHDOG=1 from the event loop when
+//! `WATCHDOG_USEC` is set (every quarter of it, at least once a second);
 //! STATUS= with the active uplinks; RELOADING=1 … READY=1 around a reload
 //! (SIGHUP); STOPPING=1 on SIGTERM/SIGINT. Without `NOTIFY_SOCKET` these do
 //! nothing.
@@ -109,14 +109,10 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// How often WATCHDOG=1 is sent: a quarter of the watchdog timeout (so a
-/// delayed loop turn or two never trips it), at most once per second when
-/// no watchdog is configured (then nothing listens; the ping costs nothing).
-fn watchdog_every(watchdog: Option<Duration>) -> Duration {
-    match watchdog {
-        Some(w) => (w / 4).max(Duration::from_millis(1)),
-        None => Duration::from_secs(1),
-    }
+/// How often WATCHDOG=1 is sent: a quarter of the watchdog timeout, so a
+/// delayed loop turn or two never trips it, and at least once a second.
+fn watchdog_every(watchdog: Duration) -> Duration {
+    (watchdog / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 /// SIGHUP: re-read and validate the file; a bad one is logged with every
@@ -169,11 +165,14 @@ async fn reload_on_hup(path: PathBuf, tx: mpsc::UnboundedSender<uplinkd::daemon:
             Ok(summary) => info!(changes = %summary, "reload applied"),
             Err(e) => error!(reason = %e, "reload refused"),
         }
-        let status = match &outcome {
-            Ok(_) => "configuration reloaded".to_string(),
-            Err(e) => format!("reload refused: {e}"),
-        };
-        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        match &outcome {
+            // The daemon re-sends the active uplinks' status line itself.
+            Ok(_) => notify(&[NotifyState::Ready]),
+            Err(e) => notify(&[
+                NotifyState::Ready,
+                NotifyState::Status(&format!("reload refused: {e}")),
+            ]),
+        }
     }
 }
 
@@ -201,18 +200,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let every = watchdog_every(sd_notify::watchdog_enabled());
-    let mut last_ping: Option<Instant> = None;
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let opts = uplinkd::daemon::RunOptions {
-        on_ready: Some(Box::new(|| notify(&[NotifyState::Ready]))),
-        on_alive: Some(Box::new(move || {
+    // WATCHDOG=1 from the loop, only when the service manager asked for it.
+    let on_alive: Option<Box<dyn FnMut() + Send>> = sd_notify::watchdog_enabled().map(|w| {
+        let every = watchdog_every(w);
+        let mut last_ping: Option<Instant> = None;
+        Box::new(move || {
             let now = Instant::now();
             if last_ping.is_none_or(|t| now.duration_since(t) >= every) {
                 last_ping = Some(now);
                 notify(&[NotifyState::Watchdog]);
             }
-        })),
+        }) as Box<dyn FnMut() + Send>
+    });
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let opts = uplinkd::daemon::RunOptions {
+        on_ready: Some(Box::new(|| notify(&[NotifyState::Ready]))),
+        on_alive,
         on_status: Some(Box::new(|s: &str| notify(&[NotifyState::Status(s)]))),
         reload: Some(reload_rx),
     };
@@ -284,11 +287,15 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_pings_four_times_per_timeout() {
+    fn watchdog_pings_four_times_per_timeout_and_at_least_every_second() {
         assert_eq!(
-            watchdog_every(Some(Duration::from_secs(20))),
-            Duration::from_secs(5)
+            watchdog_every(Duration::from_secs(2)),
+            Duration::from_millis(500)
         );
-        assert_eq!(watchdog_every(None), Duration::from_secs(1));
+        // At least once a second, also with a long timeout.
+        assert_eq!(
+            watchdog_every(Duration::from_secs(20)),
+            Duration::from_secs(1)
+        );
     }
 }
