@@ -64,6 +64,9 @@ pub enum ApiRequest {
     Status(oneshot::Sender<Status>),
     Drain {
         uplink: UplinkId,
+        /// Its name: a reload may have moved the uplink to another id
+        /// since `uplink` was looked up.
+        name: String,
         drained: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -528,6 +531,7 @@ async fn client(stream: UnixStream, sh: &Shared) -> io::Result<()> {
                         let (tx, rx) = oneshot::channel();
                         let r = ApiRequest::Drain {
                             uplink: id,
+                            name: uplink.clone(),
                             drained,
                             reply: tx,
                         };

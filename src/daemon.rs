@@ -417,9 +417,19 @@ pub async fn run(
             }
             Some(req) = api_rx.recv() => match req {
                 ApiRequest::Status(reply) => { let _ = reply.send(core.status(now())); }
-                ApiRequest::Drain { uplink, drained, reply } => {
-                    events_in.push(Event::Drain { uplink, drained });
-                    let _ = reply.send(Ok(()));
+                ApiRequest::Drain { uplink, name, drained, reply } => {
+                    // By name: a reload may have moved it since the lookup.
+                    let id = match cfg.uplinks.get(uplink) {
+                        Some(u) if u.name == name => Some(uplink),
+                        _ => cfg.uplinks.iter().position(|u| u.name == name),
+                    };
+                    let _ = reply.send(match id {
+                        Some(uplink) => {
+                            events_in.push(Event::Drain { uplink, drained });
+                            Ok(())
+                        }
+                        None => Err(format!("no uplink named {name:?} (removed by a reload)")),
+                    });
                 }
                 ApiRequest::Reprobe(reply) => {
                     events_in.push(Event::Reprobe);

@@ -284,6 +284,14 @@ fn reload_removing_and_re_adding_the_standby_uplink() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Controls know the uplinks of the running configuration.
+    let out = a.ctl(&["drain", "secondary"]);
+    assert!(!out.status.success(), "drain of a removed uplink refused");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no uplink named")
+            || String::from_utf8_lossy(&out.stderr).contains("no uplink named"),
+        "{out:?}"
+    );
     // Back again: probed, healthy, its table and rule back; the route never moved.
     lab.write_config("").unwrap();
     hup(&mut a);
@@ -313,6 +321,11 @@ fn reload_removing_and_re_adding_the_standby_uplink() {
         "{:?}",
         a.switches(Family::V4)
     );
+    let out = a.ctl(&["drain", "secondary"]);
+    assert!(out.status.success(), "{out:?}");
+    a.wait_for("secondary drained", S(5), |s| s.uplinks[1].drained);
+    let out = a.ctl(&["undrain", "secondary"]);
+    assert!(out.status.success(), "{out:?}");
     // And it still fails over to the re-added uplink.
     lab.carrier_down(Uplink::Primary).unwrap();
     for f in Family::ALL {
