@@ -182,10 +182,6 @@ pub async fn run(
         slots: (0..cfg.uplinks.len() as u32).collect(),
         gen: 0,
     };
-    // Probe metrics are registered per (uplink, target) at start: uplink i of
-    // the current configuration is uplink metric_ids[i] of the first one.
-    let mut metric_ids: Vec<Option<UplinkId>> = (0..cfg.uplinks.len()).map(Some).collect();
-    let first_uplinks = cfg.uplinks.clone();
     let mut reload_rx = opts.reload.take();
 
     let (net_tx, mut net_rx) = mpsc::unbounded_channel();
@@ -390,18 +386,7 @@ pub async fn run(
                         read_carrier = Some(CarrierSource::Poll);
                         tick = cfg.probe.carrier_interval;
                         next_tick = grid_ceil(now(), tick);
-                        metric_ids = cfg
-                            .uplinks
-                            .iter()
-                            .map(|u| {
-                                first_uplinks.iter().position(|o| {
-                                    o.name == u.name
-                                        && o.interface == u.interface
-                                        && o.gateway4 == u.gateway4
-                                        && o.gateway6 == u.gateway6
-                                })
-                            })
-                            .collect();
+                        metrics.reconfigure(&cfg);
                         if old_layout.cfg.hooks != cfg.hooks {
                             events = events
                                 .clone()
@@ -485,14 +470,7 @@ pub async fn run(
             for action in std::mem::take(&mut pre_actions).into_iter().chain(handled) {
                 match action {
                     Action::Probe(req) => {
-                        match metric_ids.get(req.uplink).copied().flatten() {
-                            Some(m) if m == req.uplink => metrics.probe_sent(&req),
-                            Some(m) => metrics.probe_sent(&crate::core::ProbeRequest {
-                                uplink: m,
-                                ..req.clone()
-                            }),
-                            None => {}
-                        }
+                        metrics.probe_sent(&req);
                         let u = &cfg.uplinks[req.uplink];
                         if u.bond.is_some() && req.kind == crate::core::ProbeKind::Gateway {
                             arp.send(&u.interface, req, probe_tx.clone())

@@ -56,6 +56,28 @@ fn healthy_for_ms(s: &Status, uplink: usize) -> u64 {
         .expect("healthy")
 }
 
+/// The daemon's metrics text (via uplinkctl).
+fn metrics(a: &Agent) -> String {
+    let out = a.ctl(&["metrics"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Replies counted for the primary's IPv4 gateway.
+fn primary_gateway_replies(m: &str) -> f64 {
+    m.lines()
+        .find(|l| {
+            l.starts_with("uplinkd_probes_total{")
+                && l.contains("uplink=\"primary\"")
+                && l.contains("target=\"gateway\"")
+                && l.contains("family=\"ipv4\"")
+                && l.contains("result=\"reply\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no primary gateway reply counter in\n{m}"))
+}
+
 /// `ip -o monitor route` in the server namespace, into a file.
 struct RouteMonitor {
     /// Killed when dropped.
@@ -257,6 +279,10 @@ fn reload_removing_and_re_adding_the_standby_uplink() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let monitor = RouteMonitor::start(&lab);
+    let m = metrics(&a);
+    assert!(m.contains("uplink=\"secondary\""), "{m}");
+    let replies = primary_gateway_replies(&m);
+    assert!(replies > 0.0);
     let primary_only = format!(
         "[[uplink]]\nname = \"primary\"\ninterface = \"eth0\"\ngateway4 = \"{}\"\ngateway6 = \"{}\"\n",
         Uplink::Primary.gateway(Family::V4),
@@ -284,6 +310,10 @@ fn reload_removing_and_re_adding_the_standby_uplink() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Metrics follow: nothing left of the secondary, the primary's counters kept.
+    let m = metrics(&a);
+    assert!(!m.contains("uplink=\"secondary\""), "{m}");
+    assert!(primary_gateway_replies(&m) >= replies, "{m}");
     // Controls know the uplinks of the running configuration.
     let out = a.ctl(&["drain", "secondary"]);
     assert!(!out.status.success(), "drain of a removed uplink refused");
@@ -320,6 +350,14 @@ fn reload_removing_and_re_adding_the_standby_uplink() {
         a.switches(Family::V4).len() == 1,
         "{:?}",
         a.switches(Family::V4)
+    );
+    let m = metrics(&a);
+    assert!(
+        m.lines().any(|l| l.starts_with("uplinkd_probes_total{")
+            && l.contains("uplink=\"secondary\"")
+            && l.contains("result=\"reply\"")
+            && !l.ends_with(" 0")),
+        "the re-added uplink's probes are counted:\n{m}"
     );
     let out = a.ctl(&["drain", "secondary"]);
     assert!(out.status.success(), "{out:?}");
