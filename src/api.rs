@@ -64,6 +64,9 @@ pub enum ApiRequest {
     Status(oneshot::Sender<Status>),
     Drain {
         uplink: UplinkId,
+        /// Its name: a reload may have moved the uplink to another id
+        /// since `uplink` was looked up.
+        name: String,
         drained: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -277,6 +280,14 @@ impl Events {
 pub struct Server {
     path: std::path::PathBuf,
     task: tokio::task::JoinHandle<()>,
+    uplinks: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Server {
+    /// The uplink names by id after a reconfiguration (controls name uplinks).
+    pub fn set_uplinks(&self, names: Vec<String>) {
+        *self.uplinks.write().unwrap() = names;
+    }
 }
 
 impl Drop for Server {
@@ -292,7 +303,7 @@ struct Shared {
     events: Events,
     metrics: Arc<Metrics>,
     /// Uplink names, by id.
-    uplinks: Vec<String>,
+    uplinks: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 fn group_gid(name: &str) -> io::Result<nix::unistd::Gid> {
@@ -346,8 +357,11 @@ pub async fn serve(
         loop_tx,
         events,
         metrics,
-        uplinks: cfg.uplinks.iter().map(|u| u.name.clone()).collect(),
+        uplinks: Arc::new(std::sync::RwLock::new(
+            cfg.uplinks.iter().map(|u| u.name.clone()).collect(),
+        )),
     });
+    let uplinks = shared.uplinks.clone();
     let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
         loop {
@@ -383,7 +397,11 @@ pub async fn serve(
             });
         }
     });
-    Ok(Server { path, task })
+    Ok(Server {
+        path,
+        task,
+        uplinks,
+    })
 }
 
 async fn send(wr: &mut OwnedWriteHalf, v: &Value) -> io::Result<()> {
@@ -502,18 +520,20 @@ async fn client(stream: UnixStream, sh: &Shared) -> io::Result<()> {
             }
             Request::Drain { ref uplink } | Request::Undrain { ref uplink } => {
                 let drained = matches!(req, Request::Drain { .. });
-                match sh.uplinks.iter().position(|u| u == uplink) {
+                let names = sh.uplinks.read().unwrap().clone();
+                match names.iter().position(|u| u == uplink) {
                     None => {
                         let shown: String = uplink.chars().take(64).collect();
                         json!({ "error": format!(
                             "{}: no uplink named {shown:?} (uplinks: {})",
-                            req.name(), sh.uplinks.join(", ")
+                            req.name(), names.join(", ")
                         ) })
                     }
                     Some(id) => {
                         let (tx, rx) = oneshot::channel();
                         let r = ApiRequest::Drain {
                             uplink: id,
+                            name: uplink.clone(),
                             drained,
                             reply: tx,
                         };

@@ -65,28 +65,106 @@ enum Work {
     },
     /// (Re)install per-uplink tables, rules, kernel fallback routes, sysctls.
     Ensure,
+    /// A new configuration (SIGHUP): remove what the old one installed and
+    /// the new one does not use, then work with the new one.
+    Reconfigure(Box<Layout>, Vec<Stale>),
+    /// Answer `Done::Barrier` once everything queued before is done.
+    Barrier,
+}
+
+/// The configuration the actuation task works with, and each uplink's slot:
+/// uplink `i` probes with mark `fwmark_base + slots[i]` through table
+/// `table_base + slots[i]`. An uplink kept by a reload keeps its slot, so
+/// its probes never pass through another uplink's table.
+#[derive(Debug, Clone)]
+struct Layout {
+    cfg: Arc<Config>,
+    slots: Vec<u32>,
+    /// Counts reloads: a route read under an older layout names uplinks by
+    /// their old indices and is ignored.
+    gen: u64,
+}
+
+impl Layout {
+    fn table(&self, i: UplinkId) -> u32 {
+        self.cfg.agent.table_base + self.slots[i]
+    }
+    fn fwmark(&self, i: UplinkId) -> u32 {
+        self.cfg.agent.fwmark_base + self.slots[i]
+    }
+    /// Tables `table_base .. table_base + table_span()` may be ours.
+    fn table_span(&self) -> u32 {
+        self.slots.iter().max().map_or(0, |m| m + 1)
+    }
+    /// What the agent installs besides the active route: per-uplink table
+    /// routes and rules (family, slot), kernel fallback routes (family, metric).
+    fn installed(&self) -> Vec<Stale> {
+        let mut v = Vec::new();
+        for (i, u) in self.cfg.uplinks.iter().enumerate() {
+            for f in Family::ALL {
+                if u.gateway(f).is_none() {
+                    continue;
+                }
+                v.push(Stale::Slot(f, self.slots[i]));
+                if self.cfg.agent.kernel_fallback {
+                    v.push(Stale::Fallback(
+                        f,
+                        self.cfg.agent.route_metric + 1 + i as u32,
+                    ));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Something an older configuration installed that the current one does not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stale {
+    /// The probe table route and the rule of a slot.
+    Slot(Family, u32),
+    /// A kernel fallback route in the main table at this metric.
+    Fallback(Family, u32),
 }
 
 /// Results of the actuation task, back to the loop.
 #[derive(Debug)]
 enum Done {
-    Route { family: Family, via: RouteVia },
-    SetFailed { family: Family },
+    Route {
+        family: Family,
+        via: RouteVia,
+        gen: u64,
+    },
+    SetFailed {
+        family: Family,
+    },
+    Barrier,
 }
 
 /// Shared with the actuation task: interface name -> ifindex as last seen.
 type Ifindexes = Arc<std::sync::Mutex<HashMap<String, u32>>>;
 
+/// A new, already validated configuration, and where to answer: what
+/// changed, or why it was refused.
+pub type ReloadRequest = (Config, oneshot::Sender<Result<String, String>>);
+
+/// A status-line callback (see `RunOptions::on_status`).
+pub type StatusFn = Box<dyn FnMut(&str) + Send>;
+
 /// Options the binary (or a test) may set beyond the config.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Called once when the first decision for every family has been made.
+    /// Called once, after the first full netlink dump, when the first
+    /// decision for every family has been made and applied to the kernel.
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Called with a one-line summary ("ipv4 via primary, ipv6 via
+    /// secondary") at ready and whenever the active uplinks change.
+    pub on_status: Option<StatusFn>,
     /// Called on every loop turn (at least every second): a watchdog ping.
     pub on_alive: Option<Box<dyn FnMut() + Send>>,
     /// New, already validated configurations (SIGHUP): applied as a
     /// difference; the answer says what changed or why it was refused.
-    pub reload: Option<mpsc::UnboundedReceiver<(Config, oneshot::Sender<Result<String, String>>)>>,
+    pub reload: Option<mpsc::UnboundedReceiver<ReloadRequest>>,
 }
 
 /// Run the agent until `shutdown` completes. Must be called on a tokio
@@ -98,7 +176,13 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let start = Instant::now();
     let now = || start.elapsed();
-    let cfg = Arc::new(config);
+    let mut cfg = Arc::new(config);
+    let mut layout = Layout {
+        cfg: cfg.clone(),
+        slots: (0..cfg.uplinks.len() as u32).collect(),
+        gen: 0,
+    };
+    let mut reload_rx = opts.reload.take();
 
     let (net_tx, mut net_rx) = mpsc::unbounded_channel();
     let _monitor = spawn_monitor(net_tx).await?;
@@ -111,18 +195,11 @@ pub async fn run(
     ifnames.sort();
     ifnames.dedup();
     let mut carrier = CarrierReader::new(ifnames)?;
-    let tick = cfg.probe.carrier_interval;
+    let mut tick = cfg.probe.carrier_interval;
 
-    let mut prober = Prober::new(
-        cfg.uplinks
-            .iter()
-            .enumerate()
-            .map(|(i, u)| ProbeUplink {
-                interface: u.interface.clone(),
-                fwmark: cfg.fwmark_of(i),
-            })
-            .collect(),
-    );
+    let mut prober = Prober::new(probe_uplinks(&layout));
+    // Probers replaced by a reload, polled until their probes are answered.
+    let mut retired_probers: Vec<Prober> = Vec::new();
     // Bond members (src/bond.rs): their bonds polled, the active member set,
     // their gateways probed with ARP on the member itself.
     let bond_list: Vec<(String, Vec<String>)> = {
@@ -162,7 +239,7 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let actuator = Actuator::new().await?;
     let actuation = tokio::spawn(actuate_loop(
-        cfg.clone(),
+        layout.clone(),
         actuator,
         ifindexes.clone(),
         work_rx,
@@ -181,7 +258,7 @@ pub async fn run(
     // Published changes go to the event stream, the metrics and the hooks.
     let metrics = Arc::new(Metrics::new(&cfg));
     let hooks = Hooks::start(&cfg.hooks, metrics.clone());
-    let events = api::Events::new(api::EVENT_BACKLOG).with_outputs(metrics.clone(), hooks);
+    let mut events = api::Events::new(api::EVENT_BACKLOG).with_outputs(metrics.clone(), hooks);
     let _metrics_http = match cfg.metrics.http {
         false => None,
         true => Some(
@@ -193,7 +270,7 @@ pub async fn run(
                 })?,
         ),
     };
-    let _api = api::serve(&cfg, api_tx, events.clone(), metrics.clone())
+    let api_server = api::serve(&cfg, api_tx, events.clone(), metrics.clone())
         .await
         .map_err(|source| DaemonError::Api {
             path: cfg.agent.socket.display().to_string(),
@@ -205,6 +282,11 @@ pub async fn run(
     let mut dumped = false;
     let mut admin: HashMap<String, bool> = HashMap::new();
     let mut ready = opts.on_ready.take();
+    // The first decision's work was queued; READY once it is done.
+    let mut barrier_sent = false;
+    let mut shown: Option<(u64, Option<UplinkId>, Option<UplinkId>)> = None;
+    // Actions of a reconfiguration, dispatched with the next events.
+    let mut pre_actions: Vec<Action> = Vec::new();
     let mut reconcile_at = now() + RECONCILE_EVERY;
     let mut next_tick = now();
     let mut samples = Vec::new();
@@ -237,7 +319,7 @@ pub async fn run(
                 events_in.push(Event::Bond(b.status()));
             }
             Some(ev) = net_rx.recv() => {
-                if handle_net(&cfg, &ifindexes, &mut admin, ev, &mut events_in, &work_tx, &mut dumped) {
+                if handle_net(&cfg, layout.table_span(), &ifindexes, &mut admin, ev, &mut events_in, &work_tx, &mut dumped) {
                     // A link event for an uplink: read the live carrier now
                     // (whichever of event and poll sees a loss first wins; the
                     // event itself may describe an older state).
@@ -245,16 +327,94 @@ pub async fn run(
                 }
             }
             Some(d) = done_rx.recv() => match d {
-                Done::Route { family, via } => events_in.push(Event::DefaultRoute { family, via }),
+                Done::Route { family, via, gen } if gen == layout.gen => {
+                    events_in.push(Event::DefaultRoute { family, via })
+                }
+                Done::Route { family, .. } => {
+                    // Read under an older configuration: read again.
+                    let _ = work_tx.send(Work::Verify { family, delay: Duration::ZERO });
+                }
                 Done::SetFailed { family } => {
                     let _ = work_tx.send(Work::Verify { family, delay: RETRY_AFTER });
                 }
+                Done::Barrier => {
+                    if let Some(f) = ready.take() {
+                        info!("first decision made and applied for every family: ready");
+                        f();
+                    }
+                }
             },
+            Some((new, reply)) = next_reload(&mut reload_rx) => {
+                let t = now();
+                match core.reconfigure(t, new) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok((actions, summary)) => {
+                        let old_layout = layout.clone();
+                        cfg = Arc::new(core.config().clone());
+                        layout = relayout(&old_layout, cfg.clone());
+                        let stale: Vec<Stale> = {
+                            let now_used = layout.installed();
+                            old_layout
+                                .installed()
+                                .into_iter()
+                                .filter(|s| !now_used.contains(s))
+                                .collect()
+                        };
+                        let _ = work_tx.send(Work::Reconfigure(Box::new(layout.clone()), stale));
+                        let _ = work_tx.send(Work::Ensure);
+                        for f in Family::ALL {
+                            let _ = work_tx.send(Work::Verify { family: f, delay: Duration::ZERO });
+                        }
+                        let new_probe = probe_uplinks(&layout);
+                        if new_probe != probe_uplinks(&old_layout) {
+                            let old = std::mem::replace(&mut prober, Prober::new(new_probe));
+                            if old.in_flight() > 0 {
+                                retired_probers.push(old);
+                            }
+                        }
+                        let mut names: Vec<String> =
+                            cfg.uplinks.iter().map(|u| u.interface.clone()).collect();
+                        names.sort();
+                        names.dedup();
+                        match CarrierReader::new(names) {
+                            Ok(c) => carrier = c,
+                            Err(e) => error!(error = %e, "carrier reader not renewed"),
+                        }
+                        // Read every carrier on this turn: new uplinks learn theirs.
+                        read_carrier = Some(CarrierSource::Poll);
+                        tick = cfg.probe.carrier_interval;
+                        next_tick = grid_ceil(now(), tick);
+                        metrics.reconfigure(&cfg);
+                        if old_layout.cfg.hooks != cfg.hooks {
+                            events = events
+                                .clone()
+                                .with_outputs(metrics.clone(), Hooks::start(&cfg.hooks, metrics.clone()));
+                        }
+                        api_server.set_uplinks(cfg.uplinks.iter().map(|u| u.name.clone()).collect());
+                        shown = None;
+                        pre_actions = actions;
+                        events_in.push(Event::Tick);
+                        let _ = reply.send(Ok(summary));
+                    }
+                }
+            }
             Some(req) = api_rx.recv() => match req {
                 ApiRequest::Status(reply) => { let _ = reply.send(core.status(now())); }
-                ApiRequest::Drain { uplink, drained, reply } => {
-                    events_in.push(Event::Drain { uplink, drained });
-                    let _ = reply.send(Ok(()));
+                ApiRequest::Drain { uplink, name, drained, reply } => {
+                    // By name: a reload may have moved it since the lookup.
+                    let id = match cfg.uplinks.get(uplink) {
+                        Some(u) if u.name == name => Some(uplink),
+                        _ => cfg.uplinks.iter().position(|u| u.name == name),
+                    };
+                    let _ = reply.send(match id {
+                        Some(uplink) => {
+                            events_in.push(Event::Drain { uplink, drained });
+                            Ok(())
+                        }
+                        None => Err(format!("no uplink named {name:?} (removed by a reload)")),
+                    });
                 }
                 ApiRequest::Reprobe(reply) => {
                     events_in.push(Event::Reprobe);
@@ -290,6 +450,10 @@ pub async fn run(
         }
         if ticked {
             prober.poll(std::time::Instant::now(), &mut outcomes);
+            for old in &mut retired_probers {
+                old.poll(std::time::Instant::now(), &mut outcomes);
+            }
+            retired_probers.retain(|p| p.in_flight() > 0);
             for (id, outcome) in outcomes.drain(..) {
                 events_in.push(Event::ProbeDone { id, outcome });
             }
@@ -302,7 +466,8 @@ pub async fn run(
                 metrics.probe_done(*id, outcome);
             }
             let t = now();
-            for action in core.handle(t, ev) {
+            let handled = core.handle(t, ev);
+            for action in std::mem::take(&mut pre_actions).into_iter().chain(handled) {
                 match action {
                     Action::Probe(req) => {
                         metrics.probe_sent(&req);
@@ -345,10 +510,24 @@ pub async fn run(
                 });
             }
         }
-        if core.decided() {
-            if let Some(f) = ready.take() {
-                info!("first decision made for every family: ready");
-                f();
+        if core.decided() && dumped && !barrier_sent {
+            // READY once the first decision's route changes are done.
+            barrier_sent = true;
+            let _ = work_tx.send(Work::Barrier);
+        }
+        if let Some(f) = opts.on_status.as_mut().filter(|_| barrier_sent) {
+            let key = (layout.gen, core.active(Family::V4), core.active(Family::V6));
+            if shown != Some(key) {
+                shown = Some(key);
+                let line = Family::ALL
+                    .iter()
+                    .map(|fam| match core.active(*fam) {
+                        Some(a) => format!("{fam} via {}", cfg.uplinks[a].name),
+                        None => format!("{fam}: no route"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                f(&line);
             }
         }
         if let Some(f) = opts.on_alive.as_mut() {
@@ -404,8 +583,10 @@ fn route_via(cfg: &Config, ifindexes: &Ifindexes, r: &RouteInfo) -> RouteVia {
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle_net(
     cfg: &Config,
+    table_span: u32,
     ifindexes: &Ifindexes,
     admin: &mut HashMap<String, bool>,
     ev: NetEvent,
@@ -449,7 +630,7 @@ fn handle_net(
             let n = cfg.uplinks.len() as u32;
             let metric = cfg.agent.route_metric;
             let ours_elsewhere = (route.table >= cfg.agent.table_base
-                && route.table < cfg.agent.table_base + n)
+                && route.table < cfg.agent.table_base + table_span)
                 || (route.table == RT_TABLE_MAIN
                     && route.metric > metric
                     && route.metric <= metric + n);
@@ -496,14 +677,15 @@ fn grid_ceil(t: Duration, grid: Duration) -> Duration {
 }
 
 async fn actuate_loop(
-    cfg: Arc<Config>,
+    mut layout: Layout,
     act: Actuator,
     ifindexes: Ifindexes,
     mut rx: mpsc::UnboundedReceiver<Work>,
     done: mpsc::UnboundedSender<Done>,
 ) {
-    let metric = cfg.agent.route_metric;
+    let metric = layout.cfg.agent.route_metric;
     while let Some(w) = rx.recv().await {
+        let cfg = layout.cfg.clone();
         match w {
             Work::SetRoute { family, uplink } => {
                 let u = &cfg.uplinks[uplink];
@@ -565,7 +747,11 @@ async fn actuate_loop(
                             .iter()
                             .find(|r| r.dst_len == 0 && r.metric == metric)
                             .map_or(RouteVia::Absent, |r| route_via(&cfg, &ifindexes, r));
-                        let _ = done.send(Done::Route { family, via });
+                        let _ = done.send(Done::Route {
+                            family,
+                            via,
+                            gen: layout.gen,
+                        });
                     }
                     Err(e) => {
                         warn!(error = %e, "route dump failed; retrying");
@@ -573,7 +759,14 @@ async fn actuate_loop(
                     }
                 }
             }
-            Work::Ensure => ensure(&cfg, &act, &ifindexes).await,
+            Work::Ensure => ensure(&layout, &act, &ifindexes).await,
+            Work::Reconfigure(new, stale) => {
+                layout = *new;
+                remove_stale(&layout, &act, &stale).await;
+            }
+            Work::Barrier => {
+                let _ = done.send(Done::Barrier);
+            }
         }
     }
 }
@@ -592,7 +785,8 @@ async fn ifindex(act: &Actuator, map: &Ifindexes, name: &str) -> Option<u32> {
 }
 
 /// Install what the agent needs besides the active route; idempotent.
-async fn ensure(cfg: &Config, act: &Actuator, ifindexes: &Ifindexes) {
+async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
+    let cfg = &layout.cfg;
     let a = &cfg.agent;
     for (i, u) in cfg.uplinks.iter().enumerate() {
         if let Err(e) = sysctl::uplink_sysctls(&u.interface) {
@@ -612,14 +806,14 @@ async fn ensure(cfg: &Config, act: &Actuator, ifindexes: &Ifindexes) {
                         gw,
                         idx,
                         a.route_metric,
-                        cfg.table_of(i),
+                        layout.table(i),
                         RTPROT_UPLINKD,
                     )
                     .await,
                 ),
                 (
                     "probe rule".into(),
-                    act.ensure_rule(f, cfg.fwmark_of(i), cfg.table_of(i), a.rule_priority)
+                    act.ensure_rule(f, layout.fwmark(i), layout.table(i), a.rule_priority)
                         .await,
                 ),
             ];
@@ -643,6 +837,87 @@ async fn ensure(cfg: &Config, act: &Actuator, ifindexes: &Ifindexes) {
                 }
             }
         }
+    }
+}
+
+/// The prober's view of each uplink under `layout`.
+fn probe_uplinks(layout: &Layout) -> Vec<ProbeUplink> {
+    layout
+        .cfg
+        .uplinks
+        .iter()
+        .enumerate()
+        .map(|(i, u)| ProbeUplink {
+            interface: u.interface.clone(),
+            fwmark: layout.fwmark(i),
+        })
+        .collect()
+}
+
+/// The layout for `cfg` after a reload from `old`: an uplink kept as it was
+/// (same name, interface, gateways, bond) keeps its slot; others take the
+/// lowest free ones.
+fn relayout(old: &Layout, cfg: Arc<Config>) -> Layout {
+    let kept: Vec<Option<u32>> = cfg
+        .uplinks
+        .iter()
+        .map(|u| {
+            old.cfg
+                .uplinks
+                .iter()
+                .position(|o| o == u)
+                .map(|i| old.slots[i])
+        })
+        .collect();
+    let mut used: Vec<u32> = kept.iter().flatten().copied().collect();
+    let slots = kept
+        .into_iter()
+        .map(|k| {
+            k.unwrap_or_else(|| {
+                let free = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+                used.push(free);
+                free
+            })
+        })
+        .collect();
+    Layout {
+        cfg,
+        slots,
+        gen: old.gen + 1,
+    }
+}
+
+/// Delete what an older configuration installed and `layout` does not use.
+async fn remove_stale(layout: &Layout, act: &Actuator, stale: &[Stale]) {
+    let a = &layout.cfg.agent;
+    for s in stale {
+        let r = match *s {
+            Stale::Slot(f, slot) => {
+                let table = a.table_base + slot;
+                let r1 = act.delete_default_route(f, a.route_metric, table).await;
+                let r2 = act
+                    .delete_rule(f, a.fwmark_base + slot, table, a.rule_priority)
+                    .await;
+                r1.and(r2)
+            }
+            Stale::Fallback(f, metric) => act.delete_default_route(f, metric, RT_TABLE_MAIN).await,
+        };
+        match r {
+            Ok(()) => debug!(?s, "removed what the old configuration installed"),
+            Err(e) => {
+                warn!(?s, error = %e, "could not remove what the old configuration installed")
+            }
+        }
+    }
+}
+
+/// The next reload request, or never when there is no reload channel.
+async fn next_reload(
+    rx: &mut Option<mpsc::UnboundedReceiver<ReloadRequest>>,
+) -> Option<ReloadRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -114,6 +114,16 @@ struct ReasonLabels {
 
 type GaugeF = Gauge<f64, AtomicU64>;
 
+fn probe_result_labels(l: &TargetLabels, result: &str) -> ProbeResultLabels {
+    ProbeResultLabels {
+        uplink: l.uplink.clone(),
+        family: l.family.clone(),
+        target: l.target.clone(),
+        address: l.address.clone(),
+        result: result.into(),
+    }
+}
+
 fn rtt_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         RTT_BUCKET_START,
@@ -125,6 +135,7 @@ fn rtt_histogram() -> Histogram {
 /// Handles of one (uplink, target) pair, resolved once at start so that a
 /// probe outcome costs no label allocation.
 struct ProbeHandles {
+    labels: TargetLabels,
     rtt: Histogram,
     reply: Counter,
     timeout: Counter,
@@ -160,11 +171,12 @@ pub struct Metrics {
     started: Instant,
     /// When each family's active uplink last changed (index: Family::index).
     last_switch: Mutex<[Option<Instant>; 2]>,
-    probe_handles: Vec<ProbeHandles>,
-    /// (uplink, address) -> index into `probe_handles`.
-    probe_index: HashMap<(UplinkId, IpAddr), usize>,
-    /// Probes in flight -> index into `probe_handles`.
-    pending: Mutex<HashMap<ProbeId, usize>>,
+    probe_rtt: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    probe_results: Family<ProbeResultLabels, Counter>,
+    /// (uplink, address) -> its handles, for the running configuration.
+    probe_index: Mutex<HashMap<(UplinkId, IpAddr), Arc<ProbeHandles>>>,
+    /// Probes in flight -> the handles of their (uplink, target).
+    pending: Mutex<HashMap<ProbeId, Arc<ProbeHandles>>>,
 }
 
 impl Metrics {
@@ -196,8 +208,9 @@ impl Metrics {
             uptime: GaugeF::default(),
             started: Instant::now(),
             last_switch: Mutex::new([None, None]),
-            probe_handles: Vec::new(),
-            probe_index: HashMap::new(),
+            probe_rtt: Family::new_with_constructor(rtt_histogram),
+            probe_results: Family::default(),
+            probe_index: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         };
         reg.register(
@@ -328,10 +341,26 @@ impl Metrics {
         // (uplink, target), created up front so every series exists from the
         // start (a counter that appears only at its first increment hides
         // the first increase from rate()).
-        let rtt: Family<TargetLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(rtt_histogram);
-        let probes: Family<ProbeResultLabels, Counter> = Family::default();
-        let mut handles = Vec::new();
+        reg.register_with_unit(
+            "probe_rtt",
+            "Round-trip time of answered probes, per uplink and target",
+            Unit::Seconds,
+            m.probe_rtt.clone(),
+        );
+        reg.register(
+            "probes",
+            "Probes per uplink, target and result (reply, timeout, error); loss = rate of timeout+error over all",
+            m.probe_results.clone(),
+        );
+        let m = Metrics { registry: reg, ..m };
+        m.set_probe_targets(cfg);
+        m
+    }
+
+    /// Resolve the probe series of every (uplink, target) of `cfg`: a pair
+    /// that already had series keeps them (same labels, same counters);
+    /// series of pairs `cfg` no longer has are removed.
+    fn set_probe_targets(&self, cfg: &Config) {
         let mut index = HashMap::new();
         for (i, u) in cfg.uplinks.iter().enumerate() {
             let mut targets: Vec<(String, IpAddr)> = Vec::new();
@@ -355,49 +384,67 @@ impl Metrics {
                     target: name,
                     address: addr.to_string(),
                 };
-                let counter = |result: &str| {
-                    probes
-                        .get_or_create(&ProbeResultLabels {
-                            uplink: labels.uplink.clone(),
-                            family: labels.family.clone(),
-                            target: labels.target.clone(),
-                            address: labels.address.clone(),
-                            result: result.into(),
-                        })
-                        .clone()
-                };
                 let h = ProbeHandles {
-                    rtt: rtt.get_or_create(&labels).clone(),
-                    reply: counter("reply"),
-                    timeout: counter("timeout"),
-                    error: counter("error"),
+                    rtt: self.probe_rtt.get_or_create(&labels).clone(),
+                    reply: self.probe_counter(&labels, "reply"),
+                    timeout: self.probe_counter(&labels, "timeout"),
+                    error: self.probe_counter(&labels, "error"),
+                    labels,
                 };
-                index.insert((i, addr), handles.len());
-                handles.push(h);
+                index.insert((i, addr), Arc::new(h));
             }
         }
-        reg.register_with_unit(
-            "probe_rtt",
-            "Round-trip time of answered probes, per uplink and target",
-            Unit::Seconds,
-            rtt,
-        );
-        reg.register(
-            "probes",
-            "Probes per uplink, target and result (reply, timeout, error); loss = rate of timeout+error over all",
-            probes,
-        );
-        Metrics {
-            registry: reg,
-            probe_handles: handles,
-            probe_index: index,
-            ..m
+        let old = std::mem::replace(&mut *self.probe_index.lock().unwrap(), index);
+        let now: Vec<TargetLabels> = self
+            .probe_index
+            .lock()
+            .unwrap()
+            .values()
+            .map(|h| h.labels.clone())
+            .collect();
+        for h in old.values().filter(|h| !now.contains(&h.labels)) {
+            self.probe_rtt.remove(&h.labels);
+            for result in ["reply", "timeout", "error"] {
+                self.probe_results
+                    .remove(&probe_result_labels(&h.labels, result));
+            }
         }
+    }
+
+    fn probe_counter(&self, l: &TargetLabels, result: &str) -> Counter {
+        self.probe_results
+            .get_or_create(&probe_result_labels(l, result))
+            .clone()
+    }
+
+    /// A new configuration (SIGHUP): probe series follow its uplinks and
+    /// targets (kept ones keep theirs); the gauges that describe the state
+    /// are dropped and rebuilt from the next status snapshot, so removed
+    /// uplinks and targets leave no stale series.
+    pub fn reconfigure(&self, cfg: &Config) {
+        self.set_probe_targets(cfg);
+        self.active.clear();
+        self.uplink_healthy.clear();
+        self.uplink_state.clear();
+        self.uplink_carrier.clear();
+        self.uplink_drained.clear();
+        self.uplink_damped.clear();
+        self.uplink_flaps.clear();
+        self.gateway_reachable.clear();
+        self.transit_reachable.clear();
+        self.probe_loss.clear();
+        self.probe_srtt.clear();
     }
 
     /// A probe was sent (called by the loop for `Action::Probe`).
     pub fn probe_sent(&self, req: &ProbeRequest) {
-        let Some(&i) = self.probe_index.get(&(req.uplink, req.target)) else {
+        let Some(i) = self
+            .probe_index
+            .lock()
+            .unwrap()
+            .get(&(req.uplink, req.target))
+            .cloned()
+        else {
             return;
         };
         let mut p = self.pending.lock().unwrap();
@@ -409,10 +456,9 @@ impl Metrics {
 
     /// A probe's outcome arrived (called by the loop for `Event::ProbeDone`).
     pub fn probe_done(&self, id: ProbeId, outcome: &ProbeOutcome) {
-        let Some(i) = self.pending.lock().unwrap().remove(&id) else {
+        let Some(h) = self.pending.lock().unwrap().remove(&id) else {
             return;
         };
-        let h = &self.probe_handles[i];
         match outcome {
             ProbeOutcome::Reply { rtt } => {
                 h.reply.inc();

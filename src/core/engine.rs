@@ -15,6 +15,8 @@ use crate::status::{
     TransitStatus, UplinkState, UplinkStatus,
 };
 
+mod reconfigure;
+
 /// A suspected transit probe: unanswered for longer than this (or 4 × srtt,
 /// whichever is larger) starts the fast probing before its timeout expires.
 const OVERDUE_MIN: Duration = Duration::from_millis(10);
@@ -74,6 +76,9 @@ struct FamilyDecision {
     /// A mismatch between the observed route and `active` was hinted by an
     /// event and waits for an authoritative dump.
     verify_pending: bool,
+    /// Why `active` was cleared by a reconfiguration (the active uplink was
+    /// removed or changed): the reason of the next switch.
+    cleared_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +89,56 @@ struct InFlight {
     /// Index among the transit's targets of that family.
     slot: usize,
     sent_at: Now,
+}
+
+/// State of uplink `i` of `cfg` with no history, its first probes due from `now`.
+fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
+    let u = &cfg.uplinks[i];
+    let fams = Family::ALL.map(|f| {
+        // Stagger the far probes of one uplink and family evenly
+        // over one interval, so a failure is seen within
+        // interval / targets, not within a whole interval.
+        let n: usize = cfg.transits.iter().map(|t| t.targets_of(f).count()).sum();
+        let mut k = 0u32;
+        // Transits cannot be probed through a bond member (the
+        // kernel drops what a backup member receives): none.
+        let member = u.bond.is_some();
+        u.gateway(f).map(|gw| UplinkFamily {
+            gateway: Target::new(gw, now),
+            transits: cfg
+                .transits
+                .iter()
+                .map(|t| {
+                    t.targets_of(f)
+                        .filter(|_| !member)
+                        .map(|a| {
+                            let at = now + cfg.probe.transit_interval * k / n.max(1) as u32;
+                            k += 1;
+                            Target::new(a, at)
+                        })
+                        .collect()
+                })
+                .collect(),
+            burst_left: 0,
+            burst_next: now,
+            burst_end: None,
+            usable: None,
+            usable_since: None,
+            reasons: Vec::new(),
+        })
+    });
+    Uplink {
+        carrier: None,
+        present: true,
+        drained: false,
+        undrained_at: None,
+        fams,
+        flaps: VecDeque::new(),
+        damp_level: 0,
+        damped_until: None,
+        fully_usable: false,
+        enslaved: None,
+    }
 }
 
 /// The decision engine. See the module docs of [`crate::core`].
@@ -101,57 +156,8 @@ pub struct Core {
 impl Core {
     /// `now` is the start instant (usually zero).
     pub fn new(cfg: Config, now: Now) -> Core {
-        let uplinks = cfg
-            .uplinks
-            .iter()
-            .map(|u| {
-                let fams = Family::ALL.map(|f| {
-                    // Stagger the far probes of one uplink and family evenly
-                    // over one interval, so a failure is seen within
-                    // interval / targets, not within a whole interval.
-                    let n: usize = cfg.transits.iter().map(|t| t.targets_of(f).count()).sum();
-                    let mut k = 0u32;
-                    // Transits cannot be probed through a bond member (the
-                    // kernel drops what a backup member receives): none.
-                    let member = u.bond.is_some();
-                    u.gateway(f).map(|gw| UplinkFamily {
-                        gateway: Target::new(gw, now),
-                        transits: cfg
-                            .transits
-                            .iter()
-                            .map(|t| {
-                                t.targets_of(f)
-                                    .filter(|_| !member)
-                                    .map(|a| {
-                                        let at =
-                                            now + cfg.probe.transit_interval * k / n.max(1) as u32;
-                                        k += 1;
-                                        Target::new(a, at)
-                                    })
-                                    .collect()
-                            })
-                            .collect(),
-                        burst_left: 0,
-                        burst_next: now,
-                        burst_end: None,
-                        usable: None,
-                        usable_since: None,
-                        reasons: Vec::new(),
-                    })
-                });
-                Uplink {
-                    carrier: None,
-                    present: true,
-                    drained: false,
-                    undrained_at: None,
-                    fams,
-                    flaps: VecDeque::new(),
-                    damp_level: 0,
-                    damped_until: None,
-                    fully_usable: false,
-                    enslaved: None,
-                }
-            })
+        let uplinks = (0..cfg.uplinks.len())
+            .map(|i| fresh_uplink(&cfg, i, now))
             .collect();
         let mut bonds: Vec<Bond> = Vec::new();
         for u in &cfg.uplinks {
@@ -897,7 +903,10 @@ impl Core {
                     .find(|&i| Some(i) != current && undamped(self, i))
                     .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)));
                 let reason = match current {
-                    None => "initial".to_string(),
+                    None => self.fam[fi]
+                        .cleared_by
+                        .clone()
+                        .unwrap_or_else(|| "initial".to_string()),
                     Some(c) => self.reason_code(c, fi),
                 };
                 (pick, reason)
@@ -919,6 +928,7 @@ impl Core {
             Some(t) if Some(t) != current => {
                 let d = &mut self.fam[fi];
                 d.active = Some(t);
+                d.cleared_by = None;
                 let was_static = std::mem::replace(&mut d.fail_static, false);
                 out.push(Action::SetDefaultRoute { family, uplink: t });
                 if self.cfg.uplinks[t].bond.is_some() && self.lead_family(t) == family {

@@ -24,11 +24,18 @@ pub struct Agent {
     pub log: PathBuf,
     ns: String,
     config: PathBuf,
+    /// Extra environment for the daemon (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Start the daemon with the lab config plus `overrides` (TOML).
     pub fn start(lab: &Lab, overrides: &str) -> Agent {
+        Self::start_with_env(lab, overrides, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(lab: &Lab, overrides: &str, env: &[(&str, &str)]) -> Agent {
         let config = lab.write_config(overrides).expect("write config");
         let text = std::fs::read_to_string(&config).unwrap();
         let cfg = uplinkd::config::Config::parse(&text, "lab").expect("lab config is valid");
@@ -38,6 +45,10 @@ impl Agent {
             log: lab.dir().join("uplinkd.log"),
             ns: lab.server_ns(),
             config,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         a.spawn(lab);
         a
@@ -53,6 +64,7 @@ impl Agent {
             .command(&self.ns, &[BIN, "--config", self.config.to_str().unwrap()])
             .unwrap();
         cmd.env("UPLINKD_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -60,6 +72,11 @@ impl Agent {
         self.child = Some(LabChild::new(child, "uplinkd"));
         // Wait for the socket to answer.
         self.wait_for("status socket", Duration::from_secs(10), |_| true);
+    }
+
+    /// The configuration file the daemon was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
     }
 
     /// SIGKILL, as a crash would.
