@@ -17,10 +17,16 @@
 //!   most 2.0) on the installed unit, the conffile across a reinstall and an
 //!   upgrade with a local edit, and a purge that leaves nothing behind.
 //!
+//! - `unit_runs_under_systemd` boots that clean root (package installed)
+//!   with systemd-nspawn inside a lab's server namespace and runs the
+//!   packaged unit under a real systemd: READY, watchdog pings, the sandbox
+//!   as the kernel sees it, socket permissions, controls, a failover with a
+//!   hook, reload (good and bad file), journal records, stop.
+//!
 //! The package test needs root (dpkg and chroot), cargo-deb (installed here
-//! with `cargo install` when missing), lintian, debootstrap and
-//! systemd-analyze (installed by tests/run-all.sh); it fails when one is
-//! missing, it is never skipped.
+//! with `cargo install` when missing), lintian, debootstrap, systemd-analyze,
+//! systemd-nspawn and strace (installed by tests/run-all.sh); it fails when
+//! one is missing, it is never skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -724,6 +730,12 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// The .deb, built once per test run (several tests use it).
+fn deb() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(build_deb).clone()
+}
+
 /// Builds the .deb in target/package-build and returns its path.
 fn build_deb() -> PathBuf {
     let has_cargo_deb = run(Command::new(cargo()).args(["deb", "--version"]))
@@ -911,7 +923,7 @@ fn debian_package() {
 
     // Build.
     let t = Instant::now();
-    let deb = build_deb();
+    let deb = deb();
     let size = std::fs::metadata(&deb).unwrap().len();
     eprintln!(
         "package test: built {} ({} KiB) in {:?}",
@@ -1169,4 +1181,370 @@ fn debian_package() {
         size / 1024,
         started.elapsed()
     );
+}
+
+/// A clean root booted with systemd-nspawn in a lab namespace.
+struct Container {
+    nspawn: std::process::Child,
+    init: u32,
+}
+
+impl Container {
+    fn boot(root: &CleanRoot, netns: &str, log: &Path) -> Container {
+        let logf = std::fs::File::create(log).unwrap();
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("--directory")
+            .arg(root.dir.path())
+            .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+            // nspawn's own bounding set lacks CAP_NET_ADMIN unless asked.
+            .args(["--capability=CAP_NET_ADMIN", "--register=no", "--keep-unit"])
+            .args(["--quiet", "--boot"])
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start systemd-nspawn");
+        let pid = nspawn.id();
+        let mut c = Container { nspawn, init: 0 };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if let Some(k) = kids.split_whitespace().next() {
+                if read(format!("/proc/{k}/comm")).trim() == "systemd" {
+                    c.init = k.parse().unwrap();
+                    break;
+                }
+            }
+            assert!(
+                c.nspawn.try_wait().unwrap().is_none(),
+                "systemd-nspawn exited:\n{}",
+                read(log)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no systemd in the container:\n{}",
+                read(log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Booted: is-system-running says running (or degraded: some unit
+        // that has nothing to do in a container failed).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = String::from_utf8_lossy(&c.run(&["systemctl", "is-system-running"]).stdout)
+                .trim()
+                .to_string();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container did not boot (state {state:?}):\n{}",
+                read(log)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run(Command::new("nsenter")
+            .args(["--target", &self.init.to_string(), "--all"])
+            .args(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in the container failed ({}):\n{}{}\njournal:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.journal()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn show(&self, prop: &str) -> String {
+        self.ok(&[
+            "systemctl",
+            "show",
+            "--property",
+            prop,
+            "--value",
+            "uplinkd",
+        ])
+        .trim()
+        .to_string()
+    }
+
+    fn journal(&self) -> String {
+        let out = self.run(&[
+            "journalctl",
+            "--unit",
+            "uplinkd",
+            "--no-pager",
+            "--output",
+            "cat",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_active(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.show("ActiveState") != "active" {
+            assert!(
+                Instant::now() < deadline,
+                "uplinkd not active {what} ({} / {}):\n{}",
+                self.show("ActiveState"),
+                self.show("SubState"),
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM makes nspawn power the container off.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.nspawn.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Killing the init of a PID namespace ends every process in it.
+        if self.init != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.init as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn lab_default_via(lab: &uplinkd::lab::Lab, family: &str, dev: &str) -> bool {
+    lab.ip(&lab.server_ns(), &[family, "route", "show", "default"])
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&format!("dev {dev} ")) && l.contains("metric 10"))
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    why: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The packaged unit under a real systemd: the clean root with the package
+/// installed, booted by systemd-nspawn inside the lab's server namespace.
+/// READY (the unit becomes active), the watchdog pings, the sandbox (user,
+/// capabilities, no new privileges, seccomp), the socket's owner and modes,
+/// who may read and who may control, a failover with a hook, reload with a
+/// good and a bad file, structured journal records, and stop.
+#[test]
+fn unit_runs_under_systemd() {
+    require_root("systemd-nspawn and the lab");
+    assert!(
+        have("systemd-nspawn"),
+        "this test needs systemd-nspawn: bash tests/run-all.sh installs it \
+         (apt-get install systemd-container)"
+    );
+    let deb = deb();
+    let root = CleanRoot::new();
+    let in_root = root.copy_in(&deb);
+    root.dpkg(&["-i", &in_root]);
+
+    let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
+    let hook = "cat > /run/uplinkd/hook-$UPLINKD_SEQ.json";
+    let config = |extra: &str| {
+        lab.try_config_toml(&format!(
+            "[agent]\nsocket = \"/run/uplinkd/uplinkd.sock\"\n\
+             [hooks]\non_active_change = [{hook:?}]\n{extra}"
+        ))
+        .unwrap()
+    };
+    let conf = root.path("/etc/uplinkd/uplinkd.toml");
+    std::fs::write(&conf, config("")).unwrap();
+
+    let log = root.path("/nspawn.log");
+    let c = Container::boot(&root, &lab.server_ns(), &log);
+    c.ok(&["systemctl", "start", "--no-block", "uplinkd"]);
+    // READY=1: the unit is active only once the daemon says so.
+    c.wait_active("after start (READY=1)");
+    let main = c.show("MainPID");
+    assert_eq!(c.show("SubState"), "running");
+    assert!(lab_default_via(&lab, "-4", "eth0") && lab_default_via(&lab, "-6", "eth0"));
+    let rp = lab
+        .exec(
+            &lab.server_ns(),
+            &["cat", "/proc/sys/net/ipv4/conf/eth1/rp_filter"],
+        )
+        .unwrap();
+    assert_eq!(
+        rp.trim(),
+        "2",
+        "uplink sysctls not written under the sandbox"
+    );
+
+    // The sandbox as the kernel sees it.
+    let status = c.ok(&["cat", &format!("/proc/{main}/status")]);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let uid = c.ok(&["id", "-u", "uplinkd"]).trim().to_string();
+    assert_ne!(uid, "0");
+    assert!(field("Uid").iter().all(|u| *u == uid), "{:?}", field("Uid"));
+    // CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(field(set), ["0000000000003000"], "{set}");
+    }
+    assert_eq!(field("NoNewPrivs"), ["1"]);
+    assert_eq!(field("Seccomp"), ["2"]);
+
+    // The socket: uplinkd:uplinkd, 0660 in a 0750 directory.
+    assert_eq!(
+        c.ok(&[
+            "stat",
+            "-c",
+            "%a %U %G",
+            "/run/uplinkd",
+            "/run/uplinkd/uplinkd.sock"
+        ]),
+        "750 uplinkd uplinkd\n660 uplinkd uplinkd\n"
+    );
+    // The group may read; others may not; controls need root.
+    let as_user = |group: &str, args: &[&str]| {
+        let mut all = vec!["setpriv", "--reuid=nobody", "--clear-groups"];
+        let g = format!("--regid={group}");
+        all.push(&g);
+        all.push("uplinkctl");
+        all.extend_from_slice(args);
+        c.run(&all)
+    };
+    let out = as_user("uplinkd", &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "group uplinkd cannot read status: {out:?}"
+    );
+    let out = as_user("nogroup", &["status"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "anyone may read status: {out:?}"
+    );
+    let out = as_user("uplinkd", &["drain", "primary"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("root"),
+        "a non-root member could drain: {out:?}"
+    );
+    c.ok(&["uplinkctl", "drain", "primary"]);
+    wait_until(
+        "drain to move IPv4",
+        Duration::from_secs(10),
+        || lab_default_via(&lab, "-4", "eth1"),
+        || c.journal(),
+    );
+    c.ok(&["uplinkctl", "undrain", "primary"]);
+
+    // The watchdog is pinged from the loop.
+    let t0 = c.show("WatchdogTimestampMonotonic");
+    wait_until(
+        "a watchdog ping",
+        Duration::from_secs(10),
+        || c.show("WatchdogTimestampMonotonic") != t0,
+        || c.journal(),
+    );
+
+    // A failover runs the hook, as user uplinkd, writing in /run/uplinkd.
+    lab.carrier_down(uplinkd::lab::Uplink::Primary).unwrap();
+    wait_until(
+        "the failover",
+        Duration::from_secs(10),
+        || lab_default_via(&lab, "-6", "eth1"),
+        || c.journal(),
+    );
+    wait_until(
+        "the hook",
+        Duration::from_secs(10),
+        || c.ok(&["ls", "/run/uplinkd"]).contains("hook-"),
+        || c.journal(),
+    );
+    let owners = c.ok(&["sh", "-c", "stat -c %U /run/uplinkd/hook-*"]);
+    assert!(owners.lines().all(|o| o == "uplinkd"), "{owners}");
+    lab.carrier_up(uplinkd::lab::Uplink::Primary).unwrap();
+
+    // Reload: a good file is applied by the same process...
+    std::fs::write(&conf, config("[policy]\nfailback_after = \"45s\"\n")).unwrap();
+    c.ok(&["systemctl", "reload", "uplinkd"]);
+    // ...a bad one fails the reload and changes nothing.
+    std::fs::write(&conf, config("[policy]\nfailback_after = \"soon\"\n")).unwrap();
+    let out = c.run(&["systemctl", "reload", "uplinkd"]);
+    assert!(!out.status.success(), "a bad config was reloaded");
+    std::thread::sleep(Duration::from_secs(1));
+    c.wait_active("after the reloads");
+    assert_eq!(
+        c.show("MainPID"),
+        main,
+        "the daemon was restarted:\n{}",
+        c.journal()
+    );
+    assert_eq!(c.show("NRestarts"), "0");
+    let journal = c.journal();
+    assert!(
+        journal.contains("SIGHUP"),
+        "no reload in the journal:\n{journal}"
+    );
+
+    // Structured records in the journal, and no permission failure.
+    let json = c.ok(&[
+        "journalctl",
+        "--unit",
+        "uplinkd",
+        "--no-pager",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        json.lines()
+            .any(|l| l.contains("\"TARGET\":\"uplinkd::daemon\"")),
+        "no structured (tracing-journald) records:\n{json}"
+    );
+    for bad in ["Operation not permitted", "Permission denied"] {
+        assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
+    }
+
+    // Stop: the runtime directory goes with it.
+    std::fs::write(&conf, config("")).unwrap();
+    c.ok(&["systemctl", "stop", "uplinkd"]);
+    assert_eq!(c.show("ActiveState"), "inactive");
+    assert!(!c.ok(&["ls", "/run"]).lines().any(|l| l == "uplinkd"));
+    drop(c);
+    lab.destroy().unwrap();
 }

@@ -18,6 +18,7 @@ command -v lintian >/dev/null || need+=(lintian)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v strace >/dev/null || need+=(strace)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
     echo "run-all.sh: installing ${need[*]}"
     apt-get update -qq
