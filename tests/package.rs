@@ -778,6 +778,9 @@ impl CleanRoot {
             "debian-bookworm-minbase-{}.tar",
             include.replace(',', "-")
         ));
+        // One debootstrap at a time (two tests may want the cache at once).
+        static CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if !cache.exists() {
             let t = Instant::now();
             let tmp = tempfile::Builder::new()
@@ -1141,7 +1144,16 @@ fn debian_package() {
     // Purge leaves nothing behind: no file, directory, user or group.
     std::fs::create_dir_all(root.path("/run/uplinkd")).unwrap();
     std::fs::write(conf.with_extension("toml.dpkg-old"), "x").unwrap();
-    root.dpkg(&["--purge", "uplinkd"]);
+    // Enabled by the operator (systemctl works offline on the root's files).
+    ok(&mut root.cmd(&["systemctl", "enable", "uplinkd"]));
+    assert!(std::fs::symlink_metadata(&wants).is_ok());
+    let purge = root.cmd(&["dpkg", "--purge", "uplinkd"]).output().unwrap();
+    assert!(purge.status.success(), "purge failed: {purge:?}");
+    let noise = String::from_utf8_lossy(&purge.stderr);
+    assert!(
+        noise.lines().all(|l| l.starts_with("Removed ")),
+        "purge complained: {noise}"
+    );
     for f in [&in_root, &in_root2, &in_root3] {
         std::fs::remove_file(root.path(f)).unwrap();
     }
