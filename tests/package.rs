@@ -1389,7 +1389,9 @@ fn unit_runs_under_systemd() {
     root.dpkg(&["-i", &in_root]);
 
     let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
-    let hook = "cat > /run/uplinkd/hook-$UPLINKD_SEQ.json";
+    // A hook that logs (as the README says hooks may) and writes its input.
+    let hook = "logger -t uplinkd-hook \"$UPLINKD_KIND to $UPLINKD_TO\"; \
+                cat > /run/uplinkd/hook-$UPLINKD_SEQ.json";
     let config = |extra: &str| {
         lab.try_config_toml(&format!(
             "[agent]\nsocket = \"/run/uplinkd/uplinkd.sock\"\n\
@@ -1506,6 +1508,15 @@ fn unit_runs_under_systemd() {
         "the hook",
         Duration::from_secs(10),
         || c.ok(&["ls", "/run/uplinkd"]).contains("hook-"),
+        || c.journal(),
+    );
+    wait_until(
+        "the hook's log line",
+        Duration::from_secs(10),
+        || {
+            c.ok(&["journalctl", "--identifier", "uplinkd-hook", "--no-pager"])
+                .contains("active_changed to secondary")
+        },
         || c.journal(),
     );
     let owners = c.ok(&["sh", "-c", "stat -c %U /run/uplinkd/hook-*"]);
