@@ -748,8 +748,10 @@ fn spoofed_or_stray_replies_do_not_count() {
 
 // ------------------------------------------------------------------- cost
 
-/// Kernel receive time, not poll time: a reply read 20 ms after the send
-/// (and after its 10 ms deadline) still counts, with its true RTT.
+/// Kernel receive time, not poll time: a reply read 100 ms after the send
+/// (and after its 50 ms deadline) still counts, with its true RTT (below the
+/// deadline, far below the 100 ms after which it was read). The budgets are
+/// wide so a loaded machine does not delay the veth round trip past them.
 #[test]
 fn rtt_is_measured_from_the_kernel_receive_time() {
     in_private_netns(|| {
@@ -766,12 +768,12 @@ fn rtt_is_measured_from_the_kernel_receive_time() {
                 for _ in 0..5 {
                     let id = next_id();
                     let sent = Instant::now();
-                    p.send(sent, request(id, 0, gw.parse().unwrap(), ms(10)));
-                    std::thread::sleep(ms(20));
+                    p.send(sent, request(id, 0, gw.parse().unwrap(), ms(50)));
+                    std::thread::sleep(ms(100));
                     let mut out = Vec::new();
                     let now = Instant::now();
                     p.poll(now, &mut out);
-                    assert!(now - sent >= ms(20));
+                    assert!(now - sent >= ms(100));
                     let what =
                         format!("{gw} (dgram: {dgram}) read {:?} after the send", now - sent);
                     assert_eq!(out.len(), 1, "{what}: {out:?}");
@@ -779,7 +781,7 @@ fn rtt_is_measured_from_the_kernel_receive_time() {
                     let ProbeOutcome::Reply { rtt } = out[0].1 else {
                         panic!("{what}: expected a reply, got {:?}", out[0].1);
                     };
-                    assert!(rtt < ms(5), "{what}: rtt {rtt:?}");
+                    assert!(rtt < ms(50), "{what}: rtt {rtt:?}");
                     assert_eq!(p.in_flight(), 0);
                 }
             }
