@@ -215,7 +215,7 @@ fn sample(key: &str) -> &'static str {
         "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
         "hold" => r#""2m""#,
         "carrier_interval" | "gateway_timeout" => r#""2ms""#,
-            "gateway_fast_interval" => r#""6ms""#,
+        "gateway_fast_interval" => r#""6ms""#,
         "gateway_interval" => r#""30ms""#,
         "gateway_dead_after" => r#""100ms""#,
         "transit_fast_interval" | "transit_timeout" => r#""100ms""#,
