@@ -15,8 +15,8 @@
 //! both, as on a pair of top-of-rack switches), each with its own upstream
 //! to a core that holds the transit target and the sink:
 //! ```text
-//!  eth0 ---- p0 [swa: br0] pr ---- lan [ra] up ---- ua [core] 198.19.0.1 (transit), sink
-//!  eth1 ---- p0 [swb: br0] pr ---- lan [rb] up ---- ub [core]
+//!  eth0 ---- p0 [swa: br0] pr ---- lan [ra] wan ---- ua [core] 198.19.0.1 (transit), sink
+//!  eth1 ---- p0 [swb: br0] pr ---- lan [rb] wan ---- ub [core]
 //! ```
 //! `upstream(false)` cuts ra from the core: the gateway still answers
 //! through eth0, but nothing behind it is reachable.
@@ -183,14 +183,14 @@ impl BondLab {
                     ip(&r, "link set lan up")?;
                     ip(
                         &r,
-                        &format!("link add up type veth peer name {up} netns {core}"),
+                        &format!("link add wan type veth peer name {up} netns {core}"),
                     )?;
                     let (rn, cn) = (
                         format!("198.18.9.{}", 1 + 4 * k),
                         format!("198.18.9.{}", 2 + 4 * k),
                     );
-                    ip(&r, &format!("addr add {rn}/30 dev up"))?;
-                    ip(&r, "link set up up")?;
+                    ip(&r, &format!("addr add {rn}/30 dev wan"))?;
+                    ip(&r, "link set wan up")?;
                     ip(&r, &format!("route add default via {cn}"))?;
                     ip(&core, &format!("addr add {cn}/30 dev {up}"))?;
                     ip(&core, &format!("link set {up} up"))?;
@@ -280,7 +280,7 @@ impl BondLab {
         let r = if member == 0 { "ra" } else { "rb" };
         self.ip(
             r,
-            &format!("link set up {}", if up { "up" } else { "down" }),
+            &format!("link set wan {}", if up { "up" } else { "down" }),
         )
         .map(|_| ())
     }
