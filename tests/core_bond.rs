@@ -69,6 +69,7 @@ targets = ["198.19.0.2"]
 
 #[derive(Default, Clone)]
 struct Net {
+    carrier_down: [bool; 3],
     gw_dead: [bool; 3],
     upstream_dead: [bool; 3],
 }
@@ -136,7 +137,8 @@ impl Sim {
             match &a {
                 Action::Probe(req) => {
                     let u = req.uplink;
-                    let ok = !self.net.gw_dead[u]
+                    let ok = !self.net.carrier_down[u]
+                        && !self.net.gw_dead[u]
                         && (req.kind == ProbeKind::Gateway || !self.net.upstream_dead[u]);
                     let at = self.now + if ok { ms(1) } else { req.timeout };
                     let outcome = if ok {
@@ -145,8 +147,13 @@ impl Sim {
                         ProbeOutcome::Timeout
                     };
                     self.seq += 1;
-                    self.pending
-                        .insert((at, self.seq), Event::ProbeDone { id: req.id, outcome });
+                    self.pending.insert(
+                        (at, self.seq),
+                        Event::ProbeDone {
+                            id: req.id,
+                            outcome,
+                        },
+                    );
                 }
                 Action::SetBondActive { uplink, .. } => {
                     self.active = format!("eth{uplink}");
@@ -195,7 +202,10 @@ impl Sim {
     }
 
     fn since(&self, t: Duration) -> impl Iterator<Item = &Action> {
-        self.log.iter().filter(move |(at, _)| *at >= t).map(|(_, a)| a)
+        self.log
+            .iter()
+            .filter(move |(at, _)| *at >= t)
+            .map(|(_, a)| a)
     }
 }
 
@@ -293,4 +303,53 @@ fn member_upstream_failure_counts_only_with_a_probe_address() {
     assert!(st.uplinks[0].transits.is_empty());
     let checks = &st.uplinks[0].bond.as_ref().unwrap().checks;
     assert!(checks.iter().any(|c| c.check == "transits4" && !c.probed));
+}
+
+#[test]
+fn a_carrier_flap_is_one_failure_and_the_gateway_answers_before_reuse() {
+    let mut s = Sim::new(config(false));
+    s.run_for(ms(2000));
+    assert_eq!(s.active, "eth0");
+    // Carrier down for 40 ms, less than gateway_dead_after (every probe
+    // through it lost meanwhile)...
+    s.net.carrier_down[0] = true;
+    s.feed(Event::Carrier {
+        uplink: 0,
+        up: false,
+        present: true,
+        source: CarrierSource::Poll,
+    });
+    s.run_for(ms(40));
+    assert_eq!(s.active, "eth1");
+    // ...then up again.
+    s.net.carrier_down[0] = false;
+    let t = s.now;
+    s.feed(Event::Carrier {
+        uplink: 0,
+        up: true,
+        present: true,
+        source: CarrierSource::Poll,
+    });
+    let st = s.core.status(s.now);
+    assert_ne!(
+        st.uplinks[0].gateway.ipv4.as_ref().unwrap().reachable,
+        Some(true),
+        "the gateway's verdict from before the carrier loss is not trusted"
+    );
+    s.run_for(ms(1000));
+    // No second failure from the probes lost while the carrier was down.
+    let failures = s
+        .since(t)
+        .filter(|a| {
+            matches!(a, Action::Report(Change::UplinkHealth { uplink, state, .. })
+                if uplink == "member-a" && *state == uplinkd::status::UplinkState::Unhealthy)
+        })
+        .count();
+    assert_eq!(failures, 0, "{:?}", s.since(t).collect::<Vec<_>>());
+    let st = s.core.status(s.now);
+    assert_eq!(st.uplinks[0].flaps, 1);
+    assert_eq!(
+        st.uplinks[0].gateway.ipv4.as_ref().unwrap().reachable,
+        Some(true)
+    );
 }

@@ -452,7 +452,7 @@ impl Core {
 
     fn on_carrier(
         &mut self,
-        _now: Now,
+        now: Now,
         uplink: UplinkId,
         up: bool,
         present: bool,
@@ -462,6 +462,15 @@ impl Core {
         let up = up && present;
         let u = &mut self.uplinks[uplink];
         u.present = present;
+        if up && u.carrier == Some(false) {
+            // Back from a carrier loss: the gateway answers again before the
+            // uplink is used, and the probes lost while the link was down
+            // do not fail it afterwards (one carrier flap is one failure,
+            // not two, for damping).
+            for f in u.fams.iter_mut().flatten() {
+                f.gateway.restart(now);
+            }
+        }
         if u.carrier != Some(up) {
             u.carrier = Some(up);
             out.push(Action::Report(Change::Carrier {

@@ -281,8 +281,15 @@ impl BondLab {
         self.ip(
             r,
             &format!("link set wan {}", if up { "up" } else { "down" }),
-        )
-        .map(|_| ())
+        )?;
+        if up {
+            // Taking the link down deleted the router's default route.
+            self.ip(
+                r,
+                &format!("route replace default via 198.18.9.{}", 2 + 4 * member),
+            )?;
+        }
+        Ok(())
     }
 
     /// Take a member out of the bond / put it back.
