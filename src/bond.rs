@@ -1,40 +1,54 @@
 //! Bond members: the adapters for uplinks that are members (ports) of an
 //! active-backup bond. They decide nothing.
 //!
-//! - [`spawn_bond_poller`]: reads each managed bond and its members over
-//!   rtnetlink (RTM_GETLINK by name) every few milliseconds and reports
-//!   changes: the driver's active member (IFLA_BOND_ACTIVE_SLAVE), the
-//!   bond's settings (mode, miimon, arp_interval, primary, primary_reselect)
-//!   and which members are enslaved, with their permanent MAC
-//!   (IFLA_BOND_SLAVE_PERM_HWADDR). Polled, like the carrier, because link
-//!   events can be a second late on a busy host.
+//! - [`spawn_bond_poller`]: reads each managed bond's active member and
+//!   member list from sysfs every few milliseconds (two small reads), and
+//!   the whole bond and its members over rtnetlink (RTM_GETLINK by name)
+//!   when that view changes and every 500 ms: the driver's active member
+//!   (IFLA_BOND_ACTIVE_SLAVE), the bond's settings (mode, miimon,
+//!   arp_interval, primary, primary_reselect) and which members are
+//!   enslaved, with their permanent MAC (IFLA_BOND_SLAVE_PERM_HWADDR).
+//!   Polled, like the carrier, because link events can be a second late on
+//!   a busy host.
 //! - [`set_active`]: RTM_NEWLINK on the bond with IFLA_BOND_ACTIVE_SLAVE.
-//! - [`ArpProber`]: the gateway check through one member, active or backup.
+//! - [`MemberProber`] (src/bond/member.rs): the gateway and transit checks
+//!   through one member, active or backup.
 //!
 //! ## What can be proven through a backup member
 //! In active-backup the kernel drops ordinary traffic received on the
 //! backup member (bond_should_deliver_exact_match), so an ICMP echo bound to
 //! it never gets its reply. A packet socket bound to the member still sees
 //! every frame it receives (the bonding driver's ARP validation relies on
-//! the same), so:
+//! the same). Every probe leaves from the member's *probe MAC*: its
+//! permanent MAC, or, when that is the bond's MAC (the first member
+//! enslaved lends its MAC to the bond), a locally administered MAC derived
+//! from it; so the switches learn that MAC, never the bond's, on the backup
+//! path (no MAC flapping). Replies to it are accepted with
+//! PACKET_ADD_MEMBERSHIP (PACKET_MR_UNICAST).
 //! - carrier: the member's own carrier (the carrier poller, as for routes);
 //! - gateway (IPv4): an ARP probe (RFC 5227 section 2.1.1: ARP request with
-//!   sender IP 0.0.0.0) sent on the member itself. A Linux (or any RFC 5227)
-//!   gateway answers a probe for its address with a reply to the sender's
-//!   MAC and, because the sender IP is zero, learns nothing from it
-//!   (net/ipv4/arp.c, arp_process: "sip == 0" is answered and consumed
-//!   before any neighbour update): the gateway's neighbour entry for the
-//!   server is never touched. The source MAC is the member's permanent MAC,
-//!   so the switches learn that MAC, never the bond's, on the backup path
-//!   (no MAC flapping). When the permanent MAC *is* the bond's MAC (the
-//!   first member enslaved lends its MAC to the bond), a locally
-//!   administered MAC derived from it is used instead, for the same reason.
-//!   The reply goes to that MAC, which the member is told to accept
-//!   (PACKET_ADD_MEMBERSHIP, PACKET_MR_UNICAST).
-//! - transits: not probed per member; the quorum does not apply to bond
-//!   members (status shows which checks cover each uplink).
-//! - IPv6 gateway: not probed per member yet (the config rejects gateway6
-//!   on bond members).
+//!   sender IP 0.0.0.0). A Linux (or any RFC 5227) gateway answers a probe
+//!   for its address with a reply to the sender's MAC and, because the
+//!   sender IP is zero, learns nothing from it (net/ipv4/arp.c,
+//!   arp_process: "sip == 0" is answered and consumed before any neighbour
+//!   update): the gateway's neighbour entry for the server is never touched.
+//! - gateway (IPv6): a neighbour solicitation from the link-local address
+//!   of the probe MAC (fe80::EUI-64, never one of the server's addresses,
+//!   since the probe MAC is never the bond's), with the probe MAC as source
+//!   link-layer option, to the gateway's solicited-node group (unicast once
+//!   its MAC is known). The answer is unicast to the probe MAC; the gateway
+//!   learns only that link-local address.
+//! - transits, with a dedicated probe address per member and family
+//!   (`probe_address4` / `probe_address6`, never configured on the host):
+//!   an ICMP echo from it to each transit target, sent to the gateway's MAC
+//!   as resolved on this member. The gateway resolves the probe address by
+//!   ARP / NS on the member's path; the prober answers with the probe MAC.
+//!   This proves the switch and gateway router behind the member and that
+//!   router's upstream, active or backup, so the transit quorum applies to
+//!   members as to routed uplinks. Without a probe address, transits are
+//!   not probed through the member (from the server's own address the reply
+//!   would move the gateway's neighbour entry and the switches' entry for
+//!   the bond's MAC to the backup path), and status says so per member.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
