@@ -48,6 +48,8 @@ const ICMP6_ECHO: u8 = 128;
 const ICMP6_ECHO_REPLY: u8 = 129;
 const ND_NS: u8 = 135;
 const ND_NA: u8 = 136;
+/// Placeholder destination of an echo whose gateway MAC is not known yet.
+const UNRESOLVED: [u8; 6] = [0; 6];
 /// Echo payload: the per-process token and the probe id.
 const PAYLOAD: usize = 16;
 
@@ -96,6 +98,9 @@ struct Member {
     ip4: Option<OwnedFd>,
     ip6: Option<OwnedFd>,
     pending: Vec<Pending>,
+    /// Transit echoes waiting for the gateway's MAC: (probe, frame with the
+    /// destination MAC left to fill, gateway, socket).
+    parked: Vec<(Pending, Vec<u8>, IpAddr, RawFd)>,
     /// Gateway MACs as last seen in a reply on this member.
     gw4: HashMap<Ipv4Addr, [u8; 6]>,
     gw6: HashMap<Ipv6Addr, [u8; 6]>,
@@ -104,6 +109,9 @@ struct Member {
 
 impl Member {
     fn close(&mut self) {
+        // Parked echoes hold a socket about to close: they get no reply.
+        let parked: Vec<Pending> = self.parked.drain(..).map(|(p, ..)| p).collect();
+        self.pending.extend(parked);
         self.arp = None;
         self.ip4 = None;
         self.ip6 = None;
@@ -162,7 +170,11 @@ impl MemberProber {
 
     /// True when something is in flight (the caller polls on its tick anyway).
     pub fn busy(&self) -> bool {
-        !self.ready.is_empty() || self.members.values().any(|m| !m.pending.is_empty())
+        !self.ready.is_empty()
+            || self
+                .members
+                .values()
+                .any(|m| !m.pending.is_empty() || !m.parked.is_empty())
     }
 
     /// Send one probe through `member`: the gateway (ARP or NS) or, for a
@@ -236,9 +248,7 @@ impl MemberProber {
                         let from = spec.probe4.ok_or_else(|| {
                             format!("transit probe via {member}: no probe_address4 configured")
                         })?;
-                        let dst = *m.gw4.get(&g).ok_or_else(|| {
-                            format!("transit probe via {member}: gateway {g} not yet resolved on this member")
-                        })?;
+                        let dst = m.gw4.get(&g).copied().unwrap_or(UNRESOLVED);
                         (
                             What::Echo(target, seq),
                             echo4_frame(src, dst, from, t, self.ident, seq, &payload),
@@ -248,9 +258,7 @@ impl MemberProber {
                         let from = spec.probe6.ok_or_else(|| {
                             format!("transit probe via {member}: no probe_address6 configured")
                         })?;
-                        let dst = *m.gw6.get(&g).ok_or_else(|| {
-                            format!("transit probe via {member}: gateway {g} not yet resolved on this member")
-                        })?;
+                        let dst = m.gw6.get(&g).copied().unwrap_or(UNRESOLVED);
                         (
                             What::Echo(target, seq),
                             echo6_frame(src, dst, from, t, self.ident, seq, &payload),
@@ -281,6 +289,50 @@ impl MemberProber {
         };
         let sent = Instant::now();
         let sent_rt = realtime_ns();
+        if frame[0..6] == UNRESOLVED {
+            // The gateway's MAC on this member is not known yet (at start,
+            // or after it stopped answering): ask for it now and send the
+            // echo when the answer comes (`poll`), within the probe's timeout.
+            let ask = match gateway {
+                Some(IpAddr::V4(g)) => {
+                    let afd = open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?;
+                    (afd, arp_probe_frame(src, [0xff; 6], g).to_vec())
+                }
+                Some(IpAddr::V6(g)) => (
+                    fd,
+                    ns_frame(
+                        src,
+                        solicited_mac(&g),
+                        link_local(src),
+                        solicited_node(&g),
+                        g,
+                    ),
+                ),
+                None => return Err("transit probe: no gateway".into()),
+            };
+            // SAFETY: valid fd and a live buffer of the stated length.
+            unsafe {
+                libc::send(
+                    ask.0,
+                    ask.1.as_ptr().cast(),
+                    ask.1.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            m.parked.push((
+                Pending {
+                    id: req.id,
+                    what,
+                    sent,
+                    sent_rt,
+                    timeout: req.timeout,
+                },
+                frame,
+                gateway.expect("checked above"),
+                fd,
+            ));
+            return Ok(());
+        }
         // SAFETY: valid fd and a live buffer of the stated length.
         let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
@@ -307,7 +359,7 @@ impl MemberProber {
         let token = self.token;
         let ident = self.ident;
         for (name, m) in self.members.iter_mut() {
-            if m.pending.is_empty() {
+            if m.pending.is_empty() && m.parked.is_empty() {
                 continue;
             }
             let spec = m.spec.clone();
@@ -360,6 +412,40 @@ impl MemberProber {
                     out.push((p.id, ProbeOutcome::Error(e.clone())));
                 }
                 continue;
+            }
+            // Parked echoes whose gateway MAC is now known leave; those
+            // past their deadline time out.
+            let mut i = 0;
+            while i < m.parked.len() {
+                let gw = m.parked[i].2;
+                let mac = match gw {
+                    IpAddr::V4(g) => m.gw4.get(&g).copied(),
+                    IpAddr::V6(g) => m.gw6.get(&g).copied(),
+                };
+                if let Some(mac) = mac {
+                    let (p, mut frame, _, fd) = m.parked.remove(i);
+                    frame[0..6].copy_from_slice(&mac);
+                    // SAFETY: valid fd and a live buffer of the stated length.
+                    let n = unsafe {
+                        libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT)
+                    };
+                    if n < 0 {
+                        out.push((
+                            p.id,
+                            ProbeOutcome::Error(format!(
+                                "probe via {name}: send: {}",
+                                io::Error::last_os_error()
+                            )),
+                        ));
+                    } else {
+                        m.pending.push(p);
+                    }
+                } else if m.parked[i].0.sent + m.parked[i].0.timeout <= now {
+                    let (p, ..) = m.parked.remove(i);
+                    out.push((p.id, ProbeOutcome::Timeout));
+                } else {
+                    i += 1;
+                }
             }
             // Every queued frame was read: what is still pending past its
             // deadline got no reply in time.

@@ -49,6 +49,11 @@ pub enum Shape {
     Switched,
     /// One switch and one gateway router per member, an anycast gateway.
     Anycast,
+    /// Switched, plus a routed uplink: the server's eth2 to its own gateway
+    /// router (198.18.2.1), which reaches the gateway's transit and sink
+    /// over a link of its own. A mixed server: bond members and a routed
+    /// uplink in one config.
+    Mixed,
     /// No bond (needs no bonding module): the server's eth0 straight to the
     /// gateway, which holds the transit targets, v4 and v6. For testing the
     /// member prober's packets natively.
@@ -56,6 +61,9 @@ pub enum Shape {
 }
 
 pub const GATEWAY6: &str = "2001:db8:1::1";
+/// Shape::Mixed: the routed uplink's gateway and the server's address on it.
+pub const ROUTED_GATEWAY: &str = "198.18.2.1";
+pub const ROUTED_SERVER: &str = "198.18.2.2";
 pub const SERVER6: &str = "2001:db8:1::2";
 pub const PROBE_ADDRESS6: &str = "2001:db8:1::10";
 pub const TRANSIT6: &str = "2001:db8:ff::1";
@@ -89,6 +97,7 @@ impl BondLab {
         };
         let roles: &[&str] = match shape {
             Shape::Switched => &["srv", "swa", "swb", "gw"],
+            Shape::Mixed => &["srv", "swa", "swb", "gw", "gr"],
             Shape::Anycast => &["srv", "swa", "swb", "ra", "rb", "core"],
             Shape::Plain => &["srv", "gw"],
         };
@@ -117,6 +126,19 @@ impl BondLab {
             ip(&gw, &format!("addr add {TRANSIT}/32 dev lo"))?;
             ip(&gw, &format!("addr add {TRANSIT6}/128 dev lo"))?;
             ip(&gw, "link set ga up")?;
+            // IPv6 on the fresh link (the link-local addresses' DAD) before
+            // any neighbour discovery is tried.
+            for ns in [&srv, &gw] {
+                let dev = if ns == &srv { "eth0" } else { "ga" };
+                lab.wait(
+                    &format!("IPv6 ready on {dev}"),
+                    Duration::from_secs(10),
+                    || {
+                        ip(ns, &format!("-6 addr show dev {dev} tentative"))
+                            .is_ok_and(|o| o.trim().is_empty())
+                    },
+                );
+            }
             return Ok(lab);
         }
         // Wires.
@@ -132,9 +154,42 @@ impl BondLab {
             ip(sw, "link add br0 type bridge")?;
             ip(sw, "link set br0 up")?;
         }
+        if shape == Shape::Mixed {
+            let gr = lab.ns("gr");
+            ip(
+                &srv,
+                &format!("link add eth2 type veth peer name lan netns {gr}"),
+            )?;
+            ip(&srv, &format!("addr add {ROUTED_SERVER}/24 dev eth2"))?;
+            ip(&srv, "link set eth2 up")?;
+            ip(&gr, &format!("addr add {ROUTED_GATEWAY}/24 dev lan"))?;
+            ip(&gr, "link set lan up")?;
+            ip(
+                &gr,
+                &format!("link add wan type veth peer name gr0 netns {gw}"),
+            )?;
+            ip(&gr, "addr add 198.18.3.1/30 dev wan")?;
+            ip(&gr, "link set wan up")?;
+            ip(&gr, "route add default via 198.18.3.2")?;
+            ip(&gw, "addr add 198.18.3.2/30 dev gr0")?;
+            ip(&gw, "link set gr0 up")?;
+            ip(&gw, "route add 198.18.2.0/24 via 198.18.3.1")?;
+            cmd::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &gr,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ],
+                None,
+            )?;
+        }
         match shape {
             Shape::Plain => unreachable!("returned above"),
-            Shape::Switched => {
+            Shape::Switched | Shape::Mixed => {
                 ip(
                     &swa,
                     &format!("link add isl type veth peer name isl netns {swb}"),
@@ -367,7 +422,7 @@ impl BondLab {
 
     pub fn stream(&self, spec: &StreamSpec) -> Result<UdpStream> {
         let sink = match self.shape {
-            Shape::Switched | Shape::Plain => "gw",
+            Shape::Switched | Shape::Plain | Shape::Mixed => "gw",
             Shape::Anycast => "core",
         };
         UdpStream::start(&self.ns("srv"), &self.ns(sink), spec)
@@ -390,6 +445,13 @@ impl BondLab {
             }
         };
         let (pa0, pa1) = (pa(0), pa(1));
+        let routed = if self.shape == Shape::Mixed {
+            format!(
+                "[[uplink]]\nname = \"routed\"\ninterface = \"eth2\"\ngateway4 = \"{ROUTED_GATEWAY}\"\n"
+            )
+        } else {
+            String::new()
+        };
         let sock = self.dir().join("uplinkd.sock");
         let text = format!(
             r#"[agent]
@@ -409,6 +471,7 @@ bond = "{BOND}"
 gateway4 = "{GATEWAY}"
 gateway6 = "{GATEWAY6}"
 {pa1}
+{routed}
 [[transit]]
 name = "transit-a"
 targets = ["{TRANSIT}"]
