@@ -1,45 +1,56 @@
 //! Bond members: the adapters for uplinks that are members (ports) of an
 //! active-backup bond. They decide nothing.
 //!
-//! - [`spawn_bond_poller`]: reads each managed bond and its members over
-//!   rtnetlink (RTM_GETLINK by name) every few milliseconds and reports
-//!   changes: the driver's active member (IFLA_BOND_ACTIVE_SLAVE), the
-//!   bond's settings (mode, miimon, arp_interval, primary, primary_reselect)
-//!   and which members are enslaved, with their permanent MAC
-//!   (IFLA_BOND_SLAVE_PERM_HWADDR). Polled, like the carrier, because link
-//!   events can be a second late on a busy host.
+//! - [`spawn_bond_poller`]: reads each managed bond's active member and
+//!   member list from sysfs every few milliseconds (two small reads), and
+//!   the whole bond and its members over rtnetlink (RTM_GETLINK by name)
+//!   when that view changes and every 500 ms: the driver's active member
+//!   (IFLA_BOND_ACTIVE_SLAVE), the bond's settings (mode, miimon,
+//!   arp_interval, primary, primary_reselect) and which members are
+//!   enslaved, with their permanent MAC (IFLA_BOND_SLAVE_PERM_HWADDR).
+//!   Polled, like the carrier, because link events can be a second late on
+//!   a busy host.
 //! - [`set_active`]: RTM_NEWLINK on the bond with IFLA_BOND_ACTIVE_SLAVE.
-//! - [`ArpProber`]: the gateway check through one member, active or backup.
+//! - [`MemberProber`] (src/bond/member.rs): the gateway and transit checks
+//!   through one member, active or backup.
 //!
 //! ## What can be proven through a backup member
 //! In active-backup the kernel drops ordinary traffic received on the
 //! backup member (bond_should_deliver_exact_match), so an ICMP echo bound to
 //! it never gets its reply. A packet socket bound to the member still sees
 //! every frame it receives (the bonding driver's ARP validation relies on
-//! the same), so:
+//! the same). Every probe leaves from the member's *probe MAC*: its
+//! permanent MAC, or, when that is the bond's MAC (the first member
+//! enslaved lends its MAC to the bond), a locally administered MAC derived
+//! from it; so the switches learn that MAC, never the bond's, on the backup
+//! path (no MAC flapping). Replies to it are accepted with
+//! PACKET_ADD_MEMBERSHIP (PACKET_MR_UNICAST).
 //! - carrier: the member's own carrier (the carrier poller, as for routes);
 //! - gateway (IPv4): an ARP probe (RFC 5227 section 2.1.1: ARP request with
-//!   sender IP 0.0.0.0) sent on the member itself. A Linux (or any RFC 5227)
-//!   gateway answers a probe for its address with a reply to the sender's
-//!   MAC and, because the sender IP is zero, learns nothing from it
-//!   (net/ipv4/arp.c, arp_process: "sip == 0" is answered and consumed
-//!   before any neighbour update): the gateway's neighbour entry for the
-//!   server is never touched. The source MAC is the member's permanent MAC,
-//!   so the switches learn that MAC, never the bond's, on the backup path
-//!   (no MAC flapping). When the permanent MAC *is* the bond's MAC (the
-//!   first member enslaved lends its MAC to the bond), a locally
-//!   administered MAC derived from it is used instead, for the same reason.
-//!   The reply goes to that MAC, which the member is told to accept
-//!   (PACKET_ADD_MEMBERSHIP, PACKET_MR_UNICAST).
-//! - transits: not probed per member; the quorum does not apply to bond
-//!   members (status shows which checks cover each uplink).
-//! - IPv6 gateway: not probed per member yet (the config rejects gateway6
-//!   on bond members).
+//!   sender IP 0.0.0.0). A Linux (or any RFC 5227) gateway answers a probe
+//!   for its address with a reply to the sender's MAC and, because the
+//!   sender IP is zero, learns nothing from it (net/ipv4/arp.c,
+//!   arp_process: "sip == 0" is answered and consumed before any neighbour
+//!   update): the gateway's neighbour entry for the server is never touched.
+//! - gateway (IPv6): a neighbour solicitation from the link-local address
+//!   of the probe MAC (fe80::EUI-64, never one of the server's addresses,
+//!   since the probe MAC is never the bond's), with the probe MAC as source
+//!   link-layer option, to the gateway's solicited-node group (unicast once
+//!   its MAC is known). The answer is unicast to the probe MAC; the gateway
+//!   learns only that link-local address.
+//! - transits, with a dedicated probe address per member and family
+//!   (`probe_address4` / `probe_address6`, never configured on the host):
+//!   an ICMP echo from it to each transit target, sent to the gateway's MAC
+//!   as resolved on this member. The gateway resolves the probe address by
+//!   ARP / NS on the member's path; the prober answers with the probe MAC.
+//!   This proves the switch and gateway router behind the member and that
+//!   router's upstream, active or backup, so the transit quorum applies to
+//!   members as to routed uplinks. Without a probe address, transits are
+//!   not probed through the member (from the server's own address the reply
+//!   would move the gateway's neighbour entry and the switches' entry for
+//!   the bond's MAC to the backup path), and status says so per member.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -48,10 +59,8 @@ use netlink_packet_route::link::{
     LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::Handle;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::core::{ProbeId, ProbeOutcome, ProbeRequest};
 use crate::status::BondStatus;
 
 /// Bound on every request of the poller and setter.
@@ -287,11 +296,34 @@ pub fn spawn_bond_poller(
     Ok(tokio::spawn(async move {
         let _conn = AbortOnDrop(conn);
         let mut last: HashMap<String, BondSample> = HashMap::new();
+        // The cheap view (sysfs: active member and members, two small reads)
+        // every tick; the full netlink read when it changes, and every
+        // FULL_READ_EVERY for the settings (or every SYSFS_MISSING_EVERY when
+        // sysfs does not show the bond).
+        let mut quick: HashMap<String, (Option<String>, Instant)> = HashMap::new();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             for (bond, members) in &bonds {
+                let view = sysfs_view(bond);
+                let now = Instant::now();
+                let due = match quick.get(bond) {
+                    None => true,
+                    Some((v, at)) => {
+                        *v != view
+                            || now.duration_since(*at)
+                                >= if view.is_some() {
+                                    FULL_READ_EVERY
+                                } else {
+                                    SYSFS_MISSING_EVERY
+                                }
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                quick.insert(bond.clone(), (view, now));
                 let s = read_bond(&handle, bond, members).await;
                 if last.get(bond) != Some(&s) {
                     last.insert(bond.clone(), s.clone());
@@ -302,6 +334,20 @@ pub fn spawn_bond_poller(
             }
         }
     }))
+}
+
+/// Full netlink read of a bond at least this often (settings changes).
+const FULL_READ_EVERY: Duration = Duration::from_millis(500);
+/// Full read period when sysfs does not show the bond.
+const SYSFS_MISSING_EVERY: Duration = Duration::from_millis(50);
+
+/// The bond's active member and member list from sysfs (of the namespace
+/// /sys was mounted for), or None when it is not there.
+fn sysfs_view(bond: &str) -> Option<String> {
+    let dir = format!("/sys/class/net/{bond}/bonding");
+    let active = std::fs::read_to_string(format!("{dir}/active_slave")).ok()?;
+    let slaves = std::fs::read_to_string(format!("{dir}/slaves")).ok()?;
+    Some(format!("{}|{}", active.trim(), slaves.trim()))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -332,17 +378,11 @@ pub async fn set_active(handle: &Handle, bond: &str, member: &str) -> Result<(),
 }
 
 // ---------------------------------------------------------------------------
-// ARP probes through one member
+// Probes through one member
 // ---------------------------------------------------------------------------
 
-/// include/uapi/linux/if_ether.h
-const ETH_P_ARP: u16 = 0x0806;
-/// include/uapi/linux/if_arp.h
-const ARPHRD_ETHER: u16 = 1;
-const ARPOP_REQUEST: u16 = 1;
-const ARPOP_REPLY: u16 = 2;
-/// Ethernet header + ARP for IPv4 over Ethernet (RFC 826).
-const FRAME_LEN: usize = 14 + 28;
+mod member;
+pub use member::{arp_probe_frame, link_local, parse_arp_reply, MemberProber, MemberSpec};
 
 /// The source MAC of probes through a member: its permanent MAC, or, when
 /// that is the bond's MAC, a locally administered one derived from it, so
@@ -359,306 +399,6 @@ pub fn probe_mac(perm: [u8; 6], bond_mac: Option<[u8; 6]>) -> [u8; 6] {
     } else {
         perm
     }
-}
-
-/// RFC 5227 ARP probe: "who has `target`", sender IP 0.0.0.0.
-pub fn arp_probe_frame(src: [u8; 6], dst: [u8; 6], target: Ipv4Addr) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-    f[14..16].copy_from_slice(&ARPHRD_ETHER.to_be_bytes());
-    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[18] = 6;
-    f[19] = 4;
-    f[20..22].copy_from_slice(&ARPOP_REQUEST.to_be_bytes());
-    f[22..28].copy_from_slice(&src);
-    // sender IP 0.0.0.0 (f[28..32]); target hw unknown (f[32..38]).
-    f[38..42].copy_from_slice(&target.octets());
-    f
-}
-
-/// A valid reply to our probe: op reply, sender IP = target, target hw = our MAC.
-/// Returns the gateway's MAC.
-pub fn parse_arp_reply(frame: &[u8], ours: [u8; 6], target: Ipv4Addr) -> Option<[u8; 6]> {
-    if frame.len() < FRAME_LEN || frame[12..14] != ETH_P_ARP.to_be_bytes() {
-        return None;
-    }
-    let a = &frame[14..];
-    if a[0..2] != ARPHRD_ETHER.to_be_bytes()
-        || a[2..4] != 0x0800u16.to_be_bytes()
-        || a[4] != 6
-        || a[5] != 4
-        || a[6..8] != ARPOP_REPLY.to_be_bytes()
-        || a[14..18] != target.octets()
-        || a[18..24] != ours
-    {
-        return None;
-    }
-    mac6(&a[8..14])
-}
-
-struct MemberSock {
-    ifindex: u32,
-    fd: Arc<AsyncFd<OwnedFd>>,
-    src: [u8; 6],
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MemberSock {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-#[derive(Default)]
-struct Pending {
-    /// (gateway, probe, sent at, deadline) in send order.
-    probes: Vec<(Ipv4Addr, ProbeId, Instant)>,
-    /// The gateway's MAC as last seen in a reply, to unicast the next probe.
-    gw_mac: HashMap<Ipv4Addr, [u8; 6]>,
-}
-
-type Reply = UnboundedSender<(ProbeId, ProbeOutcome)>;
-
-/// Sends ARP probes through bond members and matches their replies.
-#[derive(Default)]
-pub struct ArpProber {
-    socks: HashMap<String, MemberSock>,
-    pending: HashMap<String, Arc<Mutex<Pending>>>,
-    /// Per member: its permanent MAC and the bond's MAC, from the bond poller.
-    macs: HashMap<String, ([u8; 6], Option<[u8; 6]>)>,
-}
-
-impl ArpProber {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Learn the MACs of a bond's members (from a [`BondSample`]).
-    pub fn update(&mut self, s: &BondSample) {
-        for (m, perm) in &s.perm_mac {
-            let v = (*perm, s.mac);
-            if self.macs.get(m) != Some(&v) {
-                self.macs.insert(m.clone(), v);
-                self.socks.remove(m); // reopen with the new source MAC
-            }
-        }
-    }
-
-    /// The source MAC used on `member`, once known.
-    pub fn source_mac(&self, member: &str) -> Option<[u8; 6]> {
-        self.macs.get(member).map(|(p, b)| probe_mac(*p, *b))
-    }
-
-    /// Send one ARP probe for `req.target` out of `member`; the outcome goes
-    /// to `tx` (a reply, a timeout, or an error).
-    pub fn send(&mut self, member: &str, req: ProbeRequest, tx: Reply) {
-        let std::net::IpAddr::V4(target) = req.target else {
-            let _ = tx.send((
-                req.id,
-                ProbeOutcome::Error("IPv6 gateways are not probed through bond members".into()),
-            ));
-            return;
-        };
-        match self.send_v4(member, target, &req, &tx) {
-            Ok(()) => {
-                let pending = self.pending.get(member).cloned().expect("set by send_v4");
-                let id = req.id;
-                let timeout = req.timeout;
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    let expired = {
-                        let mut p = pending.lock().unwrap();
-                        let before = p.probes.len();
-                        p.probes.retain(|(_, i, _)| *i != id);
-                        let gone = p.probes.len() != before;
-                        if gone {
-                            // Unicast to a MAC that may have changed found
-                            // nothing: ask everybody next time.
-                            p.gw_mac.remove(&target);
-                        }
-                        gone
-                    };
-                    if expired {
-                        let _ = tx.send((id, ProbeOutcome::Timeout));
-                    }
-                });
-            }
-            Err(e) => {
-                self.socks.remove(member);
-                let _ = tx.send((req.id, ProbeOutcome::Error(e)));
-            }
-        }
-    }
-
-    fn send_v4(
-        &mut self,
-        member: &str,
-        target: Ipv4Addr,
-        req: &ProbeRequest,
-        tx: &Reply,
-    ) -> Result<(), String> {
-        let ifindex = nix::net::if_::if_nametoindex(member)
-            .map_err(|e| format!("ARP probe via {member}: {e}"))?;
-        let Some(src) = self.source_mac(member) else {
-            return Err(format!(
-                "ARP probe via {member}: not (yet) a member of its bond (no permanent MAC known)"
-            ));
-        };
-        if self
-            .socks
-            .get(member)
-            .is_none_or(|s| s.ifindex != ifindex || s.src != src)
-        {
-            self.socks.remove(member);
-            let pending = self.pending.entry(member.to_string()).or_default().clone();
-            let sock = open_member(member, ifindex, src, pending, tx.clone())?;
-            self.socks.insert(member.to_string(), sock);
-        }
-        let sock = self.socks.get(member).expect("just opened");
-        let pending = self.pending.get(member).expect("set above").clone();
-        let dst = {
-            let mut p = pending.lock().unwrap();
-            p.probes.push((target, req.id, Instant::now()));
-            p.gw_mac.get(&target).copied().unwrap_or([0xff; 6])
-        };
-        let frame = arp_probe_frame(src, dst, target);
-        let n = unsafe {
-            libc::send(
-                sock.fd.get_ref().as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            pending
-                .lock()
-                .unwrap()
-                .probes
-                .retain(|(_, i, _)| *i != req.id);
-            return Err(format!("ARP probe via {member}: send: {e}"));
-        }
-        Ok(())
-    }
-}
-
-fn open_member(
-    member: &str,
-    ifindex: u32,
-    src: [u8; 6],
-    pending: Arc<Mutex<Pending>>,
-    tx: Reply,
-) -> Result<MemberSock, String> {
-    let err = |what: &str| {
-        format!(
-            "ARP socket on {member}: {what}: {}",
-            std::io::Error::last_os_error()
-        )
-    };
-    let proto = ETH_P_ARP.to_be();
-    // SAFETY: plain socket(2)/bind(2)/setsockopt(2) calls with valid arguments.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto as libc::c_int,
-        )
-    };
-    if fd < 0 {
-        return Err(err("socket"));
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(err("bind"));
-    }
-    // Accept unicast frames to our probe MAC, which is not the member's
-    // current address (bonding gives every member the bond's MAC).
-    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-    mreq.mr_ifindex = ifindex as i32;
-    mreq.mr_type = libc::PACKET_MR_UNICAST as u16;
-    mreq.mr_alen = 6;
-    mreq.mr_address[..6].copy_from_slice(&src);
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            (&mreq as *const libc::packet_mreq).cast(),
-            std::mem::size_of::<libc::packet_mreq>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(err("PACKET_ADD_MEMBERSHIP"));
-    }
-    // SAFETY: `fd` is an owned socket that lives inside the AsyncFd until it
-    // is dropped; nothing else registers or closes it.
-    let fd = Arc::new(
-        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| format!("ARP socket on {member}: {e}"))?,
-    );
-    let rfd = fd.clone();
-    let reader = tokio::spawn(async move {
-        let mut buf = [0u8; 256];
-        loop {
-            let Ok(mut guard) = rfd.readable().await else {
-                return;
-            };
-            loop {
-                let n = unsafe {
-                    libc::recv(
-                        rfd.get_ref().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n < 0 {
-                    guard.clear_ready();
-                    break;
-                }
-                let frame = &buf[..n as usize];
-                let mut p = pending.lock().unwrap();
-                // The oldest probe to the gateway that answered.
-                let hit = p
-                    .probes
-                    .iter()
-                    .position(|(gw, _, _)| parse_arp_reply(frame, src, *gw).is_some());
-                if let Some(i) = hit {
-                    let (gw, id, sent) = p.probes.remove(i);
-                    if let Some(mac) = parse_arp_reply(frame, src, gw) {
-                        p.gw_mac.insert(gw, mac);
-                    }
-                    drop(p);
-                    let _ = tx.send((
-                        id,
-                        ProbeOutcome::Reply {
-                            rtt: sent.elapsed(),
-                        },
-                    ));
-                }
-            }
-        }
-    });
-    Ok(MemberSock {
-        ifindex,
-        fd,
-        src,
-        reader,
-    })
 }
 
 /// Executes the agent's active-member choices in order, on its own
@@ -685,35 +425,6 @@ pub fn spawn_bond_actuator(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_frame_is_rfc5227_and_reply_is_matched() {
-        let src = [0x02, 1, 2, 3, 4, 5];
-        let gw: Ipv4Addr = "198.18.1.1".parse().unwrap();
-        let f = arp_probe_frame(src, [0xff; 6], gw);
-        assert_eq!(&f[28..32], &[0, 0, 0, 0], "sender IP is zero");
-        assert_eq!(&f[22..28], &src);
-        // Build the reply a Linux gateway sends.
-        let gmac = [0x0a, 9, 9, 9, 9, 9];
-        let mut r = [0u8; FRAME_LEN];
-        r[0..6].copy_from_slice(&src);
-        r[6..12].copy_from_slice(&gmac);
-        r[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-        r[14..16].copy_from_slice(&1u16.to_be_bytes());
-        r[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
-        r[18] = 6;
-        r[19] = 4;
-        r[20..22].copy_from_slice(&2u16.to_be_bytes());
-        r[22..28].copy_from_slice(&gmac);
-        r[28..32].copy_from_slice(&gw.octets());
-        r[32..38].copy_from_slice(&src);
-        assert_eq!(parse_arp_reply(&r, src, gw), Some(gmac));
-        assert_eq!(parse_arp_reply(&r, [0x02, 0, 0, 0, 0, 0], gw), None);
-        assert_eq!(
-            parse_arp_reply(&r, src, "198.18.1.2".parse().unwrap()),
-            None
-        );
-    }
 
     #[test]
     fn probe_mac_never_is_the_bond_mac() {

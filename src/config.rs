@@ -172,6 +172,13 @@ pub struct UplinkConfig {
     /// the gateways are reached through the bond, and choosing this uplink
     /// means making `interface` the bond's active member.
     pub bond: Option<String>,
+    /// Bond members only: a dedicated address (never configured on the
+    /// host) from which transit probes are sent through this member, active
+    /// or backup; the agent answers the gateway's ARP / neighbour
+    /// solicitations for it with the member's own MAC. Without it the
+    /// transits are not probed through the member.
+    pub probe_address4: Option<Ipv4Addr>,
+    pub probe_address6: Option<Ipv6Addr>,
 }
 
 impl UplinkConfig {
@@ -465,6 +472,8 @@ struct RawUplink {
     gateway4: RawStr,
     gateway6: RawStr,
     bond: RawStr,
+    probe_address4: RawStr,
+    probe_address6: RawStr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -544,6 +553,8 @@ const UPLINK_KEYS: &[(&str, Kind)] = &[
     ("gateway4", Kind::Str),
     ("gateway6", Kind::Str),
     ("bond", Kind::Str),
+    ("probe_address4", Kind::Str),
+    ("probe_address6", Kind::Str),
 ];
 const TRANSIT_KEYS: &[(&str, Kind)] = &[("name", Kind::Str), ("targets", Kind::StrList)];
 const HOOKS_KEYS: &[(&str, Kind)] = &[
@@ -1119,7 +1130,7 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
         if u.gateway4.is_none() && u.gateway6.is_none() && !r.is_broken(&format!("{p}.gateway6")) {
             r.add(
                 format!("{p}.gateway4"),
-                table_span,
+                table_span.clone(),
                 "an uplink needs at least one gateway: set gateway4, gateway6 or both",
             );
         }
@@ -1145,11 +1156,95 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
                 None => Some(Some(b.get_ref().clone())),
             },
         };
-        let (Some(name), Some(interface), Some(gateway4), Some(gateway6), Some(bond)) =
-            (name, interface, gateway4, gateway6, bond)
+        let probe_address4: Option<Option<Ipv4Addr>> = match &u.probe_address4 {
+            None => Some(None),
+            Some(g) => {
+                parse_addr::<Ipv4Addr>(r, &format!("{p}.probe_address4"), g, "an IPv4 address")
+                    .map(Some)
+            }
+        };
+        let probe_address6: Option<Option<Ipv6Addr>> = match &u.probe_address6 {
+            None => Some(None),
+            Some(g) => {
+                parse_addr::<Ipv6Addr>(r, &format!("{p}.probe_address6"), g, "an IPv6 address")
+                    .map(Some)
+            }
+        };
+        for (key, set, has_gw) in [
+            ("probe_address4", &u.probe_address4, u.gateway4.is_some()),
+            ("probe_address6", &u.probe_address6, u.gateway6.is_some()),
+        ] {
+            let Some(v) = set else { continue };
+            if u.bond.is_none() {
+                r.add(
+                    format!("{p}.{key}"),
+                    Some(v.span()),
+                    "only bond members have a probe address (a routed uplink probes from its own address)",
+                );
+            } else if !has_gw {
+                r.add(
+                    format!("{p}.{key}"),
+                    Some(v.span()),
+                    "a probe address needs the gateway of its family (transit probes leave through it)",
+                );
+            }
+        }
+        let (
+            Some(name),
+            Some(interface),
+            Some(gateway4),
+            Some(gateway6),
+            Some(bond),
+            Some(probe_address4),
+            Some(probe_address6),
+        ) = (
+            name,
+            interface,
+            gateway4,
+            gateway6,
+            bond,
+            probe_address4,
+            probe_address6,
+        )
         else {
             continue;
         };
+        for (j, other) in uplinks.iter().enumerate() {
+            let clash4 = probe_address4.is_some()
+                && (probe_address4 == other.probe_address4 || probe_address4 == other.gateway4);
+            let clash6 = probe_address6.is_some()
+                && (probe_address6 == other.probe_address6 || probe_address6 == other.gateway6);
+            if clash4 || clash6 {
+                let (key, span) = if clash4 {
+                    (
+                        "probe_address4",
+                        u.probe_address4.as_ref().map(|s| s.span()),
+                    )
+                } else {
+                    (
+                        "probe_address6",
+                        u.probe_address6.as_ref().map(|s| s.span()),
+                    )
+                };
+                r.add(
+                    format!("{p}.{key}"),
+                    span,
+                    format!(
+                        "also used by uplink[{j}] {:?}; each member needs its own probe address",
+                        other.name
+                    ),
+                );
+            }
+        }
+        if (probe_address4.is_some() && probe_address4 == gateway4)
+            || (probe_address6.is_some() && probe_address6 == gateway6)
+        {
+            r.add(
+                format!("{p}.probe_address4"),
+                table_span.clone(),
+                "the probe address must not be the gateway's",
+            );
+        }
         // Members of one bond reach the same gateways through it (the route
         // goes via the bond whichever member is active).
         if let Some(b) = &bond {
@@ -1214,6 +1309,8 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
             gateway4,
             gateway6,
             bond,
+            probe_address4,
+            probe_address6,
         });
     }
 

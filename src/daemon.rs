@@ -215,7 +215,17 @@ pub async fn run(
     };
     let (bond_tx, mut bond_rx) = mpsc::unbounded_channel::<crate::bond::BondSample>();
     let (bond_set_tx, bond_set_rx) = mpsc::unbounded_channel::<(String, String)>();
-    let mut arp = crate::bond::ArpProber::new();
+    let mut members = crate::bond::MemberProber::new(
+        cfg.uplinks
+            .iter()
+            .filter(|u| u.bond.is_some())
+            .map(|u| crate::bond::MemberSpec {
+                interface: u.interface.clone(),
+                probe4: u.probe_address4,
+                probe6: u.probe_address6,
+            })
+            .collect(),
+    );
     let bond_io = |e: std::io::Error| DaemonError::Api {
         path: "bond netlink socket".into(),
         source: e,
@@ -232,8 +242,6 @@ pub async fn run(
         ))
     };
 
-    // Outcomes of probes run as tasks (the bond members' ARP/ND probes).
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let ifindexes: Ifindexes = Default::default();
     let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -313,9 +321,8 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(start + wake) => ticked = true,
-            Some((id, outcome)) = probe_rx.recv() => events_in.push(Event::ProbeDone { id, outcome }),
             Some(b) = bond_rx.recv() => {
-                arp.update(&b);
+                members.update(&b);
                 events_in.push(Event::Bond(b.status()));
             }
             Some(ev) = net_rx.recv() => {
@@ -454,6 +461,7 @@ pub async fn run(
                 old.poll(std::time::Instant::now(), &mut outcomes);
             }
             retired_probers.retain(|p| p.in_flight() > 0);
+            members.poll(std::time::Instant::now(), &mut outcomes);
             for (id, outcome) in outcomes.drain(..) {
                 events_in.push(Event::ProbeDone { id, outcome });
             }
@@ -472,8 +480,9 @@ pub async fn run(
                     Action::Probe(req) => {
                         metrics.probe_sent(&req);
                         let u = &cfg.uplinks[req.uplink];
-                        if u.bond.is_some() && req.kind == crate::core::ProbeKind::Gateway {
-                            arp.send(&u.interface, req, probe_tx.clone())
+                        if u.bond.is_some() {
+                            let gw = u.gateway(req.family);
+                            members.send(&u.interface, gw, req)
                         } else {
                             prober.send(std::time::Instant::now(), req)
                         }

@@ -66,6 +66,11 @@ struct FamilyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BondLabels {
+    bond: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkLabels {
     uplink: String,
 }
@@ -150,6 +155,7 @@ pub struct Metrics {
     events: Family<KindLabels, Counter>,
     active: Family<UplinkFamilyLabels, Gauge>,
     fail_static: Family<FamilyLabels, Gauge>,
+    bond_warnings: Family<BondLabels, Gauge>,
     since_switch: Family<FamilyLabels, GaugeF>,
     last_switch_ts: Family<FamilyLabels, GaugeF>,
     uplink_healthy: Family<UplinkFamilyLabels, Gauge>,
@@ -188,6 +194,7 @@ impl Metrics {
             events: Family::default(),
             active: Family::default(),
             fail_static: Family::default(),
+            bond_warnings: Family::default(),
             since_switch: Family::default(),
             last_switch_ts: Family::default(),
             uplink_healthy: Family::default(),
@@ -235,6 +242,11 @@ impl Metrics {
             "active",
             "1 for the uplink carrying the family's default route, 0 for the others",
             m.active.clone(),
+        );
+        reg.register(
+            "bond_warnings",
+            "Number of settings of a managed bond that weaken or fight the agent (not active-backup, no link monitoring, primary_reselect=always...; see status bonds[].warnings)",
+            m.bond_warnings.clone(),
         );
         reg.register(
             "fail_static",
@@ -503,6 +515,13 @@ impl Metrics {
 
     /// Refresh the gauges that describe the current state from a snapshot.
     pub fn update_from_status(&self, s: &Status) {
+        for b in &s.bonds {
+            self.bond_warnings
+                .get_or_create(&BondLabels {
+                    bond: b.name.clone(),
+                })
+                .set(b.warnings.len() as i64);
+        }
         for (fam, active, fs) in [
             ("ipv4", &s.active.ipv4, s.fail_static.ipv4),
             ("ipv6", &s.active.ipv6, s.fail_static.ipv6),

@@ -51,6 +51,8 @@ const KEYS: &[&str] = &[
     "uplink.gateway4",
     "uplink.gateway6",
     "uplink.bond",
+    "uplink.probe_address4",
+    "uplink.probe_address6",
     "transit.name",
     "transit.targets",
     "hooks.on_active_change",
@@ -268,6 +270,9 @@ fn key_list_matches_parser() {
             "uplink.gateway4" => r#""192.0.2.254""#,
             "uplink.gateway6" => r#""fe80::1""#,
             "uplink.bond" => r#""bond1""#,
+            // Only bond members have a probe address.
+            "uplink.probe_address4" => "\"192.0.2.77\"\nbond = \"bond1\"",
+            "uplink.probe_address6" => "\"2001:db8:1::77\"\nbond = \"bond1\"",
             "transit.name" => r#""t1""#,
             "transit.targets" => r#"["198.51.100.77"]"#,
             _ => sample(key),
@@ -756,4 +761,24 @@ fn load_reports_the_path_as_origin() {
             errs.errors[0].message
         )
     );
+}
+
+#[test]
+fn probe_addresses_only_on_bond_members_and_unique() {
+    let routed = format!(
+        "{}\n[[uplink]]\nname = \"third\"\ninterface = \"eth2\"\ngateway4 = \"192.0.2.9\"\nprobe_address4 = \"192.0.2.10\"\n",
+        minimal()
+    );
+    let errs = errors(&routed);
+    let e = error_for(&errs, "uplink[2].probe_address4");
+    assert!(e.message.contains("only bond members"), "{e}");
+    let members = format!(
+        "{}\n[[uplink]]\nname = \"m1\"\ninterface = \"eth2\"\nbond = \"bond0\"\ngateway4 = \"192.0.2.9\"\nprobe_address4 = \"192.0.2.10\"\n\n[[uplink]]\nname = \"m2\"\ninterface = \"eth3\"\nbond = \"bond0\"\ngateway4 = \"192.0.2.9\"\nprobe_address4 = \"192.0.2.10\"\nprobe_address6 = \"2001:db8::10\"\n",
+        minimal()
+    );
+    let errs = errors(&members);
+    let e = error_for(&errs, "uplink[3].probe_address4");
+    assert!(e.message.contains("own probe address"), "{e}");
+    let e = error_for(&errs, "uplink[3].probe_address6");
+    assert!(e.message.contains("gateway of its family"), "{e}");
 }

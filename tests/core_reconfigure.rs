@@ -23,6 +23,8 @@ fn uplink(name: &str, ifname: &str, n: u8) -> UplinkConfig {
         gateway4: Some(format!("198.18.{n}.1").parse().unwrap()),
         gateway6: Some(format!("2001:db8:{n}::1").parse().unwrap()),
         bond: None,
+        probe_address4: None,
+        probe_address6: None,
     }
 }
 
@@ -478,6 +480,21 @@ fn restart_only_change_is_refused_and_nothing_applied() {
     cfg.policy.failback_after = s(1);
     let err = sim.core.reconfigure(sim.now, cfg).unwrap_err();
     assert!(err.contains("agent.route_metric"), "{err}");
+    assert_eq!(sim.core.config(), &config());
+    assert_eq!(sim.status(), before);
+}
+
+/// The bond members' prober is built at start: making an uplink a bond
+/// member (or changing a member's gateways or probe addresses) needs a
+/// restart, says so, and applies nothing.
+#[test]
+fn bond_membership_change_is_refused() {
+    let mut sim = Sim::settled();
+    let before = sim.status();
+    let mut cfg = config();
+    cfg.uplinks[1].bond = Some("bond0".into());
+    let err = sim.core.reconfigure(sim.now, cfg.clone()).unwrap_err();
+    assert!(err.contains("uplink[].bond"), "{err}");
     assert_eq!(sim.core.config(), &config());
     assert_eq!(sim.status(), before);
 }

@@ -34,6 +34,8 @@ fn config() -> Config {
                 gateway4: Some("198.18.1.1".parse().unwrap()),
                 gateway6: Some("2001:db8:1::1".parse().unwrap()),
                 bond: None,
+                probe_address4: None,
+                probe_address6: None,
             },
             UplinkConfig {
                 name: "secondary".into(),
@@ -41,6 +43,8 @@ fn config() -> Config {
                 gateway4: Some("198.18.2.1".parse().unwrap()),
                 gateway6: Some("2001:db8:2::1".parse().unwrap()),
                 bond: None,
+                probe_address4: None,
+                probe_address6: None,
             },
         ],
         transits: (1..=4)

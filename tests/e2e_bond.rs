@@ -20,17 +20,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use uplinkd::lab::bond::{BondLab, MEMBERS};
+use uplinkd::lab::bond::{BondLab, Shape, MEMBERS};
 use uplinkd::lab::{LabChild, StreamSpec};
 use uplinkd::status::Status;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uplinkd");
 const S: fn(u64) -> Duration = Duration::from_secs;
-/// The stream rate in the VM: software emulation cannot keep 10,000/s
-/// paced; 1,000/s still resolves an outage to 1 ms.
-const RATE: u32 = 1000;
+/// The stream rate in the VM: software emulation on a shared host cannot
+/// keep 10,000/s paced (nor, at times, 1,000/s); 500/s resolves an outage
+/// to 2 ms, well below the VM's figures.
+const RATE: u32 = 500;
 /// failback_after used by the scenarios (the default 30 s is tested natively).
 const FAILBACK: &str = "[policy]\nfailback_after = \"5s\"\n";
+/// Gateway probe timings for the VM: software emulation on a shared host
+/// stalls the guest's CPUs for tens of milliseconds at times, so the
+/// defaults (10 ms timeout, dead after 60 ms) would see replies late that a
+/// real machine gets in well under a millisecond. The behaviour asserted is
+/// the same; the figures are the VM's (see bench/bond-vm.md).
+const VM_PROBE: &str = "[probe]\ngateway_interval = \"40ms\"\ngateway_fast_interval = \"10ms\"\ngateway_timeout = \"80ms\"\ngateway_dead_after = \"250ms\"\n";
+/// Which scenarios the wrapper runs in the VM (a test-name filter), e.g.
+/// `UPLINKD_BOND_SCENARIOS=scenario_member_removed cargo test --test e2e_bond`.
+const FILTER_VAR: &str = "UPLINKD_BOND_SCENARIOS";
 
 fn in_vm() -> bool {
     std::env::var("UPLINKD_IN_VM").as_deref() == Ok("1")
@@ -48,11 +58,19 @@ fn vm_tier_runs_bond_scenarios() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = repo.join("tests/vm/run.sh");
     let me = std::env::current_exe().expect("test binary path");
+    // The daemon runs optimised in the VM: software emulation is 10-50
+    // times slower than the host, and an unoptimised agent (plus the probe
+    // load of two members and two families) can starve there for seconds,
+    // which tests nothing but the emulator. Same sources, same code paths;
+    // built without LTO into its own target dir to keep the build short.
+    let vm_bin = build_release_daemon(repo);
+    let filter = std::env::var(FILTER_VAR).unwrap_or_else(|_| "scenario_".into());
     let t0 = Instant::now();
     let mut child = Command::new(&script)
         .arg(&me)
-        .args(["--ignored", "--test-threads=1", "--nocapture", "scenario_"])
+        .args(["--ignored", "--test-threads=1", "--nocapture", &filter])
         .current_dir(repo)
+        .env(BIN_VAR, &vm_bin)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,11 +119,37 @@ fn vm_tier_runs_bond_scenarios() {
         }
         other => panic!("bond scenarios failed in the VM (status {other:?}); see the output above"),
     }
+    let expected = if filter == "scenario_" { 10 } else { 1 };
     assert!(
-        results.len() >= 6,
+        results.len() >= expected,
         "expected a BOND-RESULT from every scenario, got {}",
         results.len()
     );
+}
+
+/// Where the VM-side scenarios find the daemon (else the debug build).
+const BIN_VAR: &str = "UPLINKD_BOND_DAEMON";
+
+fn build_release_daemon(repo: &Path) -> PathBuf {
+    let target = repo.join("target/vm-build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args(["build", "--release", "--bin", "uplinkd", "--target-dir"])
+        .arg(&target)
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "false")
+        .current_dir(repo)
+        .status()
+        .expect("run cargo build");
+    assert!(ok.success(), "cargo build --release --bin uplinkd failed");
+    let bin = target.join("release/uplinkd");
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+fn daemon_bin() -> String {
+    std::env::var(BIN_VAR).unwrap_or_else(|_| BIN.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -130,14 +174,17 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(lab: &BondLab, extra: &str) -> Agent {
-        let config = lab.write_config(extra).expect("config");
+    fn start(lab: &BondLab, extra: &str, probe_addresses: bool) -> Agent {
+        let extra = format!("{extra}\n{VM_PROBE}");
+        let config = lab
+            .write_config_with(&extra, probe_addresses)
+            .expect("config");
         let text = std::fs::read_to_string(&config).unwrap();
         let cfg = uplinkd::config::Config::parse(&text, "bond lab").expect("valid config");
         let log = lab.dir().join("uplinkd.log");
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.server_ns(), BIN, "--config"])
+            .args(["netns", "exec", &lab.server_ns(), &daemon_bin(), "--config"])
             .arg(&config)
             .env("UPLINKD_LOG", "info")
             .stdin(Stdio::null())
@@ -150,13 +197,13 @@ impl Agent {
             socket: cfg.agent.socket.clone(),
             log,
         };
-        a.wait_for("status socket", S(20), |_| true);
+        a.wait_for("status socket", S(60), |_| true);
         a
     }
 
     fn status(&self) -> Result<Status, String> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(S(5))).unwrap();
+        s.set_read_timeout(Some(S(15))).unwrap();
         s.write_all(b"{\"request\":\"status\"}\n")
             .map_err(|e| e.to_string())?;
         let mut line = String::new();
@@ -164,6 +211,21 @@ impl Agent {
             .read_line(&mut line)
             .map_err(|e| e.to_string())?;
         serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+    }
+
+    fn request(&self, what: &str) -> String {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.set_read_timeout(Some(S(10))).unwrap();
+        s.write_all(format!("{{\"request\":\"{what}\"}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v.get("metrics")
+            .or_else(|| v.get("text"))
+            .and_then(|m| m.as_str())
+            .map(String::from)
+            .unwrap_or(line)
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
@@ -176,7 +238,7 @@ impl Agent {
                     return s.clone();
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
             "timed out after {timeout:?} waiting for {what}; last: {last:#?}\nlog:\n{}",
@@ -186,6 +248,43 @@ impl Agent {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's events since the last break, as "+ms kind detail" (printed
+    /// with the figures: what the agent saw and did, and when).
+    fn timeline(&self) -> String {
+        let Some(t0) = BROKE_AT.with(|b| b.get()) else {
+            return String::new();
+        };
+        self.events()
+            .iter()
+            .filter_map(|e| {
+                let t = humantime::parse_rfc3339(e["time"].as_str()?).ok()?;
+                let d = t.duration_since(t0).ok()?;
+                let kind = e["kind"].as_str().unwrap_or("?");
+                let detail = match kind {
+                    "bond" => format!(
+                        "{} -> {} by {} ({})",
+                        e["from"], e["to"], e["by"], e["cause"]
+                    ),
+                    "active_changed" => format!(
+                        "{} {} -> {} ({})",
+                        e["family"], e["from"], e["to"], e["reason"]
+                    ),
+                    "carrier" => format!("{} up={}", e["uplink"], e["up"]),
+                    "gateway" => format!(
+                        "{} {} reachable={}",
+                        e["uplink"], e["family"], e["reachable"]
+                    ),
+                    "transit" => format!("{} reachable={}", e["uplink"], e["reachable"]),
+                    "uplink_health" => format!("{} {} {}", e["uplink"], e["family"], e["state"]),
+                    _ => String::new(),
+                };
+                Some(format!("    +{:>6} ms {kind} {detail}", d.as_millis()))
+            })
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn events(&self) -> Vec<serde_json::Value> {
@@ -210,17 +309,21 @@ impl Drop for Agent {
 
 /// Lab + agent settled with member-a (eth0) active.
 fn settled(miimon: u32, extra: &str) -> (BondLab, Agent) {
+    settled_with(Shape::Switched, miimon, extra, false)
+}
+
+fn settled_with(shape: Shape, miimon: u32, extra: &str, probe_addresses: bool) -> (BondLab, Agent) {
     modprobe();
-    let lab = BondLab::build(miimon).expect("bond lab");
-    let a = Agent::start(&lab, extra);
-    a.wait_for("first decision on member-a", S(20), |s| {
+    let lab = BondLab::build_shape(miimon, shape).expect("bond lab");
+    let a = Agent::start(&lab, extra, probe_addresses);
+    a.wait_for("first decision on member-a", S(60), |s| {
         s.decided && s.active.ipv4.as_deref() == Some("member-a")
     });
-    assert!(lab.wait("eth0 active in the driver", S(5), || lab
+    assert!(lab.wait("eth0 active in the driver", S(15), || lab
         .active_member()
         .is_ok_and(|m| m == MEMBERS[0])));
     // Both members proven healthy, the backup included.
-    a.wait_for("both members healthy", S(10), |s| {
+    a.wait_for("both members healthy", S(30), |s| {
         s.uplinks
             .iter()
             .all(|u| u.state == uplinkd::status::UplinkState::Healthy)
@@ -240,6 +343,11 @@ fn driver_on(lab: &BondLab, m: usize, timeout: Duration) {
     );
 }
 
+thread_local! {
+    /// When the last `measure` broke something (for `Agent::timeline`).
+    static BROKE_AT: std::cell::Cell<Option<std::time::SystemTime>> = const { std::cell::Cell::new(None) };
+}
+
 /// Runs `break_it` with the stream on, waits for `done`, reports the outage.
 fn measure(lab: &BondLab, name: &str, break_it: impl FnOnce(), done: impl FnOnce()) -> Duration {
     let spec = StreamSpec {
@@ -249,19 +357,30 @@ fn measure(lab: &BondLab, name: &str, break_it: impl FnOnce(), done: impl FnOnce
     };
     let stream = lab.stream(&spec).expect("stream");
     std::thread::sleep(Duration::from_millis(500));
+    let broke_at = std::time::SystemTime::now();
+    BROKE_AT.with(|b| b.set(Some(broke_at)));
     break_it();
     done();
     std::thread::sleep(S(1));
     let r = stream.stop();
+    // The outage is the longest gap that is not only the sender being
+    // descheduled (frequent in the VM: see StreamReport::network_gaps).
+    let net = r
+        .network_gaps()
+        .iter()
+        .map(|&(_, n)| r.interval * n as u32)
+        .max()
+        .unwrap_or_default();
     println!(
-        "BOND-RESULT {name}: outage {:.1} ms (longest gap), lost {} of {} at {}/s, network gaps {:?}",
+        "BOND-RESULT {name}: outage {:.0} ms (longest network gap; {} network gaps), longest gap incl. sender stalls {:.0} ms, {} of {} lost at {}/s",
+        net.as_secs_f64() * 1000.0,
+        r.network_gaps().len(),
         r.longest_gap.as_secs_f64() * 1000.0,
         r.lost(),
         r.sent,
         RATE,
-        r.network_gaps().len()
     );
-    r.longest_gap
+    net
 }
 
 // ---------------------------------------------------------------------------
@@ -276,9 +395,10 @@ fn scenario_carrier_loss_on_active_member() {
         &lab,
         "carrier loss on the active member",
         || lab.carrier(0, false).unwrap(),
-        || driver_on(&lab, 1, S(5)),
+        || driver_on(&lab, 1, S(15)),
     );
-    let s = a.wait_for("member-b chosen", S(5), |s| {
+    println!("{}", a.timeline());
+    let s = a.wait_for("member-b chosen", S(15), |s| {
         s.active.ipv4.as_deref() == Some("member-b")
     });
     assert!(!s.uplinks[0].carrier);
@@ -295,9 +415,10 @@ fn scenario_gateway_unreachable_through_active_member() {
         &lab,
         "gateway unreachable through the active member (carrier up)",
         || lab.isl(false).unwrap(),
-        || driver_on(&lab, 1, S(5)),
+        || driver_on(&lab, 1, S(15)),
     );
-    let s = a.wait_for("member-b chosen", S(5), |s| {
+    println!("{}", a.timeline());
+    let s = a.wait_for("member-b chosen", S(15), |s| {
         s.active.ipv4.as_deref() == Some("member-b")
     });
     assert!(s.uplinks[0].carrier, "carrier stayed up");
@@ -316,8 +437,8 @@ fn scenario_gateway_unreachable_through_active_member() {
 fn scenario_failback_after_recovery() {
     let (lab, a) = settled(100, FAILBACK);
     lab.isl(false).unwrap();
-    driver_on(&lab, 1, S(5));
-    a.wait_for("on member-b", S(5), |s| {
+    driver_on(&lab, 1, S(15));
+    a.wait_for("on member-b", S(15), |s| {
         s.active.ipv4.as_deref() == Some("member-b")
     });
     let back = Instant::now();
@@ -333,9 +454,10 @@ fn scenario_failback_after_recovery() {
                 MEMBERS[1],
                 "no early failback"
             );
-            driver_on(&lab, 0, S(10));
+            driver_on(&lab, 0, S(30));
         },
     );
+    println!("{}", a.timeline());
     assert!(
         back.elapsed() >= S(5),
         "failback after {:?}",
@@ -362,8 +484,9 @@ fn scenario_bond_without_miimon_is_warned_and_still_fails_over() {
         &lab,
         "carrier loss, bond without miimon",
         || lab.carrier(0, false).unwrap(),
-        || driver_on(&lab, 1, S(5)),
+        || driver_on(&lab, 1, S(15)),
     );
+    println!("{}", a.timeline());
     assert!(a
         .events()
         .iter()
@@ -373,14 +496,22 @@ fn scenario_bond_without_miimon_is_warned_and_still_fails_over() {
 #[test]
 #[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
 fn scenario_member_removed_and_added_back() {
-    let (lab, a) = settled(100, FAILBACK);
+    // Removing and re-adding a member takes its link down and up (and the
+    // VM may see the membership change late): up to three failures in a
+    // few seconds, which damping would hold down (tested in the core
+    // scenarios). This scenario is about membership: damping off.
+    let (lab, a) = settled(
+        100,
+        &format!("{FAILBACK}\n[policy.damping]\nthreshold = 100\n"),
+    );
     measure(
         &lab,
         "active member removed from the bond",
         || lab.enslave(0, false).unwrap(),
-        || driver_on(&lab, 1, S(5)),
+        || driver_on(&lab, 1, S(15)),
     );
-    let s = a.wait_for("member-a not in bond", S(5), |s| {
+    println!("{}", a.timeline());
+    let s = a.wait_for("member-a not in bond", S(15), |s| {
         s.uplinks[0]
             .reasons
             .iter()
@@ -391,9 +522,10 @@ fn scenario_member_removed_and_added_back() {
         &lab,
         "member added back (failback)",
         || lab.enslave(0, true).unwrap(),
-        || driver_on(&lab, 0, S(20)),
+        || driver_on(&lab, 0, S(30)),
     );
-    a.wait_for("member-a chosen again", S(5), |s| {
+    println!("{}", a.timeline());
+    a.wait_for("member-a chosen again", S(15), |s| {
         s.active.ipv4.as_deref() == Some("member-a")
     });
 }
@@ -413,6 +545,21 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
         .is_ok_and(|r| r.is_ok_and(|rtt| rtt.is_some()))
     });
     assert!(pinged, "server reaches its gateway");
+    let gw6: std::net::IpAddr = uplinkd::lab::bond::GATEWAY6.parse().unwrap();
+    let pinged6 = (0..3).any(|_| {
+        uplinkd::lab::netns::in_netns(&lab.server_ns(), || {
+            uplinkd::lab::ping::ping_here(gw6, &uplinkd::lab::PingOpts::timeout(S(1)))
+        })
+        .is_ok_and(|r| r.is_ok_and(|rtt| rtt.is_some()))
+    });
+    assert!(pinged6, "server reaches its IPv6 gateway");
+    let neigh6_before = lab
+        .gateway_neigh_of(uplinkd::lab::bond::SERVER6)
+        .unwrap_or_default();
+    assert!(
+        neigh6_before.to_lowercase().contains(&mac),
+        "gateway learned the bond's MAC for the server's IPv6 address: {neigh6_before}"
+    );
     let neigh_before = lab.gateway_neigh().unwrap_or_default();
     assert!(
         neigh_before.to_lowercase().contains(&mac),
@@ -420,7 +567,9 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
     );
     let t0 = Instant::now();
     let mut checks = 0;
-    while t0.elapsed() < S(5) {
+    // At least 5 s and 5 rounds (one round of `bridge`/`ip` commands can
+    // take a second in the VM), at most 60 s.
+    while (t0.elapsed() < S(5) || checks < 5) && t0.elapsed() < S(60) {
         // swb's own port p0 leads to the backup member eth1: the bond's
         // MAC must only ever be learned on swb's inter-switch link.
         let b = lab.fdb_ports("swb", &mac).unwrap();
@@ -438,6 +587,13 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
             n.to_lowercase().contains(&mac),
             "gateway's entry for the server changed: {n}"
         );
+        let n6 = lab
+            .gateway_neigh_of(uplinkd::lab::bond::SERVER6)
+            .unwrap_or_default();
+        assert!(
+            n6.to_lowercase().contains(&mac),
+            "gateway's IPv6 entry for the server changed: {n6}"
+        );
         checks += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -450,7 +606,310 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
     );
     let m = s.uplinks[1].bond.as_ref().expect("member status");
     assert!(m.checks.iter().any(|c| c.check == "gateway4" && c.probed));
+    assert!(m.checks.iter().any(|c| c.check == "gateway6" && c.probed));
+    let gw6s = s.uplinks[1].gateway.ipv6.as_ref().unwrap();
+    assert_eq!(
+        gw6s.reachable,
+        Some(true),
+        "the backup's IPv6 gateway was proven through it (NS)"
+    );
     println!(
-        "BOND-RESULT backup probing: {checks} checks over 5 s, bond MAC never on the backup path, gateway neighbour entry unchanged ({neigh_before:?})"
+        "BOND-RESULT backup probing: {checks} checks over {:.1} s, bond MAC never on the backup path, gateway neighbour entries (v4, v6) unchanged ({neigh_before:?}, {neigh6_before:?})",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_upstream_dead_behind_active_member() {
+    let (lab, a) = settled_with(Shape::Anycast, 100, FAILBACK, true);
+    // The transit is proven through each member, the backup included.
+    let s = a.wait_for("transit reachable through both members", S(60), |s| {
+        s.uplinks.iter().all(|u| {
+            u.transits
+                .iter()
+                .any(|t| t.family == "ipv4" && t.reachable == Some(true))
+        })
+    });
+    for u in &s.uplinks {
+        let m = u.bond.as_ref().expect("member status");
+        let c = m.checks.iter().find(|c| c.check == "transits4").unwrap();
+        assert!(c.probed, "{}: {c:?}", u.name);
+    }
+    // Settled on member-a (a slow start may have failed over and back).
+    a.wait_for("member-a active, all healthy", S(60), |s| {
+        s.active.ipv4.as_deref() == Some("member-a")
+            && s.uplinks
+                .iter()
+                .all(|u| u.state == uplinkd::status::UplinkState::Healthy)
+    });
+    driver_on(&lab, 0, S(15));
+    measure(
+        &lab,
+        "upstream dead behind the active member (gateway still answers)",
+        || lab.upstream(0, false).unwrap(),
+        || driver_on(&lab, 1, S(15)),
+    );
+    println!("{}", a.timeline());
+    let s = a.wait_for("member-b chosen", S(15), |s| {
+        s.active.ipv4.as_deref() == Some("member-b")
+    });
+    assert!(s.uplinks[0].carrier, "carrier stayed up");
+    assert_eq!(
+        s.uplinks[0].gateway.ipv4.as_ref().and_then(|g| g.reachable),
+        Some(true),
+        "the gateway behind member-a still answers"
+    );
+    assert!(
+        s.uplinks[0]
+            .reasons
+            .iter()
+            .any(|r| matches!(r, uplinkd::status::Reason::Quorum { .. })),
+        "member-a fails the transit quorum: {:?}",
+        s.uplinks[0].reasons
+    );
+    assert!(a.events().iter().any(|e| e["kind"] == "bond"
+        && e["by"] == "agent"
+        && e["to"] == "eth1"
+        && e["cause"] == "quorum"));
+    // Upstream back: failback after failback_after.
+    lab.upstream(0, true).unwrap();
+    driver_on(&lab, 0, S(30));
+}
+
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_primary_reselect_always_is_warned() {
+    let (lab, a) = settled(100, "");
+    lab.ip(
+        "srv",
+        "link set bond0 type bond primary eth1 primary_reselect always",
+    )
+    .unwrap();
+    // The driver takes eth1 (its primary) and the agent, whose choice
+    // eth0 still is and still healthy, puts it back: warned, logged, metric.
+    let s = a.wait_for("primary_reselect warning", S(30), |s| {
+        s.bonds[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("primary_reselect=always"))
+    });
+    assert_eq!(s.bonds[0].primary.as_deref(), Some("eth1"));
+    assert!(a.log_text().contains("primary_reselect=always"), "logged");
+    let metrics = a.request("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("uplinkd_bond_warnings{")
+                && l.contains("bond0")
+                && !l.trim_end().ends_with(" 0")),
+        "metric: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("bond_warnings"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(a
+        .events()
+        .iter()
+        .any(|e| e["kind"] == "bond" && e["by"] == "driver" && e["to"] == "eth1"));
+    driver_on(&lab, 0, S(30));
+    println!("BOND-RESULT primary_reselect=always: warned (status, log, metric), the driver's move to eth1 reported and undone by the agent");
+}
+
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_mixed_server_bond_then_routed_uplink() {
+    // Bond members first in preference, a routed uplink after them.
+    let (lab, a) = settled_with(Shape::Mixed, 100, FAILBACK, false);
+    measure(
+        &lab,
+        "mixed server: the gateway behind the whole bond dies, route to the routed uplink",
+        || {
+            lab.ip("swb", "link set pg down").unwrap();
+        },
+        || {
+            a.wait_for("IPv4 on the routed uplink", S(15), |s| {
+                s.active.ipv4.as_deref() == Some("routed")
+            });
+        },
+    );
+    println!("{}", a.timeline());
+    let s = a.status().unwrap();
+    for u in &s.uplinks[..2] {
+        assert!(u.carrier, "{}: carrier stayed up", u.name);
+        assert!(
+            u.reasons
+                .iter()
+                .any(|r| matches!(r, uplinkd::status::Reason::Gateway { .. })),
+            "{}: {:?}",
+            u.name,
+            u.reasons
+        );
+    }
+    let route = lab.ip("srv", "-4 route show default").unwrap();
+    assert!(
+        route.contains(uplinkd::lab::bond::ROUTED_GATEWAY),
+        "default route via the routed uplink: {route}"
+    );
+    // Back to the bond (its preferred member) after failback_after.
+    measure(
+        &lab,
+        "mixed server: back from the routed uplink to the bond (failback)",
+        || {
+            lab.ip("swb", "link set pg up").unwrap();
+        },
+        || {
+            a.wait_for("IPv4 back on member-a", S(30), |s| {
+                s.active.ipv4.as_deref() == Some("member-a")
+            });
+        },
+    );
+    println!("{}", a.timeline());
+    driver_on(&lab, 0, S(15));
+    let route = lab.ip("srv", "-4 route show default").unwrap();
+    assert!(
+        route.contains("bond0"),
+        "default route via the bond: {route}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Native (no bonding module needed): the member prober's packets
+// ---------------------------------------------------------------------------
+
+/// The member prober's four checks against a real Linux gateway, over a
+/// plain veth (the packets are what a member sends, active or backup): the
+/// ARP probe and the neighbour solicitation get their answers, and echoes
+/// from the dedicated probe addresses reach the transit targets and come
+/// back (the gateway resolves each probe address to the probe MAC, which
+/// the prober answers for). The gateway never learns anything for the
+/// server's own address.
+#[test]
+fn native_member_prober_gateway_and_transit_probes() {
+    use std::net::IpAddr;
+    use uplinkd::bond::{BondSample, MemberProber, MemberSpec};
+    use uplinkd::config::Family;
+    use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
+
+    if in_vm() {
+        return;
+    }
+    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
+    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let p4: std::net::Ipv4Addr = uplinkd::lab::bond::PROBE_ADDRESSES[0].parse().unwrap();
+    let p6: std::net::Ipv6Addr = PROBE_ADDRESS6.parse().unwrap();
+    let gw4: IpAddr = uplinkd::lab::bond::GATEWAY.parse().unwrap();
+    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    let outcomes = uplinkd::lab::netns::in_netns(&lab.server_ns(), || {
+        let mut m = MemberProber::new(vec![MemberSpec {
+            interface: "eth0".into(),
+            probe4: Some(p4),
+            probe6: Some(p6),
+        }]);
+        // As if eth0 were a backup member of a bond with another MAC.
+        m.update(&BondSample {
+            bond: "bond0".into(),
+            present: true,
+            perm_mac: vec![("eth0".into(), perm)],
+            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
+            ..Default::default()
+        });
+        let mut next = 1u64;
+        let mut run = |m: &mut MemberProber, kind, target: IpAddr, gw: IpAddr, tries: u32| {
+            let family = if target.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            // One try: a transit echo sent before the gateway's MAC is
+            // known waits for it, and the gateway resolves the probe
+            // address (answered by the prober) before replying.
+            let mut last = None;
+            for _ in 0..tries {
+                next += 1;
+                let id = ProbeId(next);
+                m.send(
+                    "eth0",
+                    Some(gw),
+                    ProbeRequest {
+                        id,
+                        uplink: 0,
+                        family,
+                        kind,
+                        target,
+                        timeout: Duration::from_millis(500),
+                    },
+                );
+                let t0 = Instant::now();
+                let mut out = Vec::new();
+                while t0.elapsed() < S(2) {
+                    std::thread::sleep(Duration::from_millis(4));
+                    m.poll(Instant::now(), &mut out);
+                    if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
+                        last = Some(o.clone());
+                        break;
+                    }
+                }
+                if matches!(last, Some(ProbeOutcome::Reply { .. })) {
+                    break;
+                }
+            }
+            last
+        };
+        // Transits first, before any gateway probe taught the MACs.
+        let echo4 = run(
+            &mut m,
+            ProbeKind::Transit(0),
+            TRANSIT.parse().unwrap(),
+            gw4,
+            1,
+        );
+        let echo6 = run(
+            &mut m,
+            ProbeKind::Transit(0),
+            TRANSIT6.parse().unwrap(),
+            gw6,
+            1,
+        );
+        vec![
+            ("echo4", echo4),
+            ("echo6", echo6),
+            ("arp", run(&mut m, ProbeKind::Gateway, gw4, gw4, 1)),
+            ("ns", run(&mut m, ProbeKind::Gateway, gw6, gw6, 1)),
+        ]
+    })
+    .unwrap();
+    for (what, o) in &outcomes {
+        assert!(
+            matches!(o, Some(ProbeOutcome::Reply { .. })),
+            "{what}: {o:?} (all: {outcomes:?})"
+        );
+    }
+    // The gateway learned the probe addresses at the permanent MAC, and
+    // nothing for the server's address.
+    let mac = perm
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let n4 = lab
+        .gateway_neigh_of(uplinkd::lab::bond::PROBE_ADDRESSES[0])
+        .unwrap();
+    assert!(
+        n4.contains(&mac),
+        "gateway's entry for the probe address: {n4:?}"
+    );
+    let n6 = lab.gateway_neigh_of(PROBE_ADDRESS6).unwrap();
+    assert!(
+        n6.contains(&mac),
+        "gateway's entry for the v6 probe address: {n6:?}"
+    );
+    assert_eq!(
+        lab.gateway_neigh().unwrap(),
+        "",
+        "nothing for the server's address"
     );
 }

@@ -2,6 +2,7 @@
 //! selection. Pure: time comes in as `now`, effects go out as `Action`s.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::target::Target;
@@ -100,9 +101,13 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         // interval / targets, not within a whole interval.
         let n: usize = cfg.transits.iter().map(|t| t.targets_of(f).count()).sum();
         let mut k = 0u32;
-        // Transits cannot be probed through a bond member (the
-        // kernel drops what a backup member receives): none.
-        let member = u.bond.is_some();
+        // Transits are probed through a bond member only from
+        // its dedicated probe address (see src/bond.rs).
+        let member = u.bond.is_some()
+            && match f {
+                Family::V4 => u.probe_address4.is_none(),
+                Family::V6 => u.probe_address6.is_none(),
+            };
         u.gateway(f).map(|gw| UplinkFamily {
             gateway: Target::new(gw, now),
             transits: cfg
@@ -453,7 +458,7 @@ impl Core {
 
     fn on_carrier(
         &mut self,
-        _now: Now,
+        now: Now,
         uplink: UplinkId,
         up: bool,
         present: bool,
@@ -463,6 +468,15 @@ impl Core {
         let up = up && present;
         let u = &mut self.uplinks[uplink];
         u.present = present;
+        if up && u.carrier == Some(false) {
+            // Back from a carrier loss: the gateway answers again before the
+            // uplink is used, and the probes lost while the link was down
+            // do not fail it afterwards (one carrier flap is one failure,
+            // not two, for damping).
+            for f in u.fams.iter_mut().flatten() {
+                f.gateway.restart(now);
+            }
+        }
         if u.carrier != Some(up) {
             u.carrier = Some(up);
             out.push(Action::Report(Change::Carrier {
@@ -1250,18 +1264,42 @@ impl Core {
                 ),
             });
         }
-        if c.gateway6.is_some() {
+        if let Some(gw) = c.gateway6 {
             checks.push(MemberCheck {
                 check: "gateway6".into(),
-                probed: false,
-                how: "not probed per member (neighbour solicitation through a member is not implemented)".into(),
+                probed: true,
+                how: format!(
+                    "neighbour solicitation for {gw} sent on {} (packet socket) from the link-local address of the member's probe MAC, never the server's: proves this member's own path to the gateway, active or backup; the gateway learns only that link-local address",
+                    c.interface
+                ),
             });
         }
-        checks.push(MemberCheck {
-            check: "transits".into(),
-            probed: false,
-            how: "not probed per member: the kernel drops what a backup member receives, so a far target cannot be proven through it; the transit quorum does not apply to bond members".into(),
-        });
+        for (check, fam, addr) in [
+            ("transits4", Family::V4, c.probe_address4.map(IpAddr::V4)),
+            ("transits6", Family::V6, c.probe_address6.map(IpAddr::V6)),
+        ] {
+            if c.gateway(fam).is_none() {
+                continue;
+            }
+            checks.push(match addr {
+                Some(a) => MemberCheck {
+                    check: check.into(),
+                    probed: true,
+                    how: format!(
+                        "echo to each transit target sent on {} from the dedicated probe address {a} with the member's probe MAC, to the gateway's MAC as resolved on this member; the gateway resolves {a} to that MAC (the agent answers for it): proves the gateway behind this member and its upstream, active or backup; the transit quorum applies",
+                        c.interface
+                    ),
+                },
+                None => MemberCheck {
+                    check: check.into(),
+                    probed: false,
+                    how: format!(
+                        "not probed through this member (no probe_address{}): the kernel drops ordinary traffic a backup member receives, and the server's own address would move the gateway's neighbour entry; the transit quorum does not apply",
+                        fam.name().trim_start_matches("ipv")
+                    ),
+                },
+            });
+        }
         Some(BondMemberStatus {
             enslaved: self.uplinks[i].enslaved.unwrap_or(false),
             bond,

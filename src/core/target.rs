@@ -102,6 +102,24 @@ impl Target {
         self.misses_since_reply += 1;
     }
 
+    /// Judge afresh from `now` (e.g. the carrier came back): a reachable
+    /// verdict from before is forgotten (one reply restores it), and the
+    /// probes sent before `now`, lost while the link was down, count
+    /// neither as misses nor as replies.
+    pub fn restart(&mut self, now: Now) {
+        if self.verdict == Some(true) {
+            self.verdict = None;
+            self.verdict_since = Some(now);
+        }
+        self.consecutive_ok = 0;
+        self.consecutive_miss = 0;
+        self.misses_since_reply = 0;
+        self.last_reply = None;
+        self.first_sent = None;
+        self.last_replied_sent = Some(now);
+        self.next_at = now;
+    }
+
     pub fn set_verdict(&mut self, now: Now, reachable: bool) -> bool {
         if self.verdict == Some(reachable) {
             return false;

@@ -9,6 +9,18 @@
 //! eth0 (the preferred member) reaches the gateway through both switches,
 //! so breaking the inter-switch link (`isl_down`) makes the gateway
 //! unreachable through eth0 with its carrier up; eth1 reaches it directly.
+//!
+//! The [`Shape::Anycast`] variant gives each member its own switch and its
+//! own gateway router (one anycast gateway: the same address and MAC on
+//! both, as on a pair of top-of-rack switches), each with its own upstream
+//! to a core that holds the transit target and the sink:
+//! ```text
+//!  eth0 ---- p0 [swa: br0] pr ---- lan [ra] wan ---- ua [core] 198.19.0.1 (transit), sink
+//!  eth1 ---- p0 [swb: br0] pr ---- lan [rb] wan ---- ub [core]
+//! ```
+//! `upstream(false)` cuts ra from the core: the gateway still answers
+//! through eth0, but nothing behind it is reachable.
+//!
 //! Needs the bonding module (the VM tier). Same safety rules as the main
 //! lab: namespaces only, 198.18.0.0/15 only; dropping the lab deletes them.
 
@@ -23,8 +35,41 @@ pub const MEMBERS: [&str; 2] = ["eth0", "eth1"];
 pub const BOND: &str = "bond0";
 pub const GATEWAY: &str = "198.18.1.1";
 pub const SERVER: &str = "198.18.1.2";
+/// The members' dedicated probe addresses (never configured on the server).
+pub const PROBE_ADDRESSES: [&str; 2] = ["198.18.1.10", "198.18.1.11"];
+/// The transit target behind the gateway(s).
+pub const TRANSIT: &str = "198.19.0.1";
+/// The anycast gateway's MAC (both routers of [`Shape::Anycast`]).
+pub const ANYCAST_MAC: &str = "02:00:5e:00:01:01";
+
+/// The lab's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Two bridged switches, one gateway behind the second (see the module docs).
+    Switched,
+    /// One switch and one gateway router per member, an anycast gateway.
+    Anycast,
+    /// Switched, plus a routed uplink: the server's eth2 to its own gateway
+    /// router (198.18.2.1), which reaches the gateway's transit and sink
+    /// over a link of its own. A mixed server: bond members and a routed
+    /// uplink in one config.
+    Mixed,
+    /// No bond (needs no bonding module): the server's eth0 straight to the
+    /// gateway, which holds the transit targets, v4 and v6. For testing the
+    /// member prober's packets natively.
+    Plain,
+}
+
+pub const GATEWAY6: &str = "2001:db8:1::1";
+/// Shape::Mixed: the routed uplink's gateway and the server's address on it.
+pub const ROUTED_GATEWAY: &str = "198.18.2.1";
+pub const ROUTED_SERVER: &str = "198.18.2.2";
+pub const SERVER6: &str = "2001:db8:1::2";
+pub const PROBE_ADDRESS6: &str = "2001:db8:1::10";
+pub const TRANSIT6: &str = "2001:db8:ff::1";
 
 pub struct BondLab {
+    shape: Shape,
     prefix: String,
     dir: PathBuf,
     namespaces: Vec<String>,
@@ -33,6 +78,10 @@ pub struct BondLab {
 impl BondLab {
     /// Build it; `miimon` in ms (0 = no link monitoring).
     pub fn build(miimon: u32) -> Result<BondLab> {
+        Self::build_shape(miimon, Shape::Switched)
+    }
+
+    pub fn build_shape(miimon: u32, shape: Shape) -> Result<BondLab> {
         let prefix = netns::new_prefix();
         let dir =
             std::env::temp_dir().join(format!("uplink-bondlab-{}", prefix.trim_end_matches('-')));
@@ -41,11 +90,18 @@ impl BondLab {
             source,
         })?;
         let mut lab = BondLab {
+            shape,
             prefix,
             dir,
             namespaces: Vec::new(),
         };
-        for role in ["srv", "swa", "swb", "gw"] {
+        let roles: &[&str] = match shape {
+            Shape::Switched => &["srv", "swa", "swb", "gw"],
+            Shape::Mixed => &["srv", "swa", "swb", "gw", "gr"],
+            Shape::Anycast => &["srv", "swa", "swb", "ra", "rb", "core"],
+            Shape::Plain => &["srv", "gw"],
+        };
+        for role in roles {
             let ns = lab.ns(role);
             netns::add(&ns)?;
             lab.namespaces.push(ns);
@@ -59,6 +115,32 @@ impl BondLab {
             a.extend(args.split_whitespace());
             cmd::run("ip", &a, None)
         };
+        if shape == Shape::Plain {
+            ip(
+                &srv,
+                &format!("link add eth0 type veth peer name ga netns {gw}"),
+            )?;
+            ip(&srv, "link set eth0 up")?;
+            ip(&gw, &format!("addr add {GATEWAY}/24 dev ga"))?;
+            ip(&gw, &format!("addr add {GATEWAY6}/64 dev ga nodad"))?;
+            ip(&gw, &format!("addr add {TRANSIT}/32 dev lo"))?;
+            ip(&gw, &format!("addr add {TRANSIT6}/128 dev lo"))?;
+            ip(&gw, "link set ga up")?;
+            // IPv6 on the fresh link (the link-local addresses' DAD) before
+            // any neighbour discovery is tried.
+            for ns in [&srv, &gw] {
+                let dev = if ns == &srv { "eth0" } else { "ga" };
+                lab.wait(
+                    &format!("IPv6 ready on {dev}"),
+                    Duration::from_secs(10),
+                    || {
+                        ip(ns, &format!("-6 addr show dev {dev} tentative"))
+                            .is_ok_and(|o| o.trim().is_empty())
+                    },
+                );
+            }
+            return Ok(lab);
+        }
         // Wires.
         ip(
             &srv,
@@ -68,33 +150,128 @@ impl BondLab {
             &srv,
             &format!("link add eth1 type veth peer name p0 netns {swb}"),
         )?;
-        ip(
-            &swa,
-            &format!("link add isl type veth peer name isl netns {swb}"),
-        )?;
-        ip(
-            &swb,
-            &format!("link add pg type veth peer name ga netns {gw}"),
-        )?;
-        // Switches.
         for sw in [&swa, &swb] {
             ip(sw, "link add br0 type bridge")?;
             ip(sw, "link set br0 up")?;
         }
-        for (sw, p) in [
-            (&swa, "p0"),
-            (&swa, "isl"),
-            (&swb, "p0"),
-            (&swb, "isl"),
-            (&swb, "pg"),
-        ] {
-            ip(sw, &format!("link set {p} master br0"))?;
-            ip(sw, &format!("link set {p} up"))?;
+        if shape == Shape::Mixed {
+            let gr = lab.ns("gr");
+            ip(
+                &srv,
+                &format!("link add eth2 type veth peer name lan netns {gr}"),
+            )?;
+            ip(&srv, &format!("addr add {ROUTED_SERVER}/24 dev eth2"))?;
+            ip(&srv, "link set eth2 up")?;
+            ip(&gr, &format!("addr add {ROUTED_GATEWAY}/24 dev lan"))?;
+            ip(&gr, "link set lan up")?;
+            ip(
+                &gr,
+                &format!("link add wan type veth peer name gr0 netns {gw}"),
+            )?;
+            ip(&gr, "addr add 198.18.3.1/30 dev wan")?;
+            ip(&gr, "link set wan up")?;
+            ip(&gr, "route add default via 198.18.3.2")?;
+            ip(&gw, "addr add 198.18.3.2/30 dev gr0")?;
+            ip(&gw, "link set gr0 up")?;
+            ip(&gw, "route add 198.18.2.0/24 via 198.18.3.1")?;
+            cmd::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &gr,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ],
+                None,
+            )?;
         }
-        // Gateway with the sink on its loopback.
-        ip(&gw, &format!("addr add {GATEWAY}/24 dev ga"))?;
-        ip(&gw, &format!("addr add {SINK_V4}/32 dev lo"))?;
-        ip(&gw, "link set ga up")?;
+        match shape {
+            Shape::Plain => unreachable!("returned above"),
+            Shape::Switched | Shape::Mixed => {
+                ip(
+                    &swa,
+                    &format!("link add isl type veth peer name isl netns {swb}"),
+                )?;
+                ip(
+                    &swb,
+                    &format!("link add pg type veth peer name ga netns {gw}"),
+                )?;
+                for (sw, p) in [
+                    (&swa, "p0"),
+                    (&swa, "isl"),
+                    (&swb, "p0"),
+                    (&swb, "isl"),
+                    (&swb, "pg"),
+                ] {
+                    ip(sw, &format!("link set {p} master br0"))?;
+                    ip(sw, &format!("link set {p} up"))?;
+                }
+                // Gateway with the sink on its loopback.
+                ip(&gw, &format!("addr add {GATEWAY}/24 dev ga"))?;
+                ip(&gw, &format!("addr add {SINK_V4}/32 dev lo"))?;
+                ip(&gw, &format!("addr add {TRANSIT}/32 dev lo"))?;
+                ip(&gw, &format!("addr add {GATEWAY6}/64 dev ga nodad"))?;
+                ip(&gw, "link set ga up")?;
+            }
+            Shape::Anycast => {
+                let core = lab.ns("core");
+                ip(&core, &format!("addr add {SINK_V4}/32 dev lo"))?;
+                ip(&core, &format!("addr add {TRANSIT}/32 dev lo"))?;
+                for (k, (sw, r)) in [(&swa, lab.ns("ra")), (&swb, lab.ns("rb"))]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let up = if k == 0 { "ua" } else { "ub" };
+                    ip(
+                        sw,
+                        &format!("link add pr type veth peer name lan netns {r}"),
+                    )?;
+                    ip(sw, "link set p0 master br0")?;
+                    ip(sw, "link set pr master br0")?;
+                    ip(sw, "link set p0 up")?;
+                    ip(sw, "link set pr up")?;
+                    ip(&r, &format!("link set lan address {ANYCAST_MAC}"))?;
+                    ip(&r, &format!("addr add {GATEWAY}/24 dev lan"))?;
+                    ip(&r, &format!("addr add {GATEWAY6}/64 dev lan nodad"))?;
+                    ip(&r, "link set lan up")?;
+                    ip(
+                        &r,
+                        &format!("link add wan type veth peer name {up} netns {core}"),
+                    )?;
+                    let (rn, cn) = (
+                        format!("198.18.9.{}", 1 + 4 * k),
+                        format!("198.18.9.{}", 2 + 4 * k),
+                    );
+                    ip(&r, &format!("addr add {rn}/30 dev wan"))?;
+                    ip(&r, "link set wan up")?;
+                    ip(&r, &format!("route add default via {cn}"))?;
+                    ip(&core, &format!("addr add {cn}/30 dev {up}"))?;
+                    ip(&core, &format!("link set {up} up"))?;
+                    // The member's probe address comes back through its own router.
+                    ip(
+                        &core,
+                        &format!("route add {}/32 via {rn}", PROBE_ADDRESSES[k]),
+                    )?;
+                    if k == 0 {
+                        ip(&core, &format!("route add 198.18.1.0/24 via {rn}"))?;
+                    }
+                    cmd::run(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            &r,
+                            "sysctl",
+                            "-qw",
+                            "net.ipv4.ip_forward=1",
+                        ],
+                        None,
+                    )?;
+                }
+            }
+        }
         // Server: the bond (ports must be down to be enslaved; "down" in the
         // same message as "master" is applied after enslaving since 6.1).
         ip(
@@ -107,6 +284,7 @@ impl BondLab {
             ip(&srv, &format!("link set {m} up"))?;
         }
         ip(&srv, &format!("addr add {SERVER}/24 dev {BOND}"))?;
+        ip(&srv, &format!("addr add {SERVER6}/64 dev {BOND} nodad"))?;
         ip(&srv, &format!("link set {BOND} up"))?;
         Ok(lab)
     }
@@ -145,6 +323,28 @@ impl BondLab {
             &format!("link set isl {}", if up { "up" } else { "down" }),
         )
         .map(|_| ())
+    }
+
+    /// Anycast shape: the upstream of member `member`'s gateway router.
+    pub fn upstream(&self, member: usize, up: bool) -> Result<()> {
+        assert_eq!(
+            self.shape,
+            Shape::Anycast,
+            "upstream() needs Shape::Anycast"
+        );
+        let r = if member == 0 { "ra" } else { "rb" };
+        self.ip(
+            r,
+            &format!("link set wan {}", if up { "up" } else { "down" }),
+        )?;
+        if up {
+            // Taking the link down deleted the router's default route.
+            self.ip(
+                r,
+                &format!("route replace default via 198.18.9.{}", 2 + 4 * member),
+            )?;
+        }
+        Ok(())
     }
 
     /// Take a member out of the bond / put it back.
@@ -195,18 +395,63 @@ impl BondLab {
 
     /// The gateway's neighbour entry for the server (lladdr, state).
     pub fn gateway_neigh(&self) -> Result<String> {
+        self.gateway_neigh_of(SERVER)
+    }
+
+    /// The gateway's neighbour entry for `addr` (Switched and Plain shapes).
+    pub fn gateway_neigh_of(&self, addr: &str) -> Result<String> {
         Ok(self
-            .ip("gw", &format!("neigh show {SERVER} dev ga"))?
+            .ip("gw", &format!("neigh show {addr} dev ga"))?
             .trim()
             .to_string())
     }
 
+    /// MAC of `dev` in namespace `role`.
+    pub fn mac_of(&self, role: &str, dev: &str) -> Result<[u8; 6]> {
+        let out = self.ip(role, &format!("-br link show {dev}"))?;
+        let s = out.split_whitespace().nth(2).unwrap_or("");
+        let v: Vec<u8> = s
+            .split(':')
+            .filter_map(|x| u8::from_str_radix(x, 16).ok())
+            .collect();
+        v.try_into().map_err(|_| LabError::Io {
+            what: format!("MAC of {dev}: {out:?}"),
+            source: std::io::Error::other("unparsable"),
+        })
+    }
+
     pub fn stream(&self, spec: &StreamSpec) -> Result<UdpStream> {
-        UdpStream::start(&self.ns("srv"), &self.ns("gw"), spec)
+        let sink = match self.shape {
+            Shape::Switched | Shape::Plain | Shape::Mixed => "gw",
+            Shape::Anycast => "core",
+        };
+        UdpStream::start(&self.ns("srv"), &self.ns(sink), spec)
     }
 
     /// A config with the two members as uplinks (eth0 preferred), plus `extra` TOML.
     pub fn write_config(&self, extra: &str) -> Result<PathBuf> {
+        self.write_config_with(extra, false)
+    }
+
+    /// Same, with each member's dedicated probe address
+    /// ([`PROBE_ADDRESSES`]) when `probe_addresses`: the transit is then
+    /// probed through each member.
+    pub fn write_config_with(&self, extra: &str, probe_addresses: bool) -> Result<PathBuf> {
+        let pa = |k: usize| {
+            if probe_addresses {
+                format!("probe_address4 = \"{}\"\n", PROBE_ADDRESSES[k])
+            } else {
+                String::new()
+            }
+        };
+        let (pa0, pa1) = (pa(0), pa(1));
+        let routed = if self.shape == Shape::Mixed {
+            format!(
+                "[[uplink]]\nname = \"routed\"\ninterface = \"eth2\"\ngateway4 = \"{ROUTED_GATEWAY}\"\n"
+            )
+        } else {
+            String::new()
+        };
         let sock = self.dir().join("uplinkd.sock");
         let text = format!(
             r#"[agent]
@@ -217,16 +462,19 @@ name = "member-a"
 interface = "eth0"
 bond = "{BOND}"
 gateway4 = "{GATEWAY}"
-
+gateway6 = "{GATEWAY6}"
+{pa0}
 [[uplink]]
 name = "member-b"
 interface = "eth1"
 bond = "{BOND}"
 gateway4 = "{GATEWAY}"
-
+gateway6 = "{GATEWAY6}"
+{pa1}
+{routed}
 [[transit]]
 name = "transit-a"
-targets = ["198.19.0.1"]
+targets = ["{TRANSIT}"]
 "#,
             sock.display()
         );

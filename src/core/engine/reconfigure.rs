@@ -61,18 +61,30 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.rule_priority != b.rule_priority, "agent.rule_priority");
     key(old.metrics.http != new.metrics.http, "metrics.http");
     key(old.metrics.listen != new.metrics.listen, "metrics.listen");
+    // The bond members' prober (packet sockets, probe addresses, the
+    // gateways it resolves) is built once at start.
     let members = |c: &Config| {
-        let mut m: Vec<(String, String)> = c
+        let mut m: Vec<String> = c
             .uplinks
             .iter()
-            .filter_map(|u| Some((u.bond.clone()?, u.interface.clone())))
+            .filter_map(|u| {
+                Some(format!(
+                    "{} {} {:?} {:?} {:?} {:?}",
+                    u.bond.as_ref()?,
+                    u.interface,
+                    u.gateway4,
+                    u.gateway6,
+                    u.probe_address4,
+                    u.probe_address6
+                ))
+            })
             .collect();
         m.sort();
         m
     };
     key(
         members(old) != members(new),
-        "uplink[].bond (which interfaces are members of which bond)",
+        "uplink[].bond, and the interface, gateways and probe addresses of bond members",
     );
     v
 }
