@@ -96,7 +96,9 @@ fn main() -> ExitCode {
         } => up(&term, default_route, no_check),
         Cmd::Down { all_stale } => down(all_stale),
         Cmd::Demo { uplinkd } => with_cancel(term, |c| {
-            lab::demo::run_demo(&lab::demo::DemoOpts { uplinkd }, c).context("demo")
+            lab::demo::run_demo(&lab::demo::DemoOpts { uplinkd }, c)
+                .map(|_| ())
+                .context("demo")
         }),
         Cmd::Bench {
             trials,

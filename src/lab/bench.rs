@@ -108,7 +108,7 @@ pub struct BenchOpts {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "first-decision",
     "idle",
     "carrier-quiet",
@@ -119,6 +119,7 @@ pub const SECTIONS: [&str; 10] = [
     "drain",
     "false-switches",
     "kernel",
+    "frr",
 ];
 
 /// A failure kind.
@@ -299,6 +300,8 @@ pub struct Results {
     pub first_decision: Option<Value>,
     pub idle: Option<Value>,
     pub false_switches: Option<Value>,
+    /// How each comparator was set up.
+    pub comparators: Vec<Value>,
     /// What was not measured, and why.
     pub not_measured: Vec<String>,
     pub duration_s: f64,
@@ -546,21 +549,33 @@ fn primary_route_linkdown(lab: &Lab, f: Family) -> Result<bool> {
     }))
 }
 
-fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
+fn kernel_ready(lab: &Lab, f: Family) -> Result<bool> {
+    Ok(links_up(lab)?
+        && !primary_route_linkdown(lab, Family::V4)?
+        && !primary_route_linkdown(lab, Family::V6)?
+        && route_via(lab, f, Uplink::Primary)?)
+}
+
+/// One carrier-loss trial of a comparator that runs by itself (the
+/// kernel's fallback, FRR): wait until `ready` (links up, routes on the
+/// primary), stay quiet for a linkwatch period, start the stream, cut the
+/// primary's carrier, watch only the stream, restore the carrier.
+fn passive_trial(
+    ctx: &Ctx,
+    lab: &Lab,
+    kind: Kind,
+    f: Family,
+    ready: &dyn Fn() -> Result<bool>,
+) -> Result<Trial> {
     wait_until(
         ctx.cancel,
-        "veth ends up, primary route usable",
+        "veth ends up, routes via the primary",
         Duration::from_secs(20),
         Duration::from_millis(20),
-        || {
-            Ok(links_up(lab)?
-                && !primary_route_linkdown(lab, Family::V4)?
-                && !primary_route_linkdown(lab, Family::V6)?
-                && route_via(lab, f, Uplink::Primary)?)
-        },
+        ready,
     )?;
     ctx.cancel
-        .sleep(Duration::from_millis(200) + LINKWATCH_QUIET)?;
+        .sleep(Duration::from_millis(200) + LINKWATCH_QUIET + phase_jitter(kind))?;
     let stream = lab.udp_stream(&spec(f))?;
     ctx.cancel.sleep(Duration::from_millis(300))?;
     lab.carrier_down(Uplink::Primary)?;
@@ -568,9 +583,10 @@ fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
         // Nothing may ask the kernel about the server's links or routes
         // while the outage lasts: `ip` resolves device names with a
         // per-device RTM_GETLINK, which synchronises pending linkwatch work
-        // (linkwatch_sync_dev) and would apply the delayed fallback early.
-        // Only the stream is watched; the kernel's fallback comes at most
-        // ~1 s late (linkwatch), so watch at least that long.
+        // (linkwatch_sync_dev) and would apply a delayed link change early.
+        // Only the stream is watched; the kernel (and a daemon waiting for
+        // its link event) comes at most ~1 s late (linkwatch), so watch at
+        // least that long.
         let t = Instant::now();
         let flowing = wait_flowing(ctx.cancel, &stream, Duration::from_secs(10))?;
         ctx.cancel
@@ -590,6 +606,200 @@ fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
         )));
     }
     Ok(Trial::from_report(&r, None))
+}
+
+// ---------------------------------------------------------------------------
+// FRR: zebra + staticd with two static defaults (distance 10 and 20)
+// ---------------------------------------------------------------------------
+
+/// FRR's daemons directory (Debian: /usr/lib/frr).
+fn frr_dir() -> Option<PathBuf> {
+    frr_zebra().and_then(|z| z.parent().map(Path::to_path_buf))
+}
+
+/// `apt-get install frr` (for `--install-frr`).
+fn install_frr(ctx: &Ctx) -> Result<()> {
+    ctx.say("--install-frr: apt-get install -y --no-install-recommends frr");
+    let run = |args: &[&str]| -> Result<bool> {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .map_err(|source| LabError::Io {
+                what: "run apt-get".into(),
+                source,
+            })
+    };
+    let install = ["install", "-y", "--no-install-recommends", "frr"];
+    // A fresh machine often has no package lists yet: update, then retry.
+    let ok = run(&install)? || (run(&["update"])? && run(&install)?);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("apt-get install frr failed"))
+    }
+}
+
+/// zebra and staticd running in the lab's server namespace.
+struct Frr {
+    zebra: super::LabChild,
+    staticd: super::LabChild,
+    dir: PathBuf,
+}
+
+/// FRR's version, e.g. "FRR 8.4.4" (from `zebra --version`: "zebra
+/// version 8.4.4").
+fn frr_version(bin: &Path) -> Option<String> {
+    std::process::Command::new(bin.join("zebra"))
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().last())
+                .map(|v| format!("FRR {v}"))
+        })
+}
+
+/// The staticd config of the comparator: two static defaults per family,
+/// the primary at distance 10, the secondary at 20 (a floating static).
+pub fn frr_static_config() -> String {
+    let mut c = String::from("hostname srv\n");
+    for (u, dist) in [(Uplink::Primary, 10), (Uplink::Secondary, 20)] {
+        c.push_str(&format!(
+            "ip route 0.0.0.0/0 {} {dist}\nipv6 route ::/0 {} {dist}\n",
+            u.gateway(Family::V4),
+            u.gateway(Family::V6)
+        ));
+    }
+    c
+}
+
+impl Frr {
+    /// Starts zebra, then staticd, in the server namespace, as the `frr`
+    /// user (FRR drops to it and keeps the capabilities it needs); every
+    /// file in `<lab dir>/frr`. Waits (bounded) until the routes are in.
+    fn start(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Frr> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = lab.dir().join("frr");
+        let io = |what: String| move |source| LabError::Io { what, source };
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        std::fs::write(dir.join("zebra.conf"), "hostname srv\n")
+            .map_err(io("write zebra.conf".into()))?;
+        std::fs::write(dir.join("staticd.conf"), frr_static_config())
+            .map_err(io("write staticd.conf".into()))?;
+        let user = nix::unistd::User::from_name("frr")
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                LabError::Missing("the `frr` user (installed with Debian's frr package)".into())
+            })?;
+        for e in std::fs::read_dir(&dir)
+            .map_err(io(format!("list {}", dir.display())))?
+            .flatten()
+        {
+            let _ = nix::unistd::chown(&e.path(), Some(user.uid), Some(user.gid));
+        }
+        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
+            .map_err(|e| io(format!("chown {}", dir.display()))(e.into()))?;
+        // The frr user must be able to reach its directory.
+        let _ = std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o711));
+        let d = dir.display().to_string();
+        let srv = lab.server_ns();
+        let daemon = |name: &str| -> Result<super::LabChild> {
+            let prog = bin.join(name).display().to_string();
+            let mut c = lab.command(
+                &srv,
+                &[
+                    &prog,
+                    "-f",
+                    &format!("{d}/{name}.conf"),
+                    "-i",
+                    &format!("{d}/{name}.pid"),
+                    "-z",
+                    &format!("{d}/zserv.api"),
+                    "--vty_socket",
+                    &d,
+                    "-u",
+                    "frr",
+                    "-g",
+                    "frr",
+                    "-P",
+                    "0",
+                    "--log",
+                    &format!("file:{d}/{name}.log"),
+                ],
+            )?;
+            let out = std::fs::File::create(dir.join(format!("{name}.out")))
+                .map_err(io(format!("create {name}.out")))?;
+            let err = out.try_clone().map_err(io(format!("create {name}.out")))?;
+            c.stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+            let child = c.spawn().map_err(io(format!("start {prog}")))?;
+            Ok(super::LabChild::new(child, name.to_string()))
+        };
+        let zebra = daemon("zebra")?;
+        wait_until(
+            ctx.cancel,
+            "zebra's socket",
+            Duration::from_secs(15),
+            Duration::from_millis(20),
+            || Ok(dir.join("zserv.api").exists()),
+        )?;
+        let staticd = daemon("staticd")?;
+        let mut frr = Frr {
+            zebra,
+            staticd,
+            dir,
+        };
+        let ready = wait_until(
+            ctx.cancel,
+            "FRR's static default routes via the primary",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                frr.check_alive()?;
+                Ok(route_via(lab, Family::V4, Uplink::Primary)?
+                    && route_via(lab, Family::V6, Uplink::Primary)?)
+            },
+        );
+        if let Err(e) = ready {
+            return Err(invalid(format!("{e}; {}", frr.log_tail())));
+        }
+        Ok(frr)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, c) in [("zebra", &mut self.zebra), ("staticd", &mut self.staticd)] {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Err(invalid(format!("FRR's {name} exited ({st})")));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        ["zebra.out", "zebra.log", "staticd.out", "staticd.log"]
+            .iter()
+            .map(|f| {
+                let t = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                format!(
+                    "{f}: {}",
+                    lines[lines.len().saturating_sub(5)..].join(" / ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn stop(self) {
+        let _ = self.staticd.terminate(Duration::from_secs(3));
+        let _ = self.zebra.terminate(Duration::from_secs(3));
+    }
 }
 
 fn wants(opts: &BenchOpts, section: &str) -> bool {
@@ -646,6 +856,7 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         first_decision: None,
         idle: None,
         false_switches: None,
+        comparators: Vec::new(),
         not_measured: Vec::new(),
         duration_s: 0.0,
     };
@@ -766,7 +977,7 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 .iter()
                 .map(|f| Series::new("uplinkd", kind, *f))
                 .collect();
-            for i in 0..opts.trials {
+            'trials: for i in 0..opts.trials {
                 for (k, f) in Family::ALL.iter().enumerate() {
                     ctx.cancel.check()?;
                     series[k].foreign_namespaces_max =
@@ -797,7 +1008,7 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                             d.check_alive()?;
                             if series[k].failed.len() > opts.trials / 2 + 2 {
                                 ctx.say("too many failures: skipping the rest of this kind");
-                                break;
+                                break 'trials;
                             }
                         }
                     }
@@ -871,76 +1082,124 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         ctx.say("building a lab for the kernel's own fallback (no daemon)");
         let lab = Lab::build(&LabSpec::default())?;
         kernel_setup(&lab)?;
-        for kind in [Kind::CarrierQuiet, Kind::CarrierBusy] {
-            let noise = if kind == Kind::CarrierBusy {
-                Some(lab.noise(NOISE_PERIOD)?)
-            } else {
-                None
-            };
-            let mut series: Vec<Series> = Family::ALL
-                .iter()
-                .map(|f| Series::new("kernel", kind, *f))
-                .collect();
-            for i in 0..opts.trials {
-                for (k, f) in Family::ALL.iter().enumerate() {
-                    ctx.cancel.check()?;
-                    series[k].foreign_namespaces_max =
-                        series[k].foreign_namespaces_max.max(foreign_namespaces());
-                    match kernel_trial(ctx, &lab, kind, *f) {
-                        Ok(t) => {
-                            ctx.say(&format!(
-                                "kernel {} {f} trial {}/{}: outage {:.1} ms (raw {:.1})",
-                                kind.title(),
-                                i + 1,
-                                opts.trials,
-                                t.network_ms,
-                                t.raw_ms
-                            ));
-                            series[k].trials.push(t);
-                        }
-                        Err(e) => {
-                            if ctx.cancel.is_cancelled() {
-                                return Err(e);
-                            }
-                            ctx.say(&format!(
-                                "kernel {} {f} trial {} FAILED: {e}",
-                                kind.title(),
-                                i + 1
-                            ));
-                            series[k].failed.push(e.to_string());
-                        }
-                    }
-                }
-            }
-            drop(noise);
-            for mut s in series {
-                s.finish();
-                res.series.push(s);
-            }
-        }
+        comparator_series(opts, ctx, res, &lab, "kernel", &|f| kernel_ready(&lab, f))?;
         lab.destroy()?;
         res.not_measured.push(
             "kernel fallback for a dead gateway or a dead upstream: the kernel does not detect either (it keeps routing into the dead path); no figure".into(),
         );
     }
 
-    match frr_zebra() {
-        None => {
-            let msg = if opts.install_frr {
-                "FRR: not measured (--install-frr: the FRR comparator is not implemented yet)"
-            } else {
-                "FRR not installed (no zebra in PATH or /usr/lib/frr): no FRR comparator"
-            };
-            ctx.say(msg);
-            res.not_measured.push(msg.into());
+    if wants(opts, "frr") {
+        if frr_dir().is_none() && opts.install_frr {
+            install_frr(ctx)?;
         }
-        Some(z) => {
-            let msg = format!(
-                "FRR is installed ({}), but the FRR comparator (zebra + staticd, bfdd) is not implemented yet: no FRR figures",
-                z.display()
-            );
-            ctx.say(&msg);
-            res.not_measured.push(msg);
+        match frr_dir() {
+            None => {
+                let msg = "FRR not installed (no zebra in /usr/lib/frr or PATH; `--install-frr` installs Debian's frr package): no FRR comparator";
+                ctx.say(msg);
+                res.not_measured.push(msg.into());
+            }
+            Some(bin) => {
+                let version = frr_version(&bin).unwrap_or_else(|| "FRR".into());
+                ctx.say(&format!(
+                    "building a lab for FRR ({version}: zebra + staticd, static defaults at distance 10 via the primary and 20 via the secondary)"
+                ));
+                let lab = Lab::build(&LabSpec::default())?;
+                let frr = Frr::start(ctx, &lab, &bin)?;
+                let r = comparator_series(opts, ctx, res, &lab, "frr", &|f| {
+                    Ok(links_up(&lab)? && route_via(&lab, f, Uplink::Primary)?)
+                });
+                frr.stop();
+                r?;
+                lab.destroy()?;
+                res.comparators.push(json!({
+                    "subject": "frr",
+                    "version": version,
+                    "daemons": "zebra + staticd, in the server namespace",
+                    "staticd_config": frr_static_config(),
+                }));
+                res.not_measured.push(format!(
+                    "FRR dead gateway (bfdd): {version}'s staticd cannot tie a static route to a BFD session (`ip route ... bfd` arrived in FRR 8.5, FRRouting/frr#12424; Debian 12 ships 8.4): no figure"
+                ));
+                res.not_measured.push(
+                    "FRR dead upstream: static routes (and single-hop BFD to the gateway) cannot see a dead upstream behind a live gateway: no figure".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carrier-loss trials (quiet, then busy host) of a comparator that runs
+/// by itself in `lab`; `ready(f)` says when a trial may start.
+fn comparator_series(
+    opts: &BenchOpts,
+    ctx: &Ctx,
+    res: &mut Results,
+    lab: &Lab,
+    subject: &str,
+    ready: &dyn Fn(Family) -> Result<bool>,
+) -> Result<()> {
+    for kind in [Kind::CarrierQuiet, Kind::CarrierBusy] {
+        let noise = if kind == Kind::CarrierBusy {
+            Some(lab.noise(NOISE_PERIOD)?)
+        } else {
+            None
+        };
+        let mut series: Vec<Series> = Family::ALL
+            .iter()
+            .map(|f| Series::new(subject, kind, *f))
+            .collect();
+        'trials: for i in 0..opts.trials {
+            for (k, f) in Family::ALL.iter().enumerate() {
+                ctx.cancel.check()?;
+                series[k].foreign_namespaces_max =
+                    series[k].foreign_namespaces_max.max(foreign_namespaces());
+                let f = *f;
+                match passive_trial(ctx, lab, kind, f, &|| ready(f)) {
+                    Ok(t) => {
+                        ctx.say(&format!(
+                            "{subject} {} {f} trial {}/{}: outage {:.1} ms (raw {:.1})",
+                            kind.title(),
+                            i + 1,
+                            opts.trials,
+                            t.network_ms,
+                            t.raw_ms
+                        ));
+                        series[k].trials.push(t);
+                    }
+                    Err(e) => {
+                        if ctx.cancel.is_cancelled() {
+                            return Err(e);
+                        }
+                        ctx.say(&format!(
+                            "{subject} {} {f} trial {} FAILED: {e}",
+                            kind.title(),
+                            i + 1
+                        ));
+                        series[k].failed.push(e.to_string());
+                        if series[k].failed.len() > opts.trials / 2 + 2 {
+                            ctx.say("too many failures: skipping the rest of this kind");
+                            break 'trials;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(n) = &noise {
+            let errs = n.errors();
+            if !errs.is_empty() {
+                res.not_measured.push(format!(
+                    "noise stopped during {subject} {}: {}",
+                    kind.title(),
+                    errs.join("; ")
+                ));
+            }
+        }
+        drop(noise);
+        for mut s in series {
+            s.finish();
+            res.series.push(s);
         }
     }
     Ok(())
