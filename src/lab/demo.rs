@@ -972,6 +972,8 @@ pub struct DemoStep {
 /// What the demo did: every step, in order.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
+    /// The namespaces the demo's lab had (all removed when it returns).
+    pub namespaces: Vec<String>,
     pub first_decision_ms: Option<f64>,
     pub steps: Vec<DemoStep>,
     /// The whole demo (lab build to teardown), in seconds.
@@ -1136,6 +1138,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
     });
     console.say("building the lab...");
     let lab = Lab::build(&LabSpec::default())?;
+    let namespaces = lab.namespaces();
     cancel.check()?;
     console.say(&format!(
         "lab {} built: server {} with eth0 (primary, gateway {} / {}) and eth1 (secondary, gateway {} / {})",
@@ -1360,6 +1363,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
         }
     );
     outcome.map(|()| DemoReport {
+        namespaces,
         first_decision_ms,
         steps: results,
         duration_s: duration.as_secs_f64(),
