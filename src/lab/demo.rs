@@ -579,6 +579,18 @@ impl Uplinkd {
         Ok((u + st) as f64 / hz)
     }
 
+    /// From `/proc/<pid>/schedstat`: (time on a CPU in ns, number of
+    /// times it ran). Measured by the scheduler's clock, unlike utime +
+    /// stime, which are sampled at the kernel's tick.
+    pub fn schedstat(&self) -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid)).ok()?;
+        let mut it = s.split_whitespace();
+        let ns = it.next()?.parse().ok()?;
+        let _wait = it.next()?;
+        let slices = it.next()?.parse().ok()?;
+        Some((ns, slices))
+    }
+
     /// A `/proc/<pid>/status` field in kB (e.g. "VmHWM", "VmRSS").
     pub fn proc_status_kib(&self, key: &str) -> Option<u64> {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
