@@ -598,3 +598,71 @@ fn stale_namespaces_of_dead_labs_are_removed() {
         assert!(netns::exists(&n), "a live lab's namespace {n} was deleted");
     }
 }
+
+/// The README's first command, end to end: the demo builds its lab, runs
+/// the real uplinkd, plays every step, and each step ends on the expected
+/// uplink (both families, seen in the daemon's events) with an outage
+/// figure from both streams; nothing is left behind. No timing asserts: the
+/// figures are the bench's business.
+#[test]
+fn demo_runs_end_to_end() {
+    use uplinkd::lab::demo::{run_demo, Cancel, DemoOpts};
+    let opts = DemoOpts {
+        uplinkd: Some(env!("CARGO_BIN_EXE_uplinkd").into()),
+    };
+    let report = run_demo(&opts, &Cancel::new()).unwrap_or_else(|e| panic!("demo: {e}"));
+    let expected = [
+        ("primary carrier loss", Uplink::Secondary),
+        ("primary carrier back, failback", Uplink::Primary),
+        ("primary gateway dead", Uplink::Secondary),
+        ("primary gateway alive, failback", Uplink::Primary),
+        ("primary upstream dead", Uplink::Secondary),
+        ("primary upstream back, failback", Uplink::Primary),
+        ("primary gateway dead again", Uplink::Secondary),
+        (
+            "secondary dead too (fail static), then primary back",
+            Uplink::Primary,
+        ),
+    ];
+    let titles: Vec<&str> = report.steps.iter().map(|s| s.title.as_str()).collect();
+    assert_eq!(
+        titles,
+        expected.iter().map(|e| e.0).collect::<Vec<_>>(),
+        "{report:#?}"
+    );
+    for (step, (title, to)) in report.steps.iter().zip(expected) {
+        assert_eq!(step.expect, to, "{title}");
+        for f in Family::ALL {
+            let sw = step
+                .switches
+                .iter()
+                .find(|s| s.family == f)
+                .unwrap_or_else(|| panic!("{title}: no {f} switch in the timeline: {step:#?}"));
+            assert_eq!(sw.to, to.name(), "{title}: {f}");
+            assert!(sw.after_ms.is_finite() && sw.after_ms >= 0.0, "{step:#?}");
+            let o = step
+                .outages
+                .iter()
+                .find(|o| o.family == f)
+                .unwrap_or_else(|| panic!("{title}: no {f} outage figure: {step:#?}"));
+            assert!(o.sent > 0, "{title}: the {f} stream sent nothing");
+            assert!(o.outage_ms.is_finite() && o.outage_ms >= 0.0, "{step:#?}");
+        }
+        assert!(!step.text.is_empty(), "{title}");
+    }
+    let last = report.steps.last().unwrap();
+    assert!(last.fail_static, "fail static not seen: {last:#?}");
+    assert_eq!(
+        last.switches_while_static,
+        Some(0),
+        "switched between dead uplinks: {last:#?}"
+    );
+    // Fail static keeps traffic on the dead secondary until the primary is
+    // back: that outage is real and must be measured as one.
+    assert!(last.outages.iter().all(|o| o.lost > 0), "{last:#?}");
+    assert!(report.first_decision_ms.is_some());
+    assert!(!report.namespaces.is_empty());
+    for n in &report.namespaces {
+        assert!(!netns::exists(n), "{n} left behind by the demo");
+    }
+}

@@ -53,7 +53,9 @@ enum Cmd {
         uplinkd: Option<std::path::PathBuf>,
     },
     /// Measure failover outage (and CPU, RSS, false switches, start-up)
-    /// against the kernel's own fallback; prints a table.
+    /// against the kernel's own fallback and FRR; prints a table. A full run
+    /// (20 trials) takes about 35-40 minutes; --trials and --only shorten
+    /// it. Run it on a quiet machine: other work skews every figure.
     Bench {
         /// Trials per failure kind and address family.
         #[arg(long, default_value_t = 20)]
@@ -65,11 +67,14 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         markdown: Option<std::path::PathBuf>,
         /// Run only these sections (comma-separated): first-decision, idle,
-        /// carrier-quiet, carrier-busy, gateway, upstream, failback, drain,
-        /// false-switches, kernel.
+        /// idle-breakdown, carrier-quiet, carrier-busy, gateway, upstream,
+        /// failback, drain, false-switches, kernel, frr.
         #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
         only: Vec<String>,
-        /// Install FRR with apt-get for the FRR comparator if missing.
+        /// Install Debian's frr package with apt-get for the FRR comparator
+        /// if missing (on a host running systemd this also enables its frr
+        /// service, with the package's default config: zebra and staticd, no
+        /// routes; the comparator runs its own daemons in the lab).
         #[arg(long)]
         install_frr: bool,
         /// The uplinkd binary (default: the one next to this executable).
@@ -96,7 +101,9 @@ fn main() -> ExitCode {
         } => up(&term, default_route, no_check),
         Cmd::Down { all_stale } => down(all_stale),
         Cmd::Demo { uplinkd } => with_cancel(term, |c| {
-            lab::demo::run_demo(&lab::demo::DemoOpts { uplinkd }, c).context("demo")
+            lab::demo::run_demo(&lab::demo::DemoOpts { uplinkd }, c)
+                .map(|_| ())
+                .context("demo")
         }),
         Cmd::Bench {
             trials,

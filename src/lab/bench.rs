@@ -108,9 +108,10 @@ pub struct BenchOpts {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 12] = [
     "first-decision",
     "idle",
+    "idle-breakdown",
     "carrier-quiet",
     "carrier-busy",
     "gateway",
@@ -119,6 +120,7 @@ pub const SECTIONS: [&str; 10] = [
     "drain",
     "false-switches",
     "kernel",
+    "frr",
 ];
 
 /// A failure kind.
@@ -298,9 +300,16 @@ pub struct Results {
     pub series: Vec<Series>,
     pub first_decision: Option<Value>,
     pub idle: Option<Value>,
+    /// Idle CPU with parts of the default probing slowed down, to show what
+    /// the idle figure is made of.
+    pub idle_breakdown: Vec<Value>,
     pub false_switches: Option<Value>,
+    /// How each comparator was set up.
+    pub comparators: Vec<Value>,
     /// What was not measured, and why.
     pub not_measured: Vec<String>,
+    /// Every target of issue 4 this run missed, with what limits it.
+    pub targets_missed: Vec<String>,
     pub duration_s: f64,
 }
 
@@ -329,16 +338,22 @@ pub fn machine() -> Value {
                 .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
         })
     });
-    let virt = std::process::Command::new("systemd-detect-virt")
+    // systemd-detect-virt names the innermost layer (e.g. a container);
+    // the cpuinfo flag says whether the kernel itself runs on a hypervisor.
+    let detected = std::process::Command::new("systemd-detect-virt")
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .or_else(|| {
-            read_trim("/proc/cpuinfo")
-                .filter(|c| c.contains(" hypervisor"))
-                .map(|_| "virtual machine (cpuinfo: hypervisor flag)".to_string())
-        });
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let hypervisor = read_trim("/proc/cpuinfo").is_some_and(|c| c.contains(" hypervisor"));
+    let virt = match (detected, hypervisor) {
+        (Some(d), true) => Some(format!(
+            "{d} (systemd-detect-virt); kernel on a hypervisor (cpuinfo)"
+        )),
+        (Some(d), false) => Some(format!("{d} (systemd-detect-virt)")),
+        (None, true) => Some("kernel on a hypervisor (cpuinfo)".to_string()),
+        (None, false) => None,
+    };
     json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu,
@@ -348,6 +363,8 @@ pub fn machine() -> Value {
         "virtualization": virt,
         "os": read_trim("/etc/os-release").and_then(|o| o.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|s| s.trim_matches('"').to_string()))),
         "uplinkd_version": env!("CARGO_PKG_VERSION"),
+        "load_average_start": loadavg(),
+        "other_network_namespaces_at_start": foreign_namespaces(),
         "date": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     })
 }
@@ -546,21 +563,33 @@ fn primary_route_linkdown(lab: &Lab, f: Family) -> Result<bool> {
     }))
 }
 
-fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
+fn kernel_ready(lab: &Lab, f: Family) -> Result<bool> {
+    Ok(links_up(lab)?
+        && !primary_route_linkdown(lab, Family::V4)?
+        && !primary_route_linkdown(lab, Family::V6)?
+        && route_via(lab, f, Uplink::Primary)?)
+}
+
+/// One carrier-loss trial of a comparator that runs by itself (the
+/// kernel's fallback, FRR): wait until `ready` (links up, routes on the
+/// primary), stay quiet for a linkwatch period, start the stream, cut the
+/// primary's carrier, watch only the stream, restore the carrier.
+fn passive_trial(
+    ctx: &Ctx,
+    lab: &Lab,
+    kind: Kind,
+    f: Family,
+    ready: &dyn Fn() -> Result<bool>,
+) -> Result<Trial> {
     wait_until(
         ctx.cancel,
-        "veth ends up, primary route usable",
+        "veth ends up, routes via the primary",
         Duration::from_secs(20),
         Duration::from_millis(20),
-        || {
-            Ok(links_up(lab)?
-                && !primary_route_linkdown(lab, Family::V4)?
-                && !primary_route_linkdown(lab, Family::V6)?
-                && route_via(lab, f, Uplink::Primary)?)
-        },
+        ready,
     )?;
     ctx.cancel
-        .sleep(Duration::from_millis(200) + LINKWATCH_QUIET)?;
+        .sleep(Duration::from_millis(200) + LINKWATCH_QUIET + phase_jitter(kind))?;
     let stream = lab.udp_stream(&spec(f))?;
     ctx.cancel.sleep(Duration::from_millis(300))?;
     lab.carrier_down(Uplink::Primary)?;
@@ -568,9 +597,10 @@ fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
         // Nothing may ask the kernel about the server's links or routes
         // while the outage lasts: `ip` resolves device names with a
         // per-device RTM_GETLINK, which synchronises pending linkwatch work
-        // (linkwatch_sync_dev) and would apply the delayed fallback early.
-        // Only the stream is watched; the kernel's fallback comes at most
-        // ~1 s late (linkwatch), so watch at least that long.
+        // (linkwatch_sync_dev) and would apply a delayed link change early.
+        // Only the stream is watched; the kernel (and a daemon waiting for
+        // its link event) comes at most ~1 s late (linkwatch), so watch at
+        // least that long.
         let t = Instant::now();
         let flowing = wait_flowing(ctx.cancel, &stream, Duration::from_secs(10))?;
         ctx.cancel
@@ -590,6 +620,286 @@ fn kernel_trial(ctx: &Ctx, lab: &Lab, kind: Kind, f: Family) -> Result<Trial> {
         )));
     }
     Ok(Trial::from_report(&r, None))
+}
+
+// ---------------------------------------------------------------------------
+// FRR: zebra + staticd with two static defaults (distance 10 and 20)
+// ---------------------------------------------------------------------------
+
+/// FRR's daemons directory (Debian: /usr/lib/frr).
+fn frr_dir() -> Option<PathBuf> {
+    frr_zebra().and_then(|z| z.parent().map(Path::to_path_buf))
+}
+
+/// `apt-get install frr` (for `--install-frr`).
+fn install_frr(ctx: &Ctx) -> Result<()> {
+    ctx.say("--install-frr: apt-get install -y --no-install-recommends frr");
+    let run = |args: &[&str]| -> Result<bool> {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .map_err(|source| LabError::Io {
+                what: "run apt-get".into(),
+                source,
+            })
+    };
+    let install = ["install", "-y", "--no-install-recommends", "frr"];
+    // A fresh machine often has no package lists yet: update, then retry.
+    let ok = run(&install)? || (run(&["update"])? && run(&install)?);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("apt-get install frr failed"))
+    }
+}
+
+/// zebra and staticd running in the lab's server namespace.
+struct Frr {
+    zebra: super::LabChild,
+    staticd: super::LabChild,
+    dir: PathBuf,
+}
+
+/// FRR's version, e.g. "FRR 8.4.4" (from `zebra --version`: "zebra
+/// version 8.4.4").
+fn frr_version(bin: &Path) -> Option<String> {
+    std::process::Command::new(bin.join("zebra"))
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().last())
+                .map(|v| format!("FRR {v}"))
+        })
+}
+
+/// The staticd config of the comparator: two static defaults per family,
+/// the primary at distance 10, the secondary at 20 (a floating static).
+pub fn frr_static_config() -> String {
+    let mut c = String::from("hostname srv\n");
+    for (u, dist) in [(Uplink::Primary, 10), (Uplink::Secondary, 20)] {
+        c.push_str(&format!(
+            "ip route 0.0.0.0/0 {} {dist}\nipv6 route ::/0 {} {dist}\n",
+            u.gateway(Family::V4),
+            u.gateway(Family::V6)
+        ));
+    }
+    c
+}
+
+impl Frr {
+    /// Starts zebra, then staticd, in the server namespace, as the `frr`
+    /// user (FRR drops to it and keeps the capabilities it needs); every
+    /// file in `<lab dir>/frr`. Waits (bounded) until the routes are in.
+    fn start(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Frr> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = lab.dir().join("frr");
+        let io = |what: String| move |source| LabError::Io { what, source };
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        std::fs::write(dir.join("zebra.conf"), "hostname srv\n")
+            .map_err(io("write zebra.conf".into()))?;
+        std::fs::write(dir.join("staticd.conf"), frr_static_config())
+            .map_err(io("write staticd.conf".into()))?;
+        let user = nix::unistd::User::from_name("frr")
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                LabError::Missing("the `frr` user (installed with Debian's frr package)".into())
+            })?;
+        for e in std::fs::read_dir(&dir)
+            .map_err(io(format!("list {}", dir.display())))?
+            .flatten()
+        {
+            let _ = nix::unistd::chown(&e.path(), Some(user.uid), Some(user.gid));
+        }
+        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
+            .map_err(|e| io(format!("chown {}", dir.display()))(e.into()))?;
+        // The frr user must be able to reach its directory.
+        let _ = std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o711));
+        let d = dir.display().to_string();
+        let srv = lab.server_ns();
+        let daemon = |name: &str| -> Result<super::LabChild> {
+            let prog = bin.join(name).display().to_string();
+            let mut c = lab.command(
+                &srv,
+                &[
+                    &prog,
+                    "-f",
+                    &format!("{d}/{name}.conf"),
+                    "-i",
+                    &format!("{d}/{name}.pid"),
+                    "-z",
+                    &format!("{d}/zserv.api"),
+                    "--vty_socket",
+                    &d,
+                    "-u",
+                    "frr",
+                    "-g",
+                    "frr",
+                    "-P",
+                    "0",
+                    "--log",
+                    &format!("file:{d}/{name}.log"),
+                ],
+            )?;
+            let out = std::fs::File::create(dir.join(format!("{name}.out")))
+                .map_err(io(format!("create {name}.out")))?;
+            let err = out.try_clone().map_err(io(format!("create {name}.out")))?;
+            c.stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+            let child = c.spawn().map_err(io(format!("start {prog}")))?;
+            Ok(super::LabChild::new(child, name.to_string()))
+        };
+        let zebra = daemon("zebra")?;
+        wait_until(
+            ctx.cancel,
+            "zebra's socket",
+            Duration::from_secs(15),
+            Duration::from_millis(20),
+            || Ok(dir.join("zserv.api").exists()),
+        )?;
+        let staticd = daemon("staticd")?;
+        let mut frr = Frr {
+            zebra,
+            staticd,
+            dir,
+        };
+        let ready = wait_until(
+            ctx.cancel,
+            "FRR's static default routes via the primary",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                frr.check_alive()?;
+                Ok(route_via(lab, Family::V4, Uplink::Primary)?
+                    && route_via(lab, Family::V6, Uplink::Primary)?)
+            },
+        );
+        if let Err(e) = ready {
+            return Err(invalid(format!("{e}; {}", frr.log_tail())));
+        }
+        Ok(frr)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, c) in [("zebra", &mut self.zebra), ("staticd", &mut self.staticd)] {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Err(invalid(format!("FRR's {name} exited ({st})")));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        ["zebra.out", "zebra.log", "staticd.out", "staticd.log"]
+            .iter()
+            .map(|f| {
+                let t = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                format!(
+                    "{f}: {}",
+                    lines[lines.len().saturating_sub(5)..].join(" / ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn stop(self) {
+        let _ = self.staticd.terminate(Duration::from_secs(3));
+        let _ = self.zebra.terminate(Duration::from_secs(3));
+    }
+}
+
+/// What the daemon cost over an idle window.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleFigures {
+    pub window_s: f64,
+    /// On-CPU time / window, from /proc/PID/schedstat (the scheduler's
+    /// clock; includes softirq work done in the daemon's context, e.g. the
+    /// lab routers' echo replies over veth).
+    pub cpu_percent: f64,
+    /// The same from utime + stime (sampled at the kernel tick).
+    pub cpu_percent_utime_stime: f64,
+    /// Times the daemon was scheduled in, per second.
+    pub wakeups_per_s: f64,
+    /// CPU per wake-up, in microseconds.
+    pub us_per_wakeup: f64,
+    pub vm_hwm_kib: Option<u64>,
+    pub vm_rss_kib: Option<u64>,
+}
+
+fn measure_idle(ctx: &Ctx, d: &Uplinkd, window: Duration) -> Result<IdleFigures> {
+    let c0 = d.cpu_seconds()?;
+    let s0 = d.schedstat();
+    let t0 = Instant::now();
+    ctx.cancel.sleep(window)?;
+    let c1 = d.cpu_seconds()?;
+    let s1 = d.schedstat();
+    let secs = t0.elapsed().as_secs_f64();
+    let ticks_pct = (c1 - c0) / secs * 100.0;
+    let (cpu_percent, wakeups_per_s, us_per_wakeup) = match (s0, s1) {
+        (Some((n0, k0)), Some((n1, k1))) => {
+            let ns = n1.saturating_sub(n0) as f64;
+            let k = k1.saturating_sub(k0).max(1) as f64;
+            (ns / 1e9 / secs * 100.0, k / secs, ns / 1e3 / k)
+        }
+        _ => (ticks_pct, f64::NAN, f64::NAN),
+    };
+    Ok(IdleFigures {
+        window_s: secs,
+        cpu_percent,
+        cpu_percent_utime_stime: ticks_pct,
+        wakeups_per_s,
+        us_per_wakeup,
+        vm_hwm_kib: d.proc_status_kib("VmHWM"),
+        vm_rss_kib: d.proc_status_kib("VmRSS"),
+    })
+}
+
+/// Window of each idle-breakdown variant.
+const BREAKDOWN_WINDOW: Duration = Duration::from_secs(20);
+
+/// Idle CPU with the default probing, then with the 4 ms tick slowed to
+/// 20 ms, then with the gateway probes slowed to 1/s, then with both: the
+/// differences are what the tick and the gateway probes cost.
+fn idle_breakdown(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Vec<Value>> {
+    let variants = [
+        ("defaults (4 ms tick, gateway echo every 20 ms)", ""),
+        (
+            "tick 20 ms (carrier_interval, gateway_fast_interval), gateway echo every 20 ms",
+            "[probe]\ncarrier_interval = \"20ms\"\ngateway_fast_interval = \"20ms\"\n",
+        ),
+        (
+            "4 ms tick, gateway echo every 1 s",
+            "[probe]\ngateway_interval = \"1s\"\ngateway_dead_after = \"3s\"\n",
+        ),
+        (
+            "tick 100 ms, gateway echo every 1 s (transits only)",
+            "[probe]\ncarrier_interval = \"100ms\"\ngateway_fast_interval = \"100ms\"\ngateway_interval = \"1s\"\ngateway_dead_after = \"3s\"\ngateway_timeout = \"100ms\"\n",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, probe) in variants {
+        ctx.cancel.check()?;
+        let d = Uplinkd::start(lab, bin, probe)?;
+        ctx.cancel.sleep(Duration::from_secs(3))?;
+        let m = measure_idle(ctx, &d, BREAKDOWN_WINDOW)?;
+        ctx.say(&format!(
+            "idle breakdown: {what}: CPU {:.2} % ({:.0} wake-ups/s, {:.1} us each)",
+            m.cpu_percent, m.wakeups_per_s, m.us_per_wakeup
+        ));
+        let mut v = serde_json::to_value(&m).unwrap_or_default();
+        v["config"] = json!(what);
+        out.push(v);
+        d.stop();
+    }
+    Ok(out)
 }
 
 fn wants(opts: &BenchOpts, section: &str) -> bool {
@@ -645,16 +955,21 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         series: Vec::new(),
         first_decision: None,
         idle: None,
+        idle_breakdown: Vec::new(),
         false_switches: None,
+        comparators: Vec::new(),
         not_measured: Vec::new(),
+        targets_missed: Vec::new(),
         duration_s: 0.0,
     };
     let outcome = run_sections(opts, &ctx, &bin, &mut res);
     res.duration_s = t_start.elapsed().as_secs_f64();
+    res.machine["load_average_end"] = json!(loadavg());
     if let Err(e) = &outcome {
         ctx.say(&format!("stopped early: {e}"));
         res.not_measured.push(format!("the run stopped early: {e}"));
     }
+    res.targets_missed = targets_missed(&res);
     print_table(&res);
     if let Some(p) = &opts.json {
         let text = serde_json::to_string_pretty(&res).unwrap_or_default();
@@ -693,7 +1008,7 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         Kind::Drain,
         Kind::CarrierBusy,
     ];
-    let need_daemon = ["first-decision", "idle", "false-switches"]
+    let need_daemon = ["first-decision", "idle", "idle-breakdown", "false-switches"]
         .iter()
         .any(|s| wants(opts, s))
         || daemon_kinds.iter().any(|k| wants(opts, k.section()));
@@ -730,28 +1045,20 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         if wants(opts, "idle") {
             ctx.say(&format!("idle: {} s with default probes", WINDOW.as_secs()));
             ctx.cancel.sleep(Duration::from_secs(2))?;
-            let c0 = d.cpu_seconds()?;
-            let t0 = Instant::now();
-            ctx.cancel.sleep(WINDOW)?;
-            let c1 = d.cpu_seconds()?;
-            let secs = t0.elapsed().as_secs_f64();
-            let cpu = (c1 - c0) / secs * 100.0;
-            let hwm = d.proc_status_kib("VmHWM");
-            let rss = d.proc_status_kib("VmRSS");
+            let m = measure_idle(ctx, &d, WINDOW)?;
             ctx.say(&format!(
-                "idle: CPU {cpu:.2} % of one core, peak RSS (VmHWM) {} KiB",
-                hwm.unwrap_or(0)
+                "idle: CPU {:.2} % of one core ({:.0} wake-ups/s, {:.1} us each), peak RSS (VmHWM) {} KiB",
+                m.cpu_percent,
+                m.wakeups_per_s,
+                m.us_per_wakeup,
+                m.vm_hwm_kib.unwrap_or(0)
             ));
-            res.idle = Some(json!({
-                "window_s": secs,
-                "cpu_percent_of_one_core": cpu,
-                "cpu_seconds": c1 - c0,
-                "vm_hwm_kib": hwm,
-                "vm_rss_kib": rss,
-                "target_cpu_percent": 1.0,
-                "target_rss_mib": 16,
-                "meets_target": cpu <= 1.0 && hwm.is_some_and(|k| k <= 16 * 1024),
-            }));
+            let mut v = serde_json::to_value(&m).unwrap_or_default();
+            v["target_cpu_percent"] = json!(1.0);
+            v["target_rss_mib"] = json!(16);
+            v["meets_target"] =
+                json!(m.cpu_percent <= 1.0 && m.vm_hwm_kib.is_some_and(|k| k <= 16 * 1024));
+            res.idle = Some(v);
         }
         for kind in daemon_kinds {
             if !wants(opts, kind.section()) {
@@ -766,9 +1073,13 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 .iter()
                 .map(|f| Series::new("uplinkd", kind, *f))
                 .collect();
-            for i in 0..opts.trials {
+            let mut interrupted = None;
+            'trials: for i in 0..opts.trials {
                 for (k, f) in Family::ALL.iter().enumerate() {
-                    ctx.cancel.check()?;
+                    if let Err(e) = ctx.cancel.check() {
+                        interrupted = Some(e);
+                        break 'trials;
+                    }
                     series[k].foreign_namespaces_max =
                         series[k].foreign_namespaces_max.max(foreign_namespaces());
                     match uplinkd_trial(ctx, &lab, &mut d, kind, *f) {
@@ -786,7 +1097,8 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                         }
                         Err(e) => {
                             if ctx.cancel.is_cancelled() {
-                                return Err(e);
+                                interrupted = Some(e);
+                                break 'trials;
                             }
                             ctx.say(&format!(
                                 "uplinkd {} {f} trial {} FAILED: {e}",
@@ -797,7 +1109,7 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                             d.check_alive()?;
                             if series[k].failed.len() > opts.trials / 2 + 2 {
                                 ctx.say("too many failures: skipping the rest of this kind");
-                                break;
+                                break 'trials;
                             }
                         }
                     }
@@ -814,9 +1126,13 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 }
             }
             drop(noise);
+            // Also after an interruption: the trials done so far count.
             for mut s in series {
                 s.finish();
                 res.series.push(s);
+            }
+            if let Some(e) = interrupted {
+                return Err(e);
             }
         }
         if wants(opts, "false-switches") {
@@ -864,6 +1180,9 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
             }));
         }
         d.stop();
+        if wants(opts, "idle-breakdown") {
+            res.idle_breakdown = idle_breakdown(ctx, &lab, bin)?;
+        }
         lab.destroy()?;
     }
 
@@ -871,76 +1190,133 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         ctx.say("building a lab for the kernel's own fallback (no daemon)");
         let lab = Lab::build(&LabSpec::default())?;
         kernel_setup(&lab)?;
-        for kind in [Kind::CarrierQuiet, Kind::CarrierBusy] {
-            let noise = if kind == Kind::CarrierBusy {
-                Some(lab.noise(NOISE_PERIOD)?)
-            } else {
-                None
-            };
-            let mut series: Vec<Series> = Family::ALL
-                .iter()
-                .map(|f| Series::new("kernel", kind, *f))
-                .collect();
-            for i in 0..opts.trials {
-                for (k, f) in Family::ALL.iter().enumerate() {
-                    ctx.cancel.check()?;
-                    series[k].foreign_namespaces_max =
-                        series[k].foreign_namespaces_max.max(foreign_namespaces());
-                    match kernel_trial(ctx, &lab, kind, *f) {
-                        Ok(t) => {
-                            ctx.say(&format!(
-                                "kernel {} {f} trial {}/{}: outage {:.1} ms (raw {:.1})",
-                                kind.title(),
-                                i + 1,
-                                opts.trials,
-                                t.network_ms,
-                                t.raw_ms
-                            ));
-                            series[k].trials.push(t);
-                        }
-                        Err(e) => {
-                            if ctx.cancel.is_cancelled() {
-                                return Err(e);
-                            }
-                            ctx.say(&format!(
-                                "kernel {} {f} trial {} FAILED: {e}",
-                                kind.title(),
-                                i + 1
-                            ));
-                            series[k].failed.push(e.to_string());
-                        }
-                    }
-                }
-            }
-            drop(noise);
-            for mut s in series {
-                s.finish();
-                res.series.push(s);
-            }
-        }
+        comparator_series(opts, ctx, res, &lab, "kernel", &|f| kernel_ready(&lab, f))?;
         lab.destroy()?;
         res.not_measured.push(
             "kernel fallback for a dead gateway or a dead upstream: the kernel does not detect either (it keeps routing into the dead path); no figure".into(),
         );
     }
 
-    match frr_zebra() {
-        None => {
-            let msg = if opts.install_frr {
-                "FRR: not measured (--install-frr: the FRR comparator is not implemented yet)"
-            } else {
-                "FRR not installed (no zebra in PATH or /usr/lib/frr): no FRR comparator"
-            };
-            ctx.say(msg);
-            res.not_measured.push(msg.into());
+    if wants(opts, "frr") {
+        if frr_dir().is_none() && opts.install_frr {
+            install_frr(ctx)?;
         }
-        Some(z) => {
-            let msg = format!(
-                "FRR is installed ({}), but the FRR comparator (zebra + staticd, bfdd) is not implemented yet: no FRR figures",
-                z.display()
-            );
-            ctx.say(&msg);
-            res.not_measured.push(msg);
+        match frr_dir() {
+            None => {
+                let msg = "FRR not installed (no zebra in /usr/lib/frr or PATH; `--install-frr` installs Debian's frr package): no FRR comparator";
+                ctx.say(msg);
+                res.not_measured.push(msg.into());
+            }
+            Some(bin) => {
+                let version = frr_version(&bin).unwrap_or_else(|| "FRR".into());
+                ctx.say(&format!(
+                    "building a lab for FRR ({version}: zebra + staticd, static defaults at distance 10 via the primary and 20 via the secondary)"
+                ));
+                let lab = Lab::build(&LabSpec::default())?;
+                let frr = Frr::start(ctx, &lab, &bin)?;
+                let r = comparator_series(opts, ctx, res, &lab, "frr", &|f| {
+                    Ok(links_up(&lab)? && route_via(&lab, f, Uplink::Primary)?)
+                });
+                frr.stop();
+                r?;
+                lab.destroy()?;
+                res.comparators.push(json!({
+                    "subject": "frr",
+                    "version": version,
+                    "daemons": "zebra + staticd, in the server namespace",
+                    "staticd_config": frr_static_config(),
+                }));
+                res.not_measured.push(format!(
+                    "FRR dead gateway (bfdd): {version}'s staticd cannot tie a static route to a BFD session (`ip route ... bfd` arrived in FRR 8.5, FRRouting/frr#12424; Debian 12 ships 8.4): no figure"
+                ));
+                res.not_measured.push(
+                    "FRR dead upstream: static routes (and single-hop BFD to the gateway) cannot see a dead upstream behind a live gateway: no figure".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carrier-loss trials (quiet, then busy host) of a comparator that runs
+/// by itself in `lab`; `ready(f)` says when a trial may start.
+fn comparator_series(
+    opts: &BenchOpts,
+    ctx: &Ctx,
+    res: &mut Results,
+    lab: &Lab,
+    subject: &str,
+    ready: &dyn Fn(Family) -> Result<bool>,
+) -> Result<()> {
+    for kind in [Kind::CarrierQuiet, Kind::CarrierBusy] {
+        let noise = if kind == Kind::CarrierBusy {
+            Some(lab.noise(NOISE_PERIOD)?)
+        } else {
+            None
+        };
+        let mut series: Vec<Series> = Family::ALL
+            .iter()
+            .map(|f| Series::new(subject, kind, *f))
+            .collect();
+        let mut interrupted = None;
+        'trials: for i in 0..opts.trials {
+            for (k, f) in Family::ALL.iter().enumerate() {
+                if let Err(e) = ctx.cancel.check() {
+                    interrupted = Some(e);
+                    break 'trials;
+                }
+                series[k].foreign_namespaces_max =
+                    series[k].foreign_namespaces_max.max(foreign_namespaces());
+                let f = *f;
+                match passive_trial(ctx, lab, kind, f, &|| ready(f)) {
+                    Ok(t) => {
+                        ctx.say(&format!(
+                            "{subject} {} {f} trial {}/{}: outage {:.1} ms (raw {:.1})",
+                            kind.title(),
+                            i + 1,
+                            opts.trials,
+                            t.network_ms,
+                            t.raw_ms
+                        ));
+                        series[k].trials.push(t);
+                    }
+                    Err(e) => {
+                        if ctx.cancel.is_cancelled() {
+                            interrupted = Some(e);
+                            break 'trials;
+                        }
+                        ctx.say(&format!(
+                            "{subject} {} {f} trial {} FAILED: {e}",
+                            kind.title(),
+                            i + 1
+                        ));
+                        series[k].failed.push(e.to_string());
+                        if series[k].failed.len() > opts.trials / 2 + 2 {
+                            ctx.say("too many failures: skipping the rest of this kind");
+                            break 'trials;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(n) = &noise {
+            let errs = n.errors();
+            if !errs.is_empty() {
+                res.not_measured.push(format!(
+                    "noise stopped during {subject} {}: {}",
+                    kind.title(),
+                    errs.join("; ")
+                ));
+            }
+        }
+        drop(noise);
+        // Also after an interruption: the trials done so far count.
+        for mut s in series {
+            s.finish();
+            res.series.push(s);
+        }
+        if let Some(e) = interrupted {
+            return Err(e);
         }
     }
     Ok(())
@@ -1010,10 +1386,21 @@ pub fn print_table(res: &Results) {
     }
     if let Some(i) = &res.idle {
         println!(
-            "  idle ({:.0} s, default probes): CPU {:.2} % of one core (target <= 1 %), peak RSS {} KiB (target <= 16 MiB)",
+            "  idle ({:.0} s, default probes): CPU {:.2} % of one core (target <= 1 %; {:.0} wake-ups/s, {:.1} us each), peak RSS {} KiB (target <= 16 MiB)",
             i["window_s"].as_f64().unwrap_or(0.0),
-            i["cpu_percent_of_one_core"].as_f64().unwrap_or(f64::NAN),
+            i["cpu_percent"].as_f64().unwrap_or(f64::NAN),
+            i["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
+            i["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
             i["vm_hwm_kib"]
+        );
+    }
+    for b in &res.idle_breakdown {
+        println!(
+            "    {}: {:.2} % ({:.0} wake-ups/s, {:.1} us each)",
+            b["config"].as_str().unwrap_or("?"),
+            b["cpu_percent"].as_f64().unwrap_or(f64::NAN),
+            b["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
+            b["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
         );
     }
     if let Some(fd) = &res.first_decision {
@@ -1026,10 +1413,193 @@ pub fn print_table(res: &Results) {
     for n in &res.not_measured {
         println!("  not measured: {n}");
     }
+    for t in &res.targets_missed {
+        println!("  TARGET MISSED: {t}");
+    }
 }
 
-/// The results as Markdown (bench/RESULTS.md is this plus prose).
+/// Every target missed, with what limits it (from what the run measured).
+fn targets_missed(res: &Results) -> Vec<String> {
+    let load = |s: &Series| s.loadavg.first().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for s in res.series.iter().filter(|s| s.meets_target == Some(false)) {
+        let why = match s.kind {
+            _ if !s.failed.is_empty() => format!("{} trial(s) failed: {}", s.failed.len(), s.failed.join("; ")),
+            Kind::CarrierQuiet | Kind::CarrierBusy => "detection is bounded by the 4 ms carrier tick (carrier_interval); a longer gap means the daemon (or the stream's receiver) was not scheduled in time on this loaded machine (see load)".into(),
+            Kind::GatewayDead => "detection is gateway_dead_after (60 ms) plus at least gateway_min_misses (5) unanswered probes, plus the tick".into(),
+            Kind::UpstreamDead => "detection is a transit miss (up to transit_interval = 1 s after the cut), then a burst of transit_fall (4) probes at transit_fast_interval (50 ms) to confirm".into(),
+            Kind::Failback | Kind::Drain => "make-before-break should lose nothing: look at the trials (raw vs network gap) for a sender or receiver descheduled".into(),
+        };
+        out.push(format!(
+            "{} {} ({}): p99 {:.1} ms > target {:.0} ms; load average at start {}; {why}",
+            s.subject,
+            s.title,
+            s.family,
+            s.network_ms.map_or(f64::NAN, |x| x.p99),
+            s.target_p99_ms.unwrap_or(f64::NAN),
+            load(s)
+        ));
+    }
+    if let Some(i) = &res.idle {
+        let cpu = i["cpu_percent"].as_f64().unwrap_or(f64::NAN);
+        if cpu > 1.0 {
+            let mut why = format!(
+                "idle CPU {cpu:.2} % of one core > 1 %: {:.0} wake-ups/s at {:.1} us each (the 4 ms tick polls the carrier; gateway echo every 20 ms per uplink and family); on this virtual machine a wake-up costs tens of microseconds, and over veth the lab routers' echo replies are processed in the daemon's own sendto (softirq in its context), which a real NIC does not do",
+                i["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
+                i["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
+            );
+            if !res.idle_breakdown.is_empty() {
+                why.push_str("; breakdown: ");
+                why.push_str(
+                    &res.idle_breakdown
+                        .iter()
+                        .map(|b| {
+                            format!(
+                                "{} {:.2} %",
+                                b["config"].as_str().unwrap_or("?"),
+                                b["cpu_percent"].as_f64().unwrap_or(f64::NAN)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+            }
+            why.push_str(&format!(
+                "; load average at start {}",
+                res.machine["load_average_start"].as_str().unwrap_or("?")
+            ));
+            out.push(why);
+        }
+        if i["vm_hwm_kib"].as_u64().is_some_and(|k| k > 16 * 1024) {
+            out.push(format!("peak RSS {} KiB > 16 MiB", i["vm_hwm_kib"]));
+        }
+    }
+    if let Some(fs) = &res.false_switches {
+        if fs["switches"].as_u64().unwrap_or(0) > 0 {
+            out.push(format!(
+                "{} false switch(es) during {} s of 10 % probe loss (target 0)",
+                fs["switches"], fs["window_s"]
+            ));
+        }
+    }
+    out
+}
+
+/// The results as a Markdown document (what bench/RESULTS.md is).
 pub fn markdown(res: &Results) -> String {
+    let mut m = String::new();
+    let mach = &res.machine;
+    let st = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "?".into(),
+        other => other.to_string(),
+    };
+    m.push_str("# uplinkd failover benchmark\n\n");
+    m.push_str("Produced by `uplink-lab bench` (src/lab/bench.rs). Outage as a user feels it: a paced UDP stream of 10,000 datagrams/s from the lab's server to its sink, IPv4 and IPv6 in separate trials; the outage of a trial is the longest run of missing sequence numbers times the interval (0.1 ms). Percentiles are nearest rank over the trials.\n\n");
+    m.push_str("## Machine\n\n");
+    for (k, label) in [
+        ("date", "date"),
+        ("nproc", "CPUs (nproc)"),
+        ("cpu", "CPU model"),
+        ("memory_mib", "memory (MiB)"),
+        ("kernel", "kernel"),
+        ("arch", "architecture"),
+        ("os", "OS"),
+        ("virtualization", "virtualization"),
+        ("load_average_start", "load average at start (1, 5, 15 min)"),
+        ("load_average_end", "load average at end"),
+        (
+            "other_network_namespaces_at_start",
+            "network namespaces of other work at start",
+        ),
+        ("uplinkd_version", "uplinkd version"),
+    ] {
+        m.push_str(&format!("- {label}: {}\n", st(&mach[k])));
+    }
+    m.push_str(&format!(
+        "- trials per series: {}; whole run: {:.0} s\n\n",
+        st(&res.method["trials_per_series"]),
+        res.duration_s
+    ));
+    m.push_str("## Method\n\n");
+    if let Some(o) = res.method.as_object() {
+        for (k, v) in o {
+            m.push_str(&format!("- {k}: {}\n", st(v)));
+        }
+    }
+    m.push_str("- trial: wait until the daemon is on the primary with both uplinks healthy and the veth ends up; start the stream; 300 ms later inject the failure; wait for the switch, then until the stream flows again and 300 ms more; undo. Carrier trials wait a further 1 s first (the kernel's linkwatch runs at most once a second), busy-host trials a random 0-1 s more.\n");
+    m.push_str("- comparators run on the same topology, without uplinkd: the kernel's own fallback (default routes at metric 10 via the primary and 11 via the secondary, `ignore_routes_with_linkdown=1`) and FRR (zebra + staticd, static defaults at distance 10 and 20). While a comparator's outage lasts nothing queries the server's links (an `ip` call would make the kernel apply a delayed link change early).\n\n");
+    m.push_str("## Outage (ms)\n\n");
+    m.push_str("`network`: gaps made only of slots the sender skipped while descheduled are excluded (a sender blocked in `sendto` counts); `raw`: any gap. `decision`: from the injecting command to the daemon's `active_changed` event.\n\n");
+    m.push_str(&series_table(res));
+    m.push_str("\n## Other figures\n\n");
+    if let Some(fs) = &res.false_switches {
+        m.push_str(&format!(
+            "- false switches during {} s of 10 % random loss on every echo request through the primary: **{}** (target 0); uplink health changes: {}; gateway v4 loss seen by the daemon: {}\n",
+            st(&fs["window_s"]),
+            st(&fs["switches"]),
+            st(&fs["uplink_health_changes"]),
+            fs["gateway_v4_loss_seen"].as_f64().map_or("?".into(), |x| format!("{:.1} %", x * 100.0))
+        ));
+    }
+    if let Some(i) = &res.idle {
+        m.push_str(&format!(
+            "- idle, {:.0} s, default probes: CPU **{:.2} %** of one core (target <= 1 %; /proc/PID/schedstat; utime+stime says {:.2} %), {:.0} wake-ups/s at {:.1} us each; peak RSS (VmHWM) **{} KiB** (target <= 16 MiB)\n",
+            i["window_s"].as_f64().unwrap_or(f64::NAN),
+            i["cpu_percent"].as_f64().unwrap_or(f64::NAN),
+            i["cpu_percent_utime_stime"].as_f64().unwrap_or(f64::NAN),
+            i["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
+            i["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
+            st(&i["vm_hwm_kib"])
+        ));
+    }
+    for b in &res.idle_breakdown {
+        m.push_str(&format!(
+            "  - {}: {:.2} % ({:.0} wake-ups/s, {:.1} us each; {:.0} s)\n",
+            st(&b["config"]),
+            b["cpu_percent"].as_f64().unwrap_or(f64::NAN),
+            b["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
+            b["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
+            b["window_s"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    if let Some(fd) = &res.first_decision {
+        m.push_str(&format!(
+            "- start to first decision: {:.0} ms (status `decided`, polled every 10 ms); first `active_changed` event at {:.0} ms\n",
+            fd["status_decided_ms"].as_f64().unwrap_or(f64::NAN),
+            fd["first_active_changed_ms"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    if !res.comparators.is_empty() {
+        m.push_str("\n## Comparators\n\n");
+        for c in &res.comparators {
+            m.push_str(&format!(
+                "- {} ({}): {}\n\n```\n{}```\n",
+                st(&c["subject"]),
+                st(&c["version"]),
+                st(&c["daemons"]),
+                c["staticd_config"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    m.push_str("\n## Targets missed\n\n");
+    if res.targets_missed.is_empty() {
+        m.push_str("None in this run.\n");
+    }
+    for t in &res.targets_missed {
+        m.push_str(&format!("- {t}\n"));
+    }
+    if !res.not_measured.is_empty() {
+        m.push_str("\n## Not measured\n\n");
+        for n in &res.not_measured {
+            m.push_str(&format!("- {n}\n"));
+        }
+    }
+    m
+}
+
+/// The outage table.
+fn series_table(res: &Results) -> String {
     let mut m = String::new();
     m.push_str("| subject | failure | family | n | min | p50 | p99 | max | target (p99) | raw p99 / max | decision p50 / p99 |\n");
     m.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{
@@ -578,6 +579,18 @@ impl Uplinkd {
         Ok((u + st) as f64 / hz)
     }
 
+    /// From `/proc/<pid>/schedstat`: (time on a CPU in ns, number of
+    /// times it ran). Measured by the scheduler's clock, unlike utime +
+    /// stime, which are sampled at the kernel's tick.
+    pub fn schedstat(&self) -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid)).ok()?;
+        let mut it = s.split_whitespace();
+        let ns = it.next()?.parse().ok()?;
+        let _wait = it.next()?;
+        let slices = it.next()?.parse().ok()?;
+        Some((ns, slices))
+    }
+
     /// A `/proc/<pid>/status` field in kB (e.g. "VmHWM", "VmRSS").
     pub fn proc_status_kib(&self, key: &str) -> Option<u64> {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
@@ -925,14 +938,58 @@ struct Mark {
     text: String,
 }
 
-/// What one step measured.
-struct StepResult {
-    title: String,
-    /// What happened, e.g. "switched to secondary after 3.2 ms".
-    switched: String,
-    v4: Option<StreamReport>,
-    v6: Option<StreamReport>,
-    note: String,
+/// One switch of a family seen in the daemon's events during a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSwitch {
+    pub family: Family,
+    /// The uplink the family moved to (its `active_changed` event).
+    pub to: String,
+    /// From the demo's injection to that event.
+    pub after_ms: f64,
+}
+
+/// The outage one stream measured during a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutage {
+    pub family: Family,
+    /// Longest network gap (see [`network_gap`]), in ms.
+    pub outage_ms: f64,
+    /// Longest gap of any kind (incl. sender descheduled), in ms.
+    pub raw_ms: f64,
+    pub lost: u64,
+    pub sent: u64,
+}
+
+/// What one step of the demo did and measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoStep {
+    pub title: String,
+    /// Where both families must end up after the step.
+    pub expect: Uplink,
+    /// The first switch of each family toward `expect` after the step's
+    /// injection (one per family when the step worked).
+    pub switches: Vec<StepSwitch>,
+    /// Fail static seen (both families) during the step.
+    pub fail_static: bool,
+    /// Switches while in fail static (must be 0: no flapping between dead
+    /// uplinks).
+    pub switches_while_static: Option<usize>,
+    /// One per family (IPv4, IPv6).
+    pub outages: Vec<StepOutage>,
+    /// What happened, in words.
+    pub text: String,
+    pub note: String,
+}
+
+/// What the demo did: every step, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// The namespaces the demo's lab had (all removed when it returns).
+    pub namespaces: Vec<String>,
+    pub first_decision_ms: Option<f64>,
+    pub steps: Vec<DemoStep>,
+    /// The whole demo (lab build to teardown), in seconds.
+    pub duration_s: f64,
 }
 
 struct Demo<'a> {
@@ -942,7 +999,16 @@ struct Demo<'a> {
     console: Arc<Console>,
     t0: SystemTime,
     marks: Vec<Mark>,
-    results: Vec<StepResult>,
+    results: Vec<DemoStep>,
+}
+
+/// What a step's action reports back to [`Demo::measured`].
+struct Outcome {
+    expect: Uplink,
+    switches: Vec<StepSwitch>,
+    fail_static: bool,
+    switches_while_static: Option<usize>,
+    text: String,
 }
 
 impl Demo<'_> {
@@ -955,14 +1021,13 @@ impl Demo<'_> {
     }
 
     /// Starts one stream per family, waits 300 ms, runs `act` (which
-    /// injects and waits for its outcome; it returns the "switched" text),
-    /// waits until both streams flow again (bounded) and 300 ms more, and
-    /// stops them.
+    /// injects and waits for its outcome), waits until both streams flow
+    /// again (bounded) and 300 ms more, and stops them.
     fn measured(
         &mut self,
         title: &str,
         note: &str,
-        act: impl FnOnce(&mut Self) -> Result<String>,
+        act: impl FnOnce(&mut Self) -> Result<Outcome>,
     ) -> Result<()> {
         let mut streams = Vec::new();
         for f in Family::ALL {
@@ -973,68 +1038,102 @@ impl Demo<'_> {
             })?);
         }
         self.cancel.sleep(Duration::from_millis(300))?;
-        let switched = act(self)?;
+        let o = act(self)?;
         for s in &streams {
             wait_flowing(self.cancel, s, Duration::from_secs(8))?;
         }
         self.cancel.sleep(Duration::from_millis(300))?;
-        let mut reports = streams.into_iter().map(|s| s.stop());
-        let v4 = reports.next();
-        let v6 = reports.next();
-        let line = |r: &Option<StreamReport>, f: &str| match r {
-            Some(r) => format!(
-                "{f} outage {} ({} of {} lost)",
-                human_ms(ms(network_gap(r))),
-                network_lost(r),
-                r.sent
-            ),
-            None => format!("{f} -"),
-        };
-        self.console.say(&format!(
-            "   {switched}; {}; {}",
-            line(&v4, "v4"),
-            line(&v6, "v6")
-        ));
-        self.results.push(StepResult {
+        let outages: Vec<StepOutage> = streams
+            .into_iter()
+            .zip(Family::ALL)
+            .map(|(s, family)| {
+                let r = s.stop();
+                StepOutage {
+                    family,
+                    outage_ms: ms(network_gap(&r)),
+                    raw_ms: ms(r.longest_gap),
+                    lost: network_lost(&r),
+                    sent: r.sent,
+                }
+            })
+            .collect();
+        let line = outages
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} outage {} ({} of {} lost)",
+                    fam_short(x.family),
+                    human_ms(x.outage_ms),
+                    x.lost,
+                    x.sent
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.console.say(&format!("   {}; {line}", o.text));
+        self.results.push(DemoStep {
             title: title.to_string(),
-            switched,
-            v4,
-            v6,
+            expect: o.expect,
+            switches: o.switches,
+            fail_static: o.fail_static,
+            switches_while_static: o.switches_while_static,
+            outages,
+            text: o.text,
             note: note.to_string(),
         });
         Ok(())
     }
 
-    /// Waits until both families are on `to` (status) and returns "moved to
-    /// X after N ms" from the daemon's events, timed from `since`.
+    /// Waits until both families are on `to` (status) and returns the
+    /// switches from the daemon's events, timed from `since`.
     fn wait_on(
         &mut self,
         to: Uplink,
         since: SystemTime,
         timeout: Duration,
         what: &str,
-    ) -> Result<String> {
+    ) -> Result<Outcome> {
         self.d.wait_for(self.cancel, what, timeout, |s| on(s, to))?;
         let mut parts = Vec::new();
+        let mut switches = Vec::new();
         for f in Family::ALL {
             match self
                 .d
                 .wait_switch_event(f, to.name(), since, Duration::from_secs(2))
             {
-                Some(e) => parts.push(format!(
-                    "{} {}",
-                    if f == Family::V4 { "v4" } else { "v6" },
-                    human_ms(secs_between(since, e.time) * 1000.0)
-                )),
-                None => parts.push(format!("{f} ?")),
+                Some(e) => {
+                    let after_ms = secs_between(since, e.time) * 1000.0;
+                    parts.push(format!("{} {}", fam_short(f), human_ms(after_ms)));
+                    switches.push(StepSwitch {
+                        family: f,
+                        to: to.name().to_string(),
+                        after_ms,
+                    });
+                }
+                None => parts.push(format!("{} ?", fam_short(f))),
             }
         }
-        Ok(format!("on {} after {}", to.name(), parts.join(", ")))
+        Ok(Outcome {
+            expect: to,
+            switches,
+            fail_static: false,
+            switches_while_static: None,
+            text: format!("on {} after {}", to.name(), parts.join(", ")),
+        })
     }
 }
 
-/// Runs the demo. `cancel` is set on Ctrl-C.
-pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
+fn fam_short(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    }
+}
+
+/// Runs the demo and returns what every step measured. `cancel` is set on
+/// Ctrl-C; the lab is torn down on every way out (also on an error or a
+/// panic: the [`Lab`] and the daemon are dropped).
+pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
     let tty = std::io::stdout().is_terminal();
     let t_start = Instant::now();
     println!("uplinkd demo: a dual-homed server, two routers, four transit providers and a sink,");
@@ -1051,6 +1150,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
     });
     console.say("building the lab...");
     let lab = Lab::build(&LabSpec::default())?;
+    let namespaces = lab.namespaces();
     cancel.check()?;
     console.say(&format!(
         "lab {} built: server {} with eth0 (primary, gateway {} / {}) and eth1 (secondary, gateway {} / {})",
@@ -1065,7 +1165,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
         "[policy]\nfailback_after = \"{DEMO_FAILBACK_AFTER}\"\n[policy.damping]\nthreshold = {DEMO_DAMPING_THRESHOLD}\n"
     );
     console.say(&format!(
-        "starting {} with the shipped defaults, except: the lab's socket, interfaces, gateways and transit targets; failback_after = \"{DEMO_FAILBACK_AFTER}\" (default 30s) and damping threshold = {DEMO_DAMPING_THRESHOLD} (default 3 failures in 10 min, then held down 60 s), so the demo fits in two minutes",
+        "starting {} with the shipped defaults (config/uplinkd.toml), except: the lab's socket, interfaces, gateways and transit targets; failback_after = \"{DEMO_FAILBACK_AFTER}\" instead of the default 30s, and damping threshold = {DEMO_DAMPING_THRESHOLD} instead of 3 (3 failures in 10 min hold an uplink down 60 s; the demo fails the primary 4 times on purpose), so the demo fits in two minutes",
         bin.display()
     ));
     let d = Uplinkd::start(&lab, &bin, &overrides)?;
@@ -1084,6 +1184,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
         marks: Vec::new(),
         results: Vec::new(),
     };
+    let mut first_decision_ms = None;
     let outcome = (|| -> Result<()> {
         let live = LiveStatus::start(console.clone(), demo.d.socket.clone());
         let s = demo
@@ -1091,9 +1192,10 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
             .wait_for(cancel, "the first decision", Duration::from_secs(20), |s| {
                 s.decided && on(s, Uplink::Primary)
             })?;
+        let fd = demo.d.spawned.elapsed().as_secs_f64() * 1000.0;
+        first_decision_ms = Some(fd);
         console.say(&format!(
-            "first decision {:.0} ms after start: {}",
-            demo.d.spawned.elapsed().as_secs_f64() * 1000.0,
+            "first decision {fd:.0} ms after start: {}",
             summary(&s)
         ));
         demo.d.wait_for(
@@ -1187,15 +1289,16 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
         )?;
 
         // 4. Both dead: fail static, then recovery.
-        let t = demo.mark("primary gateway dead again");
-        demo.lab.gateway_dead(Uplink::Primary)?;
-        let moved = demo.wait_on(
-            Uplink::Secondary,
-            t,
-            Duration::from_secs(10),
-            "failover to secondary",
-        )?;
-        console.say(&format!("   {moved}"));
+        demo.measured("primary gateway dead again", "", |d| {
+            let t = d.mark("primary gateway dead again");
+            d.lab.gateway_dead(Uplink::Primary)?;
+            d.wait_on(
+                Uplink::Secondary,
+                t,
+                Duration::from_secs(10),
+                "failover to secondary",
+            )
+        })?;
         demo.measured(
             "secondary dead too (fail static), then primary back",
             "outage = the time with no healthy uplink (expected)",
@@ -1218,13 +1321,16 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
                     .iter()
                     .filter(|e| e.kind() == "active_changed" && e.time >= t)
                     .count();
-                let t2 = d.mark("primary gateway alive again: traffic moves at once (nothing healthy to wait for)");
+                let t2 = d.mark("primary gateway alive again: traffic moves as soon as it is healthy (failback_after does not apply: nothing else is healthy)");
                 d.lab.gateway_alive(Uplink::Primary)?;
-                let back = d.wait_on(Uplink::Primary, t2, Duration::from_secs(10), "recovery onto primary")?;
-                Ok(format!("{held}, {switches} switches while static; {back}"))
+                let mut back = d.wait_on(Uplink::Primary, t2, Duration::from_secs(10), "recovery onto primary")?;
+                back.fail_static = true;
+                back.switches_while_static = Some(switches);
+                back.text = format!("{held}, {switches} switches while static; {}", back.text);
+                Ok(back)
             },
         )?;
-        let t = demo.mark("secondary gateway alive again");
+        demo.mark("secondary gateway alive again");
         demo.lab.gateway_alive(Uplink::Secondary)?;
         demo.d.wait_for(
             cancel,
@@ -1232,7 +1338,6 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
             Duration::from_secs(20),
             settled,
         )?;
-        let _ = t;
         let s = demo.d.status()?;
         console.say(&format!("all healthy again: {}", summary(&s)));
         drop(live);
@@ -1247,6 +1352,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
     print_results(&demo.results);
     let log = demo.d.log.clone();
     let log_copy = std::env::temp_dir().join("uplink-lab-demo-uplinkd.log");
+    let results = std::mem::take(&mut demo.results);
     demo.d.stop();
     let _ = std::fs::copy(&log, &log_copy);
     println!();
@@ -1255,9 +1361,10 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
         log_copy.display()
     );
     lab.destroy()?;
+    let duration = t_start.elapsed();
     println!(
         "done in {:.0} s{}; nothing left behind",
-        t_start.elapsed().as_secs_f64(),
+        duration.as_secs_f64(),
         if build_time > Duration::from_secs(5) {
             format!(
                 " (plus {:.0} s to check and build uplinkd)",
@@ -1267,7 +1374,12 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<()> {
             String::new()
         }
     );
-    outcome
+    outcome.map(|()| DemoReport {
+        namespaces,
+        first_decision_ms,
+        steps: results,
+        duration_s: duration.as_secs_f64(),
+    })
 }
 
 /// One line for an event of the daemon.
@@ -1414,7 +1526,7 @@ fn print_timeline(demo: &Demo) {
     }
 }
 
-fn print_results(results: &[StepResult]) {
+fn print_results(results: &[DemoStep]) {
     if results.is_empty() {
         return;
     }
@@ -1424,25 +1536,23 @@ fn print_results(results: &[StepResult]) {
         "  {:<52} {:>9} {:>9}  what uplinkd did",
         "step", "IPv4", "IPv6"
     );
+    let cell = |o: Option<&StepOutage>| match o {
+        Some(o) if (o.raw_ms - o.outage_ms).abs() > 0.05 => {
+            format!("{}*", human_ms(o.outage_ms))
+        }
+        Some(o) => human_ms(o.outage_ms),
+        None => "-".into(),
+    };
+    fn of(r: &DemoStep, f: Family) -> Option<&StepOutage> {
+        r.outages.iter().find(|o| o.family == f)
+    }
     for r in results {
-        let cell = |r: &Option<StreamReport>| match r {
-            Some(r) => {
-                let n = ms(network_gap(r));
-                let raw = ms(r.longest_gap);
-                if (raw - n).abs() > 0.05 {
-                    format!("{}*", human_ms(n))
-                } else {
-                    human_ms(n)
-                }
-            }
-            None => "-".into(),
-        };
         println!(
             "  {:<52} {:>9} {:>9}  {}{}",
             r.title,
-            cell(&r.v4),
-            cell(&r.v6),
-            r.switched,
+            cell(of(r, Family::V4)),
+            cell(of(r, Family::V6)),
+            r.text,
             if r.note.is_empty() {
                 String::new()
             } else {
@@ -1451,10 +1561,9 @@ fn print_results(results: &[StepResult]) {
         );
     }
     if results.iter().any(|r| {
-        [&r.v4, &r.v6].iter().any(|x| {
-            x.as_ref()
-                .is_some_and(|x| (ms(x.longest_gap) - ms(network_gap(x))).abs() > 0.05)
-        })
+        r.outages
+            .iter()
+            .any(|o| (o.raw_ms - o.outage_ms).abs() > 0.05)
     }) {
         println!("  * the stream's sender was also descheduled for longer than that (CPU contention on this machine, not the network); `uplink-lab bench` reports both");
     }
