@@ -457,6 +457,9 @@ fn daemon_works_with_the_units_credentials() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Killing strace detaches the daemon, which would then outlive the test:
+    // end the daemon itself, also when an assertion below fails.
+    let daemon = KillOnDrop(pid);
 
     // Both families on the primary, through the socket as root would see it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -577,6 +580,7 @@ fn daemon_works_with_the_units_credentials() {
     ] {
         assert!(!log.contains(bad), "{bad} in the log:\n{log}");
     }
+    daemon.terminate(Duration::from_secs(5));
     child.terminate(Duration::from_secs(5)).unwrap();
     lab.destroy().unwrap();
 
@@ -598,7 +602,9 @@ fn daemon_works_with_the_units_credentials() {
             call.split('(').next().unwrap_or("")
         };
         if !started {
-            started = name == "execve" && line.contains(UPLINKD);
+            // The exec *of* uplinkd, not setpriv's exec that names it in
+            // its arguments (strace shows those in full up to 32 bytes).
+            started = name == "execve" && line.contains(&format!("execve(\"{UPLINKD}\""));
             if !started {
                 continue;
             }
@@ -1570,4 +1576,44 @@ fn unit_runs_under_systemd() {
     assert!(!c.ok(&["ls", "/run"]).lines().any(|l| l == "uplinkd"));
     drop(c);
     lab.destroy().unwrap();
+}
+
+/// A process this test started (indirectly, under strace): SIGKILLed on drop
+/// unless it already exited.
+struct KillOnDrop(u32);
+
+impl KillOnDrop {
+    fn alive(&self) -> bool {
+        // A zombie still has /proc/PID: only a state other than Z counts.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .map(|st| {
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+            .unwrap_or(false)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; asserts it is gone.
+    fn terminate(self, grace: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !self.alive(),
+            "uplinkd {} ignored SIGTERM for {grace:?}",
+            self.0
+        );
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.alive() {
+            let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
