@@ -515,8 +515,8 @@ fn on_packet(
         return;
     };
     let p = pending.swap_remove(i);
-    let rtt =
-        kernel_rtt(&p, dgram.rx, now).unwrap_or_else(|| now.saturating_duration_since(p.sent));
+    let rtt = kernel_rtt(p.sent, p.sent_rt, dgram.rx, now)
+        .unwrap_or_else(|| now.saturating_duration_since(p.sent));
     let outcome = if rtt <= p.timeout {
         ProbeOutcome::Reply { rtt }
     } else {
@@ -525,11 +525,17 @@ fn on_packet(
     out.push((p.id, outcome));
 }
 
-/// Kernel receive time minus send time, if both are known and believable.
-fn kernel_rtt(p: &Pending, rx: Option<i64>, now: Instant) -> Option<Duration> {
-    let d = rx?.checked_sub(p.sent_rt?)?;
+/// Kernel receive time `rx` minus send time `sent_rt` (both CLOCK_REALTIME
+/// ns), if both are known and believable against the monotonic `sent`.
+pub(crate) fn kernel_rtt(
+    sent: Instant,
+    sent_rt: Option<i64>,
+    rx: Option<i64>,
+    now: Instant,
+) -> Option<Duration> {
+    let d = rx?.checked_sub(sent_rt?)?;
     let d = Duration::from_nanos(u64::try_from(d).ok()?);
-    (d <= now.saturating_duration_since(p.sent) + CLOCK_STEP_SLACK).then_some(d)
+    (d <= now.saturating_duration_since(sent) + CLOCK_STEP_SLACK).then_some(d)
 }
 
 /// Report `Timeout` for the probes past their deadline whose reply cannot be
@@ -580,9 +586,26 @@ struct Datagram {
     rx: Option<i64>,
 }
 
-/// One non-blocking `recvmsg`: `Ok(None)` when nothing is queued.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
-    let mut addr = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+/// What one `recvmsg` returned.
+pub(crate) struct Received {
+    /// Bytes of the datagram (or frame) read into the buffer.
+    pub len: usize,
+    /// Bytes of the sender's address the kernel wrote.
+    pub namelen: libc::socklen_t,
+    /// `msg_flags` (e.g. `MSG_TRUNC`).
+    pub flags: libc::c_int,
+    /// Kernel receive timestamp (`SO_TIMESTAMPNS`), CLOCK_REALTIME ns.
+    pub rx: Option<i64>,
+}
+
+/// One non-blocking `recvmsg` into `buf`, the sender's address into `addr`,
+/// with the kernel's receive time: `Ok(None)` when nothing is queued. Shared
+/// by the ICMP prober and the bond members' packet sockets.
+pub(crate) fn recv_timestamped<A>(
+    fd: RawFd,
+    buf: &mut [u8],
+    addr: &mut MaybeUninit<A>,
+) -> io::Result<Option<Received>> {
     // u64 for cmsghdr alignment; room for one timespec cmsg and more.
     let mut control = [0u64; 16];
     let mut iov = libc::iovec {
@@ -592,7 +615,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
     // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = addr.as_mut_ptr().cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_namelen = size_of::<A>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
@@ -608,17 +631,6 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
             Err(e)
         };
     }
-    // SAFETY: the kernel wrote `msg_namelen` bytes of a socket address (or
-    // left the zeroed storage, which `sockaddr_ip` rejects).
-    let from = unsafe { sockaddr_ip(addr.assume_init_ref(), msg.msg_namelen) };
-    let Some(from) = from else {
-        return Ok(Some(Datagram {
-            len: 0,
-            truncated: true,
-            from: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            rx: None,
-        }));
-    };
     let mut rx = None;
     // SAFETY: `msg` describes the control buffer the kernel filled; the CMSG
     // macros stay within `msg_controllen`, and the data is read unaligned.
@@ -633,11 +645,36 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok(Some(Datagram {
+    Ok(Some(Received {
         len: n as usize,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        from,
+        namelen: msg.msg_namelen,
+        flags: msg.msg_flags,
         rx,
+    }))
+}
+
+/// One non-blocking `recvmsg`: `Ok(None)` when nothing is queued.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    let mut addr = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let Some(r) = recv_timestamped(fd, buf, &mut addr)? else {
+        return Ok(None);
+    };
+    // SAFETY: the kernel wrote `namelen` bytes of a socket address (or
+    // left the zeroed storage, which `sockaddr_ip` rejects).
+    let from = unsafe { sockaddr_ip(addr.assume_init_ref(), r.namelen) };
+    let Some(from) = from else {
+        return Ok(Some(Datagram {
+            len: 0,
+            truncated: true,
+            from: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rx: None,
+        }));
+    };
+    Ok(Some(Datagram {
+        len: r.len,
+        truncated: r.flags & libc::MSG_TRUNC != 0,
+        from,
+        rx: r.rx,
     }))
 }
 
@@ -668,14 +705,14 @@ unsafe fn sockaddr_ip(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Opti
 
 // time_t and c_long are narrower than i64 on some 32-bit targets.
 #[allow(clippy::unnecessary_cast)]
-fn timespec_ns(ts: &libc::timespec) -> i64 {
+pub(crate) fn timespec_ns(ts: &libc::timespec) -> i64 {
     (ts.tv_sec as i64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as i64)
 }
 
 /// CLOCK_REALTIME in ns: the clock of `SO_TIMESTAMPNS`.
-fn realtime_ns() -> Option<i64> {
+pub(crate) fn realtime_ns() -> Option<i64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -988,12 +1025,12 @@ mod tests {
             Duration::from_secs(1),
         );
         let sent = p.sent_rt.unwrap();
-        let rtt = |rx: i64| kernel_rtt(&p, Some(rx), now);
+        let rtt = |rx: i64| kernel_rtt(p.sent, p.sent_rt, Some(rx), now);
         assert_eq!(rtt(sent + 300_000), Some(Duration::from_micros(300)));
         assert_eq!(rtt(sent), Some(Duration::ZERO));
         // Received "before" it was sent, or long after: CLOCK_REALTIME stepped.
         assert_eq!(rtt(sent - 1), None);
         assert_eq!(rtt(sent + 10_000_000_000), None);
-        assert_eq!(kernel_rtt(&p, None, now), None);
+        assert_eq!(kernel_rtt(p.sent, p.sent_rt, None, now), None);
     }
 }

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::mem::{size_of, size_of_val, MaybeUninit};
+use std::mem::{size_of, MaybeUninit};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
 
 use super::probe_mac;
+use crate::probe::{kernel_rtt, realtime_ns, recv_timestamped};
 
 // include/uapi/linux/if_ether.h
 pub(super) const ETH_P_ARP: u16 = 0x0806;
@@ -53,9 +54,6 @@ const UNRESOLVED: [u8; 6] = [0; 6];
 /// Echo payload: the per-process token and the probe id.
 const PAYLOAD: usize = 16;
 
-/// A kernel RTT longer than the monotonic time since the send plus this is
-/// not believed (CLOCK_REALTIME stepped); the monotonic time is used.
-const CLOCK_STEP_SLACK: Duration = Duration::from_millis(100);
 /// Frames read per socket per poll at most (a flood cannot stall the loop).
 const MAX_RECV_PER_POLL: usize = 64;
 
@@ -394,7 +392,7 @@ impl MemberProber {
                         continue;
                     };
                     let p = m.pending.remove(i);
-                    let rtt = kernel_rtt(&p, rx, now)
+                    let rtt = kernel_rtt(p.sent, p.sent_rt, rx, now)
                         .unwrap_or_else(|| now.saturating_duration_since(p.sent));
                     out.push((
                         p.id,
@@ -1018,71 +1016,15 @@ fn open_packet(
 /// One non-blocking `recvmsg`: the frame's length and kernel receive time.
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<i64>)>> {
     let mut addr = MaybeUninit::<libc::sockaddr_ll>::zeroed();
-    let mut control = [0u64; 16];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+    let Some(r) = recv_timestamped(fd, buf, &mut addr)? else {
+        return Ok(None);
     };
-    // SAFETY: an all-zero msghdr is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = addr.as_mut_ptr().cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control) as _;
-    // SAFETY: every pointer in `msg` points at live buffers of the stated lengths.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: the kernel wrote a sockaddr_ll.
+    // SAFETY: the kernel wrote a sockaddr_ll (or left the zeroed one).
     let pkttype = unsafe { addr.assume_init_ref() }.sll_pkttype;
     if pkttype == libc::PACKET_OUTGOING {
         return Ok(Some((0, None)));
     }
-    let mut rx = None;
-    // SAFETY: the CMSG macros stay within `msg_controllen`; data read unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                rx = Some(timespec_ns(&ts));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok(Some((n as usize, rx)))
-}
-
-fn kernel_rtt(p: &Pending, rx: Option<i64>, now: Instant) -> Option<Duration> {
-    let d = rx?.checked_sub(p.sent_rt?)?;
-    let d = Duration::from_nanos(u64::try_from(d).ok()?);
-    (d <= now.saturating_duration_since(p.sent) + CLOCK_STEP_SLACK).then_some(d)
-}
-
-#[allow(clippy::unnecessary_cast)]
-fn timespec_ns(ts: &libc::timespec) -> i64 {
-    (ts.tv_sec as i64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as i64)
-}
-
-fn realtime_ns() -> Option<i64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a live timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    (rc == 0).then(|| timespec_ns(&ts))
+    Ok(Some((r.len, r.rx)))
 }
 
 #[cfg(test)]
