@@ -153,6 +153,10 @@ struct Sock {
     ident: u16,
     /// IPv6 scope (ifindex) for link-local targets.
     scope_id: u32,
+    /// Only replies to this socket's echoes can be queued: a ping socket
+    /// (the kernel matches the identifier) or a raw socket with the
+    /// identifier filter attached. Then nothing needs emptying before a send.
+    own_only: bool,
     /// A send or receive failed: the next probe opens a fresh socket.
     broken: bool,
     /// False after a receive error: nothing more is read from it.
@@ -233,7 +237,7 @@ impl Prober {
         }
         let sock = match &mut slot.sock {
             Some(sock) => {
-                if !slot.pending.iter().any(|p| p.gen == sock.gen) {
+                if !sock.own_only && !slot.pending.iter().any(|p| p.gen == sock.gen) {
                     // Idle since the last poll that read it, so nothing reads
                     // it meanwhile; a RAW socket may have queued everyone's
                     // echo replies since. Empty it, or a full receive buffer
@@ -404,9 +408,23 @@ impl Sock {
             })?;
         }
         let fd = socket.as_raw_fd();
-        if kind == SocketKind::Raw {
-            install_echo_reply_filter(fd, family);
-        }
+        let ident = match kind {
+            SocketKind::Raw => rand::random(),
+            SocketKind::Dgram => 0, // the kernel sets it
+        };
+        let own_only = match kind {
+            SocketKind::Dgram => true,
+            SocketKind::Raw => {
+                install_echo_reply_filter(fd, family);
+                match attach_filter(fd, &ident_filter(family, ident)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        debug!(interface = %cfg.interface, error = %e, "identifier filter not attached");
+                        false
+                    }
+                }
+            }
+        };
         if let Err(e) = set_int_opt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1) {
             // Then RTTs are measured up to the `poll` that reads the reply.
             debug!(interface = %cfg.interface, error = %e, "SO_TIMESTAMPNS not set");
@@ -423,11 +441,9 @@ impl Sock {
             gen,
             uplink,
             kind,
-            ident: match kind {
-                SocketKind::Raw => rand::random(),
-                SocketKind::Dgram => 0, // the kernel sets it
-            },
+            ident,
             scope_id,
+            own_only,
             broken: false,
             readable: true,
             drained: true,
@@ -470,6 +486,13 @@ fn drain(
                         now,
                         out,
                     );
+                }
+                if !pending.iter().any(|p| p.gen == sock.gen) {
+                    // Every probe on it answered: whatever else is queued
+                    // (late replies) waits for the next drain, which saves
+                    // the receive that would only say "nothing more".
+                    sock.drained = false;
+                    return;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -856,6 +879,52 @@ fn internet_checksum(data: &[u8]) -> u16 {
 /// requests, other hosts' replies, errors); let the kernel pass only echo
 /// replies. An optimisation: every reply is validated anyway, so a failure
 /// here is only logged.
+/// cBPF for a raw ICMP socket: accept only echo replies with identifier
+/// `ident`. A raw IPv4 socket's filter sees the IP header (its length from
+/// IHL); a raw ICMPv6 socket's sees the ICMPv6 header first.
+fn ident_filter(family: Family, ident: u16) -> Vec<libc::sock_filter> {
+    let ident = u32::from(ident);
+    let mut f = match family {
+        // ldxb 4*([0]&0xf); ldh [x+4]
+        Family::V4 => vec![bpf(0xb1, 0, 0, 0), bpf(0x48, 0, 0, 4)],
+        // ldh [4]
+        Family::V6 => vec![bpf(0x28, 0, 0, 4)],
+    };
+    f.extend([
+        bpf(0x15, 0, 1, ident),       // jeq ident ? accept : reject
+        bpf(0x06, 0, 0, 0x0004_0000), // accept (up to 256 KiB)
+        bpf(0x06, 0, 0, 0),           // reject
+    ]);
+    f
+}
+
+/// One cBPF instruction.
+pub(crate) fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// SO_ATTACH_FILTER.
+pub(crate) fn attach_filter(fd: RawFd, f: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: f.len() as u16,
+        filter: f.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: valid fd; `prog` points at `f`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn install_echo_reply_filter(fd: RawFd, family: Family) {
     // linux/icmp.h: ICMP_FILTER on SOL_RAW, a u32 mask of types to *drop*.
     const ICMP_FILTER: libc::c_int = 1;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
 
 use super::probe_mac;
-use crate::probe::{kernel_rtt, realtime_ns, recv_timestamped};
+use crate::probe::{attach_filter, bpf, kernel_rtt, realtime_ns, recv_timestamped};
 
 // include/uapi/linux/if_ether.h
 pub(super) const ETH_P_ARP: u16 = 0x0806;
@@ -347,6 +347,17 @@ impl MemberProber {
             timeout: req.timeout,
         });
         Ok(())
+    }
+
+    /// Probes sent (or parked, or failed) whose outcome `poll` has not
+    /// returned yet.
+    pub fn in_flight(&self) -> usize {
+        let members: usize = self
+            .members
+            .values()
+            .map(|m| m.pending.len() + m.parked.len())
+            .sum();
+        members + self.ready.len()
     }
 
     /// Read what arrived, answer ARP/NS for the probe addresses, report the
@@ -894,10 +905,6 @@ fn filter6(mac: [u8; 6], probe6: Option<Ipv6Addr>) -> Vec<libc::sock_filter> {
     ]
 }
 
-fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
 fn open_lazily(
     slot: &mut Option<OwnedFd>,
     member: &str,
@@ -944,21 +951,7 @@ fn open_packet(
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
     if let Some(f) = filter {
-        let prog = libc::sock_fprog {
-            len: f.len() as u16,
-            filter: f.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: valid fd; `prog` points at `f`, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as u32,
-            )
-        };
-        if rc < 0 {
+        if attach_filter(raw, f).is_err() {
             return Err(err("SO_ATTACH_FILTER"));
         }
     }
