@@ -160,6 +160,10 @@ pub struct ProbeConfig {
     pub transit_fall: u32,
     /// Consecutive replies before an unreachable transit target counts as reachable.
     pub transit_rise: u32,
+    /// An uplink that carries no default route of a family is probed (its
+    /// gateway and the transits through it, for that family) this many times
+    /// less often while all is well; 1 probes it like the active one.
+    pub standby_slowdown: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,17 +357,18 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             carrier_interval: Duration::from_millis(4),
-            gateway_interval: Duration::from_millis(20),
-            gateway_fast_interval: Duration::from_millis(5),
+            gateway_interval: Duration::from_millis(50),
+            gateway_fast_interval: Duration::from_millis(4),
             gateway_dead_after: Duration::from_millis(60),
             gateway_min_misses: 5,
             gateway_rise: 3,
-            gateway_timeout: Duration::from_millis(10),
+            gateway_timeout: Duration::from_millis(8),
             transit_interval: Duration::from_secs(1),
             transit_fast_interval: Duration::from_millis(50),
             transit_timeout: Duration::from_millis(200),
             transit_fall: 4,
             transit_rise: 2,
+            standby_slowdown: 2,
         }
     }
 }
@@ -447,6 +452,7 @@ struct RawProbe {
     transit_timeout: RawStr,
     transit_fall: RawInt,
     transit_rise: RawInt,
+    standby_slowdown: RawInt,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -546,6 +552,7 @@ const PROBE_KEYS: &[(&str, Kind)] = &[
     ("transit_timeout", Kind::Str),
     ("transit_fall", Kind::Int),
     ("transit_rise", Kind::Int),
+    ("standby_slowdown", Kind::Int),
 ];
 const UPLINK_KEYS: &[(&str, Kind)] = &[
     ("name", Kind::Str),
@@ -1626,6 +1633,13 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
         1..=COUNT_MAX,
         "",
     );
+    let standby_slowdown = r.int(
+        "probe.standby_slowdown",
+        &pr.standby_slowdown,
+        pd.standby_slowdown,
+        1..=10,
+        "",
+    );
     if let (Some(tick), Some(fast)) = (carrier_interval, gateway_fast_interval) {
         r.relation(
             tick <= fast,
@@ -1772,6 +1786,7 @@ fn validate(raw: &RawConfig, r: &mut Report<'_>) -> Option<Config> {
             transit_timeout: transit_timeout?,
             transit_fall: transit_fall?,
             transit_rise: transit_rise?,
+            standby_slowdown: standby_slowdown?,
         },
         uplinks,
         transits,

@@ -46,6 +46,7 @@ const KEYS: &[&str] = &[
     "probe.transit_timeout",
     "probe.transit_fall",
     "probe.transit_rise",
+    "probe.standby_slowdown",
     "uplink.name",
     "uplink.interface",
     "uplink.gateway4",
@@ -143,17 +144,18 @@ fn example_parses_with_documented_defaults() {
         c.probe,
         ProbeConfig {
             carrier_interval: ms(4),
-            gateway_interval: ms(20),
-            gateway_fast_interval: ms(5),
+            gateway_interval: ms(50),
+            gateway_fast_interval: ms(4),
             gateway_dead_after: ms(60),
             gateway_min_misses: 5,
             gateway_rise: 3,
-            gateway_timeout: ms(10),
+            gateway_timeout: ms(8),
             transit_interval: s(1),
             transit_fast_interval: ms(50),
             transit_timeout: ms(200),
             transit_fall: 4,
             transit_rise: 2,
+            standby_slowdown: 2,
         }
     );
     assert_eq!(c.probe, ProbeConfig::default());
@@ -214,6 +216,7 @@ fn sample(key: &str) -> &'static str {
         "threshold" | "gateway_min_misses" | "gateway_rise" | "transit_fall" | "transit_rise" => {
             "7"
         }
+        "standby_slowdown" => "3",
         "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
         "hold" => r#""2m""#,
         "carrier_interval" | "gateway_timeout" => r#""2ms""#,
@@ -591,7 +594,7 @@ rule_priority = 32766
 threshold = 0
 hold = "20m"
 [probe]
-gateway_fast_interval = "50ms"
+gateway_fast_interval = "70ms"
 gateway_dead_after = "20ms"
 transit_fast_interval = "2s"
 gateway_rise = 0

@@ -632,3 +632,80 @@ fn figures() {
     println!("upstream-dead worst of 20 phases: {worst:?}; 600 s at 19% loss: {downs} transit downs, {} switches", s.switches(Family::V4).len() + s.switches(Family::V6).len() - 2);
     assert!(worst < Duration::from_secs(1));
 }
+
+/// Gateway probes per (uplink, family) in the log since `mark`.
+fn gateway_probes(s: &Sim, mark: usize, uplink: UplinkId, family: Family) -> usize {
+    s.log[mark..]
+        .iter()
+        .filter(|(_, a)| {
+            matches!(a, Action::Probe(p) if p.uplink == uplink && p.family == family
+                && p.kind == ProbeKind::Gateway)
+        })
+        .count()
+}
+
+#[test]
+fn standby_is_probed_at_half_rate_and_fast_when_the_active_gateway_misses() {
+    let mut s = settled();
+    let mark = s.log.len();
+    s.run_for(Duration::from_secs(10));
+    for f in Family::ALL {
+        let active = gateway_probes(&s, mark, 0, f);
+        let standby = gateway_probes(&s, mark, 1, f);
+        // 50 ms rounds: 200 in 10 s; the standby every other round.
+        assert!((195..=205).contains(&active), "{f}: active {active}");
+        assert!((95..=105).contains(&standby), "{f}: standby {standby}");
+    }
+    // Probes go out in rounds: every gateway probe on a multiple of 40 ms.
+    for (t, a) in &s.log[mark..] {
+        if let Action::Probe(p) = a {
+            if p.kind == ProbeKind::Gateway {
+                assert_eq!(
+                    t.as_millis() % 50,
+                    0,
+                    "gateway probe off the rounds at {t:?}"
+                );
+            }
+        }
+    }
+    // The primary's v4 gateway dies: while it is suspected, the standby's
+    // gateway is probed fast as well (so the failover goes to a gateway
+    // that has just answered).
+    s.net.gw_dead[0][0] = true;
+    let mark = s.log.len();
+    let t0 = s.now;
+    s.run_for(Duration::from_millis(150));
+    assert_eq!(s.route[0], Some(1), "failed over");
+    assert_eq!(s.route[1], Some(0), "v6 stays");
+    let switched = s.log[mark..]
+        .iter()
+        .find(|(_, a)| {
+            matches!(
+                a,
+                Action::SetDefaultRoute {
+                    family: Family::V4,
+                    ..
+                }
+            )
+        })
+        .map(|(t, _)| *t)
+        .unwrap();
+    assert!(
+        switched - t0 < Duration::from_millis(90),
+        "after {:?}",
+        switched - t0
+    );
+    let verify = s.log[mark..]
+        .iter()
+        .filter(|(t, a)| {
+            *t + Duration::from_millis(30) >= switched
+                && *t <= switched
+                && matches!(a, Action::Probe(p) if p.uplink == 1 && p.family == Family::V4
+                    && p.kind == ProbeKind::Gateway)
+        })
+        .count();
+    assert!(
+        verify >= 3,
+        "standby v4 gateway probed {verify} times in the 30 ms before the switch"
+    );
+}

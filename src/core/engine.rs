@@ -355,18 +355,36 @@ impl Core {
 
     /// Feed one event; get what must be done now.
     pub fn handle(&mut self, now: Now, event: Event) -> Vec<Action> {
+        self.handle_all(now, [event])
+    }
+
+    /// Several events that happened by `now` (e.g. all the probe replies a
+    /// loop turn read), applied in order, then judged together: the same as
+    /// handling them one by one, except that no decision or probe is made on
+    /// a partial picture (a probe whose reply is the next event in the batch
+    /// is not overdue).
+    pub fn handle_all(&mut self, now: Now, events: impl IntoIterator<Item = Event>) -> Vec<Action> {
         let mut out = Vec::new();
         self.last_now = self.last_now.max(now);
+        for event in events {
+            self.apply(now, event, &mut out);
+        }
+        self.evaluate(now, &mut out);
+        self.schedule_probes(now, &mut out);
+        out
+    }
+
+    fn apply(&mut self, now: Now, event: Event, out: &mut Vec<Action>) {
         match event {
             Event::Carrier {
                 uplink,
                 up,
                 present,
                 source,
-            } => self.on_carrier(now, uplink, up, present, source, &mut out),
-            Event::ProbeDone { id, outcome } => self.on_probe(now, id, outcome, &mut out),
-            Event::DefaultRoute { family, via } => self.on_route(family, via, true, &mut out),
-            Event::DefaultRouteHint { family, via } => self.on_route(family, via, false, &mut out),
+            } => self.on_carrier(now, uplink, up, present, source, out),
+            Event::ProbeDone { id, outcome } => self.on_probe(now, id, outcome, out),
+            Event::DefaultRoute { family, via } => self.on_route(family, via, true, out),
+            Event::DefaultRouteHint { family, via } => self.on_route(family, via, false, out),
             Event::Drain { uplink, drained } => {
                 let u = &mut self.uplinks[uplink];
                 if u.drained != drained {
@@ -390,12 +408,9 @@ impl Core {
                     }
                 }
             }
-            Event::Bond(st) => self.on_bond(st, &mut out),
+            Event::Bond(st) => self.on_bond(st, out),
             Event::Tick => {}
         }
-        self.evaluate(now, &mut out);
-        self.schedule_probes(now, &mut out);
-        out
     }
 
     /// When `handle(_, Event::Tick)` must be called next at the latest.
@@ -415,7 +430,11 @@ impl Core {
                 if let Some(&sent) = f.gateway.in_flight.first() {
                     consider(sent + p.gateway_timeout / 2);
                 }
-                if f.gateway.verdict != Some(false) {
+                // The dead-after time only decides once enough probes went
+                // unanswered (each of which is an event of its own).
+                if f.gateway.verdict != Some(false)
+                    && f.gateway.misses_since_reply >= p.gateway_min_misses
+                {
                     let base = f.gateway.last_reply.or(f.gateway.first_sent);
                     if let Some(b) = base {
                         consider(b + p.gateway_dead_after);
@@ -916,6 +935,20 @@ impl Core {
                 let pick = (0..n)
                     .find(|&i| Some(i) != current && undamped(self, i))
                     .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)));
+                // Away from a failed uplink only to one whose gateway answered
+                // its latest probe: when both gateways die at once the
+                // standby is milliseconds from its own verdict, and moving
+                // there first would be a switch for nothing. Its fast probes
+                // settle the doubt within a few ms either way.
+                if current.is_some()
+                    && pick.is_some_and(|p| {
+                        self.uplinks[p].fams[fi]
+                            .as_ref()
+                            .is_some_and(|f| f.gateway.consecutive_miss > 0)
+                    })
+                {
+                    return;
+                }
                 let reason = match current {
                     None => self.fam[fi]
                         .cleared_by
@@ -1040,6 +1073,23 @@ impl Core {
 
     fn schedule_probes(&mut self, now: Now, out: &mut Vec<Action>) {
         let p = self.cfg.probe.clone();
+        let suspect = |g: &Target| {
+            g.verdict != Some(false)
+                && (g.consecutive_miss > 0
+                    || g.oldest_in_flight(now)
+                        .is_some_and(|a| a >= p.gateway_timeout / 2))
+        };
+        // Per family: the active uplink's gateway is missing replies. Then
+        // the standby's gateway is probed fast too, so that a failover goes
+        // to a gateway that has just answered (see `select`).
+        let active_suspect: [bool; 2] = std::array::from_fn(|fi| {
+            self.fam[fi].active.is_some_and(|a| {
+                self.uplinks
+                    .get(a)
+                    .and_then(|u| u.fams[fi].as_ref())
+                    .is_some_and(|f| suspect(&f.gateway))
+            })
+        });
         for i in 0..self.uplinks.len() {
             for fi in 0..2 {
                 let family = Family::ALL[fi];
@@ -1059,14 +1109,34 @@ impl Core {
                             })
                     });
                 let mut reqs = Vec::new();
+                // The standby of this family (it carries no route of it) is
+                // probed `standby_slowdown` times less often while all is
+                // well: its targets that answer are probed slower, those
+                // unknown or unreachable at the full rate (recovery is seen
+                // as soon as on the active uplink).
+                let standby = self.fam[fi].active.is_some_and(|a| a != i);
+                let verify = standby && active_suspect.get(fi).copied().unwrap_or(false);
+                let slowdown = |verdict: Option<bool>| {
+                    if standby && verdict == Some(true) {
+                        p.standby_slowdown.max(1)
+                    } else {
+                        1
+                    }
+                };
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
                 // Gateway: fast while a reply is missing.
                 let g = &mut f.gateway;
+                if slowdown(g.verdict) == 1 {
+                    // Just made active (or no longer answering): back to
+                    // the full rate at once.
+                    if let Some(t) = g.last_sent {
+                        g.next_at =
+                            g.next_at
+                                .min(next_round(t, p.gateway_interval, p.gateway_interval));
+                    }
+                }
                 // A dead gateway is re-probed at the steady rate, not hammered.
-                let g_suspect = g.verdict != Some(false)
-                    && (g.consecutive_miss > 0
-                        || g.oldest_in_flight(now)
-                            .is_some_and(|a| a >= p.gateway_timeout / 2));
+                let g_suspect = suspect(g) || (verify && g.verdict != Some(false));
                 if g_suspect {
                     g.next_at = g
                         .next_at
@@ -1077,9 +1147,13 @@ impl Core {
                     let every = if g_suspect {
                         p.gateway_fast_interval
                     } else {
-                        p.gateway_interval
+                        p.gateway_interval * slowdown(g.verdict)
                     };
-                    g.next_at = now + every;
+                    g.next_at = if g_suspect {
+                        now + every
+                    } else {
+                        next_round(now, every, p.gateway_interval)
+                    };
                     reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
                 }
                 if trigger {
@@ -1099,7 +1173,11 @@ impl Core {
                         if round || x.next_at <= now {
                             x.sent(now);
                             if x.next_at <= now {
-                                x.next_at = now + p.transit_interval;
+                                x.next_at = next_round(
+                                    now,
+                                    p.transit_interval * slowdown(x.verdict),
+                                    p.gateway_interval,
+                                );
                             }
                             reqs.push((ProbeKind::Transit(t), slot, x.addr, p.transit_timeout));
                         }
@@ -1306,5 +1384,49 @@ impl Core {
             active,
             checks,
         })
+    }
+}
+
+/// When a steady probe sent at `now` is next due, `every` later: on the
+/// grid of gateway rounds (`round` apart, from the core's time zero), the
+/// round nearest to `now + every`. Every steady probe then leaves in a
+/// round, so the loop wakes once per round to send and once more to read
+/// the replies, instead of once for each target's own phase. The first
+/// steady probes of the transits stay spread over the interval (to the
+/// nearest round).
+fn next_round(now: Now, every: Duration, round: Duration) -> Now {
+    let r = round.as_nanos();
+    if r == 0 || every < round {
+        return now + every;
+    }
+    let t = (now + every - round / 2).as_nanos();
+    let next = Duration::from_nanos((t.div_ceil(r) * r) as u64);
+    next.max(now + round / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_round;
+    use std::time::Duration;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn steady_probes_fall_on_the_rounds() {
+        // On a round: the next round `every` later.
+        assert_eq!(next_round(ms(400), ms(40), ms(40)), ms(440));
+        // Late by a wake-up: still that round, not one later.
+        assert_eq!(next_round(ms(401), ms(40), ms(40)), ms(440));
+        // After fast probing, off the grid: back on it, at least half a round on.
+        assert_eq!(next_round(ms(412), ms(40), ms(40)), ms(440));
+        assert_eq!(next_round(ms(432), ms(40), ms(40)), ms(480));
+        // A transit a second on: the round nearest to it.
+        assert_eq!(next_round(ms(250), ms(1000), ms(40)), ms(1240));
+        assert_eq!(next_round(ms(1240), ms(1000), ms(40)), ms(2240));
+        // Intervals shorter than a round are kept as they are.
+        assert_eq!(next_round(ms(7), ms(20), ms(40)), ms(27));
+        assert_eq!(next_round(ms(7), ms(20), Duration::ZERO), ms(27));
     }
 }

@@ -144,6 +144,7 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         ("gateway_rise", p.gateway_rise, q.gateway_rise),
         ("transit_fall", p.transit_fall, q.transit_fall),
         ("transit_rise", p.transit_rise, q.transit_rise),
+        ("standby_slowdown", p.standby_slowdown, q.standby_slowdown),
     ] {
         field(&format!("probe.{k}"), a.to_string(), b.to_string());
     }
