@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::core::{Action, CarrierSource, Core, Event, RouteVia, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::netlink::actuate::{Actuator, RTPROT_UPLINKD};
-use crate::netlink::carrier::CarrierReader;
+use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierReader, CarrierSample};
 use crate::netlink::monitor::spawn_monitor;
 use crate::netlink::{sysctl, NetEvent, NetlinkError, RouteInfo};
 use crate::probe::{ProbeUplink, Prober};
@@ -174,7 +175,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut opts: RunOptions,
 ) -> Result<(), DaemonError> {
-    let start = Instant::now();
+    // The loop's time zero sits on a multiple of the carrier interval of
+    // CLOCK_MONOTONIC, as the poller thread's polls do: a wake-up of the loop
+    // then comes with one of the poller's (one timer interrupt for both).
+    let start = {
+        let every = config.probe.carrier_interval.as_nanos().max(1);
+        let now = Instant::now();
+        now.checked_sub(Duration::from_nanos(
+            (monotonic().as_nanos() % every) as u64,
+        ))
+        .unwrap_or(now)
+    };
     let now = || start.elapsed();
     let mut cfg = Arc::new(config);
     let mut layout = Layout {
@@ -187,14 +198,20 @@ pub async fn run(
     let (net_tx, mut net_rx) = mpsc::unbounded_channel();
     let _monitor = spawn_monitor(net_tx).await?;
 
-    // The live carrier is read on the loop's own tick (no thread of its
-    // own): on this class of machine every wake-up costs ~20 µs of CPU, so
-    // the loop wakes once per tick for everything (carrier, probe replies,
-    // timers) instead of once per event.
-    let mut ifnames: Vec<String> = cfg.uplinks.iter().map(|u| u.interface.clone()).collect();
-    ifnames.sort();
-    ifnames.dedup();
-    let mut carrier = CarrierReader::new(ifnames)?;
+    // The live carrier is polled every `carrier_interval` by a thread of
+    // its own that does nothing else (one ETHTOOL_GLINK per interface per
+    // poll) and wakes this loop only when something changed: a wake-up of
+    // this loop costs several times the poll itself, and the loop has work
+    // only when probes are due or answered. The loop also reads the carrier
+    // itself at once when a link event arrives (whichever sees a loss first
+    // wins).
+    let ifnames = interfaces(&cfg);
+    let mut carrier = CarrierReader::new(ifnames.clone())?;
+    let (carrier_tx, mut carrier_rx) = mpsc::unbounded_channel();
+    let mut poller = CarrierPoller::start(ifnames, cfg.probe.carrier_interval, carrier_tx.clone())?;
+    // The grid the loop's timers are rounded up to, so that deadlines close
+    // together share one wake-up; while probes are in flight the loop looks
+    // for their replies once per grid step.
     let mut tick = cfg.probe.carrier_interval;
 
     let mut prober = Prober::new(probe_uplinks(&layout));
@@ -296,7 +313,10 @@ pub async fn run(
     // Actions of a reconfiguration, dispatched with the next events.
     let mut pre_actions: Vec<Action> = Vec::new();
     let mut reconcile_at = now() + RECONCILE_EVERY;
-    let mut next_tick = now();
+    let mut timer = LoopTimer::new().map_err(|e| DaemonError::Api {
+        path: "timerfd".into(),
+        source: e,
+    })?;
     let mut samples = Vec::new();
     let mut outcomes = Vec::new();
     tokio::pin!(shutdown);
@@ -307,20 +327,36 @@ pub async fn run(
         "uplinkd started"
     );
     loop {
-        // Wake on the tick grid: a core deadline between two ticks waits
-        // for the next one (at most one tick late), so timers cost no wakes.
-        let wake = match core.next_deadline() {
-            Some(d) if d < next_tick => next_tick.min(grid_ceil(d, tick)),
-            _ => next_tick,
+        // Wake on the grid: a core deadline between two grid points waits
+        // for the next one (at most one step late), so timers close together
+        // share a wake-up. Probes in flight are looked for at the next grid
+        // point (their replies are read within one step, as the carrier is
+        // polled); with nothing in flight and nothing due the loop sleeps.
+        let t = now();
+        let mut wake = (t + MAX_SLEEP).min(reconcile_at);
+        if let Some(d) = core.next_deadline() {
+            wake = wake.min(grid_ceil(d, tick));
         }
-        .min(reconcile_at);
+        if prober.in_flight() > 0
+            || members.in_flight() > 0
+            || retired_probers.iter().any(|p| p.in_flight() > 0)
+        {
+            wake = wake.min(grid_ceil(t + Duration::from_nanos(1), tick));
+        }
         let mut events_in: Vec<Event> = Vec::new();
         let mut read_carrier: Option<CarrierSource> = None;
         let mut ticked = false;
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = tokio::time::sleep_until(start + wake) => ticked = true,
+            Some(s) = carrier_rx.recv() => {
+                samples.push(s);
+                while let Ok(s) = carrier_rx.try_recv() {
+                    samples.push(s);
+                }
+                carrier_samples(&cfg, &ifindexes, &mut samples, CarrierSource::Poll, &mut events_in);
+            }
+            _ = timer.wait(start + wake) => ticked = true,
             Some(b) = bond_rx.recv() => {
                 members.update(&b);
                 events_in.push(Event::Bond(b.status()));
@@ -381,18 +417,20 @@ pub async fn run(
                                 retired_probers.push(old);
                             }
                         }
-                        let mut names: Vec<String> =
-                            cfg.uplinks.iter().map(|u| u.interface.clone()).collect();
-                        names.sort();
-                        names.dedup();
-                        match CarrierReader::new(names) {
+                        let names = interfaces(&cfg);
+                        match CarrierReader::new(names.clone()) {
                             Ok(c) => carrier = c,
                             Err(e) => error!(error = %e, "carrier reader not renewed"),
+                        }
+                        if names != poller.interfaces || cfg.probe.carrier_interval != tick {
+                            match CarrierPoller::start(names, cfg.probe.carrier_interval, carrier_tx.clone()) {
+                                Ok(p) => poller = p,
+                                Err(e) => error!(error = %e, "carrier poller not renewed"),
+                            }
                         }
                         // Read every carrier on this turn: new uplinks learn theirs.
                         read_carrier = Some(CarrierSource::Poll);
                         tick = cfg.probe.carrier_interval;
-                        next_tick = grid_ceil(now(), tick);
                         metrics.reconfigure(&cfg);
                         if old_layout.cfg.hooks != cfg.hooks {
                             events = events
@@ -429,33 +467,18 @@ pub async fn run(
                 }
             },
         }
-        if ticked && now() >= next_tick {
-            next_tick += tick;
-            if next_tick < now() {
-                // Fell behind (suspended, starved): skip, do not burst.
-                next_tick = grid_ceil(now(), tick);
-            }
-            read_carrier = Some(CarrierSource::Poll);
-        }
         if let Some(source) = read_carrier {
             carrier.read_changes(&mut samples);
-            for s in samples.drain(..) {
-                if let Some(idx) = s.ifindex {
-                    ifindexes.lock().unwrap().insert(s.interface.clone(), idx);
-                }
-                for (i, u) in cfg.uplinks.iter().enumerate() {
-                    if u.interface == s.interface {
-                        events_in.push(Event::Carrier {
-                            uplink: i,
-                            up: s.carrier,
-                            present: s.present,
-                            source,
-                        });
-                    }
-                }
-            }
+            carrier_samples(&cfg, &ifindexes, &mut samples, source, &mut events_in);
         }
         if ticked {
+            if poller.thread.is_finished() {
+                error!("the carrier poller thread ended; starting it again");
+                match CarrierPoller::start(interfaces(&cfg), tick, carrier_tx.clone()) {
+                    Ok(p) => poller = p,
+                    Err(e) => error!(error = %e, "carrier poller not restarted"),
+                }
+            }
             prober.poll(std::time::Instant::now(), &mut outcomes);
             for old in &mut retired_probers {
                 old.poll(std::time::Instant::now(), &mut outcomes);
@@ -469,12 +492,13 @@ pub async fn run(
                 events_in.push(Event::Tick);
             }
         }
-        for ev in events_in {
-            if let Event::ProbeDone { id, outcome } = &ev {
-                metrics.probe_done(*id, outcome);
+        if !events_in.is_empty() || !pre_actions.is_empty() {
+            for ev in &events_in {
+                if let Event::ProbeDone { id, outcome } = ev {
+                    metrics.probe_done(*id, outcome);
+                }
             }
-            let t = now();
-            let handled = core.handle(t, ev);
+            let handled = core.handle_all(now(), events_in);
             for action in std::mem::take(&mut pre_actions).into_iter().chain(handled) {
                 match action {
                     Action::Probe(req) => {
@@ -539,6 +563,7 @@ pub async fn run(
                 f(&line);
             }
         }
+        poller.follow(&cfg, &core);
         if let Some(f) = opts.on_alive.as_mut() {
             f();
         }
@@ -679,6 +704,214 @@ fn handle_net(
 }
 
 /// The first multiple of `grid` at or after `t`.
+/// The loop sleeps at most this long, whatever is due (the watchdog is
+/// pinged from the loop).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// The loop's one timer: a timerfd set to the absolute instant of the next
+/// wake-up. Unlike a tokio `Sleep` made anew on every turn, re-arming it
+/// costs one system call and nothing else, and it never wakes the thread
+/// early (tokio's timer wheel wakes to move a timer more than 64 ms away
+/// down a level, and re-registering a timer wakes the driver through its
+/// eventfd).
+struct LoopTimer {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    armed: Option<Instant>,
+    /// `Instant` and CLOCK_MONOTONIC read together at the start.
+    base: (Instant, Duration),
+}
+
+impl LoopTimer {
+    fn new() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain timerfd_create(2).
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an OwnedFd: open, and the same fd while the AsyncFd lives.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)?
+        };
+        Ok(LoopTimer {
+            fd,
+            armed: None,
+            base: (Instant::now(), monotonic()),
+        })
+    }
+
+    /// Complete at `at` (at once if it has passed, or if the timer already
+    /// expired unseen: the caller then just looks again).
+    async fn wait(&mut self, at: Instant) {
+        use std::os::fd::AsRawFd;
+        if self.armed != Some(at) {
+            let mono = self.base.1 + at.saturating_duration_since(self.base.0);
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: mono.as_secs() as libc::time_t,
+                    // Never all zero, which would disarm it.
+                    tv_nsec: mono.subsec_nanos().max(1) as libc::c_long,
+                },
+            };
+            // SAFETY: valid fd and a live itimerspec.
+            let rc = unsafe {
+                libc::timerfd_settime(
+                    self.fd.as_raw_fd(),
+                    libc::TFD_TIMER_ABSTIME,
+                    &spec,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc < 0 {
+                warn!(error = %std::io::Error::last_os_error(), "timerfd_settime failed; sleeping with tokio");
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            self.armed = Some(at);
+        }
+        // Edge-triggered: every expiry is a new readiness event, so the
+        // expiry count is never read (one system call saved per wake-up).
+        match self.fd.readable().await {
+            Ok(mut guard) => {
+                guard.clear_ready();
+                self.armed = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "timerfd wait failed; sleeping with tokio");
+                tokio::time::sleep_until(at).await;
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now.
+fn monotonic() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The managed interfaces, sorted, each once.
+fn interfaces(cfg: &Config) -> Vec<String> {
+    let mut v: Vec<String> = cfg.uplinks.iter().map(|u| u.interface.clone()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The interfaces that carry no default route are polled every this many
+/// carrier intervals (100 ms with the default 4 ms); their link events are
+/// still read at once.
+const COLD_EVERY: u32 = 25;
+
+/// The carrier poller thread; stopped when dropped (it ends within one
+/// poll interval).
+struct CarrierPoller {
+    interfaces: Vec<String>,
+    /// Bit i: `interfaces[i]` carries a default route (polled every interval).
+    hot: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CarrierPoller {
+    /// Start polling `interfaces` every `every`, from the calling thread's
+    /// network namespace; all hot until told otherwise.
+    fn start(
+        interfaces: Vec<String>,
+        every: Duration,
+        tx: mpsc::UnboundedSender<CarrierSample>,
+    ) -> Result<Self, NetlinkError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hot = Arc::new(AtomicU64::new(u64::MAX));
+        let thread = spawn_carrier_poller_hot(
+            interfaces.clone(),
+            every,
+            (hot.clone(), COLD_EVERY),
+            tx,
+            stop.clone(),
+        )?;
+        Ok(CarrierPoller {
+            interfaces,
+            hot,
+            stop,
+            thread,
+        })
+    }
+
+    /// Poll every interval the interfaces of the active uplinks; all of them
+    /// while a family has none (not decided yet).
+    fn follow(&self, cfg: &Config, core: &Core) {
+        let mut mask = 0u64;
+        for f in Family::ALL {
+            if cfg.uplinks.iter().all(|u| u.gateway(f).is_none()) {
+                continue;
+            }
+            let Some(a) = core.active(f) else {
+                mask = u64::MAX;
+                break;
+            };
+            if let Some(i) = self
+                .interfaces
+                .iter()
+                .position(|n| *n == cfg.uplinks[a].interface)
+            {
+                mask |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            }
+        }
+        if mask == 0 {
+            mask = u64::MAX;
+        }
+        self.hot.store(mask, Ordering::Relaxed);
+    }
+}
+
+impl Drop for CarrierPoller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Turn carrier samples into core events (one per uplink on the interface).
+fn carrier_samples(
+    cfg: &Config,
+    ifindexes: &Ifindexes,
+    samples: &mut Vec<CarrierSample>,
+    source: CarrierSource,
+    events_in: &mut Vec<Event>,
+) {
+    for s in samples.drain(..) {
+        if let Some(idx) = s.ifindex {
+            ifindexes.lock().unwrap().insert(s.interface.clone(), idx);
+        }
+        for (i, u) in cfg.uplinks.iter().enumerate() {
+            if u.interface == s.interface {
+                events_in.push(Event::Carrier {
+                    uplink: i,
+                    up: s.carrier,
+                    present: s.present,
+                    source,
+                });
+            }
+        }
+    }
+}
+
 fn grid_ceil(t: Duration, grid: Duration) -> Duration {
     let g = grid.as_nanos().max(1);
     let n = t.as_nanos().div_ceil(g);

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,8 @@ use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use uplinkd::config::Family;
 use uplinkd::netlink::{
-    spawn_carrier_poller, spawn_monitor, spawn_monitor_with, uplink_sysctls, Actuator,
-    CarrierSample, MonitorOptions, NetEvent, RouteInfo, RTPROT_UPLINKD,
+    spawn_carrier_poller, spawn_carrier_poller_hot, spawn_monitor, spawn_monitor_with,
+    uplink_sysctls, Actuator, CarrierSample, MonitorOptions, NetEvent, RouteInfo, RTPROT_UPLINKD,
 };
 
 const MAIN: u32 = 254;
@@ -600,6 +600,63 @@ fn monitor_overrun_resyncs() {
 }
 
 // ---------------------------------------------------------------- carrier
+
+/// Only the hot interfaces are read every interval; a cold one is read on
+/// the first poll and every Nth one (here: not within the test), or at the
+/// next poll once it turns hot.
+#[test]
+fn carrier_poller_reads_cold_interfaces_seldom() {
+    in_netns(|| async {
+        veth("h0", "h0p", None, None);
+        veth("k0", "k0p", None, None);
+        let (tx, mut rx) = unbounded_channel::<CarrierSample>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hot = Arc::new(AtomicU64::new(0b01)); // h0 hot, k0 cold
+                                                  // Cold interfaces every 100,000th poll of 2 ms: not within the test.
+        let thread = spawn_carrier_poller_hot(
+            vec!["h0".into(), "k0".into()],
+            Duration::from_millis(2),
+            (hot.clone(), 100_000),
+            tx,
+            stop.clone(),
+        )
+        .unwrap();
+        let within = Duration::from_secs(1);
+        // The first poll reads every interface.
+        wait_event(&mut rx, within, "h0 initial", |s| {
+            s.interface == "h0" && s.carrier
+        })
+        .await;
+        wait_event(&mut rx, within, "k0 initial", |s| {
+            s.interface == "k0" && s.carrier
+        })
+        .await;
+        // Both peers down: the hot one is seen within a few polls, the cold
+        // one not at all.
+        ip("link set h0p down");
+        ip("link set k0p down");
+        let (s, seen) = wait_event(&mut rx, within, "h0 down", |s| s.interface == "h0").await;
+        assert!(!s.carrier, "{s:?}");
+        assert!(
+            !seen.iter().any(|s| s.interface == "k0"),
+            "cold k0 read early: {seen:?}"
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(quiet.is_err(), "cold k0 read: {quiet:?}");
+        // Made hot: read at the next poll.
+        hot.store(0b11, Ordering::Relaxed);
+        let (s, _) = wait_event(
+            &mut rx,
+            Duration::from_millis(500),
+            "k0 down once hot",
+            |s| s.interface == "k0",
+        )
+        .await;
+        assert!(!s.carrier, "{s:?}");
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    });
+}
 
 #[test]
 fn carrier_poller_follows_peer_and_admin_state() {

@@ -583,12 +583,30 @@ impl Uplinkd {
     /// times it ran). Measured by the scheduler's clock, unlike utime +
     /// stime, which are sampled at the kernel's tick.
     pub fn schedstat(&self) -> Option<(u64, u64)> {
-        let s = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid)).ok()?;
-        let mut it = s.split_whitespace();
-        let ns = it.next()?.parse().ok()?;
-        let _wait = it.next()?;
-        let slices = it.next()?.parse().ok()?;
-        Some((ns, slices))
+        let threads = self.thread_schedstat()?;
+        Some(threads.iter().fold((0, 0), |(n, k), t| (n + t.2, k + t.3)))
+    }
+
+    /// [`Self::schedstat`] per thread: (tid, name, ns on a CPU, times it
+    /// ran). /proc/PID/schedstat is the main thread's alone.
+    pub fn thread_schedstat(&self) -> Option<Vec<(u32, String, u64, u64)>> {
+        let dir = std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
+        let mut out = Vec::new();
+        for task in dir.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue; // ended meanwhile
+            };
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let mut it = s.split_whitespace();
+            let ns = it.next()?.parse::<u64>().ok()?;
+            let _wait = it.next()?;
+            let slices = it.next()?.parse::<u64>().ok()?;
+            out.push((tid, name.trim().to_string(), ns, slices));
+        }
+        Some(out)
     }
 
     /// A `/proc/<pid>/status` field in kB (e.g. "VmHWM", "VmRSS").

@@ -9,15 +9,21 @@
 //! milliseconds sees a carrier loss within one period. Bonding's miimon polls
 //! for the same reason.
 //!
-//! Shape: one std thread with one blocking NETLINK_ROUTE socket, no runtime,
-//! no allocation per poll. Every `interval`, for each interface, one
+//! Shape: one std thread that does nothing else (the daemon's loop wakes
+//! only when it sends a sample), no runtime, no allocation per poll. Every
+//! `interval`, for each interface, one ETHTOOL_GLINK ioctl, and only when
+//! that differs from the last answer (or the interface is missing) a full
 //! RTM_GETLINK by name (so a deleted and re-created interface is found again
 //! without any cache), with `IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS` so the
-//! answer leaves out the 64-bit counters (about half of it). Samples are sent
-//! only on change, plus once at start for each interface. Sleeps are
-//! absolute (`clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`), so the period
-//! does not drift with the work done in it; a period that is overrun entirely
-//! is skipped, not made up for with a burst.
+//! answer leaves out the 64-bit counters. The daemon marks the interfaces
+//! that carry a default route "hot"; the others are read every Nth poll
+//! only ([`spawn_carrier_poller_hot`]). Samples are sent only on change, plus
+//! once at start for each interface. Sleeps are absolute
+//! (`clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`) on multiples of the
+//! interval, so the period does not drift with the work done in it and the
+//! daemon's loop, which rounds its own timers to the same grid, wakes on
+//! the same timer interrupt; a period that is overrun entirely is skipped,
+//! not made up for with a burst.
 //!
 //! Side effect, observed on Linux 6.18 (tests/netlink.rs,
 //! `carrier_poller_is_fast_while_another_interface_flaps`): with another
@@ -33,7 +39,7 @@
 //! namespace you mean.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +101,21 @@ pub fn spawn_carrier_poller(
     tx: UnboundedSender<CarrierSample>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
+    let all = Arc::new(AtomicU64::new(u64::MAX));
+    spawn_carrier_poller_hot(interfaces, interval, (all, 1), tx, stop)
+}
+
+/// [`spawn_carrier_poller`], reading every `interval` only the "hot"
+/// interfaces: bit `i` of `hot.0` set for `interfaces[i]` (those carrying
+/// traffic; the caller updates it at any time). The others are read every
+/// `hot.1`-th poll. Interfaces past the 64th are always hot.
+pub fn spawn_carrier_poller_hot(
+    interfaces: Vec<String>,
+    interval: Duration,
+    hot: (Arc<AtomicU64>, u32),
+    tx: UnboundedSender<CarrierSample>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
     if interval < MIN_INTERVAL {
         return Err(NetlinkError::Invalid {
             op: "start carrier poller".into(),
@@ -106,21 +127,33 @@ pub fn spawn_carrier_poller(
     let reader = CarrierReader::new(interfaces)?;
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(reader, interval, &stop, tx))
+        .spawn(move || run(reader, interval, hot, &stop, tx))
         .map_err(|e| NetlinkError::io("spawn carrier poller thread", e))
 }
 
 fn run(
     mut reader: CarrierReader,
     interval: Duration,
+    (hot, cold_every): (Arc<AtomicU64>, u32),
     stop: &AtomicBool,
     tx: UnboundedSender<CarrierSample>,
 ) {
-    let mut next = monotonic_now();
+    // Polls on multiples of `interval` of CLOCK_MONOTONIC, which the
+    // daemon's loop aligns its timers to as well.
+    let mut next = {
+        let now = monotonic_now();
+        let n = interval.as_nanos().max(1);
+        Duration::from_nanos((now.as_nanos().div_ceil(n) * n) as u64)
+    };
     let mut polls: u64 = 0;
     let mut out = Vec::new();
+    let cold_every = u64::from(cold_every.max(1));
     while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
-        reader.read_changes(&mut out);
+        let mask = match polls % cold_every {
+            0 => u64::MAX,
+            _ => hot.load(Ordering::Relaxed),
+        };
+        reader.read_masked(mask, &mut out);
         for s in out.drain(..) {
             if tx.send(s).is_err() {
                 return;
@@ -301,7 +334,16 @@ impl CarrierReader {
     /// Read every interface; push a sample for each one that changed since
     /// the last read (every interface on the first read).
     pub fn read_changes(&mut self, out: &mut Vec<CarrierSample>) {
+        self.read_masked(u64::MAX, out)
+    }
+
+    /// [`Self::read_changes`] for the interfaces whose bit is set in `mask`
+    /// (bit `i` for interface `i`; those past the 64th are always read).
+    pub fn read_masked(&mut self, mask: u64, out: &mut Vec<CarrierSample>) {
         for i in 0..self.interfaces.len() {
+            if i < 64 && mask & (1 << i) == 0 {
+                continue;
+            }
             if let Some(s) = self.read_one(i) {
                 out.push(s);
             }
