@@ -357,10 +357,10 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             carrier_interval: Duration::from_millis(4),
-            gateway_interval: Duration::from_millis(50),
+            gateway_interval: Duration::from_millis(40),
             gateway_fast_interval: Duration::from_millis(4),
             gateway_dead_after: Duration::from_millis(60),
-            gateway_min_misses: 5,
+            gateway_min_misses: 8,
             gateway_rise: 3,
             gateway_timeout: Duration::from_millis(8),
             transit_interval: Duration::from_secs(1),

@@ -144,10 +144,10 @@ fn example_parses_with_documented_defaults() {
         c.probe,
         ProbeConfig {
             carrier_interval: ms(4),
-            gateway_interval: ms(50),
+            gateway_interval: ms(40),
             gateway_fast_interval: ms(4),
             gateway_dead_after: ms(60),
-            gateway_min_misses: 5,
+            gateway_min_misses: 8,
             gateway_rise: 3,
             gateway_timeout: ms(8),
             transit_interval: s(1),
