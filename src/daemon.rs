@@ -186,7 +186,13 @@ pub async fn run(
         ))
         .unwrap_or(now)
     };
-    let now = || start.elapsed();
+    // The time the core and the prober see: snapped to the grid (see
+    // `snap`), so a timer due on a grid point is due when the loop wakes
+    // there, and what it schedules lands on grid points in turn.
+    let snap_grid = std::cell::Cell::new(config.probe.carrier_interval);
+    let now = || snap(start.elapsed(), snap_grid.get());
+    let start_std = start.into_std();
+    let now_std = || start_std + now();
     let mut cfg = Arc::new(config);
     let mut layout = Layout {
         cfg: cfg.clone(),
@@ -431,6 +437,7 @@ pub async fn run(
                         // Read every carrier on this turn: new uplinks learn theirs.
                         read_carrier = Some(CarrierSource::Poll);
                         tick = cfg.probe.carrier_interval;
+                        snap_grid.set(tick);
                         metrics.reconfigure(&cfg);
                         if old_layout.cfg.hooks != cfg.hooks {
                             events = events
@@ -479,9 +486,9 @@ pub async fn run(
                     Err(e) => error!(error = %e, "carrier poller not restarted"),
                 }
             }
-            prober.poll(std::time::Instant::now(), &mut outcomes);
+            prober.poll(now_std(), &mut outcomes);
             for old in &mut retired_probers {
-                old.poll(std::time::Instant::now(), &mut outcomes);
+                old.poll(now_std(), &mut outcomes);
             }
             retired_probers.retain(|p| p.in_flight() > 0);
             members.poll(std::time::Instant::now(), &mut outcomes);
@@ -508,7 +515,7 @@ pub async fn run(
                             let gw = u.gateway(req.family);
                             members.send(&u.interface, gw, req)
                         } else {
-                            prober.send(std::time::Instant::now(), req)
+                            prober.send(now_std(), req)
                         }
                     }
                     Action::SetBondActive { bond, uplink } => {
@@ -704,6 +711,23 @@ fn handle_net(
 }
 
 /// The first multiple of `grid` at or after `t`.
+/// The loop's time `t` as the core and the prober see it: less than half a
+/// grid step past a grid point counts as that grid point. The loop wakes
+/// for timers on grid points, always a little late (wake-up latency); seen
+/// as late, a probe sent there would be due a little after the grid point
+/// it was meant for, and wait for the next one: every fast probe and every
+/// timeout one step (4 ms) late. Monotonic in `t`.
+fn snap(t: Duration, grid: Duration) -> Duration {
+    let g = grid.as_nanos().max(1);
+    let n = t.as_nanos();
+    let floor = n / g * g;
+    if n - floor < g / 2 {
+        Duration::from_nanos(floor as u64)
+    } else {
+        t
+    }
+}
+
 /// The loop sleeps at most this long, whatever is due (the watchdog is
 /// pinged from the loop).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -1184,4 +1208,34 @@ pub fn run_blocking(
         .build()
         .expect("tokio runtime");
     rt.block_on(run(config, shutdown, opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{grid_ceil, snap};
+    use std::time::Duration;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn a_late_wake_counts_as_its_grid_point() {
+        let g = us(4000);
+        assert_eq!(snap(us(8000), g), us(8000));
+        assert_eq!(snap(us(8050), g), us(8000), "50 us late");
+        assert_eq!(snap(us(9999), g), us(8000));
+        assert_eq!(snap(us(10_000), g), us(10_000), "half a step on: real time");
+        assert_eq!(snap(us(11_900), g), us(11_900));
+        assert_eq!(snap(us(12_001), g), us(12_000));
+        // Monotonic across a grid point.
+        assert!(snap(us(11_999), g) < snap(us(12_001), g));
+        // What is scheduled 4 ms after a late wake lands on the next point.
+        assert_eq!(grid_ceil(snap(us(8300), g) + us(4000), g), us(12_000));
+        assert_eq!(
+            grid_ceil(us(8300) + us(4000), g),
+            us(16_000),
+            "unsnapped: a step late"
+        );
+    }
 }
