@@ -1168,14 +1168,19 @@ impl Core {
                         f.burst_end = Some(now);
                     }
                 }
+                let n_targets: usize = f.transits.iter().map(Vec::len).sum();
+                let mut k = 0usize;
                 for (t, targets) in f.transits.iter_mut().enumerate() {
                     for (slot, x) in targets.iter_mut().enumerate() {
+                        let index = k;
+                        k += 1;
                         if round || x.next_at <= now {
                             x.sent(now);
                             if x.next_at <= now {
-                                x.next_at = next_round(
+                                x.next_at = staggered(
                                     now,
                                     p.transit_interval * slowdown(x.verdict),
+                                    (index, n_targets),
                                     p.gateway_interval,
                                 );
                             }
@@ -1404,9 +1409,31 @@ fn next_round(now: Now, every: Duration, round: Duration) -> Now {
     next.max(now + round / 2)
 }
 
+/// When the steady probe of far target `k` of `n` (of one uplink and
+/// family), sent at `now`, is next due: on its own phase, `k/n` of `every`,
+/// at least half an interval on, then on the round grid ([`next_round`]).
+/// The targets stay spread over the interval whatever happened before
+/// (after a recovery they would otherwise all be answered, and rescheduled,
+/// in the same round), so a dead upstream is seen within `every / n`.
+fn staggered(now: Now, every: Duration, (k, n): (usize, usize), round: Duration) -> Now {
+    let e = every.as_nanos();
+    if e == 0 || n == 0 {
+        return now + every;
+    }
+    let phase = e * (k % n) as u128 / n as u128;
+    let base = (now + every / 2).as_nanos();
+    let m = base.saturating_sub(phase).div_ceil(e);
+    let t = Duration::from_nanos((phase + m * e) as u64);
+    let r = round.as_nanos();
+    if r == 0 || every < round {
+        return t.max(now + every / 2);
+    }
+    Duration::from_nanos((t.as_nanos().div_ceil(r) * r) as u64)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::next_round;
+    use super::{next_round, staggered};
     use std::time::Duration;
 
     fn ms(n: u64) -> Duration {
@@ -1428,5 +1455,17 @@ mod tests {
         // Intervals shorter than a round are kept as they are.
         assert_eq!(next_round(ms(7), ms(20), ms(40)), ms(27));
         assert_eq!(next_round(ms(7), ms(20), Duration::ZERO), ms(27));
+    }
+
+    #[test]
+    fn far_targets_keep_their_phases() {
+        // Four targets answered in the same round still go out 250 ms apart
+        // (to the nearest later 40 ms round).
+        let next: Vec<_> = (0..4)
+            .map(|k| staggered(ms(10_000), ms(1000), (k, 4), ms(40)))
+            .collect();
+        assert_eq!(next, vec![ms(11_000), ms(11_280), ms(10_520), ms(10_760)]);
+        // Steady: a second apart.
+        assert_eq!(staggered(ms(11_280), ms(1000), (1, 4), ms(40)), ms(12_280));
     }
 }
