@@ -18,7 +18,9 @@ use crate::core::{Action, CarrierSource, Core, Event, RouteVia, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::netlink::actuate::{Actuator, RTPROT_UPLINKD};
-use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierReader, CarrierSample};
+use crate::netlink::carrier::{
+    monotonic_now, spawn_carrier_poller_hot, CarrierReader, CarrierSample,
+};
 use crate::netlink::monitor::spawn_monitor;
 use crate::netlink::{sysctl, NetEvent, NetlinkError, RouteInfo};
 use crate::probe::{ProbeUplink, Prober};
@@ -182,7 +184,7 @@ pub async fn run(
         let every = config.probe.carrier_interval.as_nanos().max(1);
         let now = Instant::now();
         now.checked_sub(Duration::from_nanos(
-            (monotonic().as_nanos() % every) as u64,
+            (monotonic_now().as_nanos() % every) as u64,
         ))
         .unwrap_or(now)
     };
@@ -767,7 +769,7 @@ impl LoopTimer {
         Ok(LoopTimer {
             fd,
             armed: None,
-            base: (Instant::now(), monotonic()),
+            base: (Instant::now(), monotonic_now()),
         })
     }
 
@@ -817,17 +819,6 @@ impl LoopTimer {
             }
         }
     }
-}
-
-/// CLOCK_MONOTONIC now.
-fn monotonic() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The managed interfaces, sorted, each once.

@@ -545,7 +545,8 @@ fn parse_answer(data: &[u8], seq: u32) -> Option<Answer> {
     None
 }
 
-fn monotonic_now() -> Duration {
+/// CLOCK_MONOTONIC now (the clock of the poller's and the daemon's grid).
+pub(crate) fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
