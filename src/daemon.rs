@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::netlink::actuate::{Actuator, RTPROT_UPLINKD};
 use crate::netlink::carrier::{
-    monotonic_now, spawn_carrier_poller_hot, CarrierReader, CarrierSample,
+    monotonic_now, spawn_carrier_poller_hot, CarrierReader, CarrierSample, ReplyWatch,
 };
 use crate::netlink::monitor::spawn_monitor;
 use crate::netlink::{sysctl, NetEvent, NetlinkError, RouteInfo};
@@ -180,13 +181,15 @@ pub async fn run(
     // The loop's time zero sits on a multiple of the carrier interval of
     // CLOCK_MONOTONIC, as the poller thread's polls do: a wake-up of the loop
     // then comes with one of the poller's (one timer interrupt for both).
-    let start = {
+    let (start, start_mono) = {
         let every = config.probe.carrier_interval.as_nanos().max(1);
         let now = Instant::now();
-        now.checked_sub(Duration::from_nanos(
-            (monotonic_now().as_nanos() % every) as u64,
-        ))
-        .unwrap_or(now)
+        let mono = monotonic_now();
+        let off = Duration::from_nanos((mono.as_nanos() % every) as u64);
+        match now.checked_sub(off) {
+            Some(s) => (s, mono - off),
+            None => (now, mono),
+        }
     };
     // The time the core and the prober see: snapped to the grid (see
     // `snap`), so a timer due on a grid point is due when the loop wakes
@@ -216,7 +219,16 @@ pub async fn run(
     let ifnames = interfaces(&cfg);
     let mut carrier = CarrierReader::new(ifnames.clone())?;
     let (carrier_tx, mut carrier_rx) = mpsc::unbounded_channel();
-    let mut poller = CarrierPoller::start(ifnames, cfg.probe.carrier_interval, carrier_tx.clone())?;
+    // Reply checks the poller makes for this loop while it sleeps (see
+    // `ReplyWatch`): a probe round is then one wake-up, not two.
+    let reply_watch = Arc::new(ReplyWatch::default());
+    let mut watch_entries: Vec<(RawFd, Duration)> = Vec::new();
+    let mut poller = CarrierPoller::start(
+        ifnames,
+        cfg.probe.carrier_interval,
+        &reply_watch,
+        carrier_tx.clone(),
+    )?;
     // The grid the loop's timers are rounded up to, so that deadlines close
     // together share one wake-up; while probes are in flight the loop looks
     // for their replies once per grid step.
@@ -327,6 +339,7 @@ pub async fn run(
     })?;
     let mut samples = Vec::new();
     let mut outcomes = Vec::new();
+    let mut events_in: Vec<Event> = Vec::new();
     tokio::pin!(shutdown);
 
     info!(
@@ -340,18 +353,38 @@ pub async fn run(
         // share a wake-up. Probes in flight are looked for at the next grid
         // point (their replies are read within one step, as the carrier is
         // polled); with nothing in flight and nothing due the loop sleeps.
+        //
+        // In the steady state (each socket with probes in flight has one,
+        // and the core has a reply check for it) the loop does not wake to
+        // read replies: the poller thread checks at each check's time that
+        // a reply is queued and wakes the loop only if one is not; the
+        // replies are read on the next wake-up (the next round). The core
+        // counts a reply from its arrival (kernel timestamp), so reading it
+        // late decides the same.
         let t = now();
         let mut wake = (t + MAX_SLEEP).min(reconcile_at);
-        if let Some(d) = core.next_deadline() {
+        let in_flight = prober.in_flight() > 0
+            || members.in_flight() > 0
+            || retired_probers.iter().any(|p| p.in_flight() > 0);
+        let watching = in_flight
+            && core.decided()
+            && members.in_flight() == 0
+            && retired_probers.iter().all(|p| p.in_flight() == 0)
+            && reply_checks(&core, &prober, start_mono, tick, &mut watch_entries);
+        let deadline = match watching {
+            true => core.next_deadline_if_answered(),
+            false => core.next_deadline(),
+        };
+        if let Some(d) = deadline {
             wake = wake.min(grid_ceil(d, tick));
         }
-        if prober.in_flight() > 0
-            || members.in_flight() > 0
-            || retired_probers.iter().any(|p| p.in_flight() > 0)
-        {
+        if watching {
+            reply_watch.set(watch_entries.iter().copied());
+        } else if in_flight {
             wake = wake.min(grid_ceil(t + Duration::from_nanos(1), tick));
         }
-        let mut events_in: Vec<Event> = Vec::new();
+        // Reused: a turn allocates nothing for its events.
+        events_in.clear();
         let mut read_carrier: Option<CarrierSource> = None;
         let mut ticked = false;
         tokio::select! {
@@ -365,6 +398,7 @@ pub async fn run(
                 carrier_samples(&cfg, &ifindexes, &mut samples, CarrierSource::Poll, &mut events_in);
             }
             _ = timer.wait(start + wake) => ticked = true,
+            _ = reply_watch.missing(), if watching => ticked = true,
             Some(b) = bond_rx.recv() => {
                 members.update(&b);
                 events_in.push(Event::Bond(b.status()));
@@ -431,7 +465,7 @@ pub async fn run(
                             Err(e) => error!(error = %e, "carrier reader not renewed"),
                         }
                         if names != poller.interfaces || cfg.probe.carrier_interval != tick {
-                            match CarrierPoller::start(names, cfg.probe.carrier_interval, carrier_tx.clone()) {
+                            match CarrierPoller::start(names, cfg.probe.carrier_interval, &reply_watch, carrier_tx.clone()) {
                                 Ok(p) => poller = p,
                                 Err(e) => error!(error = %e, "carrier poller not renewed"),
                             }
@@ -476,6 +510,9 @@ pub async fn run(
                 }
             },
         }
+        if watching {
+            reply_watch.clear();
+        }
         if let Some(source) = read_carrier {
             carrier.read_changes(&mut samples);
             carrier_samples(&cfg, &ifindexes, &mut samples, source, &mut events_in);
@@ -483,7 +520,8 @@ pub async fn run(
         if ticked {
             if poller.thread.is_finished() {
                 error!("the carrier poller thread ended; starting it again");
-                match CarrierPoller::start(interfaces(&cfg), tick, carrier_tx.clone()) {
+                match CarrierPoller::start(interfaces(&cfg), tick, &reply_watch, carrier_tx.clone())
+                {
                     Ok(p) => poller = p,
                     Err(e) => error!(error = %e, "carrier poller not restarted"),
                 }
@@ -507,7 +545,7 @@ pub async fn run(
                     metrics.probe_done(*id, outcome);
                 }
             }
-            let handled = core.handle_all(now(), events_in);
+            let handled = core.handle_all(now(), events_in.drain(..));
             for action in std::mem::take(&mut pre_actions).into_iter().chain(handled) {
                 match action {
                     Action::Probe(req) => {
@@ -850,6 +888,7 @@ impl CarrierPoller {
     fn start(
         interfaces: Vec<String>,
         every: Duration,
+        watch: &Arc<ReplyWatch>,
         tx: mpsc::UnboundedSender<CarrierSample>,
     ) -> Result<Self, NetlinkError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -858,6 +897,7 @@ impl CarrierPoller {
             interfaces.clone(),
             every,
             (hot.clone(), COLD_EVERY),
+            Some(watch.clone()),
             tx,
             stop.clone(),
         )?;
@@ -925,6 +965,27 @@ fn carrier_samples(
             }
         }
     }
+}
+
+/// The reply checks of the probes in flight as (socket, due time on
+/// CLOCK_MONOTONIC) in `out`, if every probe in flight has one on a socket of
+/// its own (see `Prober::watch_fd`); false otherwise.
+fn reply_checks(
+    core: &Core,
+    prober: &Prober,
+    start_mono: Duration,
+    tick: Duration,
+    out: &mut Vec<(RawFd, Duration)>,
+) -> bool {
+    out.clear();
+    let mut all = true;
+    core.reply_checks(
+        &mut |uplink, family, kind, at| match prober.watch_fd(uplink, family, kind) {
+            Some(fd) => out.push((fd, start_mono + grid_ceil(at, tick))),
+            None => all = false,
+        },
+    );
+    all && out.len() == prober.in_flight()
 }
 
 fn grid_ceil(t: Duration, grid: Duration) -> Duration {

@@ -23,8 +23,10 @@
 //!
 //! # Sockets
 //!
-//! One socket per (uplink, family), opened lazily by the first probe, on the
-//! calling thread (so it belongs to that thread's network namespace). It is
+//! One socket per (uplink, family) for gateway echoes and one for transit
+//! echoes (so that a socket with one probe in flight is readable exactly
+//! when that probe was answered: [`Prober::watch_fd`]), opened lazily by the
+//! first probe, on the calling thread (so it belongs to that thread's network namespace). It is
 //! bound to the uplink's interface (`SO_BINDTODEVICE`) and marked with the
 //! uplink's fwmark (`SO_MARK`), so the policy rule `fwmark X lookup T` routes
 //! the probe through that uplink's own gateway even when two uplinks share an
@@ -68,7 +70,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::debug;
 
 use crate::config::Family;
-use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
+use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +116,11 @@ const FLOOD_GRACE: Duration = Duration::from_secs(1);
 /// Not thread-safe by design (`&mut self`): one owner, the daemon's loop.
 pub struct Prober {
     uplinks: Vec<ProbeUplink>,
-    /// `slots[uplink][family.index()]`.
-    slots: Vec<[Slot; 2]>,
+    /// `slots[uplink][slot_index(family, kind)]`: gateway echoes and transit
+    /// echoes go out on sockets of their own, so that "a reply is queued"
+    /// on a socket with one probe in flight answers for that probe (see
+    /// [`Prober::watch_fd`]).
+    slots: Vec<[Slot; SLOTS]>,
     /// Outcomes decided by `send` (errors), handed out by the next `poll`.
     ready: Vec<(ProbeId, ProbeOutcome)>,
     /// When the oldest entry of `ready` was recorded: `next_deadline` asks
@@ -227,7 +232,7 @@ impl Prober {
             self.fail(now, req.id, msg);
             return;
         }
-        let slot = &mut self.slots[req.uplink][family.index()];
+        let slot = &mut self.slots[req.uplink][slot_index(family, req.kind)];
         if slot.sock.as_ref().is_some_and(|s| s.broken) {
             if let Some(old) = slot.sock.take() {
                 if slot.pending.iter().any(|p| p.gen == old.gen) {
@@ -253,7 +258,7 @@ impl Prober {
                 }
                 sock
             }
-            empty => match Sock::open(req.uplink, uplink, family, self.next_gen) {
+            empty => match Sock::open(req.uplink, uplink, family, req.kind, self.next_gen) {
                 Ok(sock) => {
                     self.next_gen += 1;
                     debug!(
@@ -325,7 +330,8 @@ impl Prober {
         out.append(&mut self.ready);
         self.ready_since = None;
         for slots in &mut self.slots {
-            for (family, slot) in [Family::V4, Family::V6].into_iter().zip(slots.iter_mut()) {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                let family = slot_family(i);
                 if slot.pending.is_empty() {
                     continue;
                 }
@@ -368,10 +374,34 @@ impl Prober {
         pending + self.ready.len()
     }
 
-    /// The kind of socket currently open for (uplink, family), if any.
+    /// The kind of socket currently open for (uplink, family), if any (the
+    /// gateway's, else the transits').
     pub fn socket_kind(&self, uplink: UplinkId, family: Family) -> Option<SocketKind> {
-        let sock = self.slots.get(uplink)?[family.index()].sock.as_ref()?;
-        Some(sock.kind)
+        let slots = self.slots.get(uplink)?;
+        [ProbeKind::Gateway, ProbeKind::Transit(0)]
+            .into_iter()
+            .find_map(|k| slots[slot_index(family, k)].sock.as_ref())
+            .map(|s| s.kind)
+    }
+
+    /// The socket whose readiness tells whether the one probe in flight
+    /// through (uplink, family) of this kind has been answered: `Some` only
+    /// when exactly one probe is in flight on that slot, on its current
+    /// socket, which queues nothing but replies to its own echoes (a ping
+    /// socket, or a raw one with the identifier filter), and no error is
+    /// waiting to be reported. "Readable" then means a reply to that probe
+    /// is queued (or, rarely, a late one to an earlier probe: `poll` sorts
+    /// them out). Another thread may `poll(2)` the descriptor meanwhile; it
+    /// stays open until a later `send` or `poll` of this prober.
+    pub fn watch_fd(&self, uplink: UplinkId, family: Family, kind: ProbeKind) -> Option<RawFd> {
+        if !self.ready.is_empty() {
+            return None;
+        }
+        let slot = &self.slots.get(uplink)?[slot_index(family, kind)];
+        let sock = slot.sock.as_ref()?;
+        let one = slot.pending.len() == 1 && slot.pending[0].gen == sock.gen;
+        (one && slot.retired.is_empty() && sock.own_only && sock.readable && !sock.broken)
+            .then(|| sock.socket.as_raw_fd())
     }
 
     fn fail(&mut self, now: Instant, id: ProbeId, msg: String) {
@@ -380,8 +410,25 @@ impl Prober {
     }
 }
 
+/// Sockets per uplink: (family, gateway or transit).
+const SLOTS: usize = 4;
+
+fn slot_index(family: Family, kind: ProbeKind) -> usize {
+    family.index() * 2 + usize::from(matches!(kind, ProbeKind::Transit(_)))
+}
+
+fn slot_family(i: usize) -> Family {
+    Family::ALL[i / 2]
+}
+
 impl Sock {
-    fn open(uplink: UplinkId, cfg: &ProbeUplink, family: Family, gen: u64) -> io::Result<Sock> {
+    fn open(
+        uplink: UplinkId,
+        cfg: &ProbeUplink,
+        family: Family,
+        kind_of_probes: ProbeKind,
+        gen: u64,
+    ) -> io::Result<Sock> {
         let (domain, proto) = match family {
             Family::V4 => (Domain::IPV4, Protocol::ICMPV4),
             Family::V6 => (Domain::IPV6, Protocol::ICMPV6),
@@ -409,7 +456,11 @@ impl Sock {
         }
         let fd = socket.as_raw_fd();
         let ident = match kind {
-            SocketKind::Raw => rand::random(),
+            // Gateway and transit sockets of an uplink differ in the low
+            // bit, so their identifier filters never pass each other's.
+            SocketKind::Raw => {
+                rand::random::<u16>() & !1 | slot_index(family, kind_of_probes) as u16 & 1
+            }
             SocketKind::Dgram => 0, // the kernel sets it
         };
         let own_only = match kind {

@@ -89,6 +89,19 @@ struct Sim {
     /// every action, with its time
     log: Vec<(Duration, Action)>,
     probes_sent: u64,
+    /// Run as the daemon's loop does: wake at the next event or deadline
+    /// and handle everything that happened by then in one batch.
+    batched: bool,
+    /// With `batched`, sleep past the reply checks as the daemon's loop
+    /// does in the steady state: while every probe in flight will have been
+    /// answered by its reply check, sleep to the next deadline that comes
+    /// due whatever happens and read the replies then (src/daemon.rs,
+    /// `ReplyWatch`).
+    lazy: bool,
+    /// What each probe in flight asked: (uplink, family, kind).
+    asked: BTreeMap<ProbeId, (UplinkId, Family, ProbeKind)>,
+    /// Wake-ups of the batched loop.
+    turns: u64,
 }
 
 impl Sim {
@@ -107,6 +120,10 @@ impl Sim {
             route,
             log: Vec::new(),
             probes_sent: 0,
+            batched: false,
+            lazy: false,
+            asked: BTreeMap::new(),
+            turns: 0,
         };
         for u in 0..2 {
             s.feed(Event::Carrier {
@@ -127,7 +144,16 @@ impl Sim {
     }
 
     fn feed(&mut self, ev: Event) {
-        let actions = self.core.handle(self.now, ev);
+        self.feed_all(vec![ev]);
+    }
+
+    fn feed_all(&mut self, evs: Vec<Event>) {
+        for ev in &evs {
+            if let Event::ProbeDone { id, .. } = ev {
+                self.asked.remove(id);
+            }
+        }
+        let actions = self.core.handle_all(self.now, evs);
         for a in actions {
             self.apply(&a);
             self.log.push((self.now, a));
@@ -143,6 +169,7 @@ impl Sim {
         match a {
             Action::Probe(p) => {
                 self.probes_sent += 1;
+                self.asked.insert(p.id, (p.uplink, p.family, p.kind));
                 let fi = p.family.index();
                 let u = p.uplink;
                 let lost = self.rng.random::<f64>() < self.net.loss[u];
@@ -189,9 +216,82 @@ impl Sim {
         }
     }
 
+    /// In lazy mode: the loop may sleep past its reply checks, because each
+    /// probe in flight has a check and its reply arrives by then. Then the
+    /// time it wakes at: the next deadline if all is answered, or the next
+    /// event that is not a probe's outcome.
+    fn lazy_wake(&self) -> Option<Option<Duration>> {
+        if !self.lazy || !self.core.decided() || self.asked.is_empty() {
+            return None;
+        }
+        let mut checks = Vec::new();
+        self.core
+            .reply_checks(&mut |u, f, k, at| checks.push((u, f, k, at)));
+        if checks.len() != self.asked.len() {
+            return None;
+        }
+        let answered_by = |u, f, k, at| {
+            self.pending.iter().any(|((t, _), ev)| match ev {
+                Event::ProbeDone {
+                    id,
+                    outcome: ProbeOutcome::Reply { .. },
+                } => *t <= at && self.asked.get(id) == Some(&(u, f, k)),
+                _ => false,
+            })
+        };
+        if !checks.iter().all(|&(u, f, k, at)| answered_by(u, f, k, at)) {
+            return None;
+        }
+        let other = self
+            .pending
+            .iter()
+            .filter(|(_, ev)| !matches!(ev, Event::ProbeDone { .. }))
+            .map(|((t, _), _)| *t)
+            .min();
+        let hard = self.core.next_deadline_if_answered();
+        Some(match (hard, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// Run the loop until `until`.
     fn run_until(&mut self, until: Duration) {
         for _ in 0..10_000_000 {
+            if self.batched {
+                // The daemon's loop: wake at the next deadline (or event),
+                // or sleep past the reply checks while they will be met;
+                // then read everything that arrived, handle it at once.
+                let next = match self.lazy_wake() {
+                    Some(next) => next,
+                    None => {
+                        let p = self.pending.keys().next().map(|k| k.0);
+                        match (p, self.core.next_deadline()) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    }
+                };
+                let next = next.unwrap_or(until);
+                if next > until {
+                    self.now = until;
+                    return;
+                }
+                self.now = self.now.max(next);
+                self.turns += 1;
+                let due: Vec<(Duration, u64)> = self
+                    .pending
+                    .range(..(self.now, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                let evs = due
+                    .iter()
+                    .filter_map(|k| self.pending.remove(k))
+                    .chain([Event::Tick])
+                    .collect();
+                self.feed_all(evs);
+                continue;
+            }
             let next_pending = self.pending.keys().next().map(|k| k.0);
             let next_deadline = self.core.next_deadline();
             let next = match (next_pending, next_deadline) {
@@ -708,4 +808,111 @@ fn standby_is_probed_at_half_rate_and_fast_when_the_active_gateway_misses() {
         verify >= 3,
         "standby v4 gateway probed {verify} times in the 30 ms before the switch"
     );
+}
+
+/// The daemon reads replies late in the steady state (on the next round,
+/// not when they arrive; see `Sim::lazy`): the core must decide exactly the
+/// same, at the same instants, as when each reply is handled on arrival.
+#[test]
+fn replies_read_a_round_late_decide_the_same() {
+    type Scenario = fn(&mut Sim);
+    let scenarios: [(&str, Scenario); 6] = [
+        ("dead gateway", |s| {
+            s.net.gw_dead[0] = [true, true];
+            s.run_for(Duration::from_secs(2));
+            s.net.gw_dead[0] = [false, false];
+            s.run_for(Duration::from_secs(5));
+        }),
+        ("dead upstream", |s| {
+            s.net.upstream_dead[0] = [true, true];
+            s.run_for(Duration::from_secs(5));
+        }),
+        ("ipv6 gateway dead", |s| {
+            s.net.gw_dead[0][1] = true;
+            s.run_for(Duration::from_secs(2));
+        }),
+        ("one transit dead", |s| {
+            s.net.transit_dead[2] = true;
+            s.run_for(Duration::from_secs(10));
+        }),
+        ("random loss", |s| {
+            s.net.loss[0] = 0.19;
+            s.run_for(Duration::from_secs(60));
+        }),
+        ("carrier loss and failback", |s| {
+            s.carrier(0, false);
+            s.run_for(Duration::from_secs(2));
+            s.carrier(0, true);
+            s.run_for(Duration::from_secs(40));
+        }),
+    ];
+    for (name, scenario) in scenarios {
+        let run = |lazy: bool| {
+            let mut s = Sim::new(config());
+            s.batched = true;
+            s.lazy = lazy;
+            s.run_for(Duration::from_secs(3));
+            let (turns0, probes0) = (s.turns, s.probes_sent);
+            s.run_for(Duration::from_secs(3));
+            let steady = (s.turns - turns0, s.probes_sent - probes0);
+            scenario(&mut s);
+            (s, steady)
+        };
+        let (eager, (eager_turns, _)) = run(false);
+        let (lazy, (lazy_turns, probes)) = run(true);
+        // Steady state, 3 s of 40 ms rounds: a wake-up to send and one to
+        // read each round, or only the one to send.
+        assert!(probes > 100, "{name}: {probes} probes in 3 s");
+        assert!(
+            eager_turns >= 140 && lazy_turns <= 80,
+            "{name}: {eager_turns} wake-ups handling replies on arrival, {lazy_turns} reading them late"
+        );
+        for f in Family::ALL {
+            assert_eq!(eager.switches(f), lazy.switches(f), "{name}: {f} switches");
+        }
+        assert_eq!(eager.active_changes(), lazy.active_changes(), "{name}");
+        // Same reports at the same instants; within one instant the order
+        // may differ (a batch is judged once).
+        let timed = |s: &Sim| {
+            let mut v: Vec<(Duration, String)> = s
+                .log
+                .iter()
+                .filter_map(|(t, a)| match a {
+                    Action::Report(c) => Some((*t, format!("{c:?}"))),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let (te, tl) = (timed(&eager), timed(&lazy));
+        let only_e: Vec<_> = te.iter().filter(|x| !tl.contains(x)).collect();
+        let only_l: Vec<_> = tl.iter().filter(|x| !te.contains(x)).collect();
+        assert!(
+            only_e.is_empty() && only_l.is_empty(),
+            "{name}: reports only when read at once: {only_e:?}; only when read late: {only_l:?}"
+        );
+        let probes = |s: &Sim| {
+            let mut v: Vec<(Duration, String)> = s
+                .log
+                .iter()
+                .filter_map(|(t, a)| match a {
+                    Action::Probe(p) => Some((
+                        *t,
+                        format!("{} {} {:?} {}", p.uplink, p.family, p.kind, p.target),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let (pe, pl) = (probes(&eager), probes(&lazy));
+        let only_e: Vec<_> = pe.iter().filter(|x| !pl.contains(x)).collect();
+        let only_l: Vec<_> = pl.iter().filter(|x| !pe.contains(x)).collect();
+        assert!(
+            only_e.is_empty() && only_l.is_empty(),
+            "{name}: probes only when read at once: {only_e:?}; only when read late: {only_l:?}"
+        );
+    }
 }

@@ -617,6 +617,7 @@ fn carrier_poller_reads_cold_interfaces_seldom() {
             vec!["h0".into(), "k0".into()],
             Duration::from_millis(2),
             (hot.clone(), 100_000),
+            None,
             tx,
             stop.clone(),
         )

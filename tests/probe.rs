@@ -1057,3 +1057,129 @@ fn thread_cpu() -> Duration {
     assert_eq!(rc, 0);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// Wait until `fd` is readable (bounded); true if it became readable.
+fn readable_within(fd: std::os::fd::RawFd, within: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = within.as_millis() as libc::c_int;
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r == 1 && p.revents & libc::POLLIN != 0
+}
+
+fn transit_request(uplink: usize, target: &str) -> ProbeRequest {
+    let target: IpAddr = target.parse().unwrap();
+    ProbeRequest {
+        kind: ProbeKind::Transit(0),
+        ..request(next_id(), uplink, target, ms(2000))
+    }
+}
+
+/// The daemon's loop sleeps past a reply check when the probe's socket is
+/// readable (src/daemon.rs, `ReplyWatch`): a socket handed out by
+/// `watch_fd` must be readable when, and only when, its one probe has been
+/// answered, gateway and transit echoes each on a socket of their own.
+fn watch_fd_means_answered(dgram: bool) {
+    let (_ns, routers) = two_uplinks(if dgram { "watch-dgram" } else { "watch-raw" });
+    if dgram {
+        admit_root_to_ping_sockets();
+    }
+    let mut p = two_prober();
+    let mut out = Vec::new();
+    for (gw, far) in [
+        ("198.18.1.1", "198.19.0.1"),
+        ("2001:db8:1::1", "2001:db8:ff::1"),
+    ] {
+        let f = Family::of(&gw.parse().unwrap());
+        let g = next_id();
+        p.send(Instant::now(), request(g, 0, gw.parse().unwrap(), ms(2000)));
+        let t = transit_request(0, far);
+        let tid = t.id;
+        p.send(Instant::now(), t);
+        let fg = p
+            .watch_fd(0, f, ProbeKind::Gateway)
+            .expect("gateway socket watchable");
+        let ft = p
+            .watch_fd(0, f, ProbeKind::Transit(0))
+            .expect("transit socket watchable");
+        assert_ne!(fg, ft, "{f}: gateway and transit echoes share a socket");
+        assert_eq!(
+            p.watch_fd(1, f, ProbeKind::Gateway),
+            None,
+            "nothing in flight on B"
+        );
+        assert!(
+            readable_within(fg, ms(1000)),
+            "{f}: gateway reply not queued"
+        );
+        assert!(
+            readable_within(ft, ms(1000)),
+            "{f}: transit reply not queued"
+        );
+        // Read on the next round, the replies still count as replies.
+        std::thread::sleep(ms(50));
+        p.poll(Instant::now(), &mut out);
+        let mut got: Vec<ProbeId> = out
+            .drain(..)
+            .map(|(id, o)| {
+                assert_reply(&o, "read late");
+                id
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![g, tid]);
+        assert_eq!(
+            p.watch_fd(0, f, ProbeKind::Gateway),
+            None,
+            "nothing in flight"
+        );
+        // Two probes in flight on one socket: readable says nothing about
+        // the second, so it is not watchable.
+        for _ in 0..2 {
+            p.send(
+                Instant::now(),
+                request(next_id(), 0, gw.parse().unwrap(), ms(2000)),
+            );
+        }
+        assert_eq!(p.watch_fd(0, f, ProbeKind::Gateway), None, "two in flight");
+        poll_until(&mut p, 2, Duration::from_secs(3));
+    }
+    // A silent gateway: its socket stays unreadable even while the transit
+    // socket of the same uplink and family gets its reply.
+    let ra = &routers[0];
+    // The router gives up the gateway address but still routes back to
+    // the server (the far target's replies leave from its lo address).
+    run(&format!("ip -n {ra} addr del 198.18.1.1/24 dev eth0"));
+    run(&format!(
+        "ip -n {ra} route add 198.18.1.0/24 dev eth0 src 198.19.0.1"
+    ));
+    let g = next_id();
+    p.send(
+        Instant::now(),
+        request(g, 0, "198.18.1.1".parse().unwrap(), ms(300)),
+    );
+    p.send(Instant::now(), transit_request(0, "198.19.0.1"));
+    let fg = p.watch_fd(0, Family::V4, ProbeKind::Gateway).unwrap();
+    let ft = p.watch_fd(0, Family::V4, ProbeKind::Transit(0)).unwrap();
+    assert!(readable_within(ft, ms(1000)), "transit reply not queued");
+    assert!(
+        !readable_within(fg, ms(100)),
+        "silent gateway's socket readable"
+    );
+    let got = poll_until(&mut p, 2, Duration::from_secs(3));
+    let (_, o, _) = got.iter().find(|(id, _, _)| *id == g).unwrap();
+    assert_timeout(o, "silent gateway");
+}
+
+#[test]
+fn watch_fd_is_readable_when_its_probe_is_answered_raw_socket() {
+    in_private_netns(|| watch_fd_means_answered(false));
+}
+
+#[test]
+fn watch_fd_is_readable_when_its_probe_is_answered_dgram_socket() {
+    in_private_netns(|| watch_fd_means_answered(true));
+}

@@ -222,15 +222,23 @@ fn main() -> ExitCode {
     let path = args.config.clone();
     let result = rt.block_on(async {
         let _reload = tokio::spawn(reload_on_hup(path, reload_tx));
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        // The signals are awaited by a task of their own: the loop polls
+        // its shutdown future on every wake-up, and a oneshot is cheaper to
+        // poll than two signal streams.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let _signals = tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
             notify(&[NotifyState::Stopping]);
+            let _ = stop_tx.send(());
+        });
+        let shutdown = async {
+            let _ = stop_rx.await;
         };
         uplinkd::daemon::run(config, shutdown, opts).await
     });

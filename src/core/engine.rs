@@ -415,20 +415,62 @@ impl Core {
 
     /// When `handle(_, Event::Tick)` must be called next at the latest.
     pub fn next_deadline(&self) -> Option<Now> {
-        let p = &self.cfg.probe;
+        let best = std::cell::Cell::new(None::<Now>);
+        let consider = |t: Now| best.set(Some(best.get().map_or(t, |b| b.min(t))));
+        self.deadlines(&mut |t| consider(t), &mut |_, _, _, t| consider(t));
+        best.get()
+    }
+
+    /// [`Core::next_deadline`] if every probe in flight is answered before
+    /// its reply check (see [`Core::reply_checks`]) comes due.
+    pub fn next_deadline_if_answered(&self) -> Option<Now> {
         let mut best: Option<Now> = None;
+        self.deadlines(
+            &mut |t| best = Some(best.map_or(t, |b: Now| b.min(t))),
+            &mut |_, _, _, _| {},
+        );
+        best
+    }
+
+    /// The deadlines that only matter if a probe in flight is still
+    /// unanswered by then (its reply is overdue: probe harder): per target
+    /// in the steady state (reachable, its last probe answered) with a probe
+    /// in flight, (uplink, family, kind, when). If each reply is in by its
+    /// check, handling it at any later time up to
+    /// [`Core::next_deadline_if_answered`] decides the same (a reply counts
+    /// from when it arrived: send time + round-trip time). A target not in
+    /// the steady state has no check: its reply is news (a verdict may
+    /// change), to be handled when it arrives.
+    pub fn reply_checks(&self, f: &mut impl FnMut(UplinkId, Family, ProbeKind, Now)) {
+        self.deadlines(&mut |_| {}, f);
+    }
+
+    /// Every future deadline: `hard` those that come due whatever happens,
+    /// `check` the reply checks.
+    fn deadlines(
+        &self,
+        hard: &mut impl FnMut(Now),
+        check: &mut impl FnMut(UplinkId, Family, ProbeKind, Now),
+    ) {
+        let p = &self.cfg.probe;
         let after = self.last_now;
         // Only future instants: a deadline already handled must not spin the loop.
         let mut consider = |t: Now| {
             if t > after {
-                best = Some(best.map_or(t, |b: Now| b.min(t)));
+                hard(t)
             }
         };
         for (i, u) in self.uplinks.iter().enumerate() {
-            for f in u.fams.iter().flatten() {
+            for (fi, f) in u.fams.iter().enumerate() {
+                let Some(f) = f else { continue };
+                let family = Family::ALL[fi];
                 consider(f.gateway.next_at);
                 if let Some(&sent) = f.gateway.in_flight.first() {
-                    consider(sent + p.gateway_timeout / 2);
+                    let t = sent + p.gateway_timeout / 2;
+                    match f.gateway.steady() {
+                        true if t > after => check(i, family, ProbeKind::Gateway, t),
+                        _ => consider(t),
+                    }
                 }
                 // The dead-after time only decides once enough probes went
                 // unanswered (each of which is an event of its own).
@@ -443,10 +485,16 @@ impl Core {
                 if f.burst_left > 0 {
                     consider(f.burst_next);
                 }
-                for t in f.transits.iter().flatten() {
-                    consider(t.next_at);
-                    if let Some(&sent) = t.in_flight.last() {
-                        consider(sent + self.overdue(t));
+                for (k, targets) in f.transits.iter().enumerate() {
+                    for t in targets {
+                        consider(t.next_at);
+                        if let Some(&sent) = t.in_flight.last() {
+                            let at = sent + self.overdue(t);
+                            match t.steady() {
+                                true if at > after => check(i, family, ProbeKind::Transit(k), at),
+                                _ => consider(at),
+                            }
+                        }
                     }
                 }
                 if let Some(since) = self.eligible_since(i, f) {
@@ -457,7 +505,6 @@ impl Core {
                 consider(d);
             }
         }
-        best
     }
 
     fn overdue(&self, t: &Target) -> Duration {

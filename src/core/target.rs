@@ -84,7 +84,9 @@ impl Target {
         self.consecutive_ok += 1;
         self.consecutive_miss = 0;
         self.misses_since_reply = 0;
-        self.last_reply = Some(self.last_reply.map_or(now, |t| t.max(now)));
+        // When it arrived, however late it is handled.
+        let at = (sent_at + rtt).min(now);
+        self.last_reply = Some(self.last_reply.map_or(at, |t| t.max(at)));
         self.srtt = Some(match self.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
@@ -142,6 +144,12 @@ impl Target {
     }
 
     /// Age of the oldest probe still in flight.
+    /// Reachable and its last probe answered: one more reply changes
+    /// nothing but counters and the smoothed RTT.
+    pub fn steady(&self) -> bool {
+        self.verdict == Some(true) && self.consecutive_miss == 0
+    }
+
     pub fn oldest_in_flight(&self, now: Now) -> Option<Duration> {
         self.in_flight.first().map(|t| now.saturating_sub(*t))
     }

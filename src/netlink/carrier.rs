@@ -102,17 +102,19 @@ pub fn spawn_carrier_poller(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
     let all = Arc::new(AtomicU64::new(u64::MAX));
-    spawn_carrier_poller_hot(interfaces, interval, (all, 1), tx, stop)
+    spawn_carrier_poller_hot(interfaces, interval, (all, 1), None, tx, stop)
 }
 
 /// [`spawn_carrier_poller`], reading every `interval` only the "hot"
 /// interfaces: bit `i` of `hot.0` set for `interfaces[i]` (those carrying
 /// traffic; the caller updates it at any time). The others are read every
-/// `hot.1`-th poll. Interfaces past the 64th are always hot.
+/// `hot.1`-th poll. Interfaces past the 64th are always hot. With `watch`,
+/// each poll also runs [`ReplyWatch::check`] at the poll's grid time.
 pub fn spawn_carrier_poller_hot(
     interfaces: Vec<String>,
     interval: Duration,
     hot: (Arc<AtomicU64>, u32),
+    watch: Option<Arc<ReplyWatch>>,
     tx: UnboundedSender<CarrierSample>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
@@ -127,7 +129,7 @@ pub fn spawn_carrier_poller_hot(
     let reader = CarrierReader::new(interfaces)?;
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(reader, interval, hot, &stop, tx))
+        .spawn(move || run(reader, interval, hot, watch.as_deref(), &stop, tx))
         .map_err(|e| NetlinkError::io("spawn carrier poller thread", e))
 }
 
@@ -135,6 +137,7 @@ fn run(
     mut reader: CarrierReader,
     interval: Duration,
     (hot, cold_every): (Arc<AtomicU64>, u32),
+    watch: Option<&ReplyWatch>,
     stop: &AtomicBool,
     tx: UnboundedSender<CarrierSample>,
 ) {
@@ -159,6 +162,9 @@ fn run(
                 return;
             }
         }
+        if let Some(w) = watch {
+            w.check(next);
+        }
         polls += 1;
         next += interval;
         let now = monotonic_now();
@@ -170,6 +176,121 @@ fn run(
         sleep_until(next, stop);
     }
     tracing::debug!(polls, cpu = ?thread_cpu_time(), "carrier poller stopped");
+}
+
+/// Reply checks that the daemon's loop hands to the poller thread while it
+/// sleeps, so that it does not wake up only to find the replies it expected.
+///
+/// A probe round is one wake-up of the loop to send; without this, a second
+/// one a poll later reads the replies, which are nearly always there. With
+/// it, the loop lists the sockets that each have exactly one probe in
+/// flight, with the time the core would look at that probe's reply (see
+/// `Core::reply_checks`), and sleeps until its next real deadline. At that
+/// time the poller `poll(2)`s those sockets (no read: the loop reads them
+/// later, with the kernel's receive timestamps): all readable, the entries
+/// are dropped; one not readable (or in error), the loop is woken at once,
+/// as it would have been without a watch.
+#[derive(Debug)]
+pub struct ReplyWatch {
+    /// Earliest due time of an entry (CLOCK_MONOTONIC ns); `u64::MAX` when
+    /// there is none (then a poll costs one atomic load).
+    earliest: AtomicU64,
+    /// (socket, due time in CLOCK_MONOTONIC ns).
+    entries: std::sync::Mutex<Vec<(RawFd, u64)>>,
+    woke: tokio::sync::Notify,
+}
+
+impl Default for ReplyWatch {
+    fn default() -> Self {
+        ReplyWatch {
+            earliest: AtomicU64::new(u64::MAX),
+            entries: Default::default(),
+            woke: Default::default(),
+        }
+    }
+}
+
+/// At most this many sockets are checked in one `poll(2)`; a watch with
+/// more due at once wakes the loop instead.
+const WATCH_MAX: usize = 16;
+
+impl ReplyWatch {
+    /// Replace the entries: (socket, due time on CLOCK_MONOTONIC). The
+    /// sockets must stay open until the next `set` or `clear`.
+    pub fn set(&self, entries: impl IntoIterator<Item = (RawFd, Duration)>) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.clear();
+        e.extend(
+            entries
+                .into_iter()
+                .map(|(fd, due)| (fd, u64::try_from(due.as_nanos()).unwrap_or(u64::MAX - 1))),
+        );
+        let earliest = e.iter().map(|x| x.1).min().unwrap_or(u64::MAX);
+        self.earliest.store(earliest, Ordering::Release);
+    }
+
+    /// No more checks (the loop is awake and reads for itself).
+    pub fn clear(&self) {
+        if self.earliest.load(Ordering::Acquire) != u64::MAX {
+            self.set([]);
+        }
+    }
+
+    /// Resolves when a check found a reply missing (or at once if one did
+    /// since the last call).
+    pub async fn missing(&self) {
+        self.woke.notified().await
+    }
+
+    /// Check the entries due by `now` (CLOCK_MONOTONIC). Returns true if it
+    /// woke the loop (and dropped every entry).
+    pub fn check(&self, now: Duration) -> bool {
+        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        if self.earliest.load(Ordering::Acquire) > now {
+            return false;
+        }
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; WATCH_MAX];
+        let mut n = 0;
+        let mut answered = true;
+        for &(fd, _) in e.iter().filter(|x| x.1 <= now) {
+            if n == WATCH_MAX {
+                answered = false;
+                break;
+            }
+            fds[n] = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            n += 1;
+        }
+        if answered && n > 0 {
+            // Timeout 0: only asks what is queued now.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, 0) };
+            let bad = libc::POLLERR | libc::POLLNVAL | libc::POLLHUP;
+            answered = r >= 0
+                && fds[..n]
+                    .iter()
+                    .all(|p| p.revents & libc::POLLIN != 0 && p.revents & bad == 0);
+        }
+        if answered {
+            e.retain(|x| x.1 > now);
+            let earliest = e.iter().map(|x| x.1).min().unwrap_or(u64::MAX);
+            self.earliest.store(earliest, Ordering::Release);
+            false
+        } else {
+            e.clear();
+            self.earliest.store(u64::MAX, Ordering::Release);
+            drop(e);
+            self.woke.notify_one();
+            true
+        }
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -593,6 +714,52 @@ pub fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `missing()` has resolved (a permit is waiting).
+    fn woke(w: &ReplyWatch) -> bool {
+        use futures::FutureExt;
+        w.missing().now_or_never().is_some()
+    }
+
+    #[test]
+    fn reply_watch_wakes_only_for_a_reply_missing_when_due() {
+        use std::os::unix::net::UnixDatagram;
+        let ms = Duration::from_millis;
+        let (a_tx, a) = UnixDatagram::pair().unwrap();
+        let (b_tx, b) = UnixDatagram::pair().unwrap();
+        let w = ReplyWatch::default();
+        // Nothing watched: a check is one atomic load and wakes no one.
+        assert!(!w.check(ms(1000)));
+        assert!(!woke(&w));
+
+        // Both answered by their due times: no wake-up, entries dropped.
+        w.set([(a.as_raw_fd(), ms(4)), (b.as_raw_fd(), ms(12))]);
+        assert!(!w.check(ms(0)), "nothing due yet");
+        a_tx.send(b"reply").unwrap();
+        assert!(!w.check(ms(4)), "a answered by 4 ms; b not due");
+        b_tx.send(b"reply").unwrap();
+        assert!(!w.check(ms(12)), "b answered by 12 ms");
+        assert!(!woke(&w));
+        assert_eq!(w.earliest.load(Ordering::Relaxed), u64::MAX);
+        let mut buf = [0u8; 8];
+        a.recv(&mut buf).unwrap();
+        b.recv(&mut buf).unwrap();
+
+        // One missing when due: the loop is woken once, the watch emptied.
+        w.set([(a.as_raw_fd(), ms(20)), (b.as_raw_fd(), ms(20))]);
+        a_tx.send(b"reply").unwrap();
+        assert!(!w.check(ms(16)), "not due yet, even with b silent");
+        assert!(w.check(ms(20)), "b has no reply at its check");
+        assert!(woke(&w));
+        assert!(!woke(&w), "one wake-up per missing reply");
+        assert!(!w.check(ms(24)), "entries dropped after waking");
+
+        // Cleared by the loop when it woke for something else.
+        w.set([(b.as_raw_fd(), ms(28))]);
+        w.clear();
+        assert!(!w.check(ms(28)));
+        assert!(!woke(&w));
+    }
 
     #[test]
     fn request_layout() {

@@ -30,7 +30,7 @@ mod request;
 pub mod sysctl;
 
 pub use actuate::{Actuator, RTPROT_UPLINKD};
-pub use carrier::{spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample};
+pub use carrier::{spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
 pub use monitor::{spawn_monitor, spawn_monitor_with, MonitorHandle, MonitorOptions};
 pub use sysctl::{set_sysctl, uplink_sysctls};
 
