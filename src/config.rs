@@ -357,7 +357,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             carrier_interval: Duration::from_millis(4),
-            gateway_interval: Duration::from_millis(40),
+            gateway_interval: Duration::from_millis(48),
             gateway_fast_interval: Duration::from_millis(4),
             gateway_dead_after: Duration::from_millis(60),
             gateway_min_misses: 8,

@@ -144,7 +144,7 @@ fn example_parses_with_documented_defaults() {
         c.probe,
         ProbeConfig {
             carrier_interval: ms(4),
-            gateway_interval: ms(40),
+            gateway_interval: ms(48),
             gateway_fast_interval: ms(4),
             gateway_dead_after: ms(60),
             gateway_min_misses: 8,

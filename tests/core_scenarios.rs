@@ -749,19 +749,27 @@ fn standby_is_probed_at_half_rate_and_fast_when_the_active_gateway_misses() {
     let mut s = settled();
     let mark = s.log.len();
     s.run_for(Duration::from_secs(10));
+    let round = config().probe.gateway_interval;
+    let rounds = (Duration::from_secs(10).as_micros() / round.as_micros()) as usize;
     for f in Family::ALL {
         let active = gateway_probes(&s, mark, 0, f);
         let standby = gateway_probes(&s, mark, 1, f);
-        // 40 ms rounds: 250 in 10 s; the standby every other round.
-        assert!((245..=255).contains(&active), "{f}: active {active}");
-        assert!((120..=130).contains(&standby), "{f}: standby {standby}");
+        // One per round in 10 s; the standby every other round.
+        assert!(
+            (rounds - 2..=rounds + 2).contains(&active),
+            "{f}: active {active} in {rounds} rounds"
+        );
+        assert!(
+            (rounds / 2 - 2..=rounds / 2 + 2).contains(&standby),
+            "{f}: standby {standby} in {rounds} rounds"
+        );
     }
-    // Probes go out in rounds: every gateway probe on a multiple of 40 ms.
+    // Probes go out in rounds: every gateway probe on a multiple of a round.
     for (t, a) in &s.log[mark..] {
         if let Action::Probe(p) = a {
             if p.kind == ProbeKind::Gateway {
                 assert_eq!(
-                    t.as_millis() % 40,
+                    t.as_micros() % round.as_micros(),
                     0,
                     "gateway probe off the rounds at {t:?}"
                 );
@@ -860,11 +868,12 @@ fn replies_read_a_round_late_decide_the_same() {
         };
         let (eager, (eager_turns, _)) = run(false);
         let (lazy, (lazy_turns, probes)) = run(true);
-        // Steady state, 3 s of 40 ms rounds: a wake-up to send and one to
-        // read each round, or only the one to send.
+        // Steady state, 3 s of rounds: a wake-up to send and one to read
+        // each round, or only the one to send.
+        let rounds = (3_000_000 / config().probe.gateway_interval.as_micros()) as u64;
         assert!(probes > 100, "{name}: {probes} probes in 3 s");
         assert!(
-            eager_turns >= 140 && lazy_turns <= 80,
+            eager_turns >= 2 * rounds - 2 && lazy_turns <= rounds + 2,
             "{name}: {eager_turns} wake-ups handling replies on arrival, {lazy_turns} reading them late"
         );
         for f in Family::ALL {
@@ -915,4 +924,40 @@ fn replies_read_a_round_late_decide_the_same() {
             "{name}: probes only when read at once: {only_e:?}; only when read late: {only_l:?}"
         );
     }
+}
+
+/// Right after a failback the transits through the uplink that is active
+/// again are probed at the full rate at once, not on the standby's slower
+/// schedule: a dead upstream then is noticed as fast as ever.
+#[test]
+fn dead_upstream_right_after_failback_is_noticed_as_fast() {
+    let mut worst = Duration::ZERO;
+    for off in (0..1000).step_by(50) {
+        let mut s = settled();
+        s.carrier(0, false);
+        s.run_for(Duration::from_secs(5));
+        s.carrier(0, true);
+        s.run_for(Duration::from_secs(34));
+        let (back, to) = *s.switches(Family::V4).last().unwrap();
+        assert_eq!(to, 0, "failed back");
+        // Then the upstream dies, `off` after the failback.
+        let mut s = {
+            let mut s2 = settled();
+            s2.carrier(0, false);
+            s2.run_for(Duration::from_secs(5));
+            s2.carrier(0, true);
+            s2.run_for(back - s2.now + ms(off));
+            s2
+        };
+        let t0 = s.now;
+        s.net.upstream_dead[0] = [true, true];
+        s.run_for(Duration::from_secs(2));
+        let (t, to) = *s.switches(Family::V4).last().unwrap();
+        assert_eq!(to, 1, "upstream dead {off} ms after the failback");
+        worst = worst.max(t - t0);
+    }
+    // A target is probed at least every transit_interval / 4 (four targets
+    // a second, phases apart) plus a round; the burst and its timeouts take
+    // about 370 ms more.
+    assert!(worst < ms(700), "worst {worst:?}");
 }

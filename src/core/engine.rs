@@ -1221,6 +1221,20 @@ impl Core {
                     for (slot, x) in targets.iter_mut().enumerate() {
                         let index = k;
                         k += 1;
+                        if slowdown(x.verdict) == 1 {
+                            // Just made active (or no longer answering): its
+                            // next probe comes on the full rate's phase
+                            // point, not up to a standby interval later (a
+                            // no-op when it is already on it).
+                            let half = p.transit_interval / 2;
+                            let due = staggered(
+                                (now + Duration::from_nanos(1)).saturating_sub(half),
+                                p.transit_interval,
+                                (index, n_targets),
+                                p.gateway_interval,
+                            );
+                            x.next_at = x.next_at.min(due);
+                        }
                         if round || x.next_at <= now {
                             x.sent(now);
                             if x.next_at <= now {

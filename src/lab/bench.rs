@@ -993,7 +993,7 @@ const BREAKDOWN_WINDOW: Duration = Duration::from_secs(20);
 /// the gateway probes and the carrier poll cost.
 fn idle_breakdown(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Vec<Value>> {
     let variants = [
-        ("defaults (carrier poll 4 ms, gateway echo every 40 ms)", ""),
+        ("defaults (carrier poll 4 ms, gateway echo every 48 ms)", ""),
         (
             "carrier poll 4 ms, gateway echo every 20 ms",
             "[probe]\ngateway_interval = \"20ms\"\n",
