@@ -880,49 +880,40 @@ fn replies_read_a_round_late_decide_the_same() {
             assert_eq!(eager.switches(f), lazy.switches(f), "{name}: {f} switches");
         }
         assert_eq!(eager.active_changes(), lazy.active_changes(), "{name}");
-        // Same reports at the same instants; within one instant the order
-        // may differ (a batch is judged once).
-        let timed = |s: &Sim| {
-            let mut v: Vec<(Duration, String)> = s
-                .log
-                .iter()
-                .filter_map(|(t, a)| match a {
-                    Action::Report(c) => Some((*t, format!("{c:?}"))),
-                    _ => None,
-                })
-                .collect();
-            v.sort();
-            v
+        // Same reports and probes at the same instants; within one instant
+        // the order may differ (a batch is judged once).
+        let report = |a: &Action| match a {
+            Action::Report(c) => Some(format!("{c:?}")),
+            _ => None,
         };
-        let (te, tl) = (timed(&eager), timed(&lazy));
-        let only_e: Vec<_> = te.iter().filter(|x| !tl.contains(x)).collect();
-        let only_l: Vec<_> = tl.iter().filter(|x| !te.contains(x)).collect();
-        assert!(
-            only_e.is_empty() && only_l.is_empty(),
-            "{name}: reports only when read at once: {only_e:?}; only when read late: {only_l:?}"
-        );
-        let probes = |s: &Sim| {
-            let mut v: Vec<(Duration, String)> = s
-                .log
-                .iter()
-                .filter_map(|(t, a)| match a {
-                    Action::Probe(p) => Some((
-                        *t,
-                        format!("{} {} {:?} {}", p.uplink, p.family, p.kind, p.target),
-                    )),
-                    _ => None,
-                })
-                .collect();
-            v.sort();
-            v
+        let probe = |a: &Action| match a {
+            Action::Probe(p) => Some(format!(
+                "{} {} {:?} {}",
+                p.uplink, p.family, p.kind, p.target
+            )),
+            _ => None,
         };
-        let (pe, pl) = (probes(&eager), probes(&lazy));
-        let only_e: Vec<_> = pe.iter().filter(|x| !pl.contains(x)).collect();
-        let only_l: Vec<_> = pl.iter().filter(|x| !pe.contains(x)).collect();
-        assert!(
-            only_e.is_empty() && only_l.is_empty(),
-            "{name}: probes only when read at once: {only_e:?}; only when read late: {only_l:?}"
-        );
+        for (what, pick) in [
+            ("reports", &report as &dyn Fn(&Action) -> Option<String>),
+            ("probes", &probe),
+        ] {
+            let timed = |s: &Sim| {
+                let mut v: Vec<(Duration, String)> = s
+                    .log
+                    .iter()
+                    .filter_map(|(t, a)| Some((*t, pick(a)?)))
+                    .collect();
+                v.sort();
+                v
+            };
+            let (e, l) = (timed(&eager), timed(&lazy));
+            let only_e: Vec<_> = e.iter().filter(|x| !l.contains(x)).collect();
+            let only_l: Vec<_> = l.iter().filter(|x| !e.contains(x)).collect();
+            assert!(
+                only_e.is_empty() && only_l.is_empty(),
+                "{name}: {what} only when read at once: {only_e:?}; only when read late: {only_l:?}"
+            );
+        }
     }
 }
 
