@@ -363,17 +363,12 @@ pub async fn run(
         // late decides the same.
         let t = now();
         let mut wake = (t + MAX_SLEEP).min(reconcile_at);
-        let in_flight = prober.in_flight() > 0
-            || members.in_flight() > 0
-            || retired_probers.iter().any(|p| p.in_flight() > 0);
-        let watching = in_flight
-            && core.decided()
-            && members.in_flight() == 0
-            && retired_probers.iter().all(|p| p.in_flight() == 0)
-            && reply_checks(&core, &prober, start_mono, tick, &mut watch_entries);
-        let deadline = match watching {
-            true => core.next_deadline_if_answered(),
-            false => core.next_deadline(),
+        let others_in_flight =
+            members.in_flight() > 0 || retired_probers.iter().any(|p| p.in_flight() > 0);
+        let in_flight = others_in_flight || prober.in_flight() > 0;
+        let (watching, deadline) = match in_flight && !others_in_flight && core.decided() {
+            true => reply_checks(&core, &prober, start_mono, tick, &mut watch_entries),
+            false => (false, core.next_deadline()),
         };
         if let Some(d) = deadline {
             wake = wake.min(grid_ceil(d, tick));
@@ -968,24 +963,32 @@ fn carrier_samples(
 }
 
 /// The reply checks of the probes in flight as (socket, due time on
-/// CLOCK_MONOTONIC) in `out`, if every probe in flight has one on a socket of
-/// its own (see `Prober::watch_fd`); false otherwise.
+/// CLOCK_MONOTONIC) in `out`, and whether they can be watched: every probe
+/// in flight has one on a socket of its own (see `Prober::watch_fd`). With
+/// the core's next deadline: if watched, the one that comes due even if the
+/// replies are in; otherwise `Core::next_deadline` (from the same scan).
 fn reply_checks(
     core: &Core,
     prober: &Prober,
     start_mono: Duration,
     tick: Duration,
     out: &mut Vec<(RawFd, Duration)>,
-) -> bool {
+) -> (bool, Option<Duration>) {
     out.clear();
     let mut all = true;
-    core.reply_checks(
-        &mut |uplink, family, kind, at| match prober.watch_fd(uplink, family, kind) {
+    let mut first_check: Option<Duration> = None;
+    let hard = core.reply_checks(&mut |uplink, family, kind, at| {
+        first_check = Some(first_check.map_or(at, |c| c.min(at)));
+        match prober.watch_fd(uplink, family, kind) {
             Some(fd) => out.push((fd, start_mono + grid_ceil(at, tick))),
             None => all = false,
-        },
-    );
-    all && out.len() == prober.in_flight()
+        }
+    });
+    if all && out.len() == prober.in_flight() {
+        (true, hard)
+    } else {
+        (false, hard.into_iter().chain(first_check).min())
+    }
 }
 
 fn grid_ceil(t: Duration, grid: Duration) -> Duration {

@@ -225,7 +225,8 @@ impl Sim {
             return None;
         }
         let mut checks = Vec::new();
-        self.core
+        let hard = self
+            .core
             .reply_checks(&mut |u, f, k, at| checks.push((u, f, k, at)));
         if checks.len() != self.asked.len() {
             return None;
@@ -248,7 +249,6 @@ impl Sim {
             .filter(|(_, ev)| !matches!(ev, Event::ProbeDone { .. }))
             .map(|((t, _), _)| *t)
             .min();
-        let hard = self.core.next_deadline_if_answered();
         Some(match (hard, other) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -421,28 +421,24 @@ impl Core {
         best.get()
     }
 
-    /// [`Core::next_deadline`] if every probe in flight is answered before
-    /// its reply check (see [`Core::reply_checks`]) comes due.
-    pub fn next_deadline_if_answered(&self) -> Option<Now> {
+    /// Hands `f` the deadlines that only matter if a probe in flight is
+    /// still unanswered by then (its reply is overdue: probe harder): per
+    /// target in the steady state (reachable, its last probe answered) with
+    /// a probe in flight, (uplink, family, kind, when). Returns the next
+    /// deadline that comes due even if every reply is in by its check
+    /// ([`Core::next_deadline`] is the earlier of that and the checks): if
+    /// each reply is in by its check, handling it at any later time up to
+    /// that deadline decides the same (a reply counts from when it arrived:
+    /// send time + round-trip time). A target not in the steady state has
+    /// no check: its reply is news (a verdict may change), to be handled
+    /// when it arrives.
+    pub fn reply_checks(
+        &self,
+        f: &mut impl FnMut(UplinkId, Family, ProbeKind, Now),
+    ) -> Option<Now> {
         let mut best: Option<Now> = None;
-        self.deadlines(
-            &mut |t| best = Some(best.map_or(t, |b: Now| b.min(t))),
-            &mut |_, _, _, _| {},
-        );
+        self.deadlines(&mut |t| best = Some(best.map_or(t, |b: Now| b.min(t))), f);
         best
-    }
-
-    /// The deadlines that only matter if a probe in flight is still
-    /// unanswered by then (its reply is overdue: probe harder): per target
-    /// in the steady state (reachable, its last probe answered) with a probe
-    /// in flight, (uplink, family, kind, when). If each reply is in by its
-    /// check, handling it at any later time up to
-    /// [`Core::next_deadline_if_answered`] decides the same (a reply counts
-    /// from when it arrived: send time + round-trip time). A target not in
-    /// the steady state has no check: its reply is news (a verdict may
-    /// change), to be handled when it arrives.
-    pub fn reply_checks(&self, f: &mut impl FnMut(UplinkId, Family, ProbeKind, Now)) {
-        self.deadlines(&mut |_| {}, f);
     }
 
     /// Every future deadline: `hard` those that come due whatever happens,
