@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "lab/demo.sh: cargo not found: install Rust (https://rustup.rs), then run this again" >&2
     exit 1
 fi
-cargo build --release --bins
+cargo build --release -p uplinkd -p uplink-lab --bins
 if [ "$(id -u)" -eq 0 ]; then
     exec target/release/uplink-lab demo "$@"
 fi

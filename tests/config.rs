@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use uplinkd::config::{
-    known_keys, AgentConfig, Config, ConfigError, ConfigErrors, DampingConfig, PolicyConfig,
-    ProbeConfig,
+    self as config, known_keys, AgentConfig, ConfigError, ConfigErrors, DampingConfig,
+    PolicyConfig, ProbeConfig,
 };
 
 const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/uplinkd.toml");
@@ -87,7 +87,7 @@ fn minimal() -> String {
 }
 
 fn errors(text: &str) -> ConfigErrors {
-    match Config::parse(text, "test.toml") {
+    match config::parse(text, "test.toml") {
         Ok(c) => panic!("expected errors, parsed {c:#?}"),
         Err(e) => e,
     }
@@ -110,7 +110,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn example_parses_with_documented_defaults() {
-    let c = Config::load(Path::new(EXAMPLE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let c = config::load(Path::new(EXAMPLE_PATH)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.agent, AgentConfig::default());
     assert_eq!(
         c.agent,
@@ -179,7 +179,7 @@ fn example_parses_with_documented_defaults() {
 /// yields the same config as a file that omits them.
 #[test]
 fn omitted_sections_take_defaults() {
-    let c = Config::parse(&minimal(), "min.toml").unwrap_or_else(|e| panic!("{e}"));
+    let c = config::parse(&minimal(), "min.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.agent, AgentConfig::default());
     assert_eq!(c.probe, ProbeConfig::default());
     assert_eq!(c.policy.damping, DampingConfig::default());
@@ -189,10 +189,10 @@ fn omitted_sections_take_defaults() {
 
     // The example's uplinks and transits with no settings at all give the
     // same config as the example: it spells out exactly the defaults.
-    let example = Config::load(Path::new(EXAMPLE_PATH)).unwrap();
+    let example = config::load(Path::new(EXAMPLE_PATH)).unwrap();
     let text = example_text();
     let tail = &text[text.find("\n[[uplink]]").unwrap()..];
-    let bare = Config::parse(tail, "bare.toml").unwrap_or_else(|e| panic!("{e}"));
+    let bare = config::parse(tail, "bare.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bare, example);
 }
 
@@ -282,7 +282,7 @@ fn key_list_matches_parser() {
         };
         // ...each key, set alone, is accepted...
         let text = with_key(key, value);
-        if let Err(e) = Config::parse(&text, "key.toml") {
+        if let Err(e) = config::parse(&text, "key.toml") {
             panic!("{key} = {value} rejected:\n{e}\n---\n{text}");
         }
         // ...and a misspelling of it is rejected, with its dotted key.
@@ -556,7 +556,7 @@ fn quorum_out_of_range() {
         assert!(e.message.contains("1..=1"), "{e}");
     }
     let text = format!("[policy]\nquorum = 1\n{}", minimal());
-    assert_eq!(Config::parse(&text, "q").unwrap().policy.quorum, 1);
+    assert_eq!(config::parse(&text, "q").unwrap().policy.quorum, 1);
 }
 
 #[test]
@@ -574,7 +574,7 @@ gateway4 = "192.0.2.2"
 name = "t"
 targets = ["203.0.113.1"]
 "#;
-    Config::parse(ok, "ok").unwrap();
+    config::parse(ok, "ok").unwrap();
     let bad = ok.replace("192.0.2.2", "192.0.2.1");
     let errs = errors(&bad);
     let e = error_for(&errs, "uplink[1].gateway4");
@@ -634,12 +634,12 @@ gateway_rise = 0
         u32::MAX - 64,
         minimal()
     );
-    Config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
+    config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
     let text = format!("[agent]\nroute_metric = {}\n{}", u32::MAX - 63, minimal());
     error_for(&errors(&text), "agent.route_metric");
     // 2 uplinks from 253 ... touches 253 and 254; 251 + 2 = 251, 252: fine.
     let text = format!("[agent]\ntable_base = 251\n{}", minimal());
-    Config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
+    config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -741,7 +741,7 @@ fn syntax_error_has_a_line() {
 fn load_of_missing_file_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");
-    let errs = Config::load(&path).unwrap_err();
+    let errs = config::load(&path).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!(errs.errors[0].origin, path.display().to_string());
     assert_eq!(errs.errors[0].line, None);
@@ -755,7 +755,7 @@ fn load_reports_the_path_as_origin() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, format!("[probe]\ngateway_rise = 0\n{}", minimal())).unwrap();
-    let errs = Config::load(&path).unwrap_err();
+    let errs = config::load(&path).unwrap_err();
     assert_eq!(
         errs.to_string(),
         format!(

@@ -45,7 +45,7 @@ targets = ["198.19.0.1"]
 name = "transit-b"
 targets = ["198.19.0.2"]
 "#;
-    let mut cfg = Config::parse(text, "test").expect("valid");
+    let mut cfg = uplinkd::config::parse(text, "test").expect("valid");
     let (a, b) = if probe_addresses {
         (Some("198.18.1.10"), Some("198.18.1.11"))
     } else {

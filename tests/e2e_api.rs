@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
+use uplink_lab::{StreamSpec, Uplink};
 use uplinkd::config::Family;
-use uplinkd::lab::{StreamSpec, Uplink};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -282,7 +282,7 @@ fn event_stream_reports_active_changed_within_the_failover() {
 }
 
 /// Copy uplinkctl where an unprivileged user can run it (the lab directory).
-fn unprivileged_ctl(lab: &uplinkd::lab::Lab) -> PathBuf {
+fn unprivileged_ctl(lab: &uplink_lab::Lab) -> PathBuf {
     let ctl = lab.dir().join("uplinkctl");
     std::fs::copy(CTL, &ctl).unwrap();
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -753,7 +753,7 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> O
     found.first().copied()
 }
 
-fn http_get(lab: &uplinkd::lab::Lab, path: &str) -> String {
+fn http_get(lab: &uplink_lab::Lab, path: &str) -> String {
     let path = path.to_string();
     lab.in_ns(&lab.server_ns(), move || {
         let mut s =
@@ -951,7 +951,7 @@ targets = ["198.19.0.1"]
 "#,
         dir.path().display()
     );
-    let cfg = uplinkd::config::Config::parse(&text, "test").unwrap();
+    let cfg = uplinkd::config::parse(&text, "test").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1025,7 +1025,7 @@ fn events_since_replays_recent_events() {
         "[agent]\nsocket = \"{}/api.sock\"\n[[uplink]]\nname = \"primary\"\ninterface = \"eth0\"\ngateway4 = \"198.18.1.1\"\n[[transit]]\nname = \"t\"\ntargets = [\"198.19.0.1\"]\n",
         dir.path().display()
     );
-    let cfg = uplinkd::config::Config::parse(&text, "test").unwrap();
+    let cfg = uplinkd::config::parse(&text, "test").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use uplinkd::lab::bond::{BondLab, Shape, MEMBERS};
-use uplinkd::lab::{LabChild, StreamSpec};
+use uplink_lab::bond::{BondLab, Shape, MEMBERS};
+use uplink_lab::{LabChild, StreamSpec};
 use uplinkd::status::Status;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uplinkd");
@@ -180,7 +180,7 @@ impl Agent {
             .write_config_with(&extra, probe_addresses)
             .expect("config");
         let text = std::fs::read_to_string(&config).unwrap();
-        let cfg = uplinkd::config::Config::parse(&text, "bond lab").expect("valid config");
+        let cfg = uplinkd::config::parse(&text, "bond lab").expect("valid config");
         let log = lab.dir().join("uplinkd.log");
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
@@ -537,24 +537,24 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
     let mac = lab.bond_mac().unwrap();
     assert!(!mac.is_empty());
     // Let the gateway learn the server (its entry must then stay as it is).
-    let gw: std::net::IpAddr = uplinkd::lab::bond::GATEWAY.parse().unwrap();
+    let gw: std::net::IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
     let pinged = (0..3).any(|_| {
-        uplinkd::lab::netns::in_netns(&lab.server_ns(), || {
-            uplinkd::lab::ping::ping_here(gw, &uplinkd::lab::PingOpts::timeout(S(1)))
+        uplink_lab::netns::in_netns(&lab.server_ns(), || {
+            uplink_lab::ping::ping_here(gw, &uplink_lab::PingOpts::timeout(S(1)))
         })
         .is_ok_and(|r| r.is_ok_and(|rtt| rtt.is_some()))
     });
     assert!(pinged, "server reaches its gateway");
-    let gw6: std::net::IpAddr = uplinkd::lab::bond::GATEWAY6.parse().unwrap();
+    let gw6: std::net::IpAddr = uplink_lab::bond::GATEWAY6.parse().unwrap();
     let pinged6 = (0..3).any(|_| {
-        uplinkd::lab::netns::in_netns(&lab.server_ns(), || {
-            uplinkd::lab::ping::ping_here(gw6, &uplinkd::lab::PingOpts::timeout(S(1)))
+        uplink_lab::netns::in_netns(&lab.server_ns(), || {
+            uplink_lab::ping::ping_here(gw6, &uplink_lab::PingOpts::timeout(S(1)))
         })
         .is_ok_and(|r| r.is_ok_and(|rtt| rtt.is_some()))
     });
     assert!(pinged6, "server reaches its IPv6 gateway");
     let neigh6_before = lab
-        .gateway_neigh_of(uplinkd::lab::bond::SERVER6)
+        .gateway_neigh_of(uplink_lab::bond::SERVER6)
         .unwrap_or_default();
     assert!(
         neigh6_before.to_lowercase().contains(&mac),
@@ -588,7 +588,7 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
             "gateway's entry for the server changed: {n}"
         );
         let n6 = lab
-            .gateway_neigh_of(uplinkd::lab::bond::SERVER6)
+            .gateway_neigh_of(uplink_lab::bond::SERVER6)
             .unwrap_or_default();
         assert!(
             n6.to_lowercase().contains(&mac),
@@ -750,7 +750,7 @@ fn scenario_mixed_server_bond_then_routed_uplink() {
     }
     let route = lab.ip("srv", "-4 route show default").unwrap();
     assert!(
-        route.contains(uplinkd::lab::bond::ROUTED_GATEWAY),
+        route.contains(uplink_lab::bond::ROUTED_GATEWAY),
         "default route via the routed uplink: {route}"
     );
     // Back to the bond (its preferred member) after failback_after.
@@ -789,21 +789,21 @@ fn scenario_mixed_server_bond_then_routed_uplink() {
 #[test]
 fn native_member_prober_gateway_and_transit_probes() {
     use std::net::IpAddr;
+    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
     use uplinkd::bond::{BondSample, MemberProber, MemberSpec};
     use uplinkd::config::Family;
     use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
-    use uplinkd::lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
 
     if in_vm() {
         return;
     }
     let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
     let perm = lab.mac_of("srv", "eth0").unwrap();
-    let p4: std::net::Ipv4Addr = uplinkd::lab::bond::PROBE_ADDRESSES[0].parse().unwrap();
+    let p4: std::net::Ipv4Addr = uplink_lab::bond::PROBE_ADDRESSES[0].parse().unwrap();
     let p6: std::net::Ipv6Addr = PROBE_ADDRESS6.parse().unwrap();
-    let gw4: IpAddr = uplinkd::lab::bond::GATEWAY.parse().unwrap();
+    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
     let gw6: IpAddr = GATEWAY6.parse().unwrap();
-    let outcomes = uplinkd::lab::netns::in_netns(&lab.server_ns(), || {
+    let outcomes = uplink_lab::netns::in_netns(&lab.server_ns(), || {
         let mut m = MemberProber::new(vec![MemberSpec {
             interface: "eth0".into(),
             probe4: Some(p4),
@@ -896,7 +896,7 @@ fn native_member_prober_gateway_and_transit_probes() {
         .collect::<Vec<_>>()
         .join(":");
     let n4 = lab
-        .gateway_neigh_of(uplinkd::lab::bond::PROBE_ADDRESSES[0])
+        .gateway_neigh_of(uplink_lab::bond::PROBE_ADDRESSES[0])
         .unwrap();
     assert!(
         n4.contains(&mac),

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use uplink_lab::Uplink;
 use uplinkd::config::Family;
-use uplinkd::lab::Uplink;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 

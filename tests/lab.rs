@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use uplinkd::lab::{
+use uplink_lab::{
     self, netns, sink, transit_target, Family, Lab, LabSpec, PingOpts, StreamSpec, Uplink, TRANSITS,
 };
 
@@ -115,7 +115,9 @@ fn topology_forwards_through_each_uplink() {
     // like a physical NIC).
     for u in Uplink::ALL {
         let s = lab.server_link(u).unwrap();
-        let r = lab.link(&lab.router_ns(u), lab::ROUTER_DOWNLINK).unwrap();
+        let r = lab
+            .link(&lab.router_ns(u), uplink_lab::ROUTER_DOWNLINK)
+            .unwrap();
         assert_eq!(s.ifindex, u.ifindex());
         assert_eq!(r.ifindex, u.ifindex());
         assert_eq!(s.link_index, Some(s.ifindex));
@@ -474,8 +476,8 @@ fn noise_toggles_and_cleans_up() {
         for n in &names {
             assert!(netns::exists(n), "{n}");
         }
-        let a = lab.link(&names[0], lab::NOISE_DEV).unwrap();
-        let b = lab.link(&names[1], lab::NOISE_DEV).unwrap();
+        let a = lab.link(&names[0], uplink_lab::NOISE_DEV).unwrap();
+        let b = lab.link(&names[1], uplink_lab::NOISE_DEV).unwrap();
         assert_eq!(
             a.ifindex, b.ifindex,
             "noise veth has the same ifindex on both ends"
@@ -533,7 +535,7 @@ fn foreign_namespaces_are_refused() {
     });
     assert!(matches!(
         lab.exec("some-other-ns", &["true"]),
-        Err(lab::LabError::ForeignNamespace(_))
+        Err(uplink_lab::LabError::ForeignNamespace(_))
     ));
     assert!(lab.exec(&lab.server_ns(), &["true"]).is_ok());
     let out = lab
@@ -552,7 +554,7 @@ fn config_for_the_lab_parses() {
         ..LabSpec::default()
     });
     let text = lab.config_toml("[policy]\nfailback_after = \"5s\"\n\n[agent]\nroute_metric = 20\n");
-    let cfg = uplinkd::config::Config::parse(&text, "lab config")
+    let cfg = uplinkd::config::parse(&text, "lab config")
         .unwrap_or_else(|e| panic!("lab config does not parse: {e:?}\n{text}"));
     assert_eq!(cfg.agent.socket, lab.socket_path());
     assert_eq!(cfg.agent.route_metric, 20);
@@ -606,7 +608,7 @@ fn stale_namespaces_of_dead_labs_are_removed() {
 /// figures are the bench's business.
 #[test]
 fn demo_runs_end_to_end() {
-    use uplinkd::lab::demo::{run_demo, Cancel, DemoOpts};
+    use uplink_lab::demo::{run_demo, Cancel, DemoOpts};
     let opts = DemoOpts {
         uplinkd: Some(env!("CARGO_BIN_EXE_uplinkd").into()),
     };

@@ -390,7 +390,7 @@ fn daemon_works_with_the_units_credentials() {
         .unwrap();
     std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
     let socket = dir.path().join("uplinkd.sock");
-    let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
+    let lab = uplink_lab::Lab::build(&uplink_lab::LabSpec::default()).expect("build lab");
     let text = lab
         .try_config_toml(&format!(
             "[agent]\nsocket = {:?}\n[hooks]\non_active_change = [{:?}]\n",
@@ -436,7 +436,7 @@ fn daemon_works_with_the_units_credentials() {
         .stdin(Stdio::null())
         .stdout(logf.try_clone().unwrap())
         .stderr(logf);
-    let child = uplinkd::lab::LabChild::new(cmd.spawn().expect("start uplinkd"), "uplinkd");
+    let child = uplink_lab::LabChild::new(cmd.spawn().expect("start uplinkd"), "uplinkd");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     // The daemon is strace's child (setpriv execs it).
     let tracer = child.pid();
@@ -536,7 +536,7 @@ fn daemon_works_with_the_units_credentials() {
         assert_eq!(v.trim(), want, "{key} of {ifname}\nlog:\n{}", log_text());
     }
     // And it fails over as root would: carrier loss on the primary.
-    lab.carrier_down(uplinkd::lab::Uplink::Primary).unwrap();
+    lab.carrier_down(uplink_lab::Uplink::Primary).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let routes = lab
@@ -1351,7 +1351,7 @@ impl Drop for Container {
     }
 }
 
-fn lab_default_via(lab: &uplinkd::lab::Lab, family: &str, dev: &str) -> bool {
+fn lab_default_via(lab: &uplink_lab::Lab, family: &str, dev: &str) -> bool {
     lab.ip(&lab.server_ns(), &[family, "route", "show", "default"])
         .unwrap()
         .lines()
@@ -1394,7 +1394,7 @@ fn unit_runs_under_systemd() {
     let in_root = root.copy_in(&deb);
     root.dpkg(&["-i", &in_root]);
 
-    let lab = uplinkd::lab::Lab::build(&uplinkd::lab::LabSpec::default()).expect("build lab");
+    let lab = uplink_lab::Lab::build(&uplink_lab::LabSpec::default()).expect("build lab");
     // A hook that logs (as the README says hooks may) and writes its input.
     let hook = "logger -t uplinkd-hook \"$UPLINKD_KIND to $UPLINKD_TO\"; \
                 cat > /run/uplinkd/hook-$UPLINKD_SEQ.json";
@@ -1503,7 +1503,7 @@ fn unit_runs_under_systemd() {
     );
 
     // A failover runs the hook, as user uplinkd, writing in /run/uplinkd.
-    lab.carrier_down(uplinkd::lab::Uplink::Primary).unwrap();
+    lab.carrier_down(uplink_lab::Uplink::Primary).unwrap();
     wait_until(
         "the failover",
         Duration::from_secs(10),
@@ -1527,7 +1527,7 @@ fn unit_runs_under_systemd() {
     );
     let owners = c.ok(&["sh", "-c", "stat -c %U /run/uplinkd/hook-*"]);
     assert!(owners.lines().all(|o| o == "uplinkd"), "{owners}");
-    lab.carrier_up(uplinkd::lab::Uplink::Primary).unwrap();
+    lab.carrier_up(uplink_lab::Uplink::Primary).unwrap();
 
     // Reload: a good file is applied by the same process...
     std::fs::write(&conf, config("[policy]\nfailback_after = \"45s\"\n")).unwrap();

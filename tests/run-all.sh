@@ -26,4 +26,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Every test target: unit, scenario, netlink, prober, lab and end-to-end.
-cargo test --locked --no-fail-fast --all-targets -- --test-threads="${TEST_THREADS:-2}"
+cargo test --locked --no-fail-fast --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
+use uplink_lab::{Lab, LabChild, Uplink};
 use uplinkd::config::Family;
-use uplinkd::lab::{Lab, LabChild, Uplink};
 use uplinkd::status::{Status, UplinkState};
 
 const S: fn(u64) -> Duration = Duration::from_secs;

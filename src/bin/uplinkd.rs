@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use uplinkd::config::Config;
+use uplinkd::config;
 
 /// Keeps this server's default route on a healthy uplink.
 #[derive(Parser, Debug)]
@@ -134,7 +134,7 @@ async fn reload_on_hup(path: PathBuf, tx: mpsc::UnboundedSender<uplinkd::daemon:
         }
         notify(&states);
         info!(config = %path.display(), "SIGHUP: reloading the configuration");
-        let outcome = match Config::load(&path) {
+        let outcome = match config::load(&path) {
             Err(errors) => {
                 for e in errors.iter() {
                     error!(
@@ -178,7 +178,7 @@ async fn reload_on_hup(path: PathBuf, tx: mpsc::UnboundedSender<uplinkd::daemon:
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let config = match config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use uplink_lab::{Lab, LabChild, LabSpec, Uplink};
 use uplinkd::config::Family;
-use uplinkd::lab::{Lab, LabChild, LabSpec, Uplink};
 use uplinkd::status::Status;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_uplinkd");
@@ -38,7 +38,7 @@ impl Agent {
     pub fn start_with_env(lab: &Lab, overrides: &str, env: &[(&str, &str)]) -> Agent {
         let config = lab.write_config(overrides).expect("write config");
         let text = std::fs::read_to_string(&config).unwrap();
-        let cfg = uplinkd::config::Config::parse(&text, "lab").expect("lab config is valid");
+        let cfg = uplinkd::config::parse(&text, "lab").expect("lab config is valid");
         let mut a = Agent {
             child: None,
             socket: cfg.agent.socket.clone(),

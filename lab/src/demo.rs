@@ -21,10 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
+use crate::{
     Family, Lab, LabChild, LabError, LabSpec, StreamReport, StreamSpec, UdpStream, Uplink,
 };
-use crate::status::{Status, UplinkState};
+use uplinkd_core::status::{Status, UplinkState};
 
 type Result<T, E = LabError> = std::result::Result<T, E>;
 
@@ -192,7 +192,8 @@ pub fn find_uplinkd(explicit: Option<&Path>) -> Result<PathBuf> {
     if !stale {
         return Ok(sibling);
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    // The workspace's manifest (this package lives in its `lab/` folder).
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let dir = me.parent().map(Path::to_path_buf);
     let built = match (&dir, manifest.is_file()) {
         (Some(dir), true) => {
@@ -708,7 +709,7 @@ pub fn summary_with(s: &Status, rtt: bool) -> String {
         },
     );
     for u in &s.uplinks {
-        let gw = |t: &Option<crate::status::TargetStatus>| match t {
+        let gw = |t: &Option<uplinkd_core::status::TargetStatus>| match t {
             Some(t) if t.reachable == Some(true) => t
                 .rtt_ms
                 .filter(|_| rtt)
@@ -727,15 +728,15 @@ pub fn summary_with(s: &Status, rtt: bool) -> String {
             .reasons
             .iter()
             .map(|r| match r {
-                crate::status::Reason::Carrier => "carrier".to_string(),
-                crate::status::Reason::Gateway { family } => format!("gateway {family}"),
-                crate::status::Reason::Quorum { family, .. } => format!("quorum {family}"),
-                crate::status::Reason::Damped { remaining_ms } => {
+                uplinkd_core::status::Reason::Carrier => "carrier".to_string(),
+                uplinkd_core::status::Reason::Gateway { family } => format!("gateway {family}"),
+                uplinkd_core::status::Reason::Quorum { family, .. } => format!("quorum {family}"),
+                uplinkd_core::status::Reason::Damped { remaining_ms } => {
                     format!("damped {:.0}s", *remaining_ms as f64 / 1000.0)
                 }
-                crate::status::Reason::Drained => "drained".to_string(),
-                crate::status::Reason::Missing => "missing".to_string(),
-                crate::status::Reason::NotInBond { bond } => format!("not in {bond}"),
+                uplinkd_core::status::Reason::Drained => "drained".to_string(),
+                uplinkd_core::status::Reason::Missing => "missing".to_string(),
+                uplinkd_core::status::Reason::NotInBond { bond } => format!("not in {bond}"),
             })
             .collect();
         reasons.dedup();

@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{cmd, netns, LabError, StreamSpec, UdpStream, SINK_V4};
+use crate::{cmd, netns, LabError, StreamSpec, UdpStream, SINK_V4};
 
 type Result<T> = std::result::Result<T, LabError>;
 

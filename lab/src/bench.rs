@@ -32,14 +32,14 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::demo::{
+use crate::demo::{
     self, active, ensure_prerequisites, find_uplinkd, ms, network_gap, on, secs_between, state,
     wait_flowing, wait_until, Cancel, Uplinkd,
 };
-use super::{
+use crate::{
     Family, Lab, LabError, LabSpec, NoiseGuard, StreamReport, StreamSpec, Uplink, ROUTER_DOWNLINK,
 };
-use crate::status::UplinkState;
+use uplinkd_core::status::UplinkState;
 
 type Result<T, E = LabError> = std::result::Result<T, E>;
 

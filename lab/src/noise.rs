@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{cmd, netns, LabError};
+use crate::{cmd, netns, LabError};
 
 /// Name of the toggled device (both ends).
 pub const NOISE_DEV: &str = "nz0";

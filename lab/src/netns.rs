@@ -19,8 +19,8 @@ use std::sync::Mutex;
 
 use nix::sched::{setns, CloneFlags};
 
-use super::cmd;
-use super::LabError;
+use crate::cmd;
+use crate::LabError;
 
 /// Where `ip netns` keeps its bind mounts.
 pub const NETNS_DIR: &str = "/run/netns";

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use uplinkd::lab::{self, Lab, LabSpec, Node, Termination, Uplink, TRANSITS};
+use uplink_lab::{self as lab, Lab, LabSpec, Node, Termination, Uplink, TRANSITS};
 
 #[derive(Parser)]
 #[command(

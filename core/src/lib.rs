@@ -1,4 +1,7 @@
-//! The pure decision engine. It never does I/O and never reads a clock:
+//! uplinkd-core: the pure decision engine, with the validated configuration
+//! ([`config`]) and the status and event types ([`status`]) it speaks in.
+//!
+//! The engine never does I/O and never reads a clock:
 //! `handle(now, Event) -> Vec<Action>` and `next_deadline()`. `now` is the
 //! time since the daemon started (monotonic), passed in by the caller.
 
@@ -8,7 +11,9 @@ use std::time::Duration;
 use crate::config::Family;
 use crate::status::Change;
 
+pub mod config;
 mod engine;
+pub mod status;
 mod target;
 pub use engine::Core;
 

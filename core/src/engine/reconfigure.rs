@@ -27,7 +27,7 @@ use std::collections::HashMap;
 
 use super::{fresh_uplink, Bond, Core, FamilyDecision, InFlight, Target, Uplink};
 use crate::config::{Config, Family, UplinkConfig};
-use crate::core::{Action, Now, ProbeKind};
+use crate::{Action, Now, ProbeKind};
 
 /// The reason of a switch caused by a reconfiguration.
 pub const RECONFIGURED: &str = "reconfigured";
@@ -361,33 +361,40 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentConfig, TransitConfig};
+    use crate::config::{AgentConfig, PolicyConfig, TransitConfig};
 
     fn cfg() -> Config {
-        let mut c = crate::config::Config::parse(
-            r#"
-[agent]
-socket = "/tmp/x.sock"
-[[uplink]]
-name = "primary"
-interface = "eth0"
-gateway4 = "198.18.1.1"
-[[uplink]]
-name = "secondary"
-interface = "eth1"
-gateway4 = "198.18.2.1"
-[[transit]]
-name = "transit-a"
-targets = ["198.19.0.1"]
-"#,
-            "test",
-        )
-        .expect("valid");
-        c.agent = AgentConfig {
-            socket: "/tmp/x.sock".into(),
-            ..Default::default()
+        let uplink = |name: &str, interface: &str, gw: [u8; 4]| UplinkConfig {
+            name: name.into(),
+            interface: interface.into(),
+            gateway4: Some(gw.into()),
+            gateway6: None,
+            bond: None,
+            probe_address4: None,
+            probe_address6: None,
         };
-        c
+        Config {
+            agent: AgentConfig {
+                socket: "/tmp/x.sock".into(),
+                ..Default::default()
+            },
+            policy: PolicyConfig {
+                failback_after: PolicyConfig::DEFAULT_FAILBACK_AFTER,
+                quorum: PolicyConfig::default_quorum(1),
+                damping: Default::default(),
+            },
+            probe: Default::default(),
+            uplinks: vec![
+                uplink("primary", "eth0", [198, 18, 1, 1]),
+                uplink("secondary", "eth1", [198, 18, 2, 1]),
+            ],
+            transits: vec![TransitConfig {
+                name: "transit-a".into(),
+                targets: vec!["198.19.0.1".parse().unwrap()],
+            }],
+            hooks: Default::default(),
+            metrics: Default::default(),
+        }
     }
 
     #[test]

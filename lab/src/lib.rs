@@ -56,11 +56,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use crate::config::Family;
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
 pub use stream::{Stall, StreamReport, StreamSpec, UdpStream};
+pub use uplinkd_core::config::Family;
 
 /// Temp dirs of labs are `<tmp>/uplink-lab-<prefix without trailing '-'>`.
 pub(crate) const TEMP_DIR_PREFIX: &str = "uplink-lab-";

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use super::LabError;
+use crate::LabError;
 
 pub struct Termination {
     set: SigSet,

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{netns, LabError, SINK_V4, SINK_V6};
-use crate::config::Family;
+use crate::{netns, LabError, SINK_V4, SINK_V6};
+use uplinkd_core::config::Family;
 
 /// What to send.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::LabError;
+use crate::LabError;
 
 /// Upper bound for one ordinary command (`ip`, `nft`, `sysctl`).
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
