@@ -1,4 +1,4 @@
-//! `uplink-lab bench`: failover figures, not a test (issue 4).
+//! `uplink-lab bench`: failover figures, not a test.
 //!
 //! Outage as a user feels it: a paced UDP stream of 10,000 datagrams/s from
 //! the server to the sink ([`super::UdpStream`]), IPv4 and IPv6 in separate
@@ -105,6 +105,75 @@ pub struct BenchOpts {
     pub uplinkd: Option<PathBuf>,
     /// Sections to run (all when empty): see [`SECTIONS`].
     pub only: Vec<String>,
+    /// Other daemons to measure side by side in the same run:
+    /// `LABEL=BINARY`, `LABEL=BINARY+OVERRIDES.toml` or `LABEL=+OVERRIDES.toml`
+    /// (the main binary with other config).
+    pub variants: Vec<String>,
+}
+
+/// One daemon measured in a run: a binary and the config it runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    /// Names its series ("uplinkd" for the main binary with the bench's config).
+    pub label: String,
+    pub uplinkd: PathBuf,
+    /// The config overrides it runs with (the bench's, merged with its own).
+    pub overrides: String,
+}
+
+/// Parses `LABEL=BINARY[+OVERRIDES.toml]`; an empty BINARY is `main`.
+fn parse_variant(spec: &str, main: &Path, base: &str) -> Result<Variant> {
+    let (label, rest) = spec
+        .split_once('=')
+        .filter(|(l, _)| !l.is_empty() && *l != "uplinkd")
+        .ok_or_else(|| {
+            invalid(format!(
+                "--variant {spec}: expected LABEL=BINARY[+OVERRIDES.toml] with a label other than uplinkd"
+            ))
+        })?;
+    let (bin, file) = match rest.split_once('+') {
+        Some((b, f)) => (b, Some(f)),
+        None => (rest, None),
+    };
+    let uplinkd = if bin.is_empty() {
+        main.to_path_buf()
+    } else {
+        PathBuf::from(bin)
+    };
+    if !uplinkd.is_file() {
+        return Err(invalid(format!(
+            "--variant {spec}: no such binary {}",
+            uplinkd.display()
+        )));
+    }
+    let mut table: toml::Table = base
+        .parse()
+        .map_err(|e| invalid(format!("bench overrides: {e}")))?;
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|source| LabError::Io {
+            what: format!("read {f}"),
+            source,
+        })?;
+        let over: toml::Table = text
+            .parse()
+            .map_err(|e| invalid(format!("--variant {spec}: {f}: {e}")))?;
+        crate::merge_toml(&mut table, over);
+    }
+    Ok(Variant {
+        label: label.to_string(),
+        uplinkd,
+        overrides: toml::to_string(&table)
+            .map_err(|e| invalid(format!("--variant {spec}: {e}")))?,
+    })
+}
+
+/// What a run measured of one variant beyond its outage series.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub variant: Variant,
+    pub first_decision: Option<Value>,
+    pub idle: Option<Value>,
+    pub false_switches: Option<Value>,
 }
 
 /// The sections `--only` accepts.
@@ -156,7 +225,7 @@ impl Kind {
             Kind::Drain => "drain",
         }
     }
-    /// The p99 target of issue 4, in ms.
+    /// The p99 target of the failover requirements, in ms.
     fn target_p99_ms(self) -> f64 {
         match self {
             Kind::CarrierQuiet => 2.0,
@@ -254,6 +323,9 @@ pub struct Series {
     /// Most network namespaces of other work seen on the host during the
     /// series (sampled before every trial): other labs or tests running.
     pub foreign_namespaces_max: usize,
+    /// A series of uplinkd (any variant), held to uplinkd's targets; the
+    /// comparators are not.
+    pub daemon: bool,
 }
 
 impl Series {
@@ -272,6 +344,7 @@ impl Series {
             meets_target: None,
             loadavg: loadavg().into_iter().collect(),
             foreign_namespaces_max: 0,
+            daemon: false,
         }
     }
     fn finish(&mut self) {
@@ -282,7 +355,7 @@ impl Series {
         self.network_ms = summarize(&net);
         self.raw_ms = summarize(&raw);
         self.decision_ms = summarize(&dec);
-        if self.subject == "uplinkd" {
+        if self.daemon {
             let target = self.kind.target_p99_ms();
             self.target_p99_ms = Some(target);
             self.meets_target = self
@@ -308,8 +381,12 @@ pub struct Results {
     pub comparators: Vec<Value>,
     /// What was not measured, and why.
     pub not_measured: Vec<String>,
-    /// Every target of issue 4 this run missed, with what limits it.
+    /// Every target this run missed, with what limits it.
     pub targets_missed: Vec<String>,
+    /// Each daemon variant's own figures (the first is the main binary,
+    /// whose figures are also in `first_decision`, `idle` and
+    /// `false_switches`); more than one with `--variant`.
+    pub variants: Vec<VariantResult>,
     pub duration_s: f64,
 }
 
@@ -1102,6 +1179,7 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         comparators: Vec::new(),
         not_measured: Vec::new(),
         targets_missed: Vec::new(),
+        variants: Vec::new(),
         duration_s: 0.0,
     };
     let outcome = run_sections(opts, &ctx, &bin, &mut res);
@@ -1155,61 +1233,34 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         .any(|s| wants(opts, s))
         || daemon_kinds.iter().any(|k| wants(opts, k.section()));
     if need_daemon {
+        let mut variants = vec![Variant {
+            label: "uplinkd".into(),
+            uplinkd: bin.to_path_buf(),
+            overrides: overrides.clone(),
+        }];
+        for spec in &opts.variants {
+            variants.push(parse_variant(spec, bin, &overrides)?);
+        }
+        res.variants = variants
+            .iter()
+            .map(|v| VariantResult {
+                variant: v.clone(),
+                first_decision: None,
+                idle: None,
+                false_switches: None,
+            })
+            .collect();
         ctx.say("building the lab for uplinkd");
         let lab = Lab::build(&LabSpec::default())?;
-        let mut d = Uplinkd::start(&lab, bin, &overrides)?;
-        // Time to first decision (fresh lab, no default route to adopt).
-        let s = d.wait_for(
-            ctx.cancel,
-            "the first decision",
-            Duration::from_secs(30),
-            |s| s.decided,
-        )?;
-        let decided_ms = d.spawned.elapsed().as_secs_f64() * 1000.0;
-        let first_event = d
-            .events()
-            .into_iter()
-            .find(|e| e.kind() == "active_changed")
-            .map(|e| secs_between(d.spawned_wall, e.time) * 1000.0);
-        if wants(opts, "first-decision") {
-            ctx.say(&format!(
-                "first decision: status decided after {decided_ms:.0} ms (polled every 10 ms), first active_changed at {:.0} ms",
-                first_event.unwrap_or(f64::NAN)
-            ));
-            res.first_decision = Some(json!({
-                "status_decided_ms": decided_ms,
-                "first_active_changed_ms": first_event,
-                "active": { "ipv4": active(&s, Family::V4), "ipv6": active(&s, Family::V6) },
-                "note": "from spawning `ip netns exec <server> uplinkd` (fresh lab, no route to adopt); status polled every 10 ms",
-            }));
-        }
-        baseline(ctx, &lab, &mut d)?;
-        if wants(opts, "idle") {
-            ctx.say(&format!("idle: {} s with default probes", WINDOW.as_secs()));
-            ctx.cancel.sleep(Duration::from_secs(2))?;
-            let (m, plain) = measure_idle_steered(ctx, &lab, &d, WINDOW)?;
-            ctx.say(&format!(
-                "idle: CPU {:.2} % of one core ({:.0} wake-ups/s, {:.1} us each; {}), peak RSS (VmHWM) {} KiB; {}",
-                m.cpu_percent,
-                m.wakeups_per_s,
-                m.us_per_wakeup,
-                threads_line(&m.threads),
-                m.vm_hwm_kib.unwrap_or(0),
-                m.placement
-            ));
-            ctx.say(&format!(
-                "idle, not steered: CPU {:.2} % ({:.0} wake-ups/s; {})",
-                plain.cpu_percent,
-                plain.wakeups_per_s,
-                threads_line(&plain.threads)
-            ));
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            v["target_cpu_percent"] = json!(1.0);
-            v["target_rss_mib"] = json!(16);
-            v["meets_target"] =
-                json!(m.cpu_percent <= 1.0 && m.vm_hwm_kib.is_some_and(|k| k <= 16 * 1024));
-            v["not_steered"] = serde_json::to_value(&plain).unwrap_or_default();
-            res.idle = Some(v);
+        let mut running = Running::default();
+        // Every variant from a fresh start: the first decision, then idle.
+        for vi in 0..variants.len() {
+            let d = running.switch(ctx, &lab, &variants, vi, res)?;
+            baseline(ctx, &lab, d)?;
+            if wants(opts, "idle") {
+                let v = idle_section(ctx, &lab, d, &variants[vi].label)?;
+                res.variants[vi].idle = Some(v);
+            }
         }
         for kind in daemon_kinds {
             if !wants(opts, kind.section()) {
@@ -1220,50 +1271,15 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
             } else {
                 None
             };
-            let mut series: Vec<Series> = Family::ALL
-                .iter()
-                .map(|f| Series::new("uplinkd", kind, *f))
-                .collect();
+            // Each variant's trials of this kind in turn, so that the
+            // variants of one kind see the same machine.
             let mut interrupted = None;
-            'trials: for i in 0..opts.trials {
-                for (k, f) in Family::ALL.iter().enumerate() {
-                    if let Err(e) = ctx.cancel.check() {
-                        interrupted = Some(e);
-                        break 'trials;
-                    }
-                    series[k].foreign_namespaces_max =
-                        series[k].foreign_namespaces_max.max(foreign_namespaces());
-                    match uplinkd_trial(ctx, &lab, &mut d, kind, *f) {
-                        Ok(t) => {
-                            ctx.say(&format!(
-                                "uplinkd {} {f} trial {}/{}: outage {:.1} ms (raw {:.1}), decision {}",
-                                kind.title(),
-                                i + 1,
-                                opts.trials,
-                                t.network_ms,
-                                t.raw_ms,
-                                t.decision_ms.map_or("?".into(), |x| format!("{x:.1} ms"))
-                            ));
-                            series[k].trials.push(t);
-                        }
-                        Err(e) => {
-                            if ctx.cancel.is_cancelled() {
-                                interrupted = Some(e);
-                                break 'trials;
-                            }
-                            ctx.say(&format!(
-                                "uplinkd {} {f} trial {} FAILED: {e}",
-                                kind.title(),
-                                i + 1
-                            ));
-                            series[k].failed.push(e.to_string());
-                            d.check_alive()?;
-                            if series[k].failed.len() > opts.trials / 2 + 2 {
-                                ctx.say("too many failures: skipping the rest of this kind");
-                                break 'trials;
-                            }
-                        }
-                    }
+            for vi in 0..variants.len() {
+                let d = running.switch(ctx, &lab, &variants, vi, res)?;
+                let r = daemon_series(opts, ctx, &lab, d, kind, &variants[vi].label, res);
+                if let Err(e) = r {
+                    interrupted = Some(e);
+                    break;
                 }
             }
             if let Some(n) = &noise {
@@ -1277,60 +1293,22 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 }
             }
             drop(noise);
-            // Also after an interruption: the trials done so far count.
-            for mut s in series {
-                s.finish();
-                res.series.push(s);
-            }
             if let Some(e) = interrupted {
                 return Err(e);
             }
         }
         if wants(opts, "false-switches") {
-            baseline(ctx, &lab, &mut d)?;
-            ctx.say(&format!(
-                "false switches: 10 % random loss on every probe through the primary for {} s",
-                WINDOW.as_secs()
-            ));
-            let t0 = SystemTime::now();
-            lab.random_loss(Uplink::Primary, 10.0)?;
-            let slept = ctx.cancel.sleep(WINDOW);
-            let s = d.status();
-            let cleared = lab.clear_loss(Uplink::Primary);
-            slept?;
-            cleared?;
-            let t1 = SystemTime::now();
-            let ev = d.events();
-            let in_window = |e: &&demo::Event| e.time >= t0 && e.time <= t1;
-            let switches = ev
-                .iter()
-                .filter(in_window)
-                .filter(|e| e.kind() == "active_changed")
-                .count();
-            let health = ev
-                .iter()
-                .filter(in_window)
-                .filter(|e| e.kind() == "uplink_health")
-                .count();
-            let gw_loss = s
-                .as_ref()
-                .ok()
-                .and_then(|s| s.uplinks[0].gateway.ipv4.as_ref().map(|g| g.loss));
-            ctx.say(&format!(
-                "false switches: {switches} switches, {health} health changes (gateway v4 loss seen {:.1} %)",
-                gw_loss.unwrap_or(0.0) * 100.0
-            ));
-            res.false_switches = Some(json!({
-                "window_s": WINDOW.as_secs(),
-                "loss_percent": 10.0,
-                "switches": switches,
-                "uplink_health_changes": health,
-                "gateway_v4_loss_seen": gw_loss,
-                "target": 0,
-                "meets_target": switches == 0,
-            }));
+            for vi in 0..variants.len() {
+                let d = running.switch(ctx, &lab, &variants, vi, res)?;
+                let v = false_switches(ctx, &lab, d, &variants[vi].label)?;
+                res.variants[vi].false_switches = Some(v);
+            }
         }
-        d.stop();
+        running.stop();
+        // The main variant's figures where a single run has always put them.
+        res.first_decision = res.variants[0].first_decision.clone();
+        res.idle = res.variants[0].idle.clone();
+        res.false_switches = res.variants[0].false_switches.clone();
         if wants(opts, "idle-breakdown") {
             res.idle_breakdown = idle_breakdown(ctx, &lab, bin)?;
         }
@@ -1387,6 +1365,234 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         }
     }
     Ok(())
+}
+
+/// The daemon variant running on the lab: one at a time, since two would
+/// fight over the routes.
+#[derive(Default)]
+struct Running {
+    now: Option<(usize, Uplinkd)>,
+}
+
+impl Running {
+    /// Variant `vi`, started (after stopping another) if it is not the one
+    /// running. The first start of a variant measures its first decision.
+    fn switch<'r>(
+        &'r mut self,
+        ctx: &Ctx,
+        lab: &Lab,
+        variants: &[Variant],
+        vi: usize,
+        res: &mut Results,
+    ) -> Result<&'r mut Uplinkd> {
+        if self.now.as_ref().is_some_and(|(i, _)| *i == vi) {
+            return Ok(&mut self.now.as_mut().expect("running").1);
+        }
+        self.stop();
+        let v = &variants[vi];
+        if variants.len() > 1 {
+            ctx.say(&format!(
+                "starting variant {}: {}",
+                v.label,
+                v.uplinkd.display()
+            ));
+        }
+        let mut d = Uplinkd::start(lab, &v.uplinkd, &v.overrides)?;
+        let fresh = res.variants[vi].first_decision.is_none();
+        let decided = d.wait_for(
+            ctx.cancel,
+            "the first decision",
+            Duration::from_secs(30),
+            |s| s.decided,
+        );
+        let s = match decided {
+            Ok(s) => s,
+            Err(e) => {
+                d.stop();
+                return Err(e);
+            }
+        };
+        if fresh {
+            let decided_ms = d.spawned.elapsed().as_secs_f64() * 1000.0;
+            let first_event = d
+                .events()
+                .into_iter()
+                .find(|e| e.kind() == "active_changed")
+                .map(|e| secs_between(d.spawned_wall, e.time) * 1000.0);
+            ctx.say(&format!(
+                "{}: first decision: status decided after {decided_ms:.0} ms (polled every 10 ms), first active_changed at {:.0} ms",
+                v.label,
+                first_event.unwrap_or(f64::NAN)
+            ));
+            res.variants[vi].first_decision = Some(json!({
+                "status_decided_ms": decided_ms,
+                "first_active_changed_ms": first_event,
+                "active": { "ipv4": active(&s, Family::V4), "ipv6": active(&s, Family::V6) },
+                "note": if vi == 0 {
+                    "from spawning `ip netns exec <server> uplinkd` (fresh lab, no route to adopt); status polled every 10 ms"
+                } else {
+                    "from spawning `ip netns exec <server> uplinkd`, adopting the routes the variant before it left; status polled every 10 ms"
+                },
+            }));
+        }
+        self.now = Some((vi, d));
+        Ok(&mut self.now.as_mut().expect("just started").1)
+    }
+
+    fn stop(&mut self) {
+        if let Some((_, d)) = self.now.take() {
+            d.stop();
+        }
+    }
+}
+
+/// Idle CPU and memory of the running daemon, steered and not.
+fn idle_section(ctx: &Ctx, lab: &Lab, d: &Uplinkd, label: &str) -> Result<Value> {
+    ctx.say(&format!(
+        "{label}: idle: {} s with default probes",
+        WINDOW.as_secs()
+    ));
+    ctx.cancel.sleep(Duration::from_secs(2))?;
+    let (m, plain) = measure_idle_steered(ctx, lab, d, WINDOW)?;
+    ctx.say(&format!(
+        "{label}: idle: CPU {:.2} % of one core ({:.0} wake-ups/s, {:.1} us each; {}), peak RSS (VmHWM) {} KiB; {}",
+        m.cpu_percent,
+        m.wakeups_per_s,
+        m.us_per_wakeup,
+        threads_line(&m.threads),
+        m.vm_hwm_kib.unwrap_or(0),
+        m.placement
+    ));
+    ctx.say(&format!(
+        "{label}: idle, not steered: CPU {:.2} % ({:.0} wake-ups/s; {})",
+        plain.cpu_percent,
+        plain.wakeups_per_s,
+        threads_line(&plain.threads)
+    ));
+    let mut v = serde_json::to_value(&m).unwrap_or_default();
+    v["target_cpu_percent"] = json!(1.0);
+    v["target_rss_mib"] = json!(16);
+    v["meets_target"] = json!(m.cpu_percent <= 1.0 && m.vm_hwm_kib.is_some_and(|k| k <= 16 * 1024));
+    v["not_steered"] = serde_json::to_value(&plain).unwrap_or_default();
+    Ok(v)
+}
+
+/// `opts.trials` trials of `kind` per family with the running daemon, as
+/// the series of `label`. The trials done count also after an interruption.
+fn daemon_series(
+    opts: &BenchOpts,
+    ctx: &Ctx,
+    lab: &Lab,
+    d: &mut Uplinkd,
+    kind: Kind,
+    label: &str,
+    res: &mut Results,
+) -> Result<()> {
+    let mut series: Vec<Series> = Family::ALL
+        .iter()
+        .map(|f| {
+            let mut s = Series::new(label, kind, *f);
+            s.daemon = true;
+            s
+        })
+        .collect();
+    let mut outcome = Ok(());
+    'trials: for i in 0..opts.trials {
+        for (k, f) in Family::ALL.iter().enumerate() {
+            if let Err(e) = ctx.cancel.check() {
+                outcome = Err(e);
+                break 'trials;
+            }
+            series[k].foreign_namespaces_max =
+                series[k].foreign_namespaces_max.max(foreign_namespaces());
+            match uplinkd_trial(ctx, lab, d, kind, *f) {
+                Ok(t) => {
+                    ctx.say(&format!(
+                        "{label} {} {f} trial {}/{}: outage {:.1} ms (raw {:.1}), decision {}",
+                        kind.title(),
+                        i + 1,
+                        opts.trials,
+                        t.network_ms,
+                        t.raw_ms,
+                        t.decision_ms.map_or("?".into(), |x| format!("{x:.1} ms"))
+                    ));
+                    series[k].trials.push(t);
+                }
+                Err(e) => {
+                    if ctx.cancel.is_cancelled() {
+                        outcome = Err(e);
+                        break 'trials;
+                    }
+                    ctx.say(&format!(
+                        "{label} {} {f} trial {} FAILED: {e}",
+                        kind.title(),
+                        i + 1
+                    ));
+                    series[k].failed.push(e.to_string());
+                    if let Err(e) = d.check_alive() {
+                        outcome = Err(e);
+                        break 'trials;
+                    }
+                    if series[k].failed.len() > opts.trials / 2 + 2 {
+                        ctx.say("too many failures: skipping the rest of this kind");
+                        break 'trials;
+                    }
+                }
+            }
+        }
+    }
+    for mut s in series {
+        s.finish();
+        res.series.push(s);
+    }
+    outcome
+}
+
+/// Switches made by the running daemon during `WINDOW` of 10 % random loss
+/// on every probe through the primary.
+fn false_switches(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, label: &str) -> Result<Value> {
+    baseline(ctx, lab, d)?;
+    ctx.say(&format!(
+        "{label}: false switches: 10 % random loss on every probe through the primary for {} s",
+        WINDOW.as_secs()
+    ));
+    let t0 = SystemTime::now();
+    lab.random_loss(Uplink::Primary, 10.0)?;
+    let slept = ctx.cancel.sleep(WINDOW);
+    let s = d.status();
+    let cleared = lab.clear_loss(Uplink::Primary);
+    slept?;
+    cleared?;
+    let t1 = SystemTime::now();
+    let ev = d.events();
+    let in_window = |e: &&demo::Event| e.time >= t0 && e.time <= t1;
+    let switches = ev
+        .iter()
+        .filter(in_window)
+        .filter(|e| e.kind() == "active_changed")
+        .count();
+    let health = ev
+        .iter()
+        .filter(in_window)
+        .filter(|e| e.kind() == "uplink_health")
+        .count();
+    let gw_loss = s
+        .as_ref()
+        .ok()
+        .and_then(|s| s.uplinks[0].gateway.ipv4.as_ref().map(|g| g.loss));
+    ctx.say(&format!(
+        "{label}: false switches: {switches} switches, {health} health changes (gateway v4 loss seen {:.1} %)",
+        gw_loss.unwrap_or(0.0) * 100.0
+    ));
+    Ok(json!({
+        "window_s": WINDOW.as_secs(),
+        "loss_percent": 10.0,
+        "switches": switches,
+        "uplink_health_changes": health,
+        "gateway_v4_loss_seen": gw_loss,
+        "target": 0,
+        "meets_target": switches == 0,
+    }))
 }
 
 /// Carrier-loss trials (quiet, then busy host) of a comparator that runs
@@ -1483,6 +1689,103 @@ fn fmt_summary(s: &Option<Summary>) -> String {
     }
 }
 
+/// The variants side by side (a Markdown table), when a run measured more
+/// than one: outage p50 / p99 per failure and family, idle CPU and memory,
+/// false switches, first decision.
+pub fn comparison(res: &Results) -> Option<String> {
+    if res.variants.len() < 2 {
+        return None;
+    }
+    let labels: Vec<&str> = res
+        .variants
+        .iter()
+        .map(|v| v.variant.label.as_str())
+        .collect();
+    let mut m = String::new();
+    m.push_str(&format!("| figure | {} |\n", labels.join(" | ")));
+    m.push_str(&format!("|---|{}\n", "---|".repeat(labels.len())));
+    let mut kinds: Vec<Kind> = Vec::new();
+    for s in res.series.iter().filter(|s| s.daemon) {
+        if !kinds.contains(&s.kind) {
+            kinds.push(s.kind);
+        }
+    }
+    for kind in kinds {
+        for fam in ["ipv4", "ipv6"] {
+            let cells: Vec<String> = labels
+                .iter()
+                .map(|l| {
+                    res.series
+                        .iter()
+                        .find(|s| s.daemon && s.subject == *l && s.kind == kind && s.family == fam)
+                        .and_then(|s| {
+                            s.network_ms.map(|n| {
+                                let failed = if s.failed.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({} failed)", s.failed.len())
+                                };
+                                format!("{:.1} / {:.1} (n={}){failed}", n.p50, n.p99, n.n)
+                            })
+                        })
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            m.push_str(&format!(
+                "| {} {fam}, outage p50 / p99 ms | {} |\n",
+                kind.title(),
+                cells.join(" | ")
+            ));
+        }
+    }
+    let row = |name: &str, f: &dyn Fn(&VariantResult) -> Option<String>| {
+        let cells: Vec<String> = res
+            .variants
+            .iter()
+            .map(|v| f(v).unwrap_or_else(|| "-".into()))
+            .collect();
+        if cells.iter().all(|c| c == "-") {
+            String::new()
+        } else {
+            format!("| {name} | {} |\n", cells.join(" | "))
+        }
+    };
+    let num = |v: &Option<Value>, path: &[&str]| -> Option<f64> {
+        let mut x = v.as_ref()?;
+        for k in path {
+            x = x.get(k)?;
+        }
+        x.as_f64()
+    };
+    m.push_str(&row("idle CPU, % of a core (steered)", &|v| {
+        num(&v.idle, &["cpu_percent"]).map(|x| format!("{x:.2}"))
+    }));
+    m.push_str(&row("idle CPU, % of a core (not steered)", &|v| {
+        num(&v.idle, &["not_steered", "cpu_percent"]).map(|x| format!("{x:.2}"))
+    }));
+    m.push_str(&row("idle wake-ups/s", &|v| {
+        num(&v.idle, &["wakeups_per_s"]).map(|x| format!("{x:.0}"))
+    }));
+    m.push_str(&row("peak RSS, KiB", &|v| {
+        num(&v.idle, &["vm_hwm_kib"]).map(|x| format!("{x:.0}"))
+    }));
+    m.push_str(&row("false switches (10 % probe loss)", &|v| {
+        num(&v.false_switches, &["switches"]).map(|x| format!("{x:.0}"))
+    }));
+    m.push_str(&row("start to first decision, ms", &|v| {
+        num(&v.first_decision, &["status_decided_ms"]).map(|x| format!("{x:.0}"))
+    }));
+    for v in &res.variants {
+        m.push_str(&format!(
+            "\n- {}: `{}`",
+            v.variant.label,
+            v.variant.uplinkd.display()
+        ));
+    }
+    m.push('\n');
+    Some(m)
+}
+
 /// The table, to stdout.
 pub fn print_table(res: &Results) {
     println!();
@@ -1570,6 +1873,9 @@ pub fn print_table(res: &Results) {
             fd["first_active_changed_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    if let Some(c) = comparison(res) {
+        println!("\nSide by side, same run:\n{c}");
+    }
     for n in &res.not_measured {
         println!("  not measured: {n}");
     }
@@ -1656,7 +1962,12 @@ pub fn markdown(res: &Results) -> String {
         other => other.to_string(),
     };
     m.push_str("# uplinkd failover benchmark\n\n");
-    m.push_str("Produced by `uplink-lab bench` (src/lab/bench.rs). Outage as a user feels it: a paced UDP stream of 10,000 datagrams/s from the lab's server to its sink, IPv4 and IPv6 in separate trials; the outage of a trial is the longest run of missing sequence numbers times the interval (0.1 ms). Percentiles are nearest rank over the trials.\n\n");
+    m.push_str("Produced by `uplink-lab bench` (lab/src/bench.rs). Outage as a user feels it: a paced UDP stream of 10,000 datagrams/s from the lab's server to its sink, IPv4 and IPv6 in separate trials; the outage of a trial is the longest run of missing sequence numbers times the interval (0.1 ms). Percentiles are nearest rank over the trials.\n\n");
+    if let Some(c) = comparison(res) {
+        m.push_str("## Side by side (same run)\n\n");
+        m.push_str(&c);
+        m.push('\n');
+    }
     m.push_str("## Machine\n\n");
     for (k, label) in [
         ("date", "date"),
@@ -1812,4 +2123,108 @@ fn series_table(res: &Results) -> String {
         ));
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[policy]\nfailback_after = \"5s\"\n";
+
+    #[test]
+    fn a_variant_names_its_binary_and_merges_its_config_over_the_bench_overrides() {
+        let dir = std::env::temp_dir().join(format!("uplink-lab-variant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let over = dir.join("echo.toml");
+        std::fs::write(
+            &over,
+            "[policy]\nquorum = 1\n[probe]\ngateway_interval = \"20ms\"\n",
+        )
+        .unwrap();
+        let main = std::env::current_exe().unwrap();
+        let v = parse_variant(&format!("fast=+{}", over.display()), &main, BASE).unwrap();
+        assert_eq!(v.label, "fast");
+        assert_eq!(v.uplinkd, main);
+        let t: toml::Table = v.overrides.parse().unwrap();
+        assert_eq!(t["policy"]["failback_after"].as_str(), Some("5s"));
+        assert_eq!(t["policy"]["quorum"].as_integer(), Some(1));
+        assert_eq!(t["probe"]["gateway_interval"].as_str(), Some("20ms"));
+
+        let old = parse_variant(&format!("old={}", main.display()), &main, BASE).unwrap();
+        assert_eq!(old.label, "old");
+        assert_eq!(
+            old.overrides.parse::<toml::Table>().unwrap(),
+            BASE.parse().unwrap()
+        );
+
+        for bad in ["old", "=x", "uplinkd=/bin/true", "old=/no/such/binary"] {
+            assert!(parse_variant(bad, &main, BASE).is_err(), "{bad} accepted");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn variants_are_compared_row_by_row() {
+        let variant = |label: &str, cpu: f64| VariantResult {
+            variant: Variant {
+                label: label.into(),
+                uplinkd: PathBuf::from(format!("/bin/{label}")),
+                overrides: String::new(),
+            },
+            first_decision: None,
+            idle: Some(json!({"cpu_percent": cpu, "not_steered": {"cpu_percent": cpu + 0.1}})),
+            false_switches: None,
+        };
+        let series = |label: &str, f: Family, ms: &[f64]| {
+            let mut s = Series::new(label, Kind::GatewayDead, f);
+            s.daemon = true;
+            for &x in ms {
+                s.trials.push(Trial {
+                    network_ms: x,
+                    raw_ms: x,
+                    lost: 0,
+                    sent: 0,
+                    decision_ms: None,
+                    blocked_in_sendto: 0,
+                    descheduled: 0,
+                });
+            }
+            s.finish();
+            s
+        };
+        let mut res = Results {
+            machine: Value::Null,
+            method: Value::Null,
+            series: vec![
+                series("uplinkd", Family::V4, &[60.0, 70.0]),
+                series("old", Family::V4, &[65.0, 80.0]),
+            ],
+            first_decision: None,
+            idle: None,
+            idle_breakdown: Vec::new(),
+            false_switches: None,
+            comparators: Vec::new(),
+            not_measured: Vec::new(),
+            targets_missed: Vec::new(),
+            variants: vec![variant("uplinkd", 0.8)],
+            duration_s: 0.0,
+        };
+        assert_eq!(comparison(&res), None, "one variant: nothing to compare");
+        res.variants.push(variant("old", 0.9));
+        let c = comparison(&res).unwrap();
+        assert!(c.starts_with("| figure | uplinkd | old |"), "{c}");
+        assert!(
+            c.contains("| dead gateway, carrier up ipv4, outage p50 / p99 ms | 60.0 / 70.0 (n=2) | 65.0 / 80.0 (n=2) |"),
+            "{c}"
+        );
+        assert!(
+            c.contains("| dead gateway, carrier up ipv6, outage p50 / p99 ms | - | - |"),
+            "{c}"
+        );
+        assert!(
+            c.contains("| idle CPU, % of a core (steered) | 0.80 | 0.90 |"),
+            "{c}"
+        );
+        assert!(!c.contains("false switches"), "no figure, no row: {c}");
+    }
 }

@@ -500,7 +500,7 @@ fn parse_route(v: &serde_json::Value) -> RouteInfo {
 
 /// Deep-merges `over` into `base`: tables merge key by key, anything else
 /// (values, arrays, arrays of tables) is replaced.
-fn merge_toml(base: &mut toml::Table, over: toml::Table) {
+pub(crate) fn merge_toml(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_toml(b, o),

@@ -80,6 +80,13 @@ enum Cmd {
         /// The uplinkd binary (default: the one next to this executable).
         #[arg(long, value_name = "PATH")]
         uplinkd: Option<std::path::PathBuf>,
+        /// Also measure another daemon in the same run, side by side:
+        /// LABEL=BINARY, or LABEL=BINARY+OVERRIDES.toml to run it with extra
+        /// config (or LABEL=+OVERRIDES.toml for the main binary with another
+        /// config). Repeatable. Sections run variant after variant, each
+        /// failure kind for every variant before the next kind.
+        #[arg(long, value_name = "LABEL=BINARY[+TOML]")]
+        variant: Vec<String>,
     },
 }
 
@@ -112,6 +119,7 @@ fn main() -> ExitCode {
             only,
             install_frr,
             uplinkd,
+            variant,
         } => with_cancel(term, |c| {
             let opts = lab::bench::BenchOpts {
                 trials,
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
                 install_frr,
                 uplinkd,
                 only,
+                variants: variant,
             };
             lab::bench::run_bench(&opts, c).map(|_| ()).context("bench")
         }),

@@ -1,7 +1,7 @@
 //! The benchmark's traffic: a paced UDP stream from the server to the sink,
 //! and the outage a user would feel.
 //!
-//! Method (issue 4): the sender in the server namespace sends
+//! Method: the sender in the server namespace sends
 //! sequence-numbered datagrams at a fixed rate (10,000/s by default), paced
 //! against absolute deadlines, on an ordinary *blocking*, *unconnected* UDP
 //! socket with `sendto`, so the kernel looks the route up for every datagram
