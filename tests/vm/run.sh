@@ -27,7 +27,8 @@
 #
 # Environment:
 #   UPLINKD_VM_CACHE    kernel cache; must not be under /tmp, /var or /run,
-#                       which the guest mounts over (default <repo>/target/vm)
+#                       which the guest mounts over (default <repo>/target/vm,
+#                       or $HOME/.cache/uplinkd-vm for a repo under those)
 #   UPLINKD_VM_KERNEL   a Debian kernel package to use instead of the one
 #                       linux-image-amd64 depends on (e.g. linux-image-6.1.0-56-amd64)
 #   UPLINKD_VM_TIMEOUT  seconds before the VM is killed (default 1800)
@@ -39,7 +40,20 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-CACHE=${UPLINKD_VM_CACHE:-$REPO/target/vm}
+# The guest mounts its own /tmp, /var and /run over the host's: a repo there
+# (a clone in /tmp) is handed to the guest explicitly (--rwdir below), and
+# the kernel cache, whose modules vng exports before that, lives elsewhere.
+guest_hidden() {
+    case "$1" in
+    /tmp/* | /var/* | /run/* | /tmp | /var | /run) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+if guest_hidden "$REPO"; then
+    CACHE=${UPLINKD_VM_CACHE:-${HOME:-/root}/.cache/uplinkd-vm}
+else
+    CACHE=${UPLINKD_VM_CACHE:-$REPO/target/vm}
+fi
 TIMEOUT=${UPLINKD_VM_TIMEOUT:-1800}
 MEMORY=${UPLINKD_VM_MEMORY:-2G}
 host_cpus=$(nproc)
@@ -65,11 +79,9 @@ if [ "$setup_only" = 0 ] && [ $# -eq 0 ]; then
 fi
 [ "$(id -u)" = 0 ] || die "must run as root (installs packages, runs the tests as root in the VM)"
 
-case "$CACHE" in
-/tmp/* | /var/* | /run/* | /tmp | /var | /run)
+if guest_hidden "$CACHE"; then
     die "UPLINKD_VM_CACHE=$CACHE: the guest mounts its own /tmp, /var and /run, so the kernel modules would be invisible there; use a directory elsewhere"
-    ;;
-esac
+fi
 
 # ---- 1. tools --------------------------------------------------------------
 apt_updated=0
@@ -186,10 +198,14 @@ set +e
 # and the exit status back.
 # qemu opens /proc/self/fd/{1,2} anew (truncating a regular file and writing
 # from offset 0), so the output always goes through pipes to the caller.
+share=()
+if guest_hidden "$REPO"; then
+    share=(--rwdir "$REPO")
+fi
 rcfile=$(mktemp)
 { {
     timeout -k 15 "$TIMEOUT" vng --run "$kimg" --disable-kvm --disable-microvm \
-        --user root --cpus "$CPUS" --memory "$MEMORY" \
+        --user root --cpus "$CPUS" --memory "$MEMORY" "${share[@]}" \
         --exec "$script" </dev/null
     echo $? >"$rcfile"
 } 2>&1 1>&3 3>&- | cat >&2; } 3>&1 | cat
