@@ -1,7 +1,8 @@
 //! Probes through one bond member, active or backup, on packet sockets bound
-//! to the member itself. See the parent module for what each check proves.
+//! to the member itself. The bond itself is read and set by
+//! [`crate::netlink::bond`].
 //!
-//! Tick-driven like the routed prober ([`crate::probe`]): plain non-blocking
+//! Tick-driven like the routed prober ([`super::Prober`]): plain non-blocking
 //! sockets registered with no reactor; the daemon calls
 //! [`MemberProber::send`] when the core asks for a probe and
 //! [`MemberProber::poll`] on its tick. `poll` first reads every frame queued
@@ -21,6 +22,42 @@
 //!   group of the probe address): neighbour advertisements from the IPv6
 //!   gateway, neighbour solicitations for the probe address (answered), and
 //!   echo replies to transit probes.
+//!
+//! ## What can be proven through a backup member
+//! In active-backup the kernel drops ordinary traffic received on the
+//! backup member (bond_should_deliver_exact_match), so an ICMP echo bound to
+//! it never gets its reply. A packet socket bound to the member still sees
+//! every frame it receives (the bonding driver's ARP validation relies on
+//! the same). Every probe leaves from the member's *probe MAC*: its
+//! permanent MAC, or, when that is the bond's MAC (the first member
+//! enslaved lends its MAC to the bond), a locally administered MAC derived
+//! from it; so the switches learn that MAC, never the bond's, on the backup
+//! path (no MAC flapping). Replies to it are accepted with
+//! PACKET_ADD_MEMBERSHIP (PACKET_MR_UNICAST).
+//! - carrier: the member's own carrier (the carrier poller, as for routes);
+//! - gateway (IPv4): an ARP probe (RFC 5227 section 2.1.1: ARP request with
+//!   sender IP 0.0.0.0). A Linux (or any RFC 5227) gateway answers a probe
+//!   for its address with a reply to the sender's MAC and, because the
+//!   sender IP is zero, learns nothing from it (net/ipv4/arp.c,
+//!   arp_process: "sip == 0" is answered and consumed before any neighbour
+//!   update): the gateway's neighbour entry for the server is never touched.
+//! - gateway (IPv6): a neighbour solicitation from the link-local address
+//!   of the probe MAC (fe80::EUI-64, never one of the server's addresses,
+//!   since the probe MAC is never the bond's), with the probe MAC as source
+//!   link-layer option, to the gateway's solicited-node group (unicast once
+//!   its MAC is known). The answer is unicast to the probe MAC; the gateway
+//!   learns only that link-local address.
+//! - transits, with a dedicated probe address per member and family
+//!   (`probe_address4` / `probe_address6`, never configured on the host):
+//!   an ICMP echo from it to each transit target, sent to the gateway's MAC
+//!   as resolved on this member. The gateway resolves the probe address by
+//!   ARP / NS on the member's path; the prober answers with the probe MAC.
+//!   This proves the switch and gateway router behind the member and that
+//!   router's upstream, active or backup, so the transit quorum applies to
+//!   members as to routed uplinks. Without a probe address, transits are
+//!   not probed through the member (from the server's own address the reply
+//!   would move the gateway's neighbour entry and the switches' entry for
+//!   the bond's MAC to the backup path), and status says so per member.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,18 +68,18 @@ use std::time::{Duration, Instant};
 
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
 
-use super::probe_mac;
-use crate::probe::{attach_filter, bpf, kernel_rtt, realtime_ns, recv_timestamped};
+use super::{attach_filter, bpf, kernel_rtt, realtime_ns, recv_timestamped};
+use crate::netlink::BondSample;
 
 // include/uapi/linux/if_ether.h
-pub(super) const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ARPHRD_ETHER: u16 = 1;
 const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 /// Ethernet header + ARP for IPv4 over Ethernet (RFC 826).
-pub(super) const ARP_LEN: usize = 14 + 28;
+pub const ARP_LEN: usize = 14 + 28;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMP6_ECHO: u8 = 128;
@@ -148,8 +185,8 @@ impl MemberProber {
         }
     }
 
-    /// Learn the MACs of a bond's members (from a [`super::BondSample`]).
-    pub fn update(&mut self, s: &super::BondSample) {
+    /// Learn the MACs of a bond's members (from a [`BondSample`]).
+    pub fn update(&mut self, s: &BondSample) {
         for (m, perm) in &s.perm_mac {
             let v = (*perm, s.mac);
             if self.macs.get(m) != Some(&v) {
@@ -866,6 +903,23 @@ fn solicited_mac(a: &Ipv6Addr) -> [u8; 6] {
     [0x33, 0x33, 0xff, o[13], o[14], o[15]]
 }
 
+/// The source MAC of probes through a member: its permanent MAC, or, when
+/// that is the bond's MAC, a locally administered one derived from it, so
+/// the switches never learn the bond's MAC on a backup path.
+pub fn probe_mac(perm: [u8; 6], bond_mac: Option<[u8; 6]>) -> [u8; 6] {
+    if Some(perm) == bond_mac || perm == [0; 6] {
+        let mut m = perm;
+        // Locally administered, unicast (IEEE 802: bit 1 and bit 0 of octet 0).
+        m[0] = (m[0] | 0x02) & !0x01;
+        if Some(m) == bond_mac {
+            m[5] ^= 0x01;
+        }
+        m
+    } else {
+        perm
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Sockets
 // ---------------------------------------------------------------------------
@@ -1099,5 +1153,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn probe_mac_never_is_the_bond_mac() {
+        let bond = [0x52, 0x54, 0, 1, 2, 3];
+        assert_ne!(probe_mac(bond, Some(bond)), bond);
+        assert_eq!(probe_mac(bond, Some(bond))[0] & 0x03, 0x02);
+        let other = [0x52, 0x54, 0, 9, 9, 9];
+        assert_eq!(probe_mac(other, Some(bond)), other);
     }
 }

@@ -72,6 +72,9 @@ use tracing::debug;
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
+pub mod member;
+pub use member::{MemberProber, MemberSpec};
+
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeUplink {
