@@ -18,6 +18,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 use uplinkd::config::Family;
 use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+use uplinkd::probe::packet::checksum;
 use uplinkd::probe::{ProbeUplink, Prober, SocketKind};
 
 // ---------------------------------------------------------------- harness
@@ -627,17 +628,6 @@ enum Answer {
     WrongSource = 4,
     /// Correct, but sent 30 ms after the request arrived.
     Delayed30ms = 5,
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// A user-space echo responder in router namespace `ns` (whose kernel echo
