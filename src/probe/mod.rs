@@ -1,12 +1,25 @@
 //! The prober: sends the ICMP/ICMPv6 echoes the core asks for, each through
 //! the uplink it names, and reports exactly one outcome per request. It
 //! decides nothing: counting misses, timers and verdicts belong to the core.
+//! [`member`] probes through bond members on packet sockets; both build and
+//! parse their packets with [`packet`].
+//!
+//! # Why not an echo library
+//!
+//! The daemon's prober is its own rather than `surge-ping` (which the lab's
+//! pinger uses) because the probe path has no reactor: sends and receives
+//! happen on the loop's poll-driven round, where surge-ping needs a tokio
+//! runtime and a receive task per socket. It needs a kernel reply filter (cBPF
+//! on the identifier) so a raw socket queues only its own replies, and the
+//! kernel's receive timestamps (`SO_TIMESTAMPNS`) so a reply read a round late
+//! still has its true round-trip time. Every socket also carries its uplink's
+//! mark and device binding, set when it is opened.
 //!
 //! # Tick-driven, no reactor
 //!
-//! Every thread wake-up costs CPU (about 17.5 µs measured on our VMs), so the
-//! prober never wakes anyone: its sockets are plain non-blocking sockets that
-//! are registered with no reactor (tokio, epoll, anything). The daemon's loop
+//! Every thread wake-up costs CPU, so the prober never wakes anyone: its
+//! sockets are plain non-blocking sockets that are registered with no
+//! reactor (tokio, epoll, anything). The daemon's loop
 //! calls [`Prober::send`] when the core asks for a probe and
 //! [`Prober::poll`] on its periodic tick (and at [`Prober::next_deadline`]);
 //! `poll` reads whatever replies the kernel has queued meanwhile. No runtime
