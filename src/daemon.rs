@@ -250,13 +250,13 @@ pub async fn run(
         }
         v
     };
-    let (bond_tx, mut bond_rx) = mpsc::unbounded_channel::<crate::bond::BondSample>();
+    let (bond_tx, mut bond_rx) = mpsc::unbounded_channel::<crate::netlink::BondSample>();
     let (bond_set_tx, bond_set_rx) = mpsc::unbounded_channel::<(String, String)>();
-    let mut members = crate::bond::MemberProber::new(
+    let mut members = crate::probe::MemberProber::new(
         cfg.uplinks
             .iter()
             .filter(|u| u.bond.is_some())
-            .map(|u| crate::bond::MemberSpec {
+            .map(|u| crate::probe::MemberSpec {
                 interface: u.interface.clone(),
                 probe4: u.probe_address4,
                 probe6: u.probe_address6,
@@ -272,10 +272,10 @@ pub async fn run(
     } else {
         Some((
             AbortOnDropBond(
-                crate::bond::spawn_bond_poller(bond_list, BOND_POLL_EVERY, bond_tx)
+                crate::netlink::spawn_bond_poller(bond_list, BOND_POLL_EVERY, bond_tx)
                     .map_err(bond_io)?,
             ),
-            AbortOnDropBond(crate::bond::spawn_bond_actuator(bond_set_rx).map_err(bond_io)?),
+            AbortOnDropBond(crate::netlink::spawn_bond_actuator(bond_set_rx).map_err(bond_io)?),
         ))
     };
 

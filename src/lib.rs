@@ -8,10 +8,10 @@ pub use uplinkd_core as core;
 pub use uplinkd_core::status;
 
 pub mod api;
-pub mod bond;
 pub mod config;
 pub mod daemon;
 pub mod hooks;
 pub mod metrics;
 pub mod netlink;
 pub mod probe;
+mod task;

@@ -790,9 +790,10 @@ fn scenario_mixed_server_bond_then_routed_uplink() {
 fn native_member_prober_gateway_and_transit_probes() {
     use std::net::IpAddr;
     use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
-    use uplinkd::bond::{BondSample, MemberProber, MemberSpec};
     use uplinkd::config::Family;
     use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::netlink::BondSample;
+    use uplinkd::probe::{MemberProber, MemberSpec};
 
     if in_vm() {
         return;

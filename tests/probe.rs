@@ -18,6 +18,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 use uplinkd::config::Family;
 use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+use uplinkd::probe::packet::{checksum, parse_ipv4, ICMP_ECHO_REQUEST};
 use uplinkd::probe::{ProbeUplink, Prober, SocketKind};
 
 // ---------------------------------------------------------------- harness
@@ -629,17 +630,6 @@ enum Answer {
     Delayed30ms = 5,
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A user-space echo responder in router namespace `ns` (whose kernel echo
 /// is switched off), answering IPv4 echo requests as `mode` says.
 fn spawn_responder(ns: String, mode: Arc<AtomicU8>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
@@ -663,9 +653,11 @@ fn spawn_responder(ns: String, mode: Arc<AtomicU8>, stop: Arc<AtomicBool>) -> Jo
             let Ok((n, from)) = rx.recv_from(&mut buf) else {
                 continue;
             };
-            let ihl = usize::from(buf[0] & 0x0f) * 4;
-            let icmp = &buf[ihl..n];
-            if icmp.len() < 8 || icmp[0] != 8 {
+            let Some(ip) = parse_ipv4(&buf[..n]) else {
+                continue;
+            };
+            let icmp = ip.payload;
+            if icmp.len() < 8 || icmp[0] != ICMP_ECHO_REQUEST {
                 continue;
             }
             let mut reply = icmp.to_vec();

@@ -1,25 +1,29 @@
 //! A small ICMP echo client for the lab's own checks, so the lab needs no
-//! `ping` binary (iputils is often missing in containers).
+//! `ping` binary (iputils is often missing in containers): `surge-ping` on
+//! a current-thread tokio runtime.
 //!
-//! It uses RAW sockets (the lab runs as root, CAP_NET_RAW), so it does not
-//! depend on `net.ipv4.ping_group_range` in the namespace, which the lab
-//! deliberately leaves alone in the server namespace (the daemon's concern).
-//! Every reply is validated: source address, identifier, sequence and a
-//! random payload token, so stray replies (e.g. the daemon's own probes in
-//! the same namespace) are never counted.
+//! Network namespaces belong to threads, and a surge-ping client opens its
+//! socket and spawns its receive task where it is created. [`ping_here`] and
+//! [`burst_here`] therefore build their runtime on the calling thread and
+//! create the client inside it: everything runs in the *calling thread's*
+//! network namespace. Use them through [`super::Lab::ping`] and friends,
+//! which run them on a thread inside the right namespace.
 //!
-//! These functions work in the *calling thread's* network namespace; use
-//! them through [`super::Lab::ping`] and friends, which run them on a thread
-//! inside the right namespace.
+//! The client uses RAW sockets (the lab runs as root, CAP_NET_RAW), so it
+//! does not depend on `net.ipv4.ping_group_range` in the namespace, which
+//! the lab deliberately leaves alone in the server namespace (the daemon's
+//! concern). A reply counts only if surge-ping matches it to one of our
+//! requests (source address, our random identifier, sequence) and it is an
+//! echo reply: surge-ping hands the ICMP errors quoting a request (e.g.
+//! destination unreachable) to the same waiter, and those are no answer.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::socket::{recvfrom, SockaddrStorage};
-use socket2::{Domain, Protocol, Socket, Type};
+use surge_ping::{Client, Config, IcmpPacket, PingIdentifier, PingSequence, ICMP};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// How to send echo requests.
 #[derive(Debug, Clone)]
@@ -64,191 +68,91 @@ impl PingOpts {
     }
 }
 
-const ECHO_REQUEST_V4: u8 = 8;
+/// Echo request payload; replies are matched on identifier and sequence.
+const PAYLOAD: [u8; 16] = [0; 16];
+/// ICMP and ICMPv6 echo reply types (RFC 792, RFC 4443 §4.2).
 const ECHO_REPLY_V4: u8 = 0;
-const ECHO_REQUEST_V6: u8 = 128; // RFC 4443 4.1
-const ECHO_REPLY_V6: u8 = 129; // RFC 4443 4.2
+const ECHO_REPLY_V6: u8 = 129;
 
-struct Pinger {
-    sock: Socket,
+/// A runtime on the calling thread, so the sockets and the receive task
+/// surge-ping creates in it belong to this thread's network namespace.
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// An echo client for `dst` as `opts` say (device, source); call inside the
+/// runtime (the client spawns its receive task on it).
+fn client(dst: IpAddr, opts: &PingOpts) -> io::Result<Client> {
+    let mut config = Config::builder()
+        .sock_type_hint(socket2::Type::RAW)
+        .kind(match dst {
+            IpAddr::V4(_) => ICMP::V4,
+            IpAddr::V6(_) => ICMP::V6,
+        });
+    if let Some(device) = &opts.device {
+        config = config.interface(device);
+    }
+    if let Some(source) = opts.source {
+        config = config.bind(SocketAddr::new(source, 0));
+    }
+    Client::new(&config.build())
+}
+
+fn is_echo_reply(packet: &IcmpPacket) -> bool {
+    match packet {
+        IcmpPacket::V4(p) => p.get_icmp_type().0 == ECHO_REPLY_V4 && p.get_icmp_code().0 == 0,
+        IcmpPacket::V6(p) => p.get_icmpv6_type().0 == ECHO_REPLY_V6 && p.get_icmpv6_code().0 == 0,
+    }
+}
+
+/// Sends echo request `seq` and waits until `until` for its reply: its
+/// round-trip time, or None (no reply in time, an ICMP error, or a send
+/// error such as "network unreachable").
+async fn echo(
+    client: Client,
     dst: IpAddr,
     ident: u16,
-    token: u64,
-}
-
-/// RFC 1071 internet checksum.
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += word as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Waits up to `wait` for `sock` to become readable.
-fn wait_readable(sock: &Socket, wait: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_nsec: wait.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask change.
-    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-    match rc {
-        r if r > 0 => Ok(true),
-        0 => Ok(false),
-        _ => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Pinger {
-    fn new(dst: IpAddr, opts: &PingOpts) -> io::Result<Pinger> {
-        let sock = match dst {
-            IpAddr::V4(_) => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?,
-            IpAddr::V6(_) => Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?,
-        };
-        if let Some(dev) = &opts.device {
-            sock.bind_device(Some(dev.as_bytes()))?;
-        }
-        if let Some(src) = opts.source {
-            sock.bind(&SocketAddr::new(src, 0).into())?;
-        }
-        sock.set_nonblocking(true)?;
-        Ok(Pinger {
-            sock,
-            dst,
-            ident: rand::random(),
-            token: rand::random(),
-        })
-    }
-
-    fn send(&self, seq: u16) -> io::Result<()> {
-        let mut pkt = Vec::with_capacity(24);
-        let ty = if self.dst.is_ipv4() {
-            ECHO_REQUEST_V4
-        } else {
-            ECHO_REQUEST_V6
-        };
-        pkt.extend_from_slice(&[ty, 0, 0, 0]);
-        pkt.extend_from_slice(&self.ident.to_be_bytes());
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(&self.token.to_be_bytes());
-        pkt.extend_from_slice(&(seq as u64).to_be_bytes());
-        if self.dst.is_ipv4() {
-            // The kernel fills in the ICMPv6 checksum (RFC 3542 3.1), not the
-            // ICMPv4 one.
-            let c = checksum(&pkt);
-            pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        }
-        self.sock
-            .send_to(&pkt, &SocketAddr::new(self.dst, 0).into())
-            .map(|_| ())
-    }
-
-    /// Waits until `deadline` for one valid reply; returns its sequence.
-    fn recv(&self, deadline: Instant) -> io::Result<Option<u16>> {
-        let mut buf = [0u8; 2048];
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            // ppoll, not SO_RCVTIMEO: the latter counts in jiffies (4 ms at
-            // HZ=250), far coarser than a burst's spacing.
-            if !wait_readable(&self.sock, deadline - now)? {
-                continue;
-            }
-            let (n, from) = match recvfrom::<SockaddrStorage>(self.sock.as_raw_fd(), &mut buf) {
-                Ok(r) => r,
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let pkt = &buf[..n];
-            let (icmp, src): (&[u8], Option<IpAddr>) = match self.dst {
-                IpAddr::V4(_) => {
-                    // RAW IPv4 sockets deliver the IP header too.
-                    if pkt.len() < 20 {
-                        continue;
-                    }
-                    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
-                    if pkt.len() < ihl {
-                        continue;
-                    }
-                    let src = IpAddr::from([pkt[12], pkt[13], pkt[14], pkt[15]]);
-                    (&pkt[ihl..], Some(src))
-                }
-                IpAddr::V6(_) => (
-                    pkt,
-                    from.and_then(|a| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip()))),
-                ),
-            };
-            if src != Some(self.dst) || icmp.len() < 24 {
-                continue;
-            }
-            let want = if self.dst.is_ipv4() {
-                ECHO_REPLY_V4
-            } else {
-                ECHO_REPLY_V6
-            };
-            if icmp[0] != want || icmp[1] != 0 {
-                continue;
-            }
-            let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
-            let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            let token = u64::from_be_bytes(icmp[8..16].try_into().expect("8 bytes"));
-            if ident != self.ident || token != self.token {
-                continue;
-            }
-            return Ok(Some(seq));
-        }
+    seq: u16,
+    until: Instant,
+) -> Option<Duration> {
+    let mut pinger = client.pinger(dst, PingIdentifier(ident)).await;
+    pinger.timeout(until.saturating_duration_since(Instant::now()));
+    match pinger.ping(PingSequence(seq), &PAYLOAD).await {
+        Ok((packet, rtt)) if is_echo_reply(&packet) => Some(rtt),
+        _ => None,
     }
 }
 
 /// Pings `dst` from the calling thread's namespace, resending every
-/// `opts.interval`, until a valid reply (its round-trip time from the latest
-/// request) or `opts.timeout` (None). Send errors (e.g. "network
+/// `opts.interval`, until a valid reply to any of the requests (its
+/// round-trip time) or `opts.timeout` (None). Send errors (e.g. "network
 /// unreachable") count as no reply.
 pub fn ping_here(dst: IpAddr, opts: &PingOpts) -> io::Result<Option<Duration>> {
-    let p = Pinger::new(dst, opts)?;
-    let start = Instant::now();
-    let deadline = start + opts.timeout;
     let interval = opts.interval.max(Duration::from_millis(1));
-    let mut seq: u16 = 0;
-    loop {
-        let sent_at = Instant::now();
-        if sent_at >= deadline {
-            return Ok(None);
-        }
-        let sent = p.send(seq).is_ok();
-        let until = (sent_at + interval).min(deadline);
-        if sent {
-            if let Some(_s) = p.recv(until)? {
-                return Ok(Some(sent_at.elapsed()));
+    runtime()?.block_on(async {
+        let deadline = Instant::now() + opts.timeout;
+        let client = client(dst, opts)?;
+        let ident = rand::random();
+        let mut waiting = JoinSet::new();
+        let mut resend = tokio::time::interval(interval);
+        let mut seq: u16 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = resend.tick() => {
+                    waiting.spawn(echo(client.clone(), dst, ident, seq, deadline));
+                    seq = seq.wrapping_add(1);
+                }
+                Some(answer) = waiting.join_next() => {
+                    if let Ok(Some(rtt)) = answer {
+                        return Ok(Some(rtt));
+                    }
+                }
             }
-        } else {
-            std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
-        seq = seq.wrapping_add(1);
-    }
+    })
 }
 
 /// Sends `count` echo requests `spacing` apart, waits up to `opts.timeout`
@@ -259,36 +163,22 @@ pub fn burst_here(
     count: u16,
     spacing: Duration,
 ) -> io::Result<usize> {
-    let p = Pinger::new(dst, opts)?;
-    let mut answered = HashSet::new();
-    for seq in 0..count {
-        // A failed send is an unanswered request.
-        let _ = p.send(seq);
-        let until = Instant::now() + spacing;
-        while let Some(s) = p.recv(until)? {
-            answered.insert(s);
+    runtime()?.block_on(async {
+        let client = client(dst, opts)?;
+        let ident = rand::random();
+        let start = Instant::now();
+        let until = start + spacing * u32::from(count.saturating_sub(1)) + opts.timeout;
+        let mut waiting = JoinSet::new();
+        for seq in 0..count {
+            // Between sends the receive task reads the replies so far.
+            tokio::time::sleep_until(start + spacing * u32::from(seq)).await;
+            waiting.spawn(echo(client.clone(), dst, ident, seq, until));
         }
-    }
-    let deadline = Instant::now() + opts.timeout;
-    while answered.len() < count as usize {
-        match p.recv(deadline)? {
-            Some(s) => {
-                answered.insert(s);
-            }
-            None => break,
+        // One task per sequence number: each answered request counts once.
+        let mut answered = 0;
+        while let Some(answer) = waiting.join_next().await {
+            answered += usize::from(matches!(answer, Ok(Some(_))));
         }
-    }
-    Ok(answered.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::checksum;
-
-    #[test]
-    fn rfc1071_example() {
-        // RFC 1071 section 3 example: sum of 0001 f203 f4f5 f6f7 = ddf2 (one's complement 220d)
-        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(checksum(&data), !0xddf2);
-    }
+        Ok(answered)
+    })
 }

@@ -9,6 +9,8 @@
 //!   the live `netif_carrier_ok()`.
 //! - [`actuate`]: idempotent route, rule and neighbour changes.
 //! - [`sysctl`]: the per-uplink sysctls.
+//! - [`bond`]: the bond poller (active member, settings, members) and the
+//!   active-member actuator.
 //!
 //! Network namespaces belong to threads: every socket here is opened in the
 //! network namespace of the thread that creates it (see each constructor).
@@ -24,12 +26,14 @@ use netlink_packet_route::AddressFamily;
 use crate::config::Family;
 
 pub mod actuate;
+pub mod bond;
 pub mod carrier;
 pub mod monitor;
 mod request;
 pub mod sysctl;
 
 pub use actuate::{Actuator, RTPROT_UPLINKD};
+pub use bond::{read_bond, set_active, spawn_bond_actuator, spawn_bond_poller, BondSample};
 pub use carrier::{spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
 pub use monitor::{spawn_monitor, spawn_monitor_with, MonitorHandle, MonitorOptions};
 pub use sysctl::{set_sysctl, uplink_sysctls};

@@ -1,7 +1,8 @@
 //! Probes through one bond member, active or backup, on packet sockets bound
-//! to the member itself. See the parent module for what each check proves.
+//! to the member itself. The bond itself is read and set by
+//! [`crate::netlink::bond`].
 //!
-//! Tick-driven like the routed prober ([`crate::probe`]): plain non-blocking
+//! Tick-driven like the routed prober ([`super::Prober`]): plain non-blocking
 //! sockets registered with no reactor; the daemon calls
 //! [`MemberProber::send`] when the core asks for a probe and
 //! [`MemberProber::poll`] on its tick. `poll` first reads every frame queued
@@ -21,6 +22,42 @@
 //!   group of the probe address): neighbour advertisements from the IPv6
 //!   gateway, neighbour solicitations for the probe address (answered), and
 //!   echo replies to transit probes.
+//!
+//! ## What can be proven through a backup member
+//! In active-backup the kernel drops ordinary traffic received on the
+//! backup member (bond_should_deliver_exact_match), so an ICMP echo bound to
+//! it never gets its reply. A packet socket bound to the member still sees
+//! every frame it receives (the bonding driver's ARP validation relies on
+//! the same). Every probe leaves from the member's *probe MAC*: its
+//! permanent MAC, or, when that is the bond's MAC (the first member
+//! enslaved lends its MAC to the bond), a locally administered MAC derived
+//! from it; so the switches learn that MAC, never the bond's, on the backup
+//! path (no MAC flapping). Replies to it are accepted with
+//! PACKET_ADD_MEMBERSHIP (PACKET_MR_UNICAST).
+//! - carrier: the member's own carrier (the carrier poller, as for routes);
+//! - gateway (IPv4): an ARP probe (RFC 5227 section 2.1.1: ARP request with
+//!   sender IP 0.0.0.0). A Linux (or any RFC 5227) gateway answers a probe
+//!   for its address with a reply to the sender's MAC and, because the
+//!   sender IP is zero, learns nothing from it (net/ipv4/arp.c,
+//!   arp_process: "sip == 0" is answered and consumed before any neighbour
+//!   update): the gateway's neighbour entry for the server is never touched.
+//! - gateway (IPv6): a neighbour solicitation from the link-local address
+//!   of the probe MAC (fe80::EUI-64, never one of the server's addresses,
+//!   since the probe MAC is never the bond's), with the probe MAC as source
+//!   link-layer option, to the gateway's solicited-node group (unicast once
+//!   its MAC is known). The answer is unicast to the probe MAC; the gateway
+//!   learns only that link-local address.
+//! - transits, with a dedicated probe address per member and family
+//!   (`probe_address4` / `probe_address6`, never configured on the host):
+//!   an ICMP echo from it to each transit target, sent to the gateway's MAC
+//!   as resolved on this member. The gateway resolves the probe address by
+//!   ARP / NS on the member's path; the prober answers with the probe MAC.
+//!   This proves the switch and gateway router behind the member and that
+//!   router's upstream, active or backup, so the transit quorum applies to
+//!   members as to routed uplinks. Without a probe address, transits are
+//!   not probed through the member (from the server's own address the reply
+//!   would move the gateway's neighbour entry and the switches' entry for
+//!   the bond's MAC to the backup path), and status says so per member.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,28 +68,19 @@ use std::time::{Duration, Instant};
 
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
 
-use super::probe_mac;
-use crate::probe::{attach_filter, bpf, kernel_rtt, realtime_ns, recv_timestamped};
+use super::packet::{
+    arp_probe_frame, arp_reply_frame, attach_filter, decode_payload, dst_mac_filter,
+    dst_mac_or_solicited_filter, echo4_frame, echo6_frame, encode_payload, link_local, na_frame,
+    ns_frame, parse_arp, parse_echo_reply, parse_ethernet, parse_icmpv6, parse_ipv4, parse_nd,
+    solicited_mac, solicited_node, ARP_REPLY, ARP_REQUEST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
+    ICMPV6_ECHO_REPLY, IPPROTO_ICMP, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
+};
+use super::{kernel_rtt, realtime_ns, recv_timestamped};
+use crate::config::Family;
+use crate::netlink::BondSample;
 
-// include/uapi/linux/if_ether.h
-pub(super) const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ARPHRD_ETHER: u16 = 1;
-const ARPOP_REQUEST: u16 = 1;
-const ARPOP_REPLY: u16 = 2;
-/// Ethernet header + ARP for IPv4 over Ethernet (RFC 826).
-pub(super) const ARP_LEN: usize = 14 + 28;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO: u8 = 8;
-const ICMP6_ECHO: u8 = 128;
-const ICMP6_ECHO_REPLY: u8 = 129;
-const ND_NS: u8 = 135;
-const ND_NA: u8 = 136;
 /// Placeholder destination of an echo whose gateway MAC is not known yet.
 const UNRESOLVED: [u8; 6] = [0; 6];
-/// Echo payload: the per-process token and the probe id.
-const PAYLOAD: usize = 16;
 
 /// Frames read per socket per poll at most (a flood cannot stall the loop).
 const MAX_RECV_PER_POLL: usize = 64;
@@ -148,8 +176,8 @@ impl MemberProber {
         }
     }
 
-    /// Learn the MACs of a bond's members (from a [`super::BondSample`]).
-    pub fn update(&mut self, s: &super::BondSample) {
+    /// Learn the MACs of a bond's members (from a [`BondSample`]).
+    pub fn update(&mut self, s: &BondSample) {
         for (m, perm) in &s.perm_mac {
             let v = (*perm, s.mac);
             if self.macs.get(m) != Some(&v) {
@@ -238,9 +266,7 @@ impl MemberProber {
                 })?;
                 m.seq = m.seq.wrapping_add(1);
                 let seq = m.seq;
-                let mut payload = [0u8; PAYLOAD];
-                payload[..8].copy_from_slice(&self.token);
-                payload[8..].copy_from_slice(&req.id.0.to_be_bytes());
+                let payload = encode_payload(&self.token, req.id);
                 match (target, gw) {
                     (IpAddr::V4(t), IpAddr::V4(g)) => {
                         let from = spec.probe4.ok_or_else(|| {
@@ -270,7 +296,7 @@ impl MemberProber {
         let fd = match what {
             What::Arp(_) => open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?,
             What::Ns(_) | What::Echo(IpAddr::V6(_), _) => {
-                let f = filter6(src, spec.probe6);
+                let f = dst_mac_or_solicited_filter(src, spec.probe6);
                 let mut acc = vec![uc];
                 if let Some(p) = spec.probe6 {
                     acc.push((libc::PACKET_MR_MULTICAST as u16, solicited_mac(&p)));
@@ -281,7 +307,7 @@ impl MemberProber {
                 // Replies come to the probe MAC; the gateway's ARP requests
                 // for the probe address arrive on the ARP socket.
                 open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?;
-                let f = filter_mac(src);
+                let f = dst_mac_filter(src);
                 open_lazily(&mut m.ip4, member, ifindex, ETH_P_IP, Some(&f), &[uc])?
             }
         };
@@ -488,44 +514,38 @@ impl MemberProber {
 enum Hit {
     Arp(Ipv4Addr),
     Na(Ipv6Addr),
-    Echo { from: IpAddr, seq: u16, id: u64 },
+    Echo { from: IpAddr, seq: u16, id: ProbeId },
 }
 
 fn matches_pending(p: &Pending, h: &Hit) -> bool {
     match (p.what, h) {
         (What::Arp(g), Hit::Arp(x)) => g == *x,
         (What::Ns(g), Hit::Na(x)) => g == *x,
-        (What::Echo(t, s), Hit::Echo { from, seq, id }) => t == *from && s == *seq && p.id.0 == *id,
+        (What::Echo(t, s), Hit::Echo { from, seq, id }) => t == *from && s == *seq && p.id == *id,
         _ => false,
     }
 }
 
 fn on_arp(m: &mut Member, fd: RawFd, f: &[u8], probe4: Option<Ipv4Addr>) -> Option<Hit> {
-    if f.len() < ARP_LEN || f[12..14] != ETH_P_ARP.to_be_bytes() {
-        return None;
-    }
-    let a = &f[14..];
-    if a[0..2] != ARPHRD_ETHER.to_be_bytes() || a[2..4] != 0x0800u16.to_be_bytes() {
-        return None;
-    }
-    let op = u16::from_be_bytes([a[6], a[7]]);
-    let sha: [u8; 6] = a[8..14].try_into().ok()?;
-    let sip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
-    let tip = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
-    if op == ARPOP_REQUEST {
-        // The gateway resolving our probe address: answer with the probe
-        // MAC (the member's permanent MAC, never the bond's).
-        if Some(tip) == probe4 && sip != Ipv4Addr::UNSPECIFIED {
-            let r = arp_reply_frame(m.src, sha, tip, sip);
-            // SAFETY: valid fd, live buffer.
-            unsafe { libc::send(fd, r.as_ptr().cast(), r.len(), libc::MSG_DONTWAIT) };
+    let a = parse_arp(f)?;
+    match a.op {
+        ARP_REQUEST => {
+            // The gateway resolving our probe address: answer with the probe
+            // MAC (the member's permanent MAC, never the bond's).
+            if Some(a.tip) == probe4 && a.sip != Ipv4Addr::UNSPECIFIED {
+                let r = arp_reply_frame(m.src, a.sha, a.tip, a.sip);
+                // SAFETY: valid fd, live buffer.
+                unsafe { libc::send(fd, r.as_ptr().cast(), r.len(), libc::MSG_DONTWAIT) };
+            }
+            None
         }
-        return None;
+        // A valid reply to our probe: target hardware address = our MAC.
+        ARP_REPLY if a.tha == m.src => {
+            m.gw4.insert(a.sip, a.sha);
+            Some(Hit::Arp(a.sip))
+        }
+        _ => None,
     }
-    let target = parse_arp_reply_any(f, m.src)?;
-    let _ = sip;
-    m.gw4.insert(target.0, target.1);
-    Some(Hit::Arp(target.0))
 }
 
 fn on_ip4(
@@ -536,34 +556,28 @@ fn on_ip4(
     token: &[u8; 8],
 ) -> Option<Hit> {
     let probe4 = probe4?;
-    if f.len() < 14 + 20 + 8 + PAYLOAD || f[0..6] != ours || f[12..14] != ETH_P_IP.to_be_bytes() {
+    let eth = parse_ethernet(f)?;
+    if eth.dst != ours || eth.ethertype != ETH_P_IP {
         return None;
     }
-    let ip = &f[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 1 || ip.len() < ihl + 8 + PAYLOAD {
+    let ip = parse_ipv4(eth.payload)?;
+    if ip.protocol != IPPROTO_ICMP || ip.dst != probe4 {
         return None;
     }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let icmp = &ip[ihl..];
-    if dst != probe4 || icmp[0] != ICMP_ECHO_REPLY || icmp[1] != 0 {
-        return None;
-    }
-    echo_hit(IpAddr::V4(src), icmp, ident, token)
+    echo_hit(Family::V4, IpAddr::V4(ip.src), ip.payload, ident, token)
 }
 
-fn echo_hit(from: IpAddr, icmp: &[u8], ident: u16, token: &[u8; 8]) -> Option<Hit> {
-    if u16::from_be_bytes([icmp[4], icmp[5]]) != ident || icmp.len() < 8 + PAYLOAD {
+fn echo_hit(family: Family, from: IpAddr, icmp: &[u8], ident: u16, token: &[u8; 8]) -> Option<Hit> {
+    let echo = parse_echo_reply(family, icmp)?;
+    if echo.ident != ident {
         return None;
     }
-    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-    let p = &icmp[8..8 + PAYLOAD];
-    if p[..8] != token[..] {
-        return None;
-    }
-    let id = u64::from_be_bytes(p[8..16].try_into().ok()?);
-    Some(Hit::Echo { from, seq, id })
+    let id = decode_payload(token, echo.payload)?;
+    Some(Hit::Echo {
+        from,
+        seq: echo.seq,
+        id,
+    })
 }
 
 fn on_ip6(
@@ -574,336 +588,57 @@ fn on_ip6(
     ident: u16,
     token: &[u8; 8],
 ) -> Option<Hit> {
-    if f.len() < 14 + 40 + 8 || f[12..14] != ETH_P_IPV6.to_be_bytes() {
+    let eth = parse_ethernet(f)?;
+    if eth.ethertype != ETH_P_IPV6 {
         return None;
     }
-    let ip = &f[14..];
-    // Only ICMPv6 directly after the fixed header (ND and echo never carry
-    // extension headers from a sane router).
-    if ip[0] >> 4 != 6 || ip[6] != 58 {
-        return None;
-    }
-    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    if ip.len() < 40 + plen || plen < 8 {
-        return None;
-    }
-    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
-    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
-    let icmp = &ip[40..40 + plen];
-    if icmp6_checksum(&src, &dst, icmp) != 0 {
-        return None;
-    }
-    let eth_src: [u8; 6] = f[6..12].try_into().ok()?;
+    let ip = parse_icmpv6(eth.payload)?;
+    let icmp = ip.payload;
     match icmp[0] {
-        ND_NA if ip[7] == 255 && icmp.len() >= 24 && dst == link_local(m.src) => {
-            let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).ok()?);
+        ND_NEIGHBOR_ADVERT if ip.hop_limit == 255 && ip.dst == link_local(m.src) => {
+            let na = parse_nd(icmp)?;
             // The gateway's MAC: its target link-layer option, else the
             // frame's source.
-            let mac = nd_option(&icmp[24..], 2).unwrap_or(eth_src);
-            m.gw6.insert(target, mac);
-            Some(Hit::Na(target))
+            m.gw6.insert(na.target, na.link_addr.unwrap_or(eth.src));
+            Some(Hit::Na(na.target))
         }
-        ND_NS if ip[7] == 255 && icmp.len() >= 24 => {
-            let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).ok()?);
-            if Some(target) == probe6 && !src.is_unspecified() {
-                let to = nd_option(&icmp[24..], 1).unwrap_or(eth_src);
-                let r = na_frame(m.src, to, target, src);
+        ND_NEIGHBOR_SOLICIT if ip.hop_limit == 255 => {
+            let ns = parse_nd(icmp)?;
+            if Some(ns.target) == probe6 && !ip.src.is_unspecified() {
+                let to = ns.link_addr.unwrap_or(eth.src);
+                let r = na_frame(m.src, to, ns.target, ip.src);
                 // SAFETY: valid fd, live buffer.
                 unsafe { libc::send(fd, r.as_ptr().cast(), r.len(), libc::MSG_DONTWAIT) };
             }
             None
         }
-        ICMP6_ECHO_REPLY if Some(dst) == probe6 && icmp[1] == 0 => {
-            echo_hit(IpAddr::V6(src), icmp, ident, token)
+        ICMPV6_ECHO_REPLY if Some(ip.dst) == probe6 => {
+            echo_hit(Family::V6, IpAddr::V6(ip.src), icmp, ident, token)
         }
         _ => None,
     }
 }
 
-/// The link-layer address in the first ND option of `kind` (1 source, 2 target).
-fn nd_option(mut opts: &[u8], kind: u8) -> Option<[u8; 6]> {
-    while opts.len() >= 8 {
-        let len = usize::from(opts[1]) * 8;
-        if len == 0 || len > opts.len() {
-            return None;
+/// The source MAC of probes through a member: its permanent MAC, or, when
+/// that is the bond's MAC, a locally administered one derived from it, so
+/// the switches never learn the bond's MAC on a backup path.
+pub fn probe_mac(perm: [u8; 6], bond_mac: Option<[u8; 6]>) -> [u8; 6] {
+    if Some(perm) == bond_mac || perm == [0; 6] {
+        let mut m = perm;
+        // Locally administered, unicast (IEEE 802: bit 1 and bit 0 of octet 0).
+        m[0] = (m[0] | 0x02) & !0x01;
+        if Some(m) == bond_mac {
+            m[5] ^= 0x01;
         }
-        if opts[0] == kind && len >= 8 {
-            return opts[2..8].try_into().ok();
-        }
-        opts = &opts[len..];
+        m
+    } else {
+        perm
     }
-    None
-}
-
-// ---------------------------------------------------------------------------
-// Frames
-// ---------------------------------------------------------------------------
-
-fn eth(dst: [u8; 6], src: [u8; 6], ty: u16, f: &mut Vec<u8>) {
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ty.to_be_bytes());
-}
-
-/// RFC 5227 ARP probe: "who has `target`", sender IP 0.0.0.0.
-pub fn arp_probe_frame(src: [u8; 6], dst: [u8; 6], target: Ipv4Addr) -> [u8; ARP_LEN] {
-    arp_frame(
-        ARPOP_REQUEST,
-        src,
-        dst,
-        src,
-        Ipv4Addr::UNSPECIFIED,
-        [0; 6],
-        target,
-    )
-}
-
-fn arp_reply_frame(src: [u8; 6], to: [u8; 6], ours: Ipv4Addr, their: Ipv4Addr) -> [u8; ARP_LEN] {
-    arp_frame(ARPOP_REPLY, src, to, src, ours, to, their)
-}
-
-fn arp_frame(
-    op: u16,
-    src: [u8; 6],
-    dst: [u8; 6],
-    sha: [u8; 6],
-    sip: Ipv4Addr,
-    tha: [u8; 6],
-    tip: Ipv4Addr,
-) -> [u8; ARP_LEN] {
-    let mut f = [0u8; ARP_LEN];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-    f[14..16].copy_from_slice(&ARPHRD_ETHER.to_be_bytes());
-    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[18] = 6;
-    f[19] = 4;
-    f[20..22].copy_from_slice(&op.to_be_bytes());
-    f[22..28].copy_from_slice(&sha);
-    f[28..32].copy_from_slice(&sip.octets());
-    f[32..38].copy_from_slice(&tha);
-    f[38..42].copy_from_slice(&tip.octets());
-    f
-}
-
-/// A valid reply to our probe: op reply, target hw = our MAC.
-/// Returns the sender (gateway) IP and MAC.
-fn parse_arp_reply_any(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
-    if frame.len() < ARP_LEN || frame[12..14] != ETH_P_ARP.to_be_bytes() {
-        return None;
-    }
-    let a = &frame[14..];
-    if a[0..2] != ARPHRD_ETHER.to_be_bytes()
-        || a[2..4] != 0x0800u16.to_be_bytes()
-        || a[4] != 6
-        || a[5] != 4
-        || a[6..8] != ARPOP_REPLY.to_be_bytes()
-        || a[18..24] != ours
-    {
-        return None;
-    }
-    Some((
-        Ipv4Addr::new(a[14], a[15], a[16], a[17]),
-        a[8..14].try_into().ok()?,
-    ))
-}
-
-/// A valid reply to our probe for `target`; returns the gateway's MAC.
-pub fn parse_arp_reply(frame: &[u8], ours: [u8; 6], target: Ipv4Addr) -> Option<[u8; 6]> {
-    parse_arp_reply_any(frame, ours).and_then(|(ip, mac)| (ip == target).then_some(mac))
-}
-
-fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn icmp6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, icmp: &[u8]) -> u16 {
-    let mut s = csum_add(0, &src.octets());
-    s = csum_add(s, &dst.octets());
-    s = csum_add(s, &(icmp.len() as u32).to_be_bytes());
-    s = csum_add(s, &[0, 0, 0, 58]);
-    csum_fold(csum_add(s, icmp))
-}
-
-fn echo4_frame(
-    src: [u8; 6],
-    dst: [u8; 6],
-    from: Ipv4Addr,
-    to: Ipv4Addr,
-    ident: u16,
-    seq: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut icmp = vec![ICMP_ECHO, 0, 0, 0];
-    icmp.extend_from_slice(&ident.to_be_bytes());
-    icmp.extend_from_slice(&seq.to_be_bytes());
-    icmp.extend_from_slice(payload);
-    let c = csum_fold(csum_add(0, &icmp));
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let total = (20 + icmp.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&seq.to_be_bytes()); // id
-    ip.extend_from_slice(&0x4000u16.to_be_bytes()); // DF
-    ip.extend_from_slice(&[64, 1, 0, 0]);
-    ip.extend_from_slice(&from.octets());
-    ip.extend_from_slice(&to.octets());
-    let c = csum_fold(csum_add(0, &ip));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::with_capacity(14 + ip.len() + icmp.len());
-    eth(dst, src, ETH_P_IP, &mut f);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
-}
-
-fn ip6_frame(
-    src: [u8; 6],
-    dst: [u8; 6],
-    from: Ipv6Addr,
-    to: Ipv6Addr,
-    hops: u8,
-    mut icmp: Vec<u8>,
-) -> Vec<u8> {
-    let c = icmp6_checksum(&from, &to, &icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::with_capacity(14 + 40 + icmp.len());
-    eth(dst, src, ETH_P_IPV6, &mut f);
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[58, hops]);
-    f.extend_from_slice(&from.octets());
-    f.extend_from_slice(&to.octets());
-    f.extend_from_slice(&icmp);
-    f
-}
-
-fn echo6_frame(
-    src: [u8; 6],
-    dst: [u8; 6],
-    from: Ipv6Addr,
-    to: Ipv6Addr,
-    ident: u16,
-    seq: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut icmp = vec![ICMP6_ECHO, 0, 0, 0];
-    icmp.extend_from_slice(&ident.to_be_bytes());
-    icmp.extend_from_slice(&seq.to_be_bytes());
-    icmp.extend_from_slice(payload);
-    ip6_frame(src, dst, from, to, 64, icmp)
-}
-
-/// Neighbour solicitation for `target` from the probe MAC's own link-local
-/// address (never the server's: the probe MAC is never the bond's), with
-/// the probe MAC as source link-layer option, so the answer is unicast to
-/// the probe MAC on this member's path.
-fn ns_frame(src: [u8; 6], dst: [u8; 6], from: Ipv6Addr, to: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-    let mut icmp = vec![ND_NS, 0, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&target.octets());
-    icmp.extend_from_slice(&[1, 1]);
-    icmp.extend_from_slice(&src);
-    ip6_frame(src, dst, from, to, 255, icmp)
-}
-
-/// Solicited neighbour advertisement for our probe address.
-fn na_frame(src: [u8; 6], to_mac: [u8; 6], ours: Ipv6Addr, to: Ipv6Addr) -> Vec<u8> {
-    // Solicited + override.
-    let mut icmp = vec![ND_NA, 0, 0, 0, 0x60, 0, 0, 0];
-    icmp.extend_from_slice(&ours.octets());
-    icmp.extend_from_slice(&[2, 1]);
-    icmp.extend_from_slice(&src);
-    ip6_frame(src, to_mac, ours, to, 255, icmp)
-}
-
-/// fe80::/64 with the modified EUI-64 of `mac`.
-pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a[0] = 0xfe;
-    a[1] = 0x80;
-    a[8] = mac[0] ^ 0x02;
-    a[9] = mac[1];
-    a[10] = mac[2];
-    a[11] = 0xff;
-    a[12] = 0xfe;
-    a[13] = mac[3];
-    a[14] = mac[4];
-    a[15] = mac[5];
-    Ipv6Addr::from(a)
-}
-
-fn solicited_node(a: &Ipv6Addr) -> Ipv6Addr {
-    let o = a.octets();
-    Ipv6Addr::new(
-        0xff02,
-        0,
-        0,
-        0,
-        0,
-        1,
-        0xff00 | u16::from(o[13]),
-        u16::from_be_bytes([o[14], o[15]]),
-    )
-}
-
-fn solicited_mac(a: &Ipv6Addr) -> [u8; 6] {
-    let o = a.octets();
-    [0x33, 0x33, 0xff, o[13], o[14], o[15]]
 }
 
 // ---------------------------------------------------------------------------
 // Sockets
 // ---------------------------------------------------------------------------
-
-/// cBPF: accept frames whose destination MAC is `mac`.
-fn filter_mac(mac: [u8; 6]) -> Vec<libc::sock_filter> {
-    let hi = u32::from(u16::from_be_bytes([mac[0], mac[1]]));
-    let lo = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    vec![
-        bpf(0x20, 0, 0, 2),  // ld [2]
-        bpf(0x15, 0, 3, lo), // jeq lo ? next : reject
-        bpf(0x28, 0, 0, 0),  // ldh [0]
-        bpf(0x15, 0, 1, hi), // jeq hi ? accept : reject
-        bpf(0x06, 0, 0, 0x0004_0000),
-        bpf(0x06, 0, 0, 0),
-    ]
-}
-
-/// cBPF: the probe MAC, or the solicited-node group of the probe address.
-fn filter6(mac: [u8; 6], probe6: Option<Ipv6Addr>) -> Vec<libc::sock_filter> {
-    let hi = u32::from(u16::from_be_bytes([mac[0], mac[1]]));
-    let lo = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let g = probe6
-        .map(|a| solicited_mac(&a))
-        .unwrap_or(solicited_mac(&Ipv6Addr::UNSPECIFIED));
-    let glo = u32::from_be_bytes([g[2], g[3], g[4], g[5]]);
-    vec![
-        bpf(0x20, 0, 0, 2),           // 0: ld [2]
-        bpf(0x15, 0, 2, lo),          // 1: jeq lo ? 2 : 4
-        bpf(0x28, 0, 0, 0),           // 2: ldh [0]
-        bpf(0x15, 3, 4, hi),          // 3: jeq hi ? 7 : 8
-        bpf(0x15, 0, 3, glo),         // 4: jeq glo ? 5 : 8
-        bpf(0x28, 0, 0, 0),           // 5: ldh [0]
-        bpf(0x15, 0, 1, 0x3333),      // 6: jeq 3333 ? 7 : 8
-        bpf(0x06, 0, 0, 0x0004_0000), // 7: accept
-        bpf(0x06, 0, 0, 0),           // 8: reject
-    ]
-}
 
 fn open_lazily(
     slot: &mut Option<OwnedFd>,
@@ -1022,37 +757,19 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<i64>)>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packet::{checksum, ICMP_ECHO_REPLY};
     use super::*;
-
-    #[test]
-    fn probe_frame_is_rfc5227_and_reply_is_matched() {
-        let src = [0x02, 1, 2, 3, 4, 5];
-        let gw: Ipv4Addr = "198.18.1.1".parse().unwrap();
-        let f = arp_probe_frame(src, [0xff; 6], gw);
-        assert_eq!(&f[28..32], &[0, 0, 0, 0], "sender IP is zero");
-        assert_eq!(&f[22..28], &src);
-        let gmac = [0x0a, 9, 9, 9, 9, 9];
-        let r = arp_frame(ARPOP_REPLY, gmac, src, gmac, gw, src, Ipv4Addr::UNSPECIFIED);
-        assert_eq!(parse_arp_reply(&r, src, gw), Some(gmac));
-        assert_eq!(parse_arp_reply(&r, [0x02, 0, 0, 0, 0, 0], gw), None);
-        assert_eq!(
-            parse_arp_reply(&r, src, "198.18.1.2".parse().unwrap()),
-            None
-        );
-    }
 
     #[test]
     fn echo4_checksums_verify_and_reply_is_matched() {
         let src = [0x02, 1, 2, 3, 4, 5];
         let token = [7u8; 8];
-        let mut payload = [0u8; PAYLOAD];
-        payload[..8].copy_from_slice(&token);
-        payload[8..].copy_from_slice(&42u64.to_be_bytes());
+        let payload = encode_payload(&token, ProbeId(42));
         let from: Ipv4Addr = "198.18.1.10".parse().unwrap();
         let to: Ipv4Addr = "198.19.0.1".parse().unwrap();
         let f = echo4_frame(src, [9; 6], from, to, 77, 5, &payload);
-        assert_eq!(csum_fold(csum_add(0, &f[14..34])), 0, "IP header checksum");
-        assert_eq!(csum_fold(csum_add(0, &f[34..])), 0, "ICMP checksum");
+        assert_eq!(checksum(&f[14..34]), 0, "IP header checksum");
+        assert_eq!(checksum(&f[34..]), 0, "ICMP checksum");
         // Turn it into the reply the target sends.
         let mut r = f.clone();
         r[0..6].copy_from_slice(&src);
@@ -1064,7 +781,7 @@ mod tests {
             Some(Hit::Echo {
                 from: IpAddr::V4(to),
                 seq: 5,
-                id: 42
+                id: ProbeId(42)
             })
         );
         assert_eq!(on_ip4(&r, src, Some(from), 78, &token), None, "other ident");
@@ -1076,28 +793,36 @@ mod tests {
     }
 
     #[test]
-    fn ns_is_valid_icmpv6_from_the_probe_link_local() {
+    fn advertisement_from_the_gateway_teaches_its_mac() {
         let src = [0x02, 1, 2, 3, 4, 5];
+        let gmac = [0x0a, 9, 9, 9, 9, 9];
         let gw: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
-        let ll = link_local(src);
-        assert_eq!(ll, "fe80::1:2ff:fe03:405".parse::<Ipv6Addr>().unwrap());
-        let f = ns_frame(src, solicited_mac(&gw), ll, solicited_node(&gw), gw);
-        assert_eq!(&f[0..6], &[0x33, 0x33, 0xff, 0, 0, 1]);
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[14 + 24..14 + 40]).unwrap());
-        assert_eq!(dst, "ff02::1:ff00:1".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(icmp6_checksum(&ll, &dst, &f[54..]), 0);
-        assert_eq!(nd_option(&f[54 + 24..], 1), Some(src));
+        let mut m = Member {
+            src,
+            ..Default::default()
+        };
+        // Solicited advertisement from the gateway to the probe link-local.
+        let na = na_frame(gmac, src, gw, link_local(src));
+        assert_eq!(
+            on_ip6(&mut m, -1, &na, None, 77, &[0; 8]),
+            Some(Hit::Na(gw))
+        );
+        assert_eq!(m.gw6.get(&gw), Some(&gmac));
+        // The same advertisement to another address is not an answer to us.
+        let mut other = Member {
+            src: [0x02, 0, 0, 0, 0, 1],
+            ..Default::default()
+        };
+        assert_eq!(on_ip6(&mut other, -1, &na, None, 77, &[0; 8]), None);
+        assert!(other.gw6.is_empty());
     }
 
     #[test]
-    fn filters_have_consistent_jumps() {
-        for prog in [filter_mac([1; 6]), filter6([1; 6], None)] {
-            for (i, ins) in prog.iter().enumerate() {
-                if ins.code == 0x15 {
-                    assert!(i + 1 + (ins.jt as usize) < prog.len());
-                    assert!(i + 1 + (ins.jf as usize) < prog.len());
-                }
-            }
-        }
+    fn probe_mac_never_is_the_bond_mac() {
+        let bond = [0x52, 0x54, 0, 1, 2, 3];
+        assert_ne!(probe_mac(bond, Some(bond)), bond);
+        assert_eq!(probe_mac(bond, Some(bond))[0] & 0x03, 0x02);
+        let other = [0x52, 0x54, 0, 9, 9, 9];
+        assert_eq!(probe_mac(other, Some(bond)), other);
     }
 }

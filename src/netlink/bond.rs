@@ -1,5 +1,5 @@
-//! Bond members: the adapters for uplinks that are members (ports) of an
-//! active-backup bond. They decide nothing.
+//! The bond's netlink side: the adapters that read and set an active-backup
+//! bond for the uplinks that are its members (ports). They decide nothing.
 //!
 //! - [`spawn_bond_poller`]: reads each managed bond's active member and
 //!   member list from sysfs every few milliseconds (two small reads), and
@@ -11,44 +11,9 @@
 //!   Polled, like the carrier, because link events can be a second late on
 //!   a busy host.
 //! - [`set_active`]: RTM_NEWLINK on the bond with IFLA_BOND_ACTIVE_SLAVE.
-//! - [`MemberProber`] (src/bond/member.rs): the gateway and transit checks
-//!   through one member, active or backup.
 //!
-//! ## What can be proven through a backup member
-//! In active-backup the kernel drops ordinary traffic received on the
-//! backup member (bond_should_deliver_exact_match), so an ICMP echo bound to
-//! it never gets its reply. A packet socket bound to the member still sees
-//! every frame it receives (the bonding driver's ARP validation relies on
-//! the same). Every probe leaves from the member's *probe MAC*: its
-//! permanent MAC, or, when that is the bond's MAC (the first member
-//! enslaved lends its MAC to the bond), a locally administered MAC derived
-//! from it; so the switches learn that MAC, never the bond's, on the backup
-//! path (no MAC flapping). Replies to it are accepted with
-//! PACKET_ADD_MEMBERSHIP (PACKET_MR_UNICAST).
-//! - carrier: the member's own carrier (the carrier poller, as for routes);
-//! - gateway (IPv4): an ARP probe (RFC 5227 section 2.1.1: ARP request with
-//!   sender IP 0.0.0.0). A Linux (or any RFC 5227) gateway answers a probe
-//!   for its address with a reply to the sender's MAC and, because the
-//!   sender IP is zero, learns nothing from it (net/ipv4/arp.c,
-//!   arp_process: "sip == 0" is answered and consumed before any neighbour
-//!   update): the gateway's neighbour entry for the server is never touched.
-//! - gateway (IPv6): a neighbour solicitation from the link-local address
-//!   of the probe MAC (fe80::EUI-64, never one of the server's addresses,
-//!   since the probe MAC is never the bond's), with the probe MAC as source
-//!   link-layer option, to the gateway's solicited-node group (unicast once
-//!   its MAC is known). The answer is unicast to the probe MAC; the gateway
-//!   learns only that link-local address.
-//! - transits, with a dedicated probe address per member and family
-//!   (`probe_address4` / `probe_address6`, never configured on the host):
-//!   an ICMP echo from it to each transit target, sent to the gateway's MAC
-//!   as resolved on this member. The gateway resolves the probe address by
-//!   ARP / NS on the member's path; the prober answers with the probe MAC.
-//!   This proves the switch and gateway router behind the member and that
-//!   router's upstream, active or backup, so the transit quorum applies to
-//!   members as to routed uplinks. Without a probe address, transits are
-//!   not probed through the member (from the server's own address the reply
-//!   would move the gateway's neighbour entry and the switches' entry for
-//!   the bond's MAC to the backup path), and status says so per member.
+//! The gateway and transit checks through one member, active or backup, are
+//! the probers' ([`crate::probe::MemberProber`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -61,10 +26,9 @@ use netlink_packet_route::link::{
 use rtnetlink::Handle;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::REQUEST_TIMEOUT;
 use crate::status::BondStatus;
-
-/// Bound on every request of the poller and setter.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::task::AbortOnDrop;
 
 /// One observation of a bond and its configured members.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -350,13 +314,6 @@ fn sysfs_view(bond: &str) -> Option<String> {
     Some(format!("{}|{}", active.trim(), slaves.trim()))
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Make `member` the active member of `bond` (IFLA_BOND_ACTIVE_SLAVE).
 /// The kernel refuses unless the bond is active-backup (or tlb/alb) and the
 /// member's link is up.
@@ -374,30 +331,6 @@ pub async fn set_active(handle: &Handle, bond: &str, member: &str) -> Result<(),
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("{op}: {e}")),
         Err(_) => Err(format!("{op}: timed out after {REQUEST_TIMEOUT:?}")),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Probes through one member
-// ---------------------------------------------------------------------------
-
-mod member;
-pub use member::{arp_probe_frame, link_local, parse_arp_reply, MemberProber, MemberSpec};
-
-/// The source MAC of probes through a member: its permanent MAC, or, when
-/// that is the bond's MAC, a locally administered one derived from it, so
-/// the switches never learn the bond's MAC on a backup path.
-pub fn probe_mac(perm: [u8; 6], bond_mac: Option<[u8; 6]>) -> [u8; 6] {
-    if Some(perm) == bond_mac || perm == [0; 6] {
-        let mut m = perm;
-        // Locally administered, unicast (IEEE 802: bit 1 and bit 0 of octet 0).
-        m[0] = (m[0] | 0x02) & !0x01;
-        if Some(m) == bond_mac {
-            m[5] ^= 0x01;
-        }
-        m
-    } else {
-        perm
     }
 }
 
@@ -420,18 +353,4 @@ pub fn spawn_bond_actuator(
             }
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_mac_never_is_the_bond_mac() {
-        let bond = [0x52, 0x54, 0, 1, 2, 3];
-        assert_ne!(probe_mac(bond, Some(bond)), bond);
-        assert_eq!(probe_mac(bond, Some(bond))[0] & 0x03, 0x02);
-        let other = [0x52, 0x54, 0, 9, 9, 9];
-        assert_eq!(probe_mac(other, Some(bond)), other);
-    }
 }

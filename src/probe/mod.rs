@@ -1,12 +1,25 @@
 //! The prober: sends the ICMP/ICMPv6 echoes the core asks for, each through
 //! the uplink it names, and reports exactly one outcome per request. It
 //! decides nothing: counting misses, timers and verdicts belong to the core.
+//! [`member`] probes through bond members on packet sockets; both build and
+//! parse their packets with [`packet`].
+//!
+//! # Why not an echo library
+//!
+//! The daemon's prober is its own rather than `surge-ping` (which the lab's
+//! pinger uses) because the probe path has no reactor: sends and receives
+//! happen on the loop's poll-driven round, where surge-ping needs a tokio
+//! runtime and a receive task per socket. It needs a kernel reply filter (cBPF
+//! on the identifier) so a raw socket queues only its own replies, and the
+//! kernel's receive timestamps (`SO_TIMESTAMPNS`) so a reply read a round late
+//! still has its true round-trip time. Every socket also carries its uplink's
+//! mark and device binding, set when it is opened.
 //!
 //! # Tick-driven, no reactor
 //!
-//! Every thread wake-up costs CPU (about 17.5 µs measured on our VMs), so the
-//! prober never wakes anyone: its sockets are plain non-blocking sockets that
-//! are registered with no reactor (tokio, epoll, anything). The daemon's loop
+//! Every thread wake-up costs CPU, so the prober never wakes anyone: its
+//! sockets are plain non-blocking sockets that are registered with no
+//! reactor (tokio, epoll, anything). The daemon's loop
 //! calls [`Prober::send`] when the core asks for a probe and
 //! [`Prober::poll`] on its periodic tick (and at [`Prober::next_deadline`]);
 //! `poll` reads whatever replies the kernel has queued meanwhile. No runtime
@@ -71,6 +84,15 @@ use tracing::debug;
 
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
+
+pub mod member;
+pub mod packet;
+pub use member::{MemberProber, MemberSpec};
+
+use packet::{
+    attach_filter, decode_payload, echo_request, encode_payload, ident_filter, parse_echo_reply,
+    parse_ipv4, Echo, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY, IPPROTO_ICMP,
+};
 
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +305,7 @@ impl Prober {
         };
         slot.seq = slot.seq.wrapping_add(1);
         let payload = encode_payload(&self.token, req.id);
-        let packet = build_echo(family, sock.kind, sock.ident, slot.seq, &payload);
+        let packet = echo_request(family, sock.ident, slot.seq, &payload);
         let dst = match req.target {
             IpAddr::V6(ip) if is_unicast_link_local(&ip) => {
                 SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, sock.scope_id))
@@ -570,7 +592,12 @@ fn on_packet(
     now: Instant,
     out: &mut Vec<(ProbeId, ProbeOutcome)>,
 ) {
-    let Some((ident, seq, payload)) = parse_echo_reply(buf, family, sock.kind) else {
+    let Some(Echo {
+        ident,
+        seq,
+        payload,
+    }) = echo_reply(buf, family, sock.kind)
+    else {
         return;
     };
     if sock.kind == SocketKind::Raw && ident != sock.ident {
@@ -819,16 +846,6 @@ fn set_int_opt(
     }
 }
 
-/// ICMP echo request/reply types: RFC 792 (8/0) and RFC 4443 §4 (128/129).
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
-/// Echo header (type, code, checksum, identifier, sequence): RFC 792 / RFC 4443.
-const ECHO_HEADER_LEN: usize = 8;
-/// Our payload: the per-process token, then the probe id (big endian).
-pub const PAYLOAD_LEN: usize = 16;
-const ECHO_LEN: usize = ECHO_HEADER_LEN + PAYLOAD_LEN;
 /// Big enough for any reply we accept (IPv4 header with options + echo), and
 /// anything truncated to it is longer than what we accept, so never matches.
 const RECV_BUF_LEN: usize = 256;
@@ -839,143 +856,27 @@ fn token() -> &'static [u8; 8] {
     TOKEN.get_or_init(rand::random)
 }
 
-/// The payload of probe `id`: `token ‖ id` (big endian).
-pub fn encode_payload(token: &[u8; 8], id: ProbeId) -> [u8; PAYLOAD_LEN] {
-    let mut p = [0; PAYLOAD_LEN];
-    p[..8].copy_from_slice(token);
-    p[8..].copy_from_slice(&id.0.to_be_bytes());
-    p
-}
-
-/// The probe id an echoed payload carries, if it is exactly one of ours
-/// (`token ‖ id`); `None` for a wrong token, length or anything else.
-pub fn decode_payload(token: &[u8; 8], payload: &[u8]) -> Option<ProbeId> {
-    if payload.len() != PAYLOAD_LEN || payload[..8] != token[..] {
-        return None;
-    }
-    let id: [u8; 8] = payload[8..].try_into().ok()?;
-    Some(ProbeId(u64::from_be_bytes(id)))
-}
-
-/// An echo reply as received: (identifier, sequence, payload).
-type EchoReply<'a> = (u16, u16, &'a [u8]);
-
-/// Parse what an ICMP socket returned into an echo reply, or `None` for
-/// anything else. A RAW IPv4 socket returns the IP header too; DGRAM IPv4 and
-/// both IPv6 kinds return the ICMP message alone.
-fn parse_echo_reply(buf: &[u8], family: Family, kind: SocketKind) -> Option<EchoReply<'_>> {
-    let (icmp, reply_type) = match (family, kind) {
+/// The echo reply in what an ICMP socket returned, or `None` for anything
+/// else. A RAW IPv4 socket returns the IP header too; DGRAM IPv4 and both
+/// IPv6 kinds return the ICMP message alone.
+fn echo_reply(buf: &[u8], family: Family, kind: SocketKind) -> Option<Echo<'_>> {
+    let icmp = match (family, kind) {
         (Family::V4, SocketKind::Raw) => {
-            let first = *buf.first()?;
-            let ihl = usize::from(first & 0x0f) * 4;
-            if first >> 4 != 4 || ihl < 20 {
+            let ip = parse_ipv4(buf)?;
+            if ip.protocol != IPPROTO_ICMP {
                 return None;
             }
-            (buf.get(ihl..)?, ICMP_ECHO_REPLY)
+            ip.payload
         }
-        (Family::V4, SocketKind::Dgram) => (buf, ICMP_ECHO_REPLY),
-        (Family::V6, _) => (buf, ICMPV6_ECHO_REPLY),
+        _ => buf,
     };
-    if icmp.len() < ECHO_HEADER_LEN || icmp[0] != reply_type || icmp[1] != 0 {
-        return None;
-    }
-    let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
-    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-    Some((ident, seq, &icmp[ECHO_HEADER_LEN..]))
-}
-
-/// The echo request for probe `id`. The checksum is ours only for RAW IPv4:
-/// the kernel fills it for ping sockets and for ICMPv6 raw sockets (RFC 3542 §3.1),
-/// and a ping socket also overwrites the identifier with its own.
-fn build_echo(
-    family: Family,
-    kind: SocketKind,
-    ident: u16,
-    seq: u16,
-    payload: &[u8; PAYLOAD_LEN],
-) -> [u8; ECHO_LEN] {
-    let mut p = [0; ECHO_LEN];
-    p[0] = match family {
-        Family::V4 => ICMP_ECHO_REQUEST,
-        Family::V6 => ICMPV6_ECHO_REQUEST,
-    };
-    p[4..6].copy_from_slice(&ident.to_be_bytes());
-    p[6..8].copy_from_slice(&seq.to_be_bytes());
-    p[ECHO_HEADER_LEN..].copy_from_slice(payload);
-    if family == Family::V4 && kind == SocketKind::Raw {
-        let sum = internet_checksum(&p);
-        p[2..4].copy_from_slice(&sum.to_be_bytes());
-    }
-    p
-}
-
-/// RFC 1071 checksum.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = match chunk {
-            [a, b] => u16::from_be_bytes([*a, *b]),
-            [a] => u16::from_be_bytes([*a, 0]),
-            _ => 0,
-        };
-        sum += u32::from(word);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    parse_echo_reply(family, icmp)
 }
 
 /// A RAW socket sees every ICMP message arriving on its interface (echo
 /// requests, other hosts' replies, errors); let the kernel pass only echo
 /// replies. An optimisation: every reply is validated anyway, so a failure
 /// here is only logged.
-/// cBPF for a raw ICMP socket: accept only echo replies with identifier
-/// `ident`. A raw IPv4 socket's filter sees the IP header (its length from
-/// IHL); a raw ICMPv6 socket's sees the ICMPv6 header first.
-fn ident_filter(family: Family, ident: u16) -> Vec<libc::sock_filter> {
-    let ident = u32::from(ident);
-    let mut f = match family {
-        // ldxb 4*([0]&0xf); ldh [x+4]
-        Family::V4 => vec![bpf(0xb1, 0, 0, 0), bpf(0x48, 0, 0, 4)],
-        // ldh [4]
-        Family::V6 => vec![bpf(0x28, 0, 0, 4)],
-    };
-    f.extend([
-        bpf(0x15, 0, 1, ident),       // jeq ident ? accept : reject
-        bpf(0x06, 0, 0, 0x0004_0000), // accept (up to 256 KiB)
-        bpf(0x06, 0, 0, 0),           // reject
-    ]);
-    f
-}
-
-/// One cBPF instruction.
-pub(crate) fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-/// SO_ATTACH_FILTER.
-pub(crate) fn attach_filter(fd: RawFd, f: &[libc::sock_filter]) -> io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: f.len() as u16,
-        filter: f.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: valid fd; `prog` points at `f`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn install_echo_reply_filter(fd: RawFd, family: Family) {
     // linux/icmp.h: ICMP_FILTER on SOL_RAW, a u32 mask of types to *drop*.
     const ICMP_FILTER: libc::c_int = 1;
@@ -1027,76 +928,40 @@ mod tests {
     const TOKEN: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
     #[test]
-    fn payload_round_trips() {
-        let p = encode_payload(&TOKEN, ProbeId(0x0102_0304_0506_0708));
-        assert_eq!(
-            decode_payload(&TOKEN, &p),
-            Some(ProbeId(0x0102_0304_0506_0708))
-        );
-    }
-
-    #[test]
-    fn payload_with_wrong_token_is_not_ours() {
-        let p = encode_payload(&TOKEN, ProbeId(7));
-        let other = [1, 2, 3, 4, 5, 6, 7, 9];
-        assert_eq!(decode_payload(&other, &p), None);
-        let mut flipped = p;
-        flipped[0] ^= 0x80;
-        assert_eq!(decode_payload(&TOKEN, &flipped), None);
-    }
-
-    #[test]
-    fn payload_of_wrong_length_is_not_ours() {
-        let p = encode_payload(&TOKEN, ProbeId(7));
-        assert_eq!(decode_payload(&TOKEN, &p[..15]), None);
-        let mut longer = p.to_vec();
-        longer.push(0);
-        assert_eq!(decode_payload(&TOKEN, &longer), None);
-        assert_eq!(decode_payload(&TOKEN, &[]), None);
-    }
-
-    #[test]
     fn token_is_stable_within_the_process() {
         assert_eq!(token(), token());
     }
 
     #[test]
-    fn raw_v4_echo_has_valid_checksum() {
-        let payload = encode_payload(&TOKEN, ProbeId(42));
-        let p = build_echo(Family::V4, SocketKind::Raw, 0xbeef, 9, &payload);
-        assert_eq!(p[0], 8);
-        assert_eq!(internet_checksum(&p), 0, "a correct checksum sums to zero");
-    }
-
-    #[test]
     fn parses_raw_v4_reply_with_ip_header() {
         let payload = encode_payload(&TOKEN, ProbeId(42));
-        let mut echo = build_echo(Family::V4, SocketKind::Raw, 0xbeef, 9, &payload);
+        let mut echo = echo_request(Family::V4, 0xbeef, 9, &payload);
         echo[0] = ICMP_ECHO_REPLY;
-        let mut pkt = vec![0x46, 0, 0, 0]; // IHL 6: one option word
+        // IHL 6: one option word; total length 48; protocol ICMP.
+        let mut pkt = vec![0x46, 0, 0, 48, 0, 0, 0, 0, 64, IPPROTO_ICMP];
         pkt.resize(24, 0);
         pkt.extend_from_slice(&echo);
-        let (ident, seq, got) = parse_echo_reply(&pkt, Family::V4, SocketKind::Raw).unwrap();
-        assert_eq!((ident, seq), (0xbeef, 9));
-        assert_eq!(decode_payload(&TOKEN, got), Some(ProbeId(42)));
+        let got = echo_reply(&pkt, Family::V4, SocketKind::Raw).unwrap();
+        assert_eq!((got.ident, got.seq), (0xbeef, 9));
+        assert_eq!(decode_payload(&TOKEN, got.payload), Some(ProbeId(42)));
         // The same bytes are not an echo reply to a DGRAM socket (no IP header).
-        assert!(parse_echo_reply(&pkt, Family::V4, SocketKind::Dgram).is_none());
+        assert!(echo_reply(&pkt, Family::V4, SocketKind::Dgram).is_none());
     }
 
     #[test]
     fn requests_and_errors_are_not_replies() {
         let payload = encode_payload(&TOKEN, ProbeId(1));
-        let req = build_echo(Family::V6, SocketKind::Dgram, 0, 1, &payload);
-        assert!(parse_echo_reply(&req, Family::V6, SocketKind::Dgram).is_none());
+        let req = echo_request(Family::V6, 0, 1, &payload);
+        assert!(echo_reply(&req, Family::V6, SocketKind::Dgram).is_none());
         let mut reply = req;
         reply[0] = ICMPV6_ECHO_REPLY;
-        assert!(parse_echo_reply(&reply, Family::V6, SocketKind::Raw).is_some());
+        assert!(echo_reply(&reply, Family::V6, SocketKind::Raw).is_some());
         reply[1] = 1; // nonzero code
-        assert!(parse_echo_reply(&reply, Family::V6, SocketKind::Raw).is_none());
+        assert!(echo_reply(&reply, Family::V6, SocketKind::Raw).is_none());
         let mut unreachable = req;
         unreachable[0] = 1; // ICMPv6 destination unreachable
-        assert!(parse_echo_reply(&unreachable, Family::V6, SocketKind::Raw).is_none());
-        assert!(parse_echo_reply(&[0, 0, 0], Family::V4, SocketKind::Dgram).is_none());
+        assert!(echo_reply(&unreachable, Family::V6, SocketKind::Raw).is_none());
+        assert!(echo_reply(&[0, 0, 0], Family::V4, SocketKind::Dgram).is_none());
     }
 
     fn pending(id: u64, gen: u64, sent: Instant, timeout: Duration) -> Pending {
