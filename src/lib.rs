@@ -5,7 +5,7 @@
 //! [`api`]), joined by one event loop in [`daemon`].
 
 pub use uplinkd_core as core;
-pub use uplinkd_core::status;
+pub use uplinkd_core::{proto, status};
 
 pub mod api;
 pub mod bond;
