@@ -153,7 +153,7 @@ impl Client {
         })?;
         let sub = Subscription {
             reader,
-            line: String::new(),
+            line: Vec::new(),
             socket: self.socket.clone(),
             last_seq,
         };
@@ -234,9 +234,9 @@ impl Client {
 /// [`ClientError::Timeout`] and can be read on afterwards.
 pub struct Subscription {
     reader: BufReader<UnixStream>,
-    /// The line read so far: a timeout may cut a read off mid-line, and
-    /// the rest comes with the next read.
-    line: String,
+    /// The line read so far: a timeout may cut a read off mid-line (even
+    /// mid-character, hence bytes), and the rest comes with the next read.
+    line: Vec<u8>,
     socket: PathBuf,
     last_seq: u64,
 }
@@ -271,9 +271,9 @@ impl Subscription {
 
     /// The next line of the stream; None once the daemon closed it.
     pub fn next_line(&mut self) -> Result<Option<StreamLine>> {
-        match self.reader.read_line(&mut self.line) {
+        match self.reader.read_until(b'\n', &mut self.line) {
             Ok(0) => return Ok(None),
-            Ok(_) if !self.line.ends_with('\n') => return Ok(None),
+            Ok(_) if !self.line.ends_with(b"\n") => return Ok(None),
             Ok(_) => {}
             Err(e)
                 if matches!(
@@ -313,9 +313,12 @@ impl Iterator for Subscription {
 }
 
 /// An event, or the notice that this subscriber missed some.
-fn decode_stream_line(line: &str) -> Result<Option<StreamLine>, String> {
-    let shown = || line.trim_end().chars().take(200).collect::<String>();
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("{e}: {}", shown()))?;
+fn decode_stream_line(line: &[u8]) -> Result<Option<StreamLine>, String> {
+    let shown = || {
+        let text = String::from_utf8_lossy(line);
+        text.trim_end().chars().take(200).collect::<String>()
+    };
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("{e}: {}", shown()))?;
     let item = if v["kind"] == "missed" {
         serde_json::from_value::<Missed>(v).map(StreamLine::Missed)
     } else {
@@ -333,7 +336,7 @@ mod tests {
     #[test]
     fn stream_lines_are_events_or_the_missed_notice() {
         let ev = r#"{"seq":7,"time":"2026-11-25T00:00:00Z","kind":"drained","uplink":"primary","drained":true}"#;
-        let Ok(Some(StreamLine::Event(r))) = decode_stream_line(ev) else {
+        let Ok(Some(StreamLine::Event(r))) = decode_stream_line(ev.as_bytes()) else {
             panic!("not an event");
         };
         assert_eq!(r.seq, 7);
@@ -350,7 +353,7 @@ mod tests {
         let missed =
             r#"{"error":"fell behind","first_seq":5,"kind":"missed","last_seq":7,"missed":3}"#;
         assert_eq!(
-            decode_stream_line(missed),
+            decode_stream_line(missed.as_bytes()),
             Ok(Some(StreamLine::Missed(Missed {
                 kind: MissedKind::Missed,
                 error: "fell behind".into(),
@@ -359,7 +362,7 @@ mod tests {
                 last_seq: 7,
             })))
         );
-        let e = decode_stream_line(r#"{"kind":"bogus"}"#).unwrap_err();
+        let e = decode_stream_line(br#"{"kind":"bogus"}"#).unwrap_err();
         assert!(e.contains("bogus"), "{e}");
     }
 

@@ -1,6 +1,6 @@
 //! The local Unix socket: one JSON request and one JSON response per line.
 //!
-//! Requests ([`Request`], `{"request": NAME, ...}`):
+//! Requests ([`Request`](crate::proto::Request), `{"request": NAME, ...}`):
 //! - `status`: the [`Status`] snapshot (the object itself, as `uplinkctl status --json` prints it);
 //! - `events` (optional `"since": SEQ`): `{"ok":true,"request":"events","last_seq":N}`, then
 //!   one [`EventRecord`](crate::status::EventRecord) per line until the connection closes (with `since`, the
@@ -30,7 +30,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::UplinkId;
 use crate::metrics::StatusSource;
-use crate::proto::Request;
 use crate::status::Status;
 
 pub use events::Events;
@@ -39,9 +38,6 @@ pub use wire::parse_request;
 
 /// How far (in events) a subscriber may fall behind before it is dropped.
 pub const EVENT_BACKLOG: usize = 256;
-
-/// The requests the socket understands, for error messages.
-pub const REQUESTS: &[&str] = Request::NAMES;
 
 /// What a connection asks the loop.
 pub enum ApiRequest {
