@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::HooksConfig;
-use crate::metrics::{change_kind, Metrics};
+use crate::metrics::Metrics;
 use crate::status::EventRecord;
 
 /// Changes waiting for the hooks task. The task only spawns processes, so
@@ -114,8 +114,8 @@ async fn dispatch(
 ) {
     let running = Arc::new(Semaphore::new(MAX_RUNNING));
     while let Some(rec) = rx.recv().await {
-        let kind = change_kind(&rec.change);
-        for h in hooks.iter().filter(|h| h.kinds.contains(&kind.as_str())) {
+        let kind = rec.change.kind();
+        for h in hooks.iter().filter(|h| h.kinds.contains(&kind)) {
             let Ok(permit) = running.clone().try_acquire_owned() else {
                 warn!(hook = %h.name, seq = rec.seq, "{MAX_RUNNING} hooks still running: this run skipped");
                 metrics.hook_result(&h.name, "skipped");
@@ -239,6 +239,97 @@ async fn run(h: &Hook, rec: &EventRecord, timeout: Duration) -> &'static str {
                 "hook still running at its timeout: killed"
             );
             "timeout"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Change, Reason, UplinkState};
+
+    /// One change of every kind.
+    fn every_change() -> Vec<Change> {
+        let s = String::new;
+        let ip = "198.18.1.1".parse().unwrap();
+        vec![
+            Change::ActiveChanged {
+                family: s(),
+                from: None,
+                to: None,
+                reason: s(),
+            },
+            Change::UplinkHealth {
+                uplink: s(),
+                family: s(),
+                state: UplinkState::Healthy,
+                reasons: vec![Reason::Carrier],
+                evidence: s(),
+            },
+            Change::Carrier {
+                uplink: s(),
+                up: true,
+                source: s(),
+            },
+            Change::Gateway {
+                uplink: s(),
+                family: s(),
+                address: ip,
+                reachable: true,
+                evidence: s(),
+            },
+            Change::Transit {
+                uplink: s(),
+                transit: s(),
+                target: ip,
+                reachable: true,
+                evidence: s(),
+            },
+            Change::FailStatic {
+                family: s(),
+                active: true,
+                evidence: s(),
+            },
+            Change::Damped {
+                uplink: s(),
+                hold_ms: 1,
+                flaps: 1,
+            },
+            Change::Drained {
+                uplink: s(),
+                drained: true,
+            },
+            Change::RouteRestored {
+                family: s(),
+                uplink: s(),
+                found: s(),
+            },
+            Change::Adopted {
+                family: s(),
+                uplink: None,
+            },
+            Change::Bond {
+                bond: s(),
+                from: None,
+                to: None,
+                by: s(),
+                cause: s(),
+                warnings: Vec::new(),
+            },
+        ]
+    }
+
+    /// Hooks and metrics select and count by `Change::kind`: it must be the
+    /// `kind` on the wire, and every health kind a hook runs on must exist.
+    #[test]
+    fn change_kinds_are_the_wire_kinds() {
+        let kinds: Vec<&str> = every_change().iter().map(Change::kind).collect();
+        for c in every_change() {
+            let wire = serde_json::to_value(&c).unwrap();
+            assert_eq!(wire["kind"], c.kind(), "{c:?}");
+        }
+        for k in HEALTH_KINDS {
+            assert!(kinds.contains(k), "{k} is no change kind");
         }
     }
 }

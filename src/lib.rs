@@ -2,12 +2,14 @@
 //!
 //! Shape: the pure engine of `uplinkd-core` (re-exported as [`core`], with
 //! its [`status`] types) between thin adapters ([`netlink`], [`probe`],
-//! [`api`]), joined by one event loop in [`daemon`].
+//! [`api`]), joined by one event loop in [`daemon`]. [`client`] is the one
+//! client of the daemon's socket (`uplinkctl`, the lab and the tests).
 
 pub use uplinkd_core as core;
-pub use uplinkd_core::status;
+pub use uplinkd_core::{proto, status};
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod hooks;

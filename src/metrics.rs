@@ -13,6 +13,7 @@
 //!   costs nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -28,10 +29,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::api::ApiRequest;
 use crate::config::{Config, Family as AddrFamily};
 use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
 use crate::status::{Change, EventRecord, Status, UplinkState};
@@ -489,7 +488,7 @@ impl Metrics {
     pub fn on_change(&self, r: &EventRecord) {
         self.events
             .get_or_create(&KindLabels {
-                kind: change_kind(&r.change),
+                kind: r.change.kind().into(),
             })
             .inc();
         if let Change::ActiveChanged { family, reason, .. } = &r.change {
@@ -691,26 +690,22 @@ fn state_name(s: UplinkState) -> String {
         .unwrap_or_default()
 }
 
-/// The `kind` of a change, exactly as on the wire (taken from its
-/// serialization, so a new kind needs no change here).
-pub fn change_kind(c: &Change) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(String::from)))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// How long a scrape waits for the loop's status snapshot before it
 /// answers with the gauges as they were.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Take a status snapshot from the loop, refresh the gauges, and encode.
-pub async fn scrape(loop_tx: &mpsc::Sender<ApiRequest>, metrics: &Metrics) -> String {
-    let (tx, rx) = oneshot::channel();
-    if loop_tx.try_send(ApiRequest::Status(tx)).is_ok() {
-        if let Ok(Ok(status)) = tokio::time::timeout(SNAPSHOT_TIMEOUT, rx).await {
-            metrics.update_from_status(&status);
-        }
+/// Where a scrape gets its status snapshot (the daemon's loop, through the
+/// socket's request channel): a parameter, so the metrics need not know
+/// how the loop is asked.
+pub trait StatusSource {
+    /// The current status, or None when it cannot be had now.
+    fn snapshot(&self) -> impl Future<Output = Option<Status>> + Send;
+}
+
+/// Take a status snapshot, refresh the gauges, and encode.
+pub async fn scrape(source: &impl StatusSource, metrics: &Metrics) -> String {
+    if let Ok(Some(status)) = tokio::time::timeout(SNAPSHOT_TIMEOUT, source.snapshot()).await {
+        metrics.update_from_status(&status);
     }
     metrics.encode()
 }
@@ -739,11 +734,14 @@ impl Drop for HttpServer {
 }
 
 /// Bind `addr` and serve `GET /metrics` on the current runtime.
-pub async fn serve_http(
+pub async fn serve_http<S>(
     addr: SocketAddr,
-    loop_tx: mpsc::Sender<ApiRequest>,
+    source: S,
     metrics: Arc<Metrics>,
-) -> io::Result<HttpServer> {
+) -> io::Result<HttpServer>
+where
+    S: StatusSource + Clone + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let clients = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CLIENTS));
@@ -762,10 +760,10 @@ pub async fn serve_http(
                 metrics.api_refused("http_too_many_clients");
                 continue;
             };
-            let loop_tx = loop_tx.clone();
+            let source = source.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let r = tokio::time::timeout(HTTP_TIMEOUT, http_client(stream, &loop_tx, &metrics))
+                let r = tokio::time::timeout(HTTP_TIMEOUT, http_client(stream, &source, &metrics))
                     .await;
                 if let Ok(Err(e)) | Err(e) = r.map_err(io::Error::other) {
                     debug!(%peer, error = %e, "metrics HTTP client ended");
@@ -779,7 +777,7 @@ pub async fn serve_http(
 
 async fn http_client(
     mut s: TcpStream,
-    loop_tx: &mpsc::Sender<ApiRequest>,
+    source: &impl StatusSource,
     metrics: &Metrics,
 ) -> io::Result<()> {
     let mut head = Vec::new();
@@ -806,7 +804,7 @@ async fn http_client(
     let path = path.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => {
-            let body = scrape(loop_tx, metrics).await;
+            let body = scrape(source, metrics).await;
             respond(&mut s, "200 OK", CONTENT_TYPE, &body).await
         }
         ("GET", _) => {

@@ -15,13 +15,13 @@
 //! target/vm/bond-results.txt next to the kernel cache).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use uplink_lab::bond::{BondLab, Shape, MEMBERS};
 use uplink_lab::{LabChild, StreamSpec};
+use uplinkd::client::Client;
 use uplinkd::status::Status;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uplinkd");
@@ -201,31 +201,16 @@ impl Agent {
         a
     }
 
-    fn status(&self) -> Result<Status, String> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(S(15))).unwrap();
-        s.write_all(b"{\"request\":\"status\"}\n")
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(s)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+    fn client(&self) -> Client {
+        Client::new(&self.socket).with_timeout(S(15))
     }
 
-    fn request(&self, what: &str) -> String {
-        let mut s = UnixStream::connect(&self.socket).expect("connect");
-        s.set_read_timeout(Some(S(10))).unwrap();
-        s.write_all(format!("{{\"request\":\"{what}\"}}\n").as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        v.get("metrics")
-            .or_else(|| v.get("text"))
-            .and_then(|m| m.as_str())
-            .map(String::from)
-            .unwrap_or(line)
+    fn status(&self) -> Result<Status, String> {
+        self.client().status().map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self) -> String {
+        self.client().metrics().expect("metrics")
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
@@ -696,7 +681,7 @@ fn scenario_primary_reselect_always_is_warned() {
     });
     assert_eq!(s.bonds[0].primary.as_deref(), Some("eth1"));
     assert!(a.log_text().contains("primary_reselect=always"), "logged");
-    let metrics = a.request("metrics");
+    let metrics = a.metrics();
     assert!(
         metrics
             .lines()

@@ -1,5 +1,6 @@
 //! uplinkd-core: the pure decision engine, with the validated configuration
-//! ([`config`]) and the status and event types ([`status`]) it speaks in.
+//! ([`config`]) and the status and event types ([`status`]) it speaks in,
+//! with the socket's request and answer types ([`proto`]).
 //!
 //! The engine never does I/O and never reads a clock:
 //! `handle(now, Event) -> Vec<Action>` and `next_deadline()`. `now` is the
@@ -13,6 +14,7 @@ use crate::status::Change;
 
 pub mod config;
 mod engine;
+pub mod proto;
 pub mod status;
 mod target;
 pub use engine::Core;

@@ -240,6 +240,26 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// Its `kind`, exactly as on the wire: what metrics count by and hooks
+    /// select on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::ActiveChanged { .. } => "active_changed",
+            Change::UplinkHealth { .. } => "uplink_health",
+            Change::Carrier { .. } => "carrier",
+            Change::Gateway { .. } => "gateway",
+            Change::Transit { .. } => "transit",
+            Change::FailStatic { .. } => "fail_static",
+            Change::Damped { .. } => "damped",
+            Change::Drained { .. } => "drained",
+            Change::RouteRestored { .. } => "route_restored",
+            Change::Adopted { .. } => "adopted",
+            Change::Bond { .. } => "bond",
+        }
+    }
+}
+
 /// A published change: what goes on the wire and into the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {

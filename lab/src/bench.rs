@@ -550,12 +550,7 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
             Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
             Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
             Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
-            Kind::Drain => {
-                let a = d.request(r#"{"request":"drain","uplink":"primary"}"#)?;
-                if a["ok"] != true {
-                    return Err(invalid(format!("drain refused: {a}")));
-                }
-            }
+            Kind::Drain => d.client().drain(Uplink::Primary.name())?,
             Kind::Failback => {}
         }
         let bound = match kind {
@@ -599,14 +594,9 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
         Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
         Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
         Kind::Drain => d
-            .request(r#"{"request":"undrain","uplink":"primary"}"#)
-            .and_then(|a| {
-                if a["ok"] == true {
-                    Ok(())
-                } else {
-                    Err(invalid(format!("undrain refused: {a}")))
-                }
-            }),
+            .client()
+            .undrain(Uplink::Primary.name())
+            .map_err(LabError::from),
         Kind::Failback => Ok(()),
     };
     let t = result?;

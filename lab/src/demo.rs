@@ -9,8 +9,7 @@
 //! the lab, reading its status and events, measuring a stream) live here
 //! too: one way to run the daemon for the demo and the bench.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,8 @@ use serde_json::Value;
 use crate::{
     Family, Lab, LabChild, LabError, LabSpec, StreamReport, StreamSpec, UdpStream, Uplink,
 };
+use uplinkd::client::{Client, ClientError};
+use uplinkd::proto::StreamLine;
 use uplinkd_core::status::{Status, UplinkState};
 
 type Result<T, E = LabError> = std::result::Result<T, E>;
@@ -296,6 +297,8 @@ pub struct Uplinkd {
     child: Option<LabChild>,
     pid: u32,
     pub socket: PathBuf,
+    /// Reads its status and events, and drains and undrains for the bench.
+    client: Client,
     pub log: PathBuf,
     pub config: PathBuf,
     /// Just before the process was spawned.
@@ -343,6 +346,7 @@ impl Uplinkd {
         let mut d = Uplinkd {
             child: Some(LabChild::new(child, "uplinkd")),
             pid,
+            client: Client::new(&socket).with_timeout(Duration::from_secs(5)),
             socket,
             log,
             config,
@@ -396,33 +400,13 @@ impl Uplinkd {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// One request line, one answer line.
-    pub fn request(&self, req: &str) -> Result<Value> {
-        let io = |what: &str| {
-            let what = format!("{what} {}", self.socket.display());
-            move |source| LabError::Io { what, source }
-        };
-        let mut s = UnixStream::connect(&self.socket).map_err(io("connect to"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(io("set timeout on"))?;
-        s.write_all(format!("{req}\n").as_bytes())
-            .map_err(io("write to"))?;
-        let mut line = String::new();
-        BufReader::new(s)
-            .read_line(&mut line)
-            .map_err(io("read from"))?;
-        serde_json::from_str(&line).map_err(|e| LabError::Parse {
-            what: format!("answer to {req}"),
-            detail: format!("{e}: {line}"),
-        })
+    /// The client of its socket (controls, metrics).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn status(&self) -> Result<Status> {
-        let v = self.request(r#"{"request":"status"}"#)?;
-        serde_json::from_value(v.clone()).map_err(|e| LabError::Parse {
-            what: "status".into(),
-            detail: format!("{e}: {v}"),
-        })
+        Ok(self.client.status()?)
     }
 
     /// Polls the status (every 10 ms) until `pred` holds; returns it.
@@ -458,49 +442,33 @@ impl Uplinkd {
     /// Subscribes to the event stream (replaying everything since the
     /// start) on a thread that collects the records.
     fn subscribe(&mut self) -> Result<()> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|source| LabError::Io {
-            what: format!("subscribe to events on {}", self.socket.display()),
-            source,
-        })?;
-        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-        s.write_all(b"{\"request\":\"events\",\"since\":0}\n")
-            .map_err(|source| LabError::Io {
-                what: "request events".into(),
-                source,
-            })?;
+        let mut sub = self.client.events(Some(0))?;
+        // Wakes up to check the stop flag; a partial line is kept and
+        // completed by the next read.
+        sub.set_timeout(Some(Duration::from_millis(100)))?;
         let events = self.events.clone();
         let stop = self.stop.clone();
         let h = std::thread::Builder::new()
             .name("lab-events".into())
             .spawn(move || {
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
                 while !stop.load(Ordering::Relaxed) {
-                    match r.read_line(&mut line) {
-                        Ok(0) => return,
-                        Ok(_) => {
-                            if line.ends_with('\n') {
-                                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                                    if let Some(t) = v["time"]
-                                        .as_str()
-                                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                                    {
-                                        if let Ok(mut e) = events.lock() {
-                                            e.push(Event { time: t, record: v });
-                                        }
-                                    }
-                                }
-                                line.clear();
+                    match sub.next_line() {
+                        Ok(Some(StreamLine::Event(r))) => {
+                            let Ok(t) = humantime::parse_rfc3339_weak(&r.time) else {
+                                continue;
+                            };
+                            let Ok(record) = serde_json::to_value(&r) else {
+                                continue;
+                            };
+                            if let Ok(mut e) = events.lock() {
+                                e.push(Event { time: t, record });
                             }
                         }
-                        // Timeout: check the stop flag; a partial line stays
-                        // in `line` and is completed by the next read.
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(_) => return,
+                        // The daemon closes the stream after the notice.
+                        Ok(Some(StreamLine::Missed(_))) => {}
+                        Err(e) if e.is_timeout() => {}
+                        Err(ClientError::Decode { .. }) => {}
+                        Ok(None) | Err(_) => return,
                     }
                 }
             })
@@ -897,7 +865,7 @@ struct LiveStatus {
 }
 
 impl LiveStatus {
-    fn start(console: Arc<Console>, socket: PathBuf) -> LiveStatus {
+    fn start(console: Arc<Console>, client: Client) -> LiveStatus {
         let tty = console.tty;
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
@@ -905,16 +873,10 @@ impl LiveStatus {
             .name("lab-live".into())
             .spawn(move || {
                 while !s2.load(Ordering::Relaxed) {
-                    let line = (|| -> Option<String> {
-                        let mut s = UnixStream::connect(&socket).ok()?;
-                        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                        s.write_all(b"{\"request\":\"status\"}\n").ok()?;
-                        let mut l = String::new();
-                        BufReader::new(s).read_line(&mut l).ok()?;
-                        let st: Status = serde_json::from_str(&l).ok()?;
-                        Some(summary_with(&st, tty))
-                    })()
-                    .unwrap_or_else(|| "(no answer)".into());
+                    let line = client
+                        .status()
+                        .map(|st| summary_with(&st, tty))
+                        .unwrap_or_else(|_| "(no answer)".into());
                     console.live(line);
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -1205,7 +1167,10 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
     };
     let mut first_decision_ms = None;
     let outcome = (|| -> Result<()> {
-        let live = LiveStatus::start(console.clone(), demo.d.socket.clone());
+        let live = LiveStatus::start(
+            console.clone(),
+            demo.d.client().clone().with_timeout(Duration::from_secs(2)),
+        );
         let s = demo
             .d
             .wait_for(cancel, "the first decision", Duration::from_secs(20), |s| {

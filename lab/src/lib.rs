@@ -268,6 +268,9 @@ pub enum LabError {
     Invalid(String),
     #[error("lab cleanup failed: {}", .0.join("; "))]
     Cleanup(Vec<String>),
+    /// Talking to the daemon's socket failed.
+    #[error(transparent)]
+    Client(#[from] uplinkd::client::ClientError),
 }
 
 type Result<T, E = LabError> = std::result::Result<T, E>;

@@ -1,16 +1,14 @@
 //! uplinkctl: ask a running uplinkd what it sees and did, and control it.
-//! Thin: it sends one JSON request line over the daemon's socket and
-//! prints the answer.
+//! Thin: one request through [`uplinkd::client::Client`], the answer printed.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
+use uplinkd::client::Client;
+use uplinkd::proto::StreamLine;
 use uplinkd::status::{Reason, Status, TargetStatus, UplinkStatus};
 
 #[derive(Parser, Debug)]
@@ -56,33 +54,6 @@ enum Command {
     },
     /// Probe every gateway and transit target now. Root only.
     Reprobe,
-}
-
-/// How long to wait for an answer (not for `events`).
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn connect(path: &Path) -> Result<UnixStream> {
-    UnixStream::connect(path).with_context(|| format!("connect to uplinkd at {}", path.display()))
-}
-
-/// Send one request line; return the answer, or fail with the daemon's error.
-fn request(path: &Path, req: &Value) -> Result<Value> {
-    let mut s = connect(path)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    writeln!(s, "{req}").context("send request")?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .context("read answer")?;
-    if line.is_empty() {
-        bail!("uplinkd closed the connection without answering");
-    }
-    let v: Value = serde_json::from_str(&line).context("parse answer")?;
-    if let Some(e) = v.get("error") {
-        bail!("uplinkd: {}", e.as_str().unwrap_or(&e.to_string()));
-    }
-    Ok(v)
 }
 
 /// Width of the whole table; the last column is cut to fit.
@@ -145,9 +116,8 @@ fn state_cell(u: &UplinkStatus) -> String {
     }
 }
 
-/// The compact human table (at most [`WIDTH`] columns). `raw` is the same
-/// status as JSON, for parts read by name (bonds).
-fn table(st: &Status, raw: &Value) -> String {
+/// The compact human table (at most [`WIDTH`] columns).
+fn table(st: &Status) -> String {
     let mut out = String::new();
     let fam = |v: &Option<String>, fs: bool, decided: bool| {
         let name = v.clone().unwrap_or_else(|| "-".into());
@@ -211,20 +181,20 @@ fn table(st: &Status, raw: &Value) -> String {
         out.push_str(&cut(&reasons, room));
         out.push('\n');
     }
-    for b in raw["bonds"].as_array().into_iter().flatten() {
-        let name = |k: &str| b[k].as_str().unwrap_or("-").to_string();
+    for b in &st.bonds {
+        let name = |m: &Option<String>| m.as_deref().unwrap_or("-").to_string();
         out.push_str(&cut(
             &format!(
                 "bond {}: driver's active member {}, agent's choice {}",
-                name("name"),
-                name("active"),
-                name("chosen")
+                b.name,
+                name(&b.active),
+                name(&b.chosen)
             ),
             WIDTH,
         ));
         out.push('\n');
-        for w in b["warnings"].as_array().into_iter().flatten() {
-            out.push_str(&cut(&format!("  ! {}", w.as_str().unwrap_or("")), WIDTH));
+        for w in &b.warnings {
+            out.push_str(&cut(&format!("  ! {w}"), WIDTH));
             out.push('\n');
         }
     }
@@ -232,65 +202,40 @@ fn table(st: &Status, raw: &Value) -> String {
 }
 
 fn run(args: Args) -> Result<()> {
-    let sock = &args.socket;
+    let client = Client::new(args.socket);
     match args.command {
-        Command::Status { json } => {
-            let v = request(sock, &json!({"request": "status"}))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let st: Status = serde_json::from_value(v.clone()).context("decode status")?;
-                print!("{}", table(&st, &v));
-            }
+        Command::Status { json: true } => {
+            let v = client.status_json()?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
+        Command::Status { json: false } => print!("{}", table(&client.status()?)),
         Command::Events { since } => {
-            let mut s = connect(sock)?;
-            let mut req = json!({"request": "events"});
-            if let Some(n) = since {
-                req["since"] = json!(n);
-            }
-            writeln!(s, "{req}").context("send request")?;
             let mut out = std::io::stdout().lock();
-            let mut lines = BufReader::new(s).lines();
-            // The first line answers the request; events follow.
-            match lines.next() {
-                None => bail!("uplinkd closed the connection without answering"),
-                Some(l) => {
-                    let v: Value = serde_json::from_str(&l?).context("parse answer")?;
-                    if let Some(e) = v.get("error") {
-                        bail!("uplinkd: {}", e.as_str().unwrap_or(&e.to_string()));
-                    }
-                }
-            }
-            for line in lines {
-                let line = line?;
-                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            for line in client.events(since)? {
+                let (text, missed) = match line? {
+                    StreamLine::Event(r) => (serde_json::to_string(&r)?, false),
+                    StreamLine::Missed(m) => (serde_json::to_value(&m)?.to_string(), true),
+                };
+                if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
                     return Ok(()); // stdout closed (e.g. `| head`)
                 }
-                if line.contains("\"kind\":\"missed\"") {
+                if missed {
                     bail!("uplinkd dropped this subscriber: it fell behind");
                 }
             }
             bail!("uplinkd closed the event stream");
         }
-        Command::Metrics => {
-            let v = request(sock, &json!({"request": "metrics"}))?;
-            let text = v
-                .get("metrics")
-                .and_then(|m| m.as_str())
-                .context("answer has no metrics")?;
-            print!("{text}");
-        }
+        Command::Metrics => print!("{}", client.metrics()?),
         Command::Drain { name } => {
-            request(sock, &json!({"request": "drain", "uplink": name}))?;
+            client.drain(&name)?;
             println!("{name}: drained (out of use until undrained)");
         }
         Command::Undrain { name } => {
-            request(sock, &json!({"request": "undrain", "uplink": name}))?;
+            client.undrain(&name)?;
             println!("{name}: undrained (preferred again after the failback rule)");
         }
         Command::Reprobe => {
-            request(sock, &json!({"request": "reprobe"}))?;
+            client.reprobe()?;
             println!("re-probing every gateway and transit target");
         }
     }

@@ -2,13 +2,12 @@
 //! lab's server namespace, its status read over its socket.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use uplink_lab::{Lab, LabChild, LabSpec, Uplink};
+use uplinkd::client::{Client, ClientError, Subscription};
 use uplinkd::config::Family;
 use uplinkd::status::Status;
 
@@ -87,21 +86,13 @@ impl Agent {
         }
     }
 
-    pub fn request(&self, req: &str) -> Result<String, String> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-        s.write_all(b"\n").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(s)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        Ok(line)
+    /// A client of the daemon's socket.
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket).with_timeout(Duration::from_secs(5))
     }
 
     pub fn status(&self) -> Result<Status, String> {
-        let line = self.request(r#"{"request":"status"}"#)?;
-        serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+        self.client().status().map_err(|e| e.to_string())
     }
 
     /// Poll the status until `pred` holds; panic with the last status after `timeout`.
@@ -242,25 +233,20 @@ impl Agent {
             .expect("run uplinkctl")
     }
 
-    /// Subscribe to the event stream over a raw connection; returns once the
-    /// daemon acknowledged the subscription.
+    /// Subscribe to the event stream; returns once the daemon acknowledged
+    /// the subscription.
     pub fn subscribe(&self) -> EventStream {
-        let mut s = UnixStream::connect(&self.socket).expect("connect");
-        s.write_all(b"{\"request\":\"events\"}\n").unwrap();
-        let mut es = EventStream {
-            reader: BufReader::new(s),
-            last_seq: 0,
-        };
-        let ack = es.next(Duration::from_secs(5)).expect("events ack");
-        assert_eq!(ack["ok"], true, "events ack: {ack}");
-        es.last_seq = ack["last_seq"].as_u64().expect("last_seq");
-        es
+        let reader = self.client().events(None).expect("events ack");
+        EventStream {
+            last_seq: reader.last_seq(),
+            reader,
+        }
     }
 }
 
 /// One event subscription, read line by line.
 pub struct EventStream {
-    pub reader: BufReader<UnixStream>,
+    pub reader: Subscription,
     /// `last_seq` of the subscription's acknowledgement.
     pub last_seq: u64,
 }
@@ -269,13 +255,12 @@ impl EventStream {
     /// The next line as JSON, or None at EOF / after `timeout`.
     pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
         self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .set_timeout(Some(timeout.max(Duration::from_millis(1))))
             .unwrap();
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))),
+        match self.reader.next_line() {
+            Ok(Some(line)) => Some(serde_json::to_value(line).unwrap()),
+            Err(e @ ClientError::Decode { .. }) => panic!("{e}"),
+            Ok(None) | Err(_) => None,
         }
     }
 
