@@ -7,7 +7,9 @@
 //! target of that uplink and family, enough to reach a verdict. The standby
 //! of a family is probed `standby_slowdown` times less often while it
 //! answers, and at the full rate as soon as it matters (unknown,
-//! unreachable, just made active, or the active gateway in doubt).
+//! unreachable, or just made active); while the active uplink's gateway is
+//! in doubt, the standby's gateway is probed fast too, so that a failover
+//! goes to a gateway that has just answered.
 //!
 //! Steady probes leave on a grid of gateway rounds, so the loop wakes once
 //! per round rather than once per target; the far targets of one uplink and
