@@ -1,0 +1,324 @@
+//! Whether each uplink is usable for each family, and if not, why.
+//!
+//! Evidence comes in as carrier reports and probe outcomes. Each target gets
+//! a verdict with hysteresis (a target with no history needs one reply): a
+//! far target is unreachable after `transit_fall` consecutive misses and
+//! reachable after `transit_rise` replies; a gateway is dead only after
+//! `gateway_dead_after` of silence *and* `gateway_min_misses` unanswered
+//! probes, alive after `gateway_rise` replies. A transit counts against an
+//! uplink only when it is unreachable here but reachable through another
+//! uplink with carrier (one that is down everywhere says nothing about this
+//! uplink), and the uplink fails when `quorum` transits do: quorum over
+//! independent targets is what makes a fast decision safe. An uplink's
+//! health is a set of named reasons (missing, carrier, not in its bond,
+//! gateway, quorum); none, with carrier and gateway known, is usable.
+
+use super::Core;
+use crate::config::Family;
+use crate::status::{Change, Reason, UplinkState};
+use crate::{Action, CarrierSource, Now, ProbeId, ProbeKind, ProbeOutcome, UplinkId};
+
+impl Core {
+    pub(super) fn on_carrier(
+        &mut self,
+        now: Now,
+        uplink: UplinkId,
+        up: bool,
+        present: bool,
+        source: CarrierSource,
+        out: &mut Vec<Action>,
+    ) {
+        let up = up && present;
+        let u = &mut self.uplinks[uplink];
+        u.present = present;
+        if up && u.carrier == Some(false) {
+            // Back from a carrier loss: the gateway answers again before the
+            // uplink is used, and the probes lost while the link was down
+            // do not fail it afterwards (one carrier flap is one failure,
+            // not two, for damping).
+            for f in u.fams.iter_mut().flatten() {
+                f.gateway.restart(now);
+            }
+        }
+        if u.carrier != Some(up) {
+            u.carrier = Some(up);
+            out.push(Action::Report(Change::Carrier {
+                uplink: self.cfg.uplinks[uplink].name.clone(),
+                up,
+                source: source.name().to_string(),
+            }));
+        }
+    }
+
+    pub(super) fn on_probe(
+        &mut self,
+        now: Now,
+        id: ProbeId,
+        outcome: ProbeOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(fl) = self.in_flight.remove(&id) else {
+            return; // unknown or already forgotten (e.g. after a config change)
+        };
+        let p = self.cfg.probe.clone();
+        let uplink_name = self.name(fl.uplink);
+        let transit_name = match fl.kind {
+            ProbeKind::Transit(t) => self.cfg.transits[t].name.clone(),
+            ProbeKind::Gateway => String::new(),
+        };
+        let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+            return;
+        };
+        let target = match fl.kind {
+            ProbeKind::Gateway => &mut f.gateway,
+            ProbeKind::Transit(t) => match f.transits.get_mut(t).and_then(|v| v.get_mut(fl.slot)) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        match outcome {
+            ProbeOutcome::Reply { rtt } => {
+                target.reply(now, fl.sent_at, rtt);
+                let rise = match fl.kind {
+                    ProbeKind::Gateway => p.gateway_rise,
+                    ProbeKind::Transit(_) => p.transit_rise,
+                };
+                // With no history, one reply is enough; a dead target must prove itself.
+                let needed = if target.verdict.is_none() { 1 } else { rise };
+                if target.verdict != Some(true) && target.consecutive_ok >= needed {
+                    target.set_verdict(now, true);
+                    let evidence = format!("{} consecutive replies", target.consecutive_ok);
+                    out.push(Action::Report(match fl.kind {
+                        ProbeKind::Gateway => Change::Gateway {
+                            uplink: uplink_name,
+                            family: fl.family.name().into(),
+                            address: target.addr,
+                            reachable: true,
+                            evidence,
+                        },
+                        ProbeKind::Transit(_) => Change::Transit {
+                            uplink: uplink_name,
+                            transit: transit_name,
+                            target: target.addr,
+                            reachable: true,
+                            evidence,
+                        },
+                    }));
+                }
+            }
+            ProbeOutcome::Timeout | ProbeOutcome::Error(_) => {
+                target.miss(fl.sent_at);
+                if let ProbeKind::Transit(_) = fl.kind {
+                    if target.verdict != Some(false) && target.consecutive_miss >= p.transit_fall {
+                        target.set_verdict(now, false);
+                        let detail = match &outcome {
+                            ProbeOutcome::Error(e) => format!(" (last: {e})"),
+                            _ => String::new(),
+                        };
+                        out.push(Action::Report(Change::Transit {
+                            uplink: uplink_name,
+                            transit: transit_name,
+                            target: target.addr,
+                            reachable: false,
+                            evidence: format!(
+                                "{} consecutive probes unanswered{detail}",
+                                target.consecutive_miss
+                            ),
+                        }));
+                    }
+                }
+                // Gateway verdicts are time-based: see `gateway_verdicts`.
+            }
+        }
+    }
+
+    /// A gateway is dead when it has not answered for `gateway_dead_after`
+    /// and at least `gateway_min_misses` probes since its last reply went
+    /// unanswered: time alone would call a gateway dead because we did not
+    /// ask; misses alone would be fooled by a burst.
+    fn gateway_verdicts(&mut self, now: Now, out: &mut Vec<Action>) {
+        let p = self.cfg.probe.clone();
+        for (i, u) in self.uplinks.iter_mut().enumerate() {
+            for (fi, f) in u.fams.iter_mut().enumerate() {
+                let Some(f) = f else { continue };
+                let g = &mut f.gateway;
+                if g.verdict == Some(false) {
+                    continue;
+                }
+                let Some(base) = g.last_reply.or(g.first_sent) else {
+                    continue;
+                };
+                let silent = now.saturating_sub(base);
+                if silent >= p.gateway_dead_after && g.misses_since_reply >= p.gateway_min_misses {
+                    g.set_verdict(now, false);
+                    out.push(Action::Report(Change::Gateway {
+                        uplink: self.cfg.uplinks[i].name.clone(),
+                        family: Family::ALL[fi].name().into(),
+                        address: g.addr,
+                        reachable: false,
+                        evidence: format!(
+                            "no reply for {} ms, {} probes unanswered",
+                            silent.as_millis(),
+                            g.misses_since_reply
+                        ),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Each uplink's health per family from the evidence: usable, or the
+    /// named reasons why not. An uplink that stops being fully usable
+    /// counts a flap (damping).
+    pub(super) fn judge_health(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.gateway_verdicts(now, out);
+        // Health per uplink and family.
+        for i in 0..self.uplinks.len() {
+            let mut newly_failed = false;
+            for fi in 0..2 {
+                if self.uplinks[i].fams[fi].is_none() {
+                    continue;
+                }
+                let quorum_down = self.quorum_failures(i, fi);
+                let k = self.quorum_k(fi);
+                let u = &self.uplinks[i];
+                let f = u.fams[fi].as_ref().expect("checked");
+                let family = Family::ALL[fi];
+                let mut reasons = Vec::new();
+                if !u.present {
+                    reasons.push(Reason::Missing);
+                }
+                if u.carrier == Some(false) {
+                    reasons.push(Reason::Carrier);
+                }
+                if u.enslaved == Some(false) {
+                    reasons.push(Reason::NotInBond {
+                        bond: self.cfg.uplinks[i].bond.clone().unwrap_or_default(),
+                    });
+                }
+                if f.gateway.verdict == Some(false) {
+                    reasons.push(Reason::Gateway {
+                        family: family.name().into(),
+                    });
+                }
+                if quorum_down.len() >= k {
+                    reasons.push(Reason::Quorum {
+                        family: family.name().into(),
+                        unreachable: quorum_down.clone(),
+                    });
+                }
+                let known = u.carrier.is_some() && f.gateway.verdict.is_some();
+                let usable = if !reasons.is_empty() {
+                    Some(false)
+                } else if known {
+                    Some(true)
+                } else {
+                    None
+                };
+                if usable == f.usable && reasons == f.reasons {
+                    continue;
+                }
+                let was = f.usable;
+                let evidence = self.evidence(i, fi, &quorum_down);
+                let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
+                f.reasons = reasons.clone();
+                if usable != was {
+                    f.usable = usable;
+                    f.usable_since = (usable == Some(true)).then_some(now);
+                    if was == Some(true) && usable == Some(false) {
+                        newly_failed = true;
+                    }
+                    let state = match usable {
+                        Some(true) => UplinkState::Healthy,
+                        Some(false) => UplinkState::Unhealthy,
+                        None => UplinkState::Unknown,
+                    };
+                    out.push(Action::Report(Change::UplinkHealth {
+                        uplink: self.cfg.uplinks[i].name.clone(),
+                        family: family.name().into(),
+                        state,
+                        reasons,
+                        evidence,
+                    }));
+                }
+            }
+            let fully = self.uplinks[i]
+                .fams
+                .iter()
+                .flatten()
+                .all(|f| f.usable == Some(true));
+            let was_fully = std::mem::replace(&mut self.uplinks[i].fully_usable, fully);
+            if was_fully && newly_failed {
+                self.count_flap(now, i, out);
+            }
+        }
+    }
+
+    fn quorum_failures(&self, i: UplinkId, fi: usize) -> Vec<String> {
+        let Some(f) = &self.uplinks[i].fams[fi] else {
+            return Vec::new();
+        };
+        let mut down = Vec::new();
+        for (t, targets) in f.transits.iter().enumerate() {
+            if targets.is_empty() {
+                continue;
+            }
+            let unreachable_here = targets.iter().all(|x| x.verdict == Some(false));
+            if !unreachable_here {
+                continue;
+            }
+            let reachable_elsewhere = self.uplinks.iter().enumerate().any(|(j, v)| {
+                j != i
+                    && v.carrier == Some(true)
+                    && v.fams[fi]
+                        .as_ref()
+                        .is_some_and(|vf| vf.transits[t].iter().any(|x| x.verdict == Some(true)))
+            });
+            if reachable_elsewhere {
+                down.push(self.cfg.transits[t].name.clone());
+            }
+        }
+        down
+    }
+
+    fn quorum_k(&self, fi: usize) -> usize {
+        let with_targets = self
+            .cfg
+            .transits
+            .iter()
+            .filter(|t| t.targets_of(Family::ALL[fi]).next().is_some())
+            .count();
+        self.cfg.policy.quorum.min(with_targets).max(1)
+    }
+
+    fn evidence(&self, i: UplinkId, fi: usize, quorum_down: &[String]) -> String {
+        let u = &self.uplinks[i];
+        let f = u.fams[fi].as_ref().expect("caller checked");
+        let mut parts = Vec::new();
+        match u.carrier {
+            Some(false) => parts.push("carrier down".to_string()),
+            None => parts.push("carrier unknown".to_string()),
+            _ => {}
+        }
+        let g = &f.gateway;
+        match g.verdict {
+            Some(false) => parts.push(format!(
+                "gateway {} silent, {} probes unanswered",
+                g.addr, g.misses_since_reply
+            )),
+            None => parts.push(format!("gateway {} not yet probed", g.addr)),
+            Some(true) => parts.push(format!(
+                "gateway {} answering (loss {:.0}%)",
+                g.addr,
+                g.loss() * 100.0
+            )),
+        }
+        if !quorum_down.is_empty() {
+            parts.push(format!(
+                "unreachable here but reachable elsewhere: {}",
+                quorum_down.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+}

@@ -1,0 +1,276 @@
+//! Which uplink carries each family (IPv4 and IPv6 decided separately).
+//!
+//! The most preferred usable uplink wins, with hysteresis both ways: away
+//! from a failed uplink at once (but only to one whose gateway answered its
+//! latest probe), back to a more preferred one only once it has been usable
+//! for `failback_after` (counted from an undrain too). A drained uplink is
+//! never chosen. An uplink that keeps failing is damped: while its hold
+//! lasts (doubling per level, up to `max_hold`) it is not failed back to
+//! and not picked while an undamped uplink is usable. With no usable uplink
+//! the family fails static: the current route stays, and the family says
+//! so until an uplink is usable again. The first decision waits for a
+//! verdict on every uplink, unless the route found in the kernel is
+//! already good.
+
+use std::time::Duration;
+
+use super::{Core, UplinkFamily};
+use crate::config::Family;
+use crate::status::{Change, Reason};
+use crate::{Action, Now, UplinkId};
+
+impl Core {
+    pub(super) fn select(&mut self, now: Now, family: Family, out: &mut Vec<Action>) {
+        let fi = family.index();
+        if !self.family_configured(family) || !self.fam[fi].route_known {
+            return;
+        }
+        let n = self.uplinks.len();
+        let has_family: Vec<bool> = (0..n).map(|i| self.uplinks[i].fams[fi].is_some()).collect();
+        // Wait for a verdict on every uplink of this family before the first
+        // decision, unless the adopted route is already good.
+        if !self.fam[fi].decided {
+            self.adopt_driver_member(fi);
+            let all_known = (0..n).all(|i| {
+                !has_family[i] || self.uplinks[i].fams[fi].as_ref().unwrap().usable.is_some()
+            });
+            let adopted_ok = self.fam[fi].active.is_some_and(|a| self.candidate(a, fi));
+            if !all_known && !adopted_ok {
+                return;
+            }
+            self.fam[fi].decided = true;
+            let active = self.fam[fi].active;
+            out.push(Action::Report(Change::Adopted {
+                family: family.name().into(),
+                uplink: active.map(|a| self.name(a)),
+            }));
+        }
+        let current = self.fam[fi].active;
+        let undamped = |s: &Self, i: UplinkId| s.candidate(i, fi) && !s.damped(i, now);
+        let (target, reason): (Option<UplinkId>, String) = match current {
+            Some(c) if self.candidate(c, fi) => {
+                // Fail back to a more preferred uplink once it is stable.
+                let better = (0..c).find(|&p| {
+                    undamped(self, p)
+                        && self.healthy_for(p, fi, now) >= self.cfg.policy.failback_after
+                });
+                match better {
+                    Some(p) => (Some(p), "failback".into()),
+                    None => (Some(c), String::new()),
+                }
+            }
+            _ => {
+                let pick = (0..n)
+                    .find(|&i| Some(i) != current && undamped(self, i))
+                    .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)));
+                // Away from a failed uplink only to one whose gateway answered
+                // its latest probe: when both gateways die at once the
+                // standby is milliseconds from its own verdict, and moving
+                // there first would be a switch for nothing. Its fast probes
+                // settle the doubt within a few ms either way.
+                if current.is_some()
+                    && pick.is_some_and(|p| {
+                        self.uplinks[p].fams[fi]
+                            .as_ref()
+                            .is_some_and(|f| f.gateway.consecutive_miss > 0)
+                    })
+                {
+                    return;
+                }
+                let reason = match current {
+                    None => self.fam[fi]
+                        .cleared_by
+                        .clone()
+                        .unwrap_or_else(|| "initial".to_string()),
+                    Some(c) => self.reason_code(c, fi),
+                };
+                (pick, reason)
+            }
+        };
+        if let Some(t) = target.filter(|t| Some(*t) == current) {
+            self.claim_adopted_member(t, family, out);
+        }
+        match target {
+            Some(t) if Some(t) != current => {
+                let d = &mut self.fam[fi];
+                d.active = Some(t);
+                d.cleared_by = None;
+                let was_static = std::mem::replace(&mut d.fail_static, false);
+                out.push(Action::SetDefaultRoute { family, uplink: t });
+                if self.cfg.uplinks[t].bond.is_some() && self.lead_family(t) == family {
+                    let why = if reason.is_empty() {
+                        "initial"
+                    } else {
+                        reason.as_str()
+                    };
+                    let why = why.to_string();
+                    self.choose_member(t, &why, out);
+                }
+                if let Some(c) = current {
+                    let fell = !self.candidate(c, fi);
+                    let carrier_or_gw = self.uplinks[c].carrier == Some(false)
+                        || self.uplinks[c].fams[fi]
+                            .as_ref()
+                            .is_some_and(|f| f.gateway.verdict == Some(false));
+                    if fell && carrier_or_gw {
+                        out.push(Action::FlushNeighbours { uplink: c, family });
+                    }
+                }
+                if was_static {
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: false,
+                        evidence: format!("{} is usable again", self.name(t)),
+                    }));
+                }
+                out.push(Action::Report(Change::ActiveChanged {
+                    family: family.name().into(),
+                    from: current.map(|c| self.name(c)),
+                    to: Some(self.name(t)),
+                    reason,
+                }));
+            }
+            Some(_) => {
+                if self.fam[fi].fail_static {
+                    self.fam[fi].fail_static = false;
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: false,
+                        evidence: "the active uplink is usable again".into(),
+                    }));
+                }
+            }
+            None => {
+                // Nothing usable: fail static, keep the current route.
+                if !self.fam[fi].fail_static {
+                    self.fam[fi].fail_static = true;
+                    let evidence = (0..n)
+                        .filter(|&i| has_family[i])
+                        .map(|i| format!("{}: {}", self.name(i), self.reason_code(i, fi)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: true,
+                        evidence: format!("no usable uplink ({evidence}); keeping current routes"),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Usable for `family` and not drained.
+    pub(super) fn candidate(&self, i: UplinkId, fi: usize) -> bool {
+        let u = &self.uplinks[i];
+        !u.drained && u.fams[fi].as_ref().is_some_and(|f| f.usable == Some(true))
+    }
+
+    /// Short code for why an uplink is not a candidate, for `active_changed.reason`.
+    fn reason_code(&self, i: UplinkId, fi: usize) -> String {
+        let u = &self.uplinks[i];
+        if u.drained {
+            return "drained".into();
+        }
+        let Some(f) = &u.fams[fi] else {
+            return "no_gateway".into();
+        };
+        let codes: Vec<&str> = f
+            .reasons
+            .iter()
+            .map(|r| match r {
+                Reason::Carrier => "carrier",
+                Reason::Gateway { .. } => "gateway",
+                Reason::Quorum { .. } => "quorum",
+                Reason::Damped { .. } => "damped",
+                Reason::Drained => "drained",
+                Reason::Missing => "missing",
+                Reason::NotInBond { .. } => "not_in_bond",
+            })
+            .collect();
+        if codes.is_empty() {
+            "unknown".into()
+        } else {
+            codes.join("+")
+        }
+    }
+
+    fn healthy_for(&self, i: UplinkId, fi: usize, now: Now) -> Duration {
+        self.uplinks[i].fams[fi]
+            .as_ref()
+            .and_then(|f| self.eligible_since(i, f))
+            .map_or(Duration::ZERO, |t| now.saturating_sub(t))
+    }
+
+    pub(super) fn eligible_since(&self, i: UplinkId, f: &UplinkFamily) -> Option<Now> {
+        let since = f.usable_since?;
+        Some(match self.uplinks[i].undrained_at {
+            Some(t) => since.max(t),
+            None => since,
+        })
+    }
+
+    /// The operator drains or undrains an uplink: a drained uplink is not
+    /// chosen; an undrained one is failed back to only once it has been
+    /// usable for `failback_after` since the undrain.
+    pub(super) fn on_drain(
+        &mut self,
+        now: Now,
+        uplink: UplinkId,
+        drained: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let u = &mut self.uplinks[uplink];
+        if u.drained != drained {
+            u.drained = drained;
+            if !drained {
+                u.undrained_at = Some(now);
+            }
+            out.push(Action::Report(Change::Drained {
+                uplink: self.name(uplink),
+                drained,
+            }));
+        }
+    }
+
+    pub(super) fn count_flap(&mut self, now: Now, i: UplinkId, out: &mut Vec<Action>) {
+        let d = self.cfg.policy.damping.clone();
+        let u = &mut self.uplinks[i];
+        u.flaps.push_back(now);
+        if u.flaps.len() as u32 >= d.threshold {
+            u.damp_level += 1;
+            let factor = 1u32 << (u.damp_level - 1).min(16);
+            let hold = d.hold.saturating_mul(factor).min(d.max_hold);
+            u.damped_until = Some(now + hold);
+            out.push(Action::Report(Change::Damped {
+                uplink: self.cfg.uplinks[i].name.clone(),
+                hold_ms: hold.as_millis() as u64,
+                flaps: u.flaps.len() as u32,
+            }));
+        }
+    }
+
+    /// A damping hold ends when it expires; flaps older than the window are
+    /// forgotten, and with none left the next hold starts from the base.
+    pub(super) fn expire_damping(&mut self, now: Now) {
+        for u in &mut self.uplinks {
+            if u.damped_until.is_some_and(|t| t <= now) {
+                u.damped_until = None;
+            }
+            let window = self.cfg.policy.damping.window;
+            while u
+                .flaps
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) > window)
+            {
+                u.flaps.pop_front();
+            }
+            if u.flaps.is_empty() && u.damped_until.is_none() {
+                u.damp_level = 0;
+            }
+        }
+    }
+
+    fn damped(&self, i: UplinkId, now: Now) -> bool {
+        self.uplinks[i].damped_until.is_some_and(|t| t > now)
+    }
+}
