@@ -80,6 +80,24 @@ struct UplinkFamilyLabels {
     family: String,
 }
 
+/// What the fleet's rules join per-uplink series on (`uplinkd_uplink_info`):
+/// which router an uplink leads to, and whether it is the family's
+/// preferred one. One series per uplink and family, whatever the number of
+/// targets, so the join costs no cardinality.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkInfoLabels {
+    uplink: String,
+    family: String,
+    /// The kernel's name for the uplink, to match node_exporter's `device`.
+    interface: String,
+    /// The router behind the uplink (its address for the family): the fleet
+    /// rules count servers per router with it.
+    gateway: String,
+    /// The uplink's rank among the family's uplinks in the configuration
+    /// ("0" is the preferred one), for "not on its preferred uplink".
+    preference: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkStateLabels {
     uplink: String,
@@ -158,6 +176,7 @@ pub struct Metrics {
     since_switch: Family<FamilyLabels, GaugeF>,
     last_switch_ts: Family<FamilyLabels, GaugeF>,
     uplink_healthy: Family<UplinkFamilyLabels, Gauge>,
+    uplink_info: Family<UplinkInfoLabels, Gauge>,
     uplink_state: Family<UplinkStateLabels, Gauge>,
     uplink_carrier: Family<UplinkLabels, Gauge>,
     uplink_drained: Family<UplinkLabels, Gauge>,
@@ -197,6 +216,7 @@ impl Metrics {
             since_switch: Family::default(),
             last_switch_ts: Family::default(),
             uplink_healthy: Family::default(),
+            uplink_info: Family::default(),
             uplink_state: Family::default(),
             uplink_carrier: Family::default(),
             uplink_drained: Family::default(),
@@ -268,6 +288,11 @@ impl Metrics {
             "uplink_healthy",
             "1 if the uplink is usable for the family (healthy, not drained), else 0",
             m.uplink_healthy.clone(),
+        );
+        reg.register(
+            "uplink_info",
+            "1 per uplink and family: its interface, its gateway (the router behind it) and its preference (0 = preferred), to join per-uplink series on",
+            m.uplink_info.clone(),
         );
         reg.register(
             "uplink_state",
@@ -436,6 +461,7 @@ impl Metrics {
         self.set_probe_targets(cfg);
         self.active.clear();
         self.uplink_healthy.clear();
+        self.uplink_info.clear();
         self.uplink_state.clear();
         self.uplink_carrier.clear();
         self.uplink_drained.clear();
@@ -529,11 +555,7 @@ impl Metrics {
                 .get_or_create(&FamilyLabels { family: fam.into() })
                 .set(i64::from(fs));
             for u in &s.uplinks {
-                let has = match fam {
-                    "ipv4" => u.families.ipv4.is_some(),
-                    _ => u.families.ipv6.is_some(),
-                };
-                if !has {
+                if !has_family(u, fam) {
                     continue;
                 }
                 self.active
@@ -575,6 +597,25 @@ impl Metrics {
                 ("ipv4", &u.families.ipv4, &u.gateway.ipv4),
                 ("ipv6", &u.families.ipv6, &u.gateway.ipv6),
             ] {
+                if let (Some(_), Some(g)) = (fs, gw) {
+                    // Status lists the uplinks in configuration order, which
+                    // is the order of preference.
+                    let rank = s
+                        .uplinks
+                        .iter()
+                        .take_while(|o| o.name != u.name)
+                        .filter(|o| has_family(o, fam))
+                        .count();
+                    self.uplink_info
+                        .get_or_create(&UplinkInfoLabels {
+                            uplink: u.name.clone(),
+                            family: fam.into(),
+                            interface: u.interface.clone(),
+                            gateway: g.address.to_string(),
+                            preference: rank.to_string(),
+                        })
+                        .set(1);
+                }
                 if let Some(fs) = fs {
                     let usable = fs.state == UplinkState::Healthy && !u.drained;
                     self.uplink_healthy
@@ -679,6 +720,14 @@ impl Metrics {
             warn!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+/// Whether the uplink serves `fam` ("ipv4" or "ipv6").
+fn has_family(u: &crate::status::UplinkStatus, fam: &str) -> bool {
+    match fam {
+        "ipv4" => u.families.ipv4.is_some(),
+        _ => u.families.ipv6.is_some(),
     }
 }
 

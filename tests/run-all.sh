@@ -19,10 +19,18 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v strace >/dev/null || need+=(strace)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+# The monitoring test (tests/monitoring.rs): promtool, from the prometheus
+# package, checks and unit-tests the Prometheus rules.
+promtool_installed=0
+command -v promtool >/dev/null || { need+=(prometheus); promtool_installed=1; }
 if [ ${#need[@]} -gt 0 ]; then
     echo "run-all.sh: installing ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    # Only promtool is needed: stop the server the package may have started.
+    if [ "$promtool_installed" = 1 ] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service || true
+    fi
 fi
 
 # Every test target: unit, scenario, netlink, prober, lab and end-to-end.
