@@ -466,7 +466,15 @@ fn every_metric_the_rules_and_dashboard_read_is_exported_by_the_daemon() {
         wait_route(&lab, &a, f, Uplink::Secondary, Duration::from_secs(5));
     }
     // A request the socket refuses, so the refusal counter has a sample.
-    let refused = a.request("not json").unwrap();
+    let refused = {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&a.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"not json\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
     assert!(refused.contains("error"), "{refused}");
 
     // The same status with a bond, through the daemon's metrics code.
