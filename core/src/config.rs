@@ -80,7 +80,9 @@ pub struct Key<S> {
 
 /// What a key's value must be (its TOML type and the rule the parser checks),
 /// with the setter of the field it fills. Ranges are inclusive and are the
-/// ones documented in config/uplinkd.toml.
+/// ones documented in config/uplinkd.toml. Every duration has an upper bound
+/// of at most a day, so that the engine's and the daemon's arithmetic on
+/// them (`now + interval * slowdown`, `Instant + timeout`) cannot overflow.
 pub enum Kind<S> {
     /// A duration string ("250ms", "30s", "1h 30m") within `min..=max`.
     Duration {
@@ -168,13 +170,20 @@ macro_rules! settings {
     )*};
 }
 
-const NANO: Duration = Duration::from_nanos(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// Shortest carrier poll: below it the poller thread is a busy loop
+/// (src/netlink/carrier.rs refuses it too).
+pub const CARRIER_INTERVAL_MIN: Duration = Duration::from_micros(100);
 
 /// Upper bound for counters and thresholds: larger values are almost
 /// certainly a typo, and would make a detector that never fires.
@@ -240,37 +249,37 @@ settings! {
         /// Failures within `window` that start a hold-down.
         threshold: u32 = 3, Count { min: 1, max: COUNT_MAX, why: "" };
         /// How far back failures are counted.
-        window: Duration = secs(600), Duration { min: NANO, max: Duration::MAX };
+        window: Duration = secs(600), Duration { min: SECOND, max: DAY };
         /// The first hold-down: long enough that a flapping link stops costing a
         /// switch each time it comes back.
-        hold: Duration = secs(60), Duration { min: NANO, max: Duration::MAX };
+        hold: Duration = secs(60), Duration { min: SECOND, max: DAY };
         /// The longest hold-down, however often the uplink flaps.
-        max_hold: Duration = secs(600), Duration { min: NANO, max: Duration::MAX };
+        max_hold: Duration = secs(600), Duration { min: SECOND, max: DAY };
     }
 
     /// How uplinks are watched: the carrier poll, gateway and transit probes.
     pub struct ProbeConfig {
         /// The loop's tick: how often the live carrier of every uplink is read,
         /// and the granularity of probe replies and timers.
-        carrier_interval: Duration = ms(4), Duration { min: NANO, max: Duration::MAX };
+        carrier_interval: Duration = ms(4), Duration { min: CARRIER_INTERVAL_MIN, max: SECOND };
         /// Gateway echo interval while all is well.
-        gateway_interval: Duration = ms(48), Duration { min: NANO, max: Duration::MAX };
+        gateway_interval: Duration = ms(48), Duration { min: ms(1), max: secs(10) };
         /// Gateway echo interval while a reply is overdue (suspicion).
-        gateway_fast_interval: Duration = ms(4), Duration { min: NANO, max: Duration::MAX };
+        gateway_fast_interval: Duration = ms(4), Duration { min: CARRIER_INTERVAL_MIN, max: secs(10) };
         /// A gateway is dead when it has not answered for this long...
-        gateway_dead_after: Duration = ms(60), Duration { min: NANO, max: Duration::MAX };
+        gateway_dead_after: Duration = ms(60), Duration { min: ms(1), max: MINUTE };
         /// ...and at least this many probes sent since its last reply went unanswered.
         gateway_min_misses: u32 = 8, Count { min: 1, max: COUNT_MAX, why: "" };
         /// Consecutive replies needed before a dead gateway counts as alive again.
         gateway_rise: u32 = 3, Count { min: 1, max: COUNT_MAX, why: "" };
         /// Echo timeout for gateway probes.
-        gateway_timeout: Duration = ms(8), Duration { min: NANO, max: Duration::MAX };
+        gateway_timeout: Duration = ms(8), Duration { min: ms(1), max: secs(10) };
         /// Interval between probes of one transit target through one uplink while all is well.
-        transit_interval: Duration = secs(1), Duration { min: NANO, max: Duration::MAX };
+        transit_interval: Duration = secs(1), Duration { min: ms(10), max: HOUR };
         /// Interval while a transit target is suspected (missed a reply).
-        transit_fast_interval: Duration = ms(50), Duration { min: NANO, max: Duration::MAX };
+        transit_fast_interval: Duration = ms(50), Duration { min: ms(10), max: HOUR };
         /// Echo timeout for transit probes.
-        transit_timeout: Duration = ms(200), Duration { min: NANO, max: Duration::MAX };
+        transit_timeout: Duration = ms(200), Duration { min: ms(1), max: MINUTE };
         /// Consecutive misses before a transit target counts as unreachable.
         transit_fall: u32 = 4, Count { min: 1, max: COUNT_MAX, why: "" };
         /// Consecutive replies before an unreachable transit target counts as reachable.
@@ -290,7 +299,7 @@ settings! {
         /// (`uplink_health`, `carrier`, `gateway`, `transit`, `fail_static`, `damped`).
         on_health_change: Vec<String> = Vec::new(), Commands {};
         /// A hook still running after this is killed (its whole process group).
-        timeout: Duration = secs(10), Duration { min: NANO, max: Duration::MAX };
+        timeout: Duration = secs(10), Duration { min: ms(100), max: HOUR };
     }
 
     /// Prometheus metrics: served by `metrics` on the socket, and over HTTP
@@ -379,7 +388,7 @@ impl<S> Key<S> {
 impl PolicyConfig {
     /// The keys of `[policy]` (besides the `[policy.damping]` table).
     pub fn keys() -> Vec<Key<Self>> {
-        let (min, max) = (NANO, Duration::MAX);
+        let (min, max) = (SECOND, DAY);
         vec![
             Key::new(
                 "failback_after",

@@ -6,6 +6,30 @@ use std::time::Duration;
 
 use super::{ConfigError, ConfigErrors};
 
+/// Longest part of a value quoted in a message: enough to recognise it,
+/// and an error that quotes a 10 MB value stays one short line.
+const QUOTE_MAX: usize = 64;
+/// Longest key and message of an error.
+const KEY_MAX: usize = 128;
+const MESSAGE_MAX: usize = 512;
+
+/// A value as quoted in messages: `"..."` (escaped), at most [`QUOTE_MAX`]
+/// characters of it, then `…` if it is longer.
+pub(super) fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+    }
+}
+
+/// `text` cut to at most `max` characters, with `…` if it was longer.
+pub(super) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+    }
+}
+
 /// Collects problems, turning byte spans into line/column.
 pub(super) struct Report<'a> {
     origin: &'a str,
@@ -62,6 +86,10 @@ impl<'a> Report<'a> {
         if self.shape_done && self.is_broken(&key) {
             return;
         }
+        // An unknown key is quoted in `key`, and a message may quote a
+        // value (each quote is short already: this bounds what slips through).
+        let key = shorten(&key, KEY_MAX);
+        let message = shorten(&message.into(), MESSAGE_MAX);
         let (line, column) = match span {
             Some(span) => {
                 let (l, c) = self.position(span.start);
@@ -74,7 +102,7 @@ impl<'a> Report<'a> {
             line,
             column,
             key,
-            message: message.into(),
+            message,
         });
     }
 

@@ -263,6 +263,13 @@ fn probe(r: &mut Report<'_>, table: Option<&DeTable<'_>>) -> Option<ProbeConfig>
             "a reply that may arrive later than the dead-after time cannot keep a gateway alive",
         ),
         (
+            c.transit_timeout <= c.transit_interval,
+            ("transit_timeout", c.transit_timeout),
+            "<=",
+            ("transit_interval", c.transit_interval),
+            "a reply still awaited when the next probe of the target is due would overlap it",
+        ),
+        (
             c.transit_fast_interval <= c.transit_interval,
             ("transit_fast_interval", c.transit_fast_interval),
             "<=",

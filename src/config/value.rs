@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue};
 use uplinkd_core::config::{Key, Kind};
 
 use super::keys::join;
-use super::report::Report;
+use super::report::{quote, shorten, Report};
 
 /// A key present in the file.
 struct Present {
@@ -249,13 +249,14 @@ fn duration(
             r.add(key, Some(span), "must be greater than zero");
             None
         }
+        // As written: a huge value would read as "584542046090years ...".
         Ok(d) if d < min || d > max => {
             r.add(
                 key,
                 Some(span),
                 format!(
                     "{} is out of range {}..={}",
-                    humantime::format_duration(d),
+                    quote(text.trim()),
                     humantime::format_duration(min),
                     humantime::format_duration(max)
                 ),
@@ -267,7 +268,12 @@ fn duration(
             r.add(
                 key,
                 Some(span),
-                format!("invalid duration {text:?}: {e} (write e.g. \"250ms\", \"30s\", \"10m\")"),
+                format!(
+                    "invalid duration {}: {} (write e.g. \"250ms\", \"30s\", \"10m\")",
+                    quote(text),
+                    // humantime's message may quote part of the value.
+                    shorten(&e.to_string(), 160)
+                ),
             );
             None
         }
@@ -305,39 +311,78 @@ fn integer(
 const SUN_PATH_MAX: usize = 107;
 
 fn socket_path(r: &mut Report<'_>, key: &str, path: &str, span: Range<usize>) -> Option<PathBuf> {
+    let q = quote(path);
     if !path.starts_with('/') {
-        r.add(
-            key,
-            Some(span),
-            format!("{path:?} must be an absolute path"),
-        );
+        r.add(key, Some(span), format!("{q} must be an absolute path"));
         return None;
     }
     if path.len() > SUN_PATH_MAX || path.contains('\0') {
         r.add(
             key,
             Some(span),
-            format!("{path:?} is too long for a Unix socket (at most {SUN_PATH_MAX} bytes)"),
+            format!("{q} is too long for a Unix socket (at most {SUN_PATH_MAX} bytes)"),
+        );
+        return None;
+    }
+    // The socket is a file the agent creates (and removes) in a directory:
+    // "/" or "/run/uplinkd/" names a directory, not a socket.
+    let file = path.rsplit('/').next().unwrap_or("");
+    if matches!(file, "" | "." | "..") {
+        r.add(
+            key,
+            Some(span),
+            format!(
+                "{q} must end in a file name for the socket (e.g. \"/run/uplinkd/uplinkd.sock\"), not name a directory"
+            ),
         );
         return None;
     }
     Some(PathBuf::from(path))
 }
 
+/// Longest group name groupadd accepts by default (shadow-utils'
+/// GROUP_NAME_MAX_LENGTH).
+const GROUP_NAME_MAX: usize = 32;
+
+/// A group that exists on this host. Looked up here, so that `--check`,
+/// the start and a reload refuse a missing group alike (the socket is
+/// created with it at start).
 fn group(r: &mut Report<'_>, key: &str, name: &str, span: Range<usize>) -> Option<String> {
+    let q = quote(name);
+    // Checked before the lookup: NSS modules are not all ready for any
+    // string (systemd's aborts the process on a name of megabytes).
     if name.is_empty()
+        || name.len() > GROUP_NAME_MAX
         || name
             .chars()
-            .any(|c| c == ':' || c == '/' || c.is_whitespace())
+            .any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace())
     {
         r.add(
             key,
             Some(span),
-            format!("{name:?} is not a valid group name (omit the key for root's group)"),
+            format!(
+                "{q} is not a valid group name: 1 to {GROUP_NAME_MAX} bytes, no ':', '/', spaces or control characters (omit the key for root's group)"
+            ),
         );
         return None;
     }
-    Some(name.to_string())
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(_)) => Some(name.to_string()),
+        Ok(None) => {
+            r.add(
+                key,
+                Some(span),
+                format!(
+                    "group {q} does not exist on this host (create it, e.g. with groupadd --system, or omit the key for root's group)"
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            r.add(key, Some(span), format!("cannot look up group {q}: {e}"));
+            None
+        }
+    }
 }
 
 fn listen(
@@ -361,7 +406,8 @@ fn listen(
                 key,
                 Some(span),
                 format!(
-                    "{text:?} is not an address and port (write e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")"
+                    "{} is not an address and port (write e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")",
+                    quote(text)
                 ),
             );
             None
@@ -372,21 +418,22 @@ fn listen(
 /// Linux interface names: IFNAMSIZ is 16 including the NUL (include/uapi/linux/if.h),
 /// and `dev_valid_name()` (net/core/dev.c) rejects '/', ':', whitespace, "." and "..".
 fn ifname_problem(name: &str) -> Option<String> {
+    let q = quote(name);
     if name.is_empty() || name.len() > 15 {
         return Some(format!(
-            "{name:?} is not a valid interface name: must be 1 to 15 bytes (IFNAMSIZ - 1), not {}",
+            "{q} is not a valid interface name: must be 1 to 15 bytes (IFNAMSIZ - 1), not {}",
             name.len()
         ));
     }
     if name == "." || name == ".." {
-        return Some(format!("{name:?} is not a valid interface name"));
+        return Some(format!("{q} is not a valid interface name"));
     }
     if let Some(c) = name
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || *c == '\0')
     {
         return Some(format!(
-            "{name:?} is not a valid interface name: it contains {c:?} (the kernel rejects '/', ':' and whitespace)"
+            "{q} is not a valid interface name: it contains {c:?} (the kernel rejects '/', ':' and whitespace)"
         ));
     }
     None
@@ -394,12 +441,13 @@ fn ifname_problem(name: &str) -> Option<String> {
 
 /// Object names appear in logs, status, metrics labels and hooks' arguments.
 fn name_problem(name: &str) -> Option<String> {
+    let q = quote(name);
     if name.is_empty() {
         return Some("must not be empty".into());
     }
     if name.len() > 32 {
         return Some(format!(
-            "{name:?} is too long ({} bytes, at most 32)",
+            "{q} is too long ({} bytes, at most 32)",
             name.len()
         ));
     }
@@ -408,7 +456,7 @@ fn name_problem(name: &str) -> Option<String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Some(format!(
-            "{name:?} contains {c:?}; use only letters, digits, '_', '.' and '-'"
+            "{q} contains {c:?}; use only letters, digits, '_', '.' and '-'"
         ));
     }
     None
@@ -424,6 +472,11 @@ fn unicast_problem(addr: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) if a.is_unspecified() => Some("is unspecified (::)"),
         IpAddr::V6(a) if a.is_multicast() => Some("is a multicast address"),
         IpAddr::V6(a) if a.is_loopback() => Some("is the loopback address"),
+        // ::ffff:a.b.c.d is an IPv4 destination in IPv6 clothes: a socket
+        // sends it as IPv4 (or not at all), never to an IPv6 gateway.
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Some(
+            "is an IPv4-mapped IPv6 address (write the IPv4 address, as gateway4 or an IPv4 target)",
+        ),
         _ => None,
     }
 }
@@ -443,7 +496,11 @@ fn address<T: std::str::FromStr + Into<IpAddr> + Copy>(
         } else {
             ""
         };
-        r.add(key, Some(v.span()), format!("{raw:?} is not {what}{hint}"));
+        r.add(
+            key,
+            Some(v.span()),
+            format!("{} is not {what}{hint}", quote(raw)),
+        );
         return None;
     };
     if let Some(problem) = unicast_problem(addr.into()) {
