@@ -785,3 +785,197 @@ fn probe_addresses_only_on_bond_members_and_unique() {
     let e = error_for(&errs, "uplink[3].probe_address6");
     assert!(e.message.contains("gateway of its family"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Ranges and host checks: what `uplinkd --check` accepts, the daemon runs
+// (start and reload use the same parser).
+// ---------------------------------------------------------------------------
+
+/// The one error of a minimal config with `[section]` `line` added.
+fn refused(section: &str, line: &str, key: &str) -> ConfigError {
+    let text = format!("[{section}]\n{line}\n{}", minimal());
+    let errs = errors(&text);
+    let e = error_for(&errs, key).clone();
+    assert_eq!(e.line, Some(2), "{e}");
+    assert_eq!(errs.len(), 1, "{errs}");
+    e
+}
+
+#[test]
+fn overflowing_durations_are_refused() {
+    let huge = "\"18446744073709551615s\"";
+    for (section, name) in [
+        ("probe", "transit_timeout"),
+        ("probe", "transit_interval"),
+        ("probe", "carrier_interval"),
+        ("probe", "gateway_dead_after"),
+        ("policy", "failback_after"),
+        ("policy.damping", "window"),
+        ("policy.damping", "max_hold"),
+        ("hooks", "timeout"),
+    ] {
+        let key = format!("{section}.{name}");
+        let e = refused(section, &format!("{name} = {huge}"), &key);
+        assert!(e.message.contains("out of range"), "{e}");
+    }
+}
+
+#[test]
+fn every_duration_has_a_documented_range() {
+    let text = example_text();
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    let mut checked = 0;
+    let mut check = |section: &str, keys: Vec<(&str, Duration, Duration)>| {
+        let from = text.find(&format!("[{section}]\n")).expect("section");
+        for (name, min, max) in keys {
+            // The comment block above the key states its range.
+            let at = from + text[from..].find(&format!("\n{name} = ")).expect(name);
+            let block_start = text[..at].rfind("\n\n").unwrap_or(0);
+            let range = format!("{}..={}", fmt(min), fmt(max));
+            assert!(
+                text[block_start..at].contains(&range),
+                "config/uplinkd.toml does not document {section}.{name}'s range {range}"
+            );
+            checked += 1;
+        }
+    };
+    fn durations<S>(keys: Vec<config::Key<S>>) -> Vec<(&'static str, Duration, Duration)> {
+        keys.into_iter()
+            .filter_map(|k| match k.kind {
+                config::Kind::Duration { min, max, .. } => Some((k.name, min, max)),
+                _ => None,
+            })
+            .collect()
+    }
+    check("probe", durations(ProbeConfig::keys()));
+    check("policy", durations(PolicyConfig::keys()));
+    check("policy.damping", durations(DampingConfig::keys()));
+    check("hooks", durations(config::HooksConfig::keys()));
+    assert_eq!(checked, 8 + 1 + 3 + 1);
+    // A value just outside each range is refused, the bounds accepted.
+    for (name, min, max) in durations(ProbeConfig::keys()) {
+        let below = min.checked_sub(Duration::from_nanos(1)).unwrap();
+        if !below.is_zero() {
+            refused(
+                "probe",
+                &format!("{name} = \"{}\"", fmt(below)),
+                &format!("probe.{name}"),
+            );
+        }
+        refused(
+            "probe",
+            &format!("{name} = \"{}\"", fmt(max + Duration::from_nanos(1))),
+            &format!("probe.{name}"),
+        );
+    }
+}
+
+#[test]
+fn carrier_interval_below_100us_is_refused() {
+    let e = refused(
+        "probe",
+        "carrier_interval = \"1us\"",
+        "probe.carrier_interval",
+    );
+    assert!(e.message.contains("100us"), "{e}");
+    // 100 µs itself is the floor the carrier poller accepts.
+    let text = format!(
+        "[probe]\ncarrier_interval = \"100us\"\ngateway_fast_interval = \"1ms\"\n{}",
+        minimal()
+    );
+    config::parse(&text, "floor").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn gateway_timeout_of_1ns_is_refused() {
+    let e = refused(
+        "probe",
+        "gateway_timeout = \"1ns\"",
+        "probe.gateway_timeout",
+    );
+    assert!(e.message.contains("out of range"), "{e}");
+}
+
+#[test]
+fn transit_timeout_longer_than_transit_interval_is_refused() {
+    let e = refused("probe", "transit_timeout = \"2s\"", "probe.transit_timeout");
+    assert!(e.message.contains("transit_interval"), "{e}");
+    let text = format!(
+        "[probe]\ntransit_interval = \"300ms\"\ntransit_timeout = \"300ms\"\n{}",
+        minimal()
+    );
+    config::parse(&text, "equal").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn ipv4_mapped_addresses_are_refused() {
+    let text = minimal().replace("2001:db8:1::1", "::ffff:198.18.1.1");
+    let errs = errors(&text);
+    let e = error_for(&errs, "uplink[0].gateway6");
+    assert!(e.message.contains("IPv4-mapped"), "{e}");
+    assert_eq!(e.line, Some(line_of(&text, "::ffff:")));
+    let text = minimal().replace("2001:db8:ff::1", "::ffff:203.0.113.9");
+    let errs = errors(&text);
+    assert!(error_for(&errs, "transit[0].targets[1]")
+        .message
+        .contains("IPv4-mapped"));
+}
+
+#[test]
+fn socket_must_name_a_file() {
+    for path in ["/", "/run/uplinkd/", "/run/..", "/run/."] {
+        let e = refused("agent", &format!("socket = \"{path}\""), "agent.socket");
+        assert!(e.message.contains("file name"), "{path}: {e}");
+    }
+}
+
+#[test]
+fn socket_group_must_exist() {
+    let e = refused(
+        "agent",
+        "socket_group = \"no-such-group-uplinkd\"",
+        "agent.socket_group",
+    );
+    assert!(e.message.contains("does not exist"), "{e}");
+    let text = format!("[agent]\nsocket_group = \"root\"\n{}", minimal());
+    let c = config::parse(&text, "root").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent.socket_group.as_deref(), Some("root"));
+}
+
+#[test]
+fn long_values_are_quoted_short() {
+    // 10 MB once; the other places quote through the same function, and a
+    // 10 MB parse is slow in a debug build.
+    let big = "x".repeat(10 << 20);
+    let small = &big[..100 << 10];
+    for (section, name, value) in [
+        ("probe", "transit_timeout", big.as_str()),
+        ("agent", "socket", small),
+        ("agent", "socket_group", small),
+        ("metrics", "listen", small),
+    ] {
+        let text = format!("[{section}]\n{name} = \"{value}\"\n{}", minimal());
+        let shown = errors(&text).to_string();
+        assert!(
+            shown.len() < 1024,
+            "{section}.{name}: {} bytes",
+            shown.len()
+        );
+        assert!(shown.contains('…'), "{shown}");
+    }
+    let text = minimal().replacen("\"primary\"", &format!("\"{small}\""), 1);
+    let text = text.replacen("\"eth0\"", &format!("\"{small}\""), 1);
+    let text = text.replacen("\"192.0.2.1\"", &format!("\"{small}\""), 1);
+    let shown = errors(&text).to_string();
+    assert_eq!(
+        shown.lines().count(),
+        3,
+        "{}",
+        &shown[..shown.len().min(2000)]
+    );
+    assert!(shown.len() < 3 * 1024, "{} bytes", shown.len());
+    // An unknown key as long is shortened too.
+    let text = format!("[agent]\n{} = 1\n{}", "k".repeat(100 << 10), minimal());
+    let shown = errors(&text).to_string();
+    assert!(shown.len() < 2048, "{} bytes", shown.len());
+}

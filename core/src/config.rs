@@ -1,10 +1,10 @@
 //! The validated configuration: the typed values the engine and the
-//! adapters use. Parsing and validation (TOML with file, line and key in
-//! every error) live in the daemon's `config` module; a value of these types
-//! has passed them.
+//! adapters use, and the declaration of every key (name, default, accepted
+//! range) they are read from. Parsing and validation (TOML with file, line
+//! and key in every error) live in the daemon's `config` module; a value of
+//! these types has passed them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,50 +64,134 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-/// Commands run on state changes, each through `/bin/sh -c`, asynchronously,
-/// with the change in `UPLINKD_*` environment variables and as JSON on stdin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HooksConfig {
-    /// Run on every change of a family's active uplink (`active_changed`).
-    pub on_active_change: Vec<String>,
-    /// Run on every health change of an uplink or transit target
-    /// (`uplink_health`, `carrier`, `gateway`, `transit`, `fail_static`, `damped`).
-    pub on_health_change: Vec<String>,
-    /// A hook still running after this is killed (its whole process group).
-    pub timeout: Duration,
+// ---------------------------------------------------------------------------
+// Key declarations: what the parser (the daemon's `config` module) reads
+// ---------------------------------------------------------------------------
+
+/// One key of a configuration section `S`: its TOML name, what its value
+/// must be, and the field of `S` a valid value is written to. The parser
+/// walks these lists; nothing else names a key.
+pub struct Key<S> {
+    /// The key as written in the file, e.g. `carrier_interval`.
+    pub name: &'static str,
+    /// What the value must be, and where it goes.
+    pub kind: Kind<S>,
 }
 
-/// Prometheus metrics: served by `metrics` on the socket, and over HTTP
-/// when `http` is on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsConfig {
-    /// Also serve `GET /metrics` over HTTP on `listen`. Off by default: the
-    /// socket already serves the same text to local collectors.
-    pub http: bool,
-    /// Address and port of the HTTP listener (loopback by default).
-    pub listen: std::net::SocketAddr,
+/// What a key's value must be (its TOML type and the rule the parser checks),
+/// with the setter of the field it fills. Ranges are inclusive and are the
+/// ones documented in config/uplinkd.toml. Every duration has an upper bound
+/// of at most a day, so that the engine's and the daemon's arithmetic on
+/// them (`now + interval * slowdown`, `Instant + timeout`) cannot overflow.
+pub enum Kind<S> {
+    /// A duration string ("250ms", "30s", "1h 30m") within `min..=max`.
+    Duration {
+        min: Duration,
+        max: Duration,
+        set: fn(&mut S, Duration),
+    },
+    /// An integer within `min..=max`; `why` (may be empty) explains the bounds.
+    Count {
+        min: u32,
+        max: u32,
+        why: &'static str,
+        set: fn(&mut S, u32),
+    },
+    /// true or false.
+    Bool { set: fn(&mut S, bool) },
+    /// An absolute path for a Unix socket (fits `sun_path`).
+    SocketPath { set: fn(&mut S, PathBuf) },
+    /// A group name (absent = root's group).
+    Group { set: fn(&mut S, Option<String>) },
+    /// An IP address and a fixed port.
+    Listen { set: fn(&mut S, SocketAddr) },
+    /// Command lines for `/bin/sh -c`.
+    Commands { set: fn(&mut S, Vec<String>) },
+    /// 1..=the number of transits.
+    Quorum { set: fn(&mut S, usize) },
+    /// An object name (letters, digits, '_', '.', '-'; at most 32 bytes),
+    /// unique among its kind.
+    Name { set: fn(&mut S, String) },
+    /// A Linux interface name.
+    Interface { set: fn(&mut S, String) },
+    /// A unicast IPv4 address.
+    Ipv4 { set: fn(&mut S, Ipv4Addr) },
+    /// A unicast IPv6 address.
+    Ipv6 { set: fn(&mut S, Ipv6Addr) },
+    /// A list of unicast addresses, each listed once in the whole file.
+    Targets { set: fn(&mut S, Vec<IpAddr>) },
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentConfig {
-    /// Unix socket for status (and, later, the full API).
-    pub socket: PathBuf,
-    /// Group owning the socket (read access); None = root's group.
-    pub socket_group: Option<String>,
-    /// Metric of the managed default route (main table). Explicit because IPv6
-    /// turns 0 into 1024 and a replace only matches the same metric.
-    pub route_metric: u32,
-    /// Kernel fallback routes are installed at `route_metric + 1 + index` for
-    /// each uplink, used only by the kernel when the agent has not acted yet
-    /// (with `ignore_routes_with_linkdown=1`). false = do not install them.
-    pub kernel_fallback: bool,
-    /// Per-uplink routing table for probes: uplink i uses `table_base + i`.
-    pub table_base: u32,
-    /// Per-uplink socket mark for probes: uplink i uses `fwmark_base + i`.
-    pub fwmark_base: u32,
-    /// Priority of the `fwmark -> table` policy rules.
-    pub rule_priority: u32,
+/// Declares a flat configuration section once: for each key its doc, field
+/// type, default and [`Kind`] (with the kind's range arguments). Expands to
+/// the struct (every field `pub`), `impl Default` from the defaults, and
+/// `keys()`: one [`Key`] per field, named like the field, in this order.
+///
+/// ```text
+/// settings! {
+///     /// Section doc.
+///     pub struct ProbeConfig {
+///         /// Field doc.
+///         carrier_interval: Duration = ms(4), Duration { min: .., max: .. };
+///     }
+/// }
+/// ```
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:expr])*
+        pub struct $section:ident {
+            $(
+                $(#[doc = $field_doc:expr])*
+                $field:ident: $ty:ty = $default:expr, $kind:ident { $($arg:ident: $value:expr),* $(,)? };
+            )*
+        }
+    )*) => {$(
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $section {
+            $($(#[doc = $field_doc])* pub $field: $ty,)*
+        }
+
+        impl Default for $section {
+            fn default() -> Self {
+                $section { $($field: $default,)* }
+            }
+        }
+
+        impl $section {
+            /// The keys of this section, in declaration order.
+            pub fn keys() -> Vec<Key<Self>> {
+                vec![$(Key {
+                    name: stringify!($field),
+                    kind: Kind::$kind { $($arg: $value,)* set: |s: &mut Self, v| s.$field = v },
+                },)*]
+            }
+        }
+    )*};
 }
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Shortest carrier poll: below it the poller thread is a busy loop
+/// (src/netlink/carrier.rs refuses it too).
+pub const CARRIER_INTERVAL_MIN: Duration = Duration::from_micros(100);
+
+/// Upper bound for counters and thresholds: larger values are almost
+/// certainly a typo, and would make a detector that never fires.
+pub const COUNT_MAX: u32 = 1000;
+
+/// The kernel's default rules sit at 0 (local), 32766 (main) and 32767
+/// (default); the probe rules must come after local and before main.
+pub const RULE_PRIORITY_MAX: u32 = 32765;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
@@ -117,50 +201,117 @@ pub struct PolicyConfig {
     /// An uplink fails the transit quorum when this many transits are
     /// unreachable through it while reachable through another uplink.
     pub quorum: usize,
+    /// `[policy.damping]`: holding a flapping uplink down.
     pub damping: DampingConfig,
 }
 
-/// Flap damping: an uplink that fails `threshold` times within `window` is
-/// held down for `hold`, doubling with each further failure up to `max_hold`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DampingConfig {
-    pub threshold: u32,
-    pub window: Duration,
-    pub hold: Duration,
-    pub max_hold: Duration,
-}
+// ---------------------------------------------------------------------------
+// The keys of the flat sections, each declared once: field, type, default
+// and the range the parser accepts (documented in config/uplinkd.toml).
+// `settings!` turns each declaration into the struct field, its `Default`
+// and an entry of the section's `keys()`, which the parser reads.
+// ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeConfig {
-    /// The loop's tick: how often the live carrier of every uplink is read,
-    /// and the granularity of probe replies and timers.
-    pub carrier_interval: Duration,
-    /// Gateway echo interval while all is well.
-    pub gateway_interval: Duration,
-    /// Gateway echo interval while a reply is overdue (suspicion).
-    pub gateway_fast_interval: Duration,
-    /// A gateway is dead when it has not answered for this long...
-    pub gateway_dead_after: Duration,
-    /// ...and at least this many probes sent since its last reply went unanswered.
-    pub gateway_min_misses: u32,
-    /// Consecutive replies needed before a dead gateway counts as alive again.
-    pub gateway_rise: u32,
-    /// Echo timeout for gateway probes.
-    pub gateway_timeout: Duration,
-    /// Interval between probes of one transit target through one uplink while all is well.
-    pub transit_interval: Duration,
-    /// Interval while a transit target is suspected (missed a reply).
-    pub transit_fast_interval: Duration,
-    /// Echo timeout for transit probes.
-    pub transit_timeout: Duration,
-    /// Consecutive misses before a transit target counts as unreachable.
-    pub transit_fall: u32,
-    /// Consecutive replies before an unreachable transit target counts as reachable.
-    pub transit_rise: u32,
-    /// An uplink that carries no default route of a family is probed (its
-    /// gateway and the transits through it, for that family) this many times
-    /// less often while all is well; 1 probes it like the active one.
-    pub standby_slowdown: u32,
+settings! {
+    /// The agent itself: its socket and the kernel objects it owns. Every key
+    /// needs a restart to change.
+    pub struct AgentConfig {
+        /// Unix socket for status, events, metrics and controls.
+        socket: PathBuf = PathBuf::from("/run/uplinkd/uplinkd.sock"), SocketPath {};
+        /// Group owning the socket (read access); None = root's group.
+        socket_group: Option<String> = None, Group {};
+        /// Metric of the managed default route (main table). Explicit because IPv6
+        /// turns 0 into 1024 and a replace only matches the same metric.
+        route_metric: u32 = 10, Count {
+            min: 1,
+            max: u32::MAX - 64,
+            why: "0 becomes 1024 for IPv6, and kernel fallback routes use route_metric + 1 + uplink index",
+        };
+        /// Kernel fallback routes are installed at `route_metric + 1 + index` for
+        /// each uplink, used only by the kernel when the agent has not acted yet
+        /// (with `ignore_routes_with_linkdown=1`). false = do not install them.
+        kernel_fallback: bool = true, Bool {};
+        /// Per-uplink routing table for probes: uplink i uses `table_base + i`.
+        table_base: u32 = 1000, Count { min: 1, max: u32::MAX, why: "" };
+        /// Per-uplink socket mark for probes: uplink i uses `fwmark_base + i`.
+        fwmark_base: u32 = 1000, Count { min: 1, max: u32::MAX, why: "mark 0 means unmarked" };
+        /// Priority of the `fwmark -> table` policy rules.
+        rule_priority: u32 = 1000, Count {
+            min: 1,
+            max: RULE_PRIORITY_MAX,
+            why: "the rules must come after the local rule (0) and before the main table's (32766)",
+        };
+    }
+
+    /// Flap damping: an uplink that fails `threshold` times within `window` is
+    /// held down for `hold`, doubling with each further failure up to `max_hold`.
+    pub struct DampingConfig {
+        /// Failures within `window` that start a hold-down.
+        threshold: u32 = 3, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// How far back failures are counted.
+        window: Duration = secs(600), Duration { min: SECOND, max: DAY };
+        /// The first hold-down: long enough that a flapping link stops costing a
+        /// switch each time it comes back.
+        hold: Duration = secs(60), Duration { min: SECOND, max: DAY };
+        /// The longest hold-down, however often the uplink flaps.
+        max_hold: Duration = secs(600), Duration { min: SECOND, max: DAY };
+    }
+
+    /// How uplinks are watched: the carrier poll, gateway and transit probes.
+    pub struct ProbeConfig {
+        /// The loop's tick: how often the live carrier of every uplink is read,
+        /// and the granularity of probe replies and timers.
+        carrier_interval: Duration = ms(4), Duration { min: CARRIER_INTERVAL_MIN, max: SECOND };
+        /// Gateway echo interval while all is well.
+        gateway_interval: Duration = ms(48), Duration { min: ms(1), max: secs(10) };
+        /// Gateway echo interval while a reply is overdue (suspicion).
+        gateway_fast_interval: Duration = ms(4), Duration { min: CARRIER_INTERVAL_MIN, max: secs(10) };
+        /// A gateway is dead when it has not answered for this long...
+        gateway_dead_after: Duration = ms(60), Duration { min: ms(1), max: MINUTE };
+        /// ...and at least this many probes sent since its last reply went unanswered.
+        gateway_min_misses: u32 = 8, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// Consecutive replies needed before a dead gateway counts as alive again.
+        gateway_rise: u32 = 3, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// Echo timeout for gateway probes.
+        gateway_timeout: Duration = ms(8), Duration { min: ms(1), max: secs(10) };
+        /// Interval between probes of one transit target through one uplink while all is well.
+        transit_interval: Duration = secs(1), Duration { min: ms(10), max: HOUR };
+        /// Interval while a transit target is suspected (missed a reply).
+        transit_fast_interval: Duration = ms(50), Duration { min: ms(10), max: HOUR };
+        /// Echo timeout for transit probes.
+        transit_timeout: Duration = ms(200), Duration { min: ms(1), max: MINUTE };
+        /// Consecutive misses before a transit target counts as unreachable.
+        transit_fall: u32 = 4, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// Consecutive replies before an unreachable transit target counts as reachable.
+        transit_rise: u32 = 2, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// An uplink that carries no default route of a family is probed (its
+        /// gateway and the transits through it, for that family) this many times
+        /// less often while all is well; 1 probes it like the active one.
+        standby_slowdown: u32 = 2, Count { min: 1, max: 10, why: "" };
+    }
+
+    /// Commands run on state changes, each through `/bin/sh -c`, asynchronously,
+    /// with the change in `UPLINKD_*` environment variables and as JSON on stdin.
+    pub struct HooksConfig {
+        /// Run on every change of a family's active uplink (`active_changed`).
+        on_active_change: Vec<String> = Vec::new(), Commands {};
+        /// Run on every health change of an uplink or transit target
+        /// (`uplink_health`, `carrier`, `gateway`, `transit`, `fail_static`, `damped`).
+        on_health_change: Vec<String> = Vec::new(), Commands {};
+        /// A hook still running after this is killed (its whole process group).
+        timeout: Duration = secs(10), Duration { min: ms(100), max: HOUR };
+    }
+
+    /// Prometheus metrics: served by `metrics` on the socket, and over HTTP
+    /// when `http` is on.
+    pub struct MetricsConfig {
+        /// Also serve `GET /metrics` over HTTP on `listen`. Off by default: the
+        /// socket already serves the same text to local collectors.
+        http: bool = false, Bool {};
+        /// Address and port of the HTTP listener (loopback by default; 9469 is
+        /// free in the Prometheus default port allocations wiki page).
+        listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9469)), Listen {};
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -224,71 +375,106 @@ impl Config {
 }
 
 // ---------------------------------------------------------------------------
-// Defaults (documented in config/uplinkd.toml; a test checks they agree)
+// Keys of the sections the macro does not cover: their defaults depend on
+// other sections (quorum) or they have none ([[uplink]], [[transit]]).
 // ---------------------------------------------------------------------------
 
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            socket: PathBuf::from("/run/uplinkd/uplinkd.sock"),
-            socket_group: None,
-            route_metric: 10,
-            kernel_fallback: true,
-            table_base: 1000,
-            fwmark_base: 1000,
-            rule_priority: 1000,
-        }
+impl<S> Key<S> {
+    const fn new(name: &'static str, kind: Kind<S>) -> Self {
+        Key { name, kind }
     }
 }
 
-impl Default for HooksConfig {
-    fn default() -> Self {
-        HooksConfig {
-            on_active_change: Vec::new(),
-            on_health_change: Vec::new(),
-            timeout: Duration::from_secs(10),
-        }
+impl PolicyConfig {
+    /// The keys of `[policy]` (besides the `[policy.damping]` table).
+    pub fn keys() -> Vec<Key<Self>> {
+        let (min, max) = (SECOND, DAY);
+        vec![
+            Key::new(
+                "failback_after",
+                Kind::Duration {
+                    min,
+                    max,
+                    set: |p, v| p.failback_after = v,
+                },
+            ),
+            Key::new(
+                "quorum",
+                Kind::Quorum {
+                    set: |p, v| p.quorum = v,
+                },
+            ),
+        ]
     }
 }
 
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            http: false,
-            // 9469: free in the Prometheus default port allocations wiki page.
-            listen: std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 9469)),
-        }
+impl UplinkConfig {
+    /// The keys of each `[[uplink]]`; `name` and `interface` are required.
+    pub fn keys() -> Vec<Key<Self>> {
+        vec![
+            Key::new(
+                "name",
+                Kind::Name {
+                    set: |u, v| u.name = v,
+                },
+            ),
+            Key::new(
+                "interface",
+                Kind::Interface {
+                    set: |u, v| u.interface = v,
+                },
+            ),
+            Key::new(
+                "gateway4",
+                Kind::Ipv4 {
+                    set: |u, v| u.gateway4 = Some(v),
+                },
+            ),
+            Key::new(
+                "gateway6",
+                Kind::Ipv6 {
+                    set: |u, v| u.gateway6 = Some(v),
+                },
+            ),
+            Key::new(
+                "bond",
+                Kind::Interface {
+                    set: |u, v| u.bond = Some(v),
+                },
+            ),
+            Key::new(
+                "probe_address4",
+                Kind::Ipv4 {
+                    set: |u, v| u.probe_address4 = Some(v),
+                },
+            ),
+            Key::new(
+                "probe_address6",
+                Kind::Ipv6 {
+                    set: |u, v| u.probe_address6 = Some(v),
+                },
+            ),
+        ]
     }
 }
 
-impl Default for DampingConfig {
-    fn default() -> Self {
-        DampingConfig {
-            threshold: 3,
-            window: Duration::from_secs(600),
-            hold: Duration::from_secs(60),
-            max_hold: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        ProbeConfig {
-            carrier_interval: Duration::from_millis(4),
-            gateway_interval: Duration::from_millis(48),
-            gateway_fast_interval: Duration::from_millis(4),
-            gateway_dead_after: Duration::from_millis(60),
-            gateway_min_misses: 8,
-            gateway_rise: 3,
-            gateway_timeout: Duration::from_millis(8),
-            transit_interval: Duration::from_secs(1),
-            transit_fast_interval: Duration::from_millis(50),
-            transit_timeout: Duration::from_millis(200),
-            transit_fall: 4,
-            transit_rise: 2,
-            standby_slowdown: 2,
-        }
+impl TransitConfig {
+    /// The keys of each `[[transit]]`; both are required.
+    pub fn keys() -> Vec<Key<Self>> {
+        vec![
+            Key::new(
+                "name",
+                Kind::Name {
+                    set: |t, v| t.name = v,
+                },
+            ),
+            Key::new(
+                "targets",
+                Kind::Targets {
+                    set: |t, v| t.targets = v,
+                },
+            ),
+        ]
     }
 }
 

@@ -78,7 +78,7 @@ const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 const IFF_UP: u32 = 1;
 
 /// Shortest accepted interval. Below this the poller is a busy loop.
-const MIN_INTERVAL: Duration = Duration::from_micros(100);
+const MIN_INTERVAL: Duration = crate::config::CARRIER_INTERVAL_MIN;
 /// The stop flag is checked at least this often, even with long intervals.
 const MAX_SLEEP_CHUNK: Duration = Duration::from_millis(100);
 /// Receive buffer for one answer; a GETLINK answer without stats and VF
