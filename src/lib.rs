@@ -9,6 +9,7 @@ pub use uplinkd_core::status;
 
 pub mod api;
 pub mod bond;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hooks;
