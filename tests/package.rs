@@ -1,14 +1,16 @@
 //! The Debian package and the systemd unit (packaging/).
 //!
-//! - The man pages it ships are generated and checked by tests/docs.rs
-//!   (regenerate them with `UPLINKD_REGENERATE=1 cargo test --test docs`).
+//! - The man pages and shell completions it ships are generated and checked
+//!   by tests/docs.rs (regenerate them with
+//!   `UPLINKD_REGENERATE=1 cargo test --test docs`).
 //! - The daemon works with the unit's credentials: a non-root user holding
 //!   only the unit's ambient capabilities, in a lab namespace.
 //! - `debian_package` builds the .deb with `cargo deb` (in its own target
 //!   directory, `target/package-build`, so it never waits for the lock of the
 //!   `cargo test` that runs it), lints it with lintian (no error, no warning),
-//!   checks its contents, and installs, reinstalls, upgrades and purges it in
-//!   a clean Debian root made by debootstrap (cached as a tarball under
+//!   checks its contents (exactly the expected files), and installs,
+//!   reinstalls, upgrades and purges it in a clean Debian root made by
+//!   debootstrap (cached as a tarball under
 //!   `target/package/`; each run unpacks a fresh copy): files and modes, the
 //!   system user and group, the unit not enabled, `uplinkd --check` on the
 //!   shipped config, `systemd-analyze verify` and `security` (exposure at
@@ -647,6 +649,26 @@ fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &P
     out
 }
 
+/// Every file of the .deb but the unit (whose directory depends on the
+/// cargo-deb version): a file that appears or goes away is a decision.
+const PACKAGED_FILES: [&str; 15] = [
+    "/usr/sbin/uplinkd",
+    "/usr/bin/uplinkctl",
+    "/etc/uplinkd/uplinkd.toml",
+    "/usr/share/man/man8/uplinkd.8.gz",
+    "/usr/share/man/man8/uplinkctl.8.gz",
+    "/usr/share/man/man5/uplinkd.toml.5.gz",
+    "/usr/share/bash-completion/completions/uplinkd",
+    "/usr/share/bash-completion/completions/uplinkctl",
+    "/usr/share/zsh/vendor-completions/_uplinkd",
+    "/usr/share/zsh/vendor-completions/_uplinkctl",
+    "/usr/share/fish/vendor_completions.d/uplinkd.fish",
+    "/usr/share/fish/vendor_completions.d/uplinkctl.fish",
+    "/usr/share/doc/uplinkd/copyright",
+    "/usr/share/doc/uplinkd/changelog.Debian.gz",
+    "/usr/share/lintian/overrides/uplinkd",
+];
+
 #[test]
 fn debian_package() {
     let started = Instant::now();
@@ -735,6 +757,20 @@ fn debian_package() {
         !contents.contains("uplink-lab"),
         "the lab tool is packaged:\n{contents}"
     );
+    // Exactly these files (directories aside); the unit's directory depends
+    // on the cargo-deb version.
+    let files: BTreeSet<String> = contents
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').to_string())
+        .filter(|p| !p.ends_with("/uplinkd.service"))
+        .collect();
+    let expected: BTreeSet<String> = PACKAGED_FILES.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        files, expected,
+        "the package's files changed (left: the .deb, right: expected):\n{contents}"
+    );
 
     // Install into a clean root.
     let root = CleanRoot::new();
@@ -760,6 +796,12 @@ fn debian_package() {
         ("/usr/share/man/man8/uplinkd.8.gz", 0o644),
         ("/usr/share/man/man8/uplinkctl.8.gz", 0o644),
         ("/usr/share/man/man5/uplinkd.toml.5.gz", 0o644),
+        ("/usr/share/bash-completion/completions/uplinkd", 0o644),
+        ("/usr/share/bash-completion/completions/uplinkctl", 0o644),
+        ("/usr/share/zsh/vendor-completions/_uplinkd", 0o644),
+        ("/usr/share/zsh/vendor-completions/_uplinkctl", 0o644),
+        ("/usr/share/fish/vendor_completions.d/uplinkd.fish", 0o644),
+        ("/usr/share/fish/vendor_completions.d/uplinkctl.fish", 0o644),
         ("/usr/share/doc/uplinkd/copyright", 0o644),
         ("/usr/share/doc/uplinkd/changelog.Debian.gz", 0o644),
         (unit, 0o644),
@@ -775,6 +817,27 @@ fn debian_package() {
         read(repo("config/uplinkd.toml"))
     );
     assert_eq!(read(root.path(unit)), read(repo(UNIT)));
+    for (installed, committed) in [
+        (
+            "/usr/share/bash-completion/completions/uplinkctl",
+            "bash/uplinkctl",
+        ),
+        (
+            "/usr/share/zsh/vendor-completions/_uplinkctl",
+            "zsh/_uplinkctl",
+        ),
+        (
+            "/usr/share/fish/vendor_completions.d/uplinkctl.fish",
+            "fish/uplinkctl.fish",
+        ),
+    ] {
+        let committed = format!("packaging/completions/{committed}");
+        assert_eq!(
+            read(root.path(installed)),
+            read(repo(&committed)),
+            "{installed}"
+        );
+    }
     let files = root.dpkg(&["-L", "uplinkd"]);
     assert!(!files.contains("uplink-lab"), "{files}");
 
