@@ -1,16 +1,16 @@
 //! The Debian package and the systemd unit (packaging/).
 //!
-//! - The man pages are current: every option and subcommand of the binaries'
-//!   `--help` is documented, and uplinkd.toml(5) is generated from the
-//!   commented example `config/uplinkd.toml` (regenerate it with
-//!   `UPLINKD_BLESS=1 cargo test --test package`).
+//! - The man pages and shell completions it ships are generated and checked
+//!   by tests/docs.rs (regenerate them with
+//!   `UPLINKD_REGENERATE=1 cargo test --test docs`).
 //! - The daemon works with the unit's credentials: a non-root user holding
 //!   only the unit's ambient capabilities, in a lab namespace.
 //! - `debian_package` builds the .deb with `cargo deb` (in its own target
 //!   directory, `target/package-build`, so it never waits for the lock of the
 //!   `cargo test` that runs it), lints it with lintian (no error, no warning),
-//!   checks its contents, and installs, reinstalls, upgrades and purges it in
-//!   a clean Debian root made by debootstrap (cached as a tarball under
+//!   checks its contents (exactly the expected files), and installs,
+//!   reinstalls, upgrades and purges it in a clean Debian root made by
+//!   debootstrap (cached as a tarball under
 //!   `target/package/`; each run unpacks a fresh copy): files and modes, the
 //!   system user and group, the unit not enabled, `uplinkd --check` on the
 //!   shipped config, `systemd-analyze verify` and `security` (exposure at
@@ -69,267 +69,6 @@ fn ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-// ---------------------------------------------------------------------------
-// Man pages
-// ---------------------------------------------------------------------------
-
-/// The text of a roff page with the escapes that hide option names undone.
-fn man_text(path: &str) -> String {
-    read(repo(path))
-        .replace("\\-", "-")
-        .replace("\\fB", "")
-        .replace("\\fI", "")
-        .replace("\\fR", "")
-        .replace("\\fP", "")
-}
-
-/// Long options (`--name`) and subcommands listed by a clap `--help`.
-fn help_items(bin: &str, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
-    let text = ok(Command::new(bin).args(args).arg("--help"));
-    let mut options = BTreeSet::new();
-    let mut commands = BTreeSet::new();
-    let mut in_commands = false;
-    for line in text.lines() {
-        if line.ends_with(':') && !line.starts_with(' ') {
-            in_commands = line == "Commands:";
-            continue;
-        }
-        if in_commands {
-            if let Some(word) = line.split_whitespace().next() {
-                commands.insert(word.to_string());
-            }
-            continue;
-        }
-        for word in line.split(|c: char| c.is_whitespace() || c == ',' || c == '=') {
-            if let Some(name) = word.strip_prefix("--") {
-                let name: String = name
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                    .collect();
-                if !name.is_empty() {
-                    options.insert(format!("--{name}"));
-                }
-            }
-        }
-    }
-    (options, commands)
-}
-
-#[test]
-fn man_pages_document_every_option_and_command() {
-    let page = man_text("packaging/man/uplinkd.8");
-    let (options, commands) = help_items(UPLINKD, &[]);
-    assert!(options.contains("--config") && options.contains("--check"));
-    assert!(
-        commands.is_empty(),
-        "uplinkd has no subcommands: {commands:?}"
-    );
-    for o in &options {
-        assert!(page.contains(o.as_str()), "uplinkd.8 does not document {o}");
-    }
-
-    let page = man_text("packaging/man/uplinkctl.8");
-    let (options, commands) = help_items(UPLINKCTL, &[]);
-    assert!(options.contains("--socket"), "{options:?}");
-    assert!(commands.len() >= 6, "uplinkctl commands: {commands:?}");
-    let mut all = options;
-    for c in &commands {
-        // Each command is a tagged paragraph: `.TP` then a line naming it.
-        let documented = page
-            .split(".TP\n")
-            .skip(1)
-            .any(|para| para.lines().next().unwrap_or("").contains(c.as_str()));
-        assert!(
-            documented,
-            "uplinkctl.8 has no paragraph for the command {c}"
-        );
-        if c != "help" {
-            all.extend(help_items(UPLINKCTL, &[c]).0);
-        }
-    }
-    for o in &all {
-        assert!(
-            page.contains(o.as_str()),
-            "uplinkctl.8 does not document {o}"
-        );
-    }
-}
-
-/// Escapes one line of text for roff in no-fill mode.
-fn roff_line(line: &str) -> String {
-    let s = line.replace('\\', "\\e").replace('-', "\\-");
-    if s.starts_with('.') || s.starts_with('\'') {
-        format!("\\&{s}")
-    } else {
-        s
-    }
-}
-
-/// `name = value` (a commented-out key), or a `[table]` line.
-fn is_key_line(l: &str) -> bool {
-    if l.starts_with('[') {
-        return true;
-    }
-    let Some((k, _)) = l.split_once(" = ") else {
-        return false;
-    };
-    !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// uplinkd.toml(5), generated from the commented example: its opening
-/// comment is the description; each table of the example is a subsection
-/// holding, in order, the comment blocks (as written, no-fill) and the keys
-/// with their example values.
-fn generate_toml_man_page() -> String {
-    let example = read(repo("config/uplinkd.toml"));
-    let version = env!("CARGO_PKG_VERSION");
-    let mut out = String::new();
-    out.push_str(
-        ".\\\" uplinkd.toml(5). Generated from config/uplinkd.toml by tests/package.rs:\n\
-         .\\\" do not edit; run `UPLINKD_BLESS=1 cargo test --test package` instead.\n",
-    );
-    out.push_str(&format!(
-        ".TH UPLINKD.TOML 5 2026-11-29 \"uplinkd {version}\" \"File Formats\"\n"
-    ));
-    out.push_str(".SH NAME\nuplinkd.toml \\- configuration of uplinkd\n");
-    out.push_str(".SH SYNOPSIS\n.I /etc/uplinkd/uplinkd.toml\n");
-    out.push_str(".SH DESCRIPTION\n");
-    out.push_str(
-        "The configuration of\n.BR uplinkd (8),\nin TOML. Check a file with\n\
-         .BR \"uplinkd \\-\\-check \\-\\-config\" \" file\" ;\n\
-         apply a changed file with\n.B systemctl reload uplinkd\n(SIGHUP).\n\
-         What follows is the commented example installed as\n\
-         .IR /etc/uplinkd/uplinkd.toml ,\ntable by table.\n",
-    );
-
-    let mut section_started = false;
-    let mut block: Vec<&str> = Vec::new();
-    let flush = |block: &mut Vec<&str>, out: &mut String| {
-        if block.is_empty() {
-            return;
-        }
-        out.push_str(".PP\n.nf\n");
-        for l in block.iter() {
-            out.push_str(&roff_line(l));
-            out.push('\n');
-        }
-        out.push_str(".fi\n");
-        block.clear();
-    };
-    // A key: tagged paragraph `key = value`, its comment block as the body.
-    let key_entry = |key: &str, value: &str, block: &mut Vec<&str>, out: &mut String| {
-        while block.last() == Some(&"") {
-            block.pop();
-        }
-        out.push_str(&format!(
-            ".TP\n\\fB{}\\fR = {}\n",
-            roff_line(key.trim()),
-            roff_line(value.trim())
-        ));
-        if !block.is_empty() {
-            out.push_str(".nf\n");
-            for l in block.iter() {
-                out.push_str(&roff_line(l));
-                out.push('\n');
-            }
-            out.push_str(".fi\n");
-        }
-        block.clear();
-    };
-    let mut seen_tables = BTreeSet::new();
-    for line in example.lines() {
-        let t = line.trim();
-        if let Some(c) = t.strip_prefix('#') {
-            block.push(c.strip_prefix(' ').unwrap_or(c));
-        } else if t.is_empty() {
-            // A block ending in one commented-out `key = value` (after a
-            // description) documents a key the example leaves unset.
-            let n = block.len();
-            if section_started && n >= 2 && is_key_line(block[n - 1]) && !is_key_line(block[n - 2])
-            {
-                let (key, value) = block.pop().unwrap().split_once('=').unwrap();
-                let value = format!("{}   (commented out: not set)", value.trim());
-                key_entry(key, &value, &mut block, &mut out);
-            } else if !section_started && !block.is_empty() {
-                // The opening comment: the overview.
-                flush(&mut block, &mut out);
-            } else if !block.is_empty() {
-                block.push("");
-            }
-        } else if t.starts_with('[') {
-            let name = t.trim_matches(|c| c == '[' || c == ']');
-            // Comment blocks just above a table header introduce it.
-            while block.last() == Some(&"") {
-                block.pop();
-            }
-            let intro = std::mem::take(&mut block);
-            if seen_tables.insert(name.to_string()) {
-                if !section_started {
-                    out.push_str(".SH SETTINGS\n");
-                    section_started = true;
-                }
-                out.push_str(&format!(".SS \"{t}\"\n"));
-            }
-            block = intro;
-            flush(&mut block, &mut out);
-        } else if let Some((key, value)) = t.split_once('=') {
-            key_entry(key, value, &mut block, &mut out);
-        }
-    }
-    while block.last() == Some(&"") {
-        block.pop();
-    }
-    flush(&mut block, &mut out);
-    out.push_str(".SH FILES\n.TP\n.I /etc/uplinkd/uplinkd.toml\n");
-    out.push_str("The configuration (a conffile: upgrades keep local changes).\n");
-    out.push_str(".SH SEE ALSO\n.BR uplinkd (8),\n.BR uplinkctl (8)\n");
-    out
-}
-
-#[test]
-fn uplinkd_toml_man_page_is_generated_from_the_example() {
-    let generated = generate_toml_man_page();
-    let path = repo("packaging/man/uplinkd.toml.5");
-    if std::env::var_os("UPLINKD_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        current == generated,
-        "packaging/man/uplinkd.toml.5 is stale (config/uplinkd.toml changed): \
-         regenerate it with `UPLINKD_BLESS=1 cargo test --test package uplinkd_toml`"
-    );
-    // Every key the parser accepts is in the page, in its own table.
-    let text = generated.replace("\\-", "-");
-    let mut sections: BTreeMap<String, String> = BTreeMap::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix(".SS ") {
-            current = t
-                .trim_matches(|c| c == '"' || c == '[' || c == ']')
-                .to_string();
-        } else if !current.is_empty() {
-            let body = sections.entry(current.clone()).or_default();
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    for key in uplinkd::config::known_keys() {
-        let (table, leaf) = key.rsplit_once('.').expect("dotted key");
-        let body = sections
-            .get(table)
-            .unwrap_or_else(|| panic!("uplinkd.toml.5 has no section [{table}] (for {key})"));
-        let documented = body.lines().any(|l| {
-            let l = l.trim_start_matches("\\fB").replace("\\fR", "");
-            let l = l.trim_start();
-            l.starts_with(&format!("{leaf} ")) || l == leaf || l.starts_with(&format!("{leaf}="))
-        });
-        assert!(documented, "uplinkd.toml.5 does not document {key}");
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -910,6 +649,26 @@ fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &P
     out
 }
 
+/// Every file of the .deb but the unit (whose directory depends on the
+/// cargo-deb version): a file that appears or goes away is a decision.
+const PACKAGED_FILES: [&str; 15] = [
+    "/usr/sbin/uplinkd",
+    "/usr/bin/uplinkctl",
+    "/etc/uplinkd/uplinkd.toml",
+    "/usr/share/man/man8/uplinkd.8.gz",
+    "/usr/share/man/man8/uplinkctl.8.gz",
+    "/usr/share/man/man5/uplinkd.toml.5.gz",
+    "/usr/share/bash-completion/completions/uplinkd",
+    "/usr/share/bash-completion/completions/uplinkctl",
+    "/usr/share/zsh/vendor-completions/_uplinkd",
+    "/usr/share/zsh/vendor-completions/_uplinkctl",
+    "/usr/share/fish/vendor_completions.d/uplinkd.fish",
+    "/usr/share/fish/vendor_completions.d/uplinkctl.fish",
+    "/usr/share/doc/uplinkd/copyright",
+    "/usr/share/doc/uplinkd/changelog.Debian.gz",
+    "/usr/share/lintian/overrides/uplinkd",
+];
+
 #[test]
 fn debian_package() {
     let started = Instant::now();
@@ -998,6 +757,20 @@ fn debian_package() {
         !contents.contains("uplink-lab"),
         "the lab tool is packaged:\n{contents}"
     );
+    // Exactly these files (directories aside); the unit's directory depends
+    // on the cargo-deb version.
+    let files: BTreeSet<String> = contents
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').to_string())
+        .filter(|p| !p.ends_with("/uplinkd.service"))
+        .collect();
+    let expected: BTreeSet<String> = PACKAGED_FILES.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        files, expected,
+        "the package's files changed (left: the .deb, right: expected):\n{contents}"
+    );
 
     // Install into a clean root.
     let root = CleanRoot::new();
@@ -1023,6 +796,12 @@ fn debian_package() {
         ("/usr/share/man/man8/uplinkd.8.gz", 0o644),
         ("/usr/share/man/man8/uplinkctl.8.gz", 0o644),
         ("/usr/share/man/man5/uplinkd.toml.5.gz", 0o644),
+        ("/usr/share/bash-completion/completions/uplinkd", 0o644),
+        ("/usr/share/bash-completion/completions/uplinkctl", 0o644),
+        ("/usr/share/zsh/vendor-completions/_uplinkd", 0o644),
+        ("/usr/share/zsh/vendor-completions/_uplinkctl", 0o644),
+        ("/usr/share/fish/vendor_completions.d/uplinkd.fish", 0o644),
+        ("/usr/share/fish/vendor_completions.d/uplinkctl.fish", 0o644),
         ("/usr/share/doc/uplinkd/copyright", 0o644),
         ("/usr/share/doc/uplinkd/changelog.Debian.gz", 0o644),
         (unit, 0o644),
@@ -1038,6 +817,27 @@ fn debian_package() {
         read(repo("config/uplinkd.toml"))
     );
     assert_eq!(read(root.path(unit)), read(repo(UNIT)));
+    for (installed, committed) in [
+        (
+            "/usr/share/bash-completion/completions/uplinkctl",
+            "bash/uplinkctl",
+        ),
+        (
+            "/usr/share/zsh/vendor-completions/_uplinkctl",
+            "zsh/_uplinkctl",
+        ),
+        (
+            "/usr/share/fish/vendor_completions.d/uplinkctl.fish",
+            "fish/uplinkctl.fish",
+        ),
+    ] {
+        let committed = format!("packaging/completions/{committed}");
+        assert_eq!(
+            read(root.path(installed)),
+            read(repo(&committed)),
+            "{installed}"
+        );
+    }
     let files = root.dpkg(&["-L", "uplinkd"]);
     assert!(!files.contains("uplink-lab"), "{files}");
 

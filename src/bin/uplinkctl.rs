@@ -2,59 +2,14 @@
 //! Thin: one request through [`uplinkd::client::Client`], the answer printed.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use uplinkd::cli::{UplinkctlArgs as Args, UplinkctlCommand as Command};
 use uplinkd::client::Client;
 use uplinkd::proto::StreamLine;
 use uplinkd::status::{Reason, Status, TargetStatus, UplinkStatus};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "uplinkctl",
-    version,
-    about = "Query and control a running uplinkd"
-)]
-struct Args {
-    /// The daemon's socket ([agent] socket in its config).
-    #[arg(short, long, default_value = "/run/uplinkd/uplinkd.sock")]
-    socket: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Which uplink carries each family, and why.
-    Status {
-        /// Print the JSON status instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print every state change as one JSON object per line, as it happens.
-    Events {
-        /// First replay the recent events after this sequence number.
-        #[arg(long)]
-        since: Option<u64>,
-    },
-    /// Print the Prometheus metrics (text exposition format).
-    Metrics,
-    /// Take an uplink out of use (maintenance) until undrained. Root only.
-    Drain {
-        /// Uplink name, as in the config.
-        name: String,
-    },
-    /// Put a drained uplink back in use (it becomes preferred again only
-    /// after the failback rule). Root only.
-    Undrain {
-        /// Uplink name, as in the config.
-        name: String,
-    },
-    /// Probe every gateway and transit target now. Root only.
-    Reprobe,
-}
 
 /// Width of the whole table; the last column is cut to fit.
 const WIDTH: usize = 100;

@@ -22,19 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use uplinkd::cli::UplinkdArgs as Args;
 use uplinkd::config;
-
-/// Keeps this server's default route on a healthy uplink.
-#[derive(Parser, Debug)]
-#[command(name = "uplinkd", version, about)]
-struct Args {
-    /// Configuration file.
-    #[arg(short, long, default_value = "/etc/uplinkd/uplinkd.toml")]
-    config: PathBuf,
-    /// Validate the configuration and exit (0 = valid).
-    #[arg(long)]
-    check: bool,
-}
 
 /// Where journald listens for structured log records.
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";

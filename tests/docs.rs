@@ -1,0 +1,588 @@
+//! The generated documentation under packaging/ is current.
+//!
+//! - uplinkd(8) and uplinkctl(8): the prose of `packaging/man/<name>.8.in`
+//!   with the title, name, synopsis, options and commands rendered from the
+//!   clap definitions in `src/cli.rs` (clap_mangen);
+//! - uplinkd.toml(5): generated from the commented example
+//!   `config/uplinkd.toml`;
+//! - the bash, zsh and fish completions of both binaries under
+//!   `packaging/completions/` (clap_complete).
+//!
+//! Each test generates its files in memory and fails when the committed ones
+//! differ; `UPLINKD_REGENERATE=1 cargo test --test docs` rewrites them. The
+//! files are committed (not built by cargo-deb) so the package build needs
+//! nothing but the repository, and a review shows what a change does to them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap_complete::Shell;
+use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
+use clap_mangen::Man;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const UPLINKD: &str = env!("CARGO_BIN_EXE_uplinkd");
+const UPLINKCTL: &str = env!("CARGO_BIN_EXE_uplinkctl");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const REGENERATE: &str = "UPLINKD_REGENERATE=1 cargo test --test docs";
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(ROOT).join(p)
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// Compares the committed `path` with what was just generated from `source`;
+/// with `UPLINKD_REGENERATE` set, writes it instead.
+fn check_generated(path: &str, generated: &str, source: &str) {
+    let file = repo(path);
+    if std::env::var_os("UPLINKD_REGENERATE").is_some() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, generated).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        return;
+    }
+    let current = std::fs::read_to_string(&file).unwrap_or_default();
+    if current == generated {
+        return;
+    }
+    let first_difference = current
+        .lines()
+        .zip(generated.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(current.lines().count().min(generated.lines().count()));
+    panic!(
+        "{path} is stale ({source} changed; first difference at line {}):\n\
+         committed: {:?}\ngenerated: {:?}\nregenerate it with `{REGENERATE}`",
+        first_difference + 1,
+        current
+            .lines()
+            .nth(first_difference)
+            .unwrap_or("<end of file>"),
+        generated
+            .lines()
+            .nth(first_difference)
+            .unwrap_or("<end of file>"),
+    );
+}
+
+/// The date of the newest entry of the Debian changelog, as YYYY-MM-DD: the
+/// pages' date changes with a release, not with the day they are generated.
+fn release_date() -> String {
+    let changelog = read(repo("packaging/debian/changelog"));
+    // " -- name <mail>  Sun, 29 Nov 2026 12:00:00 +0000"
+    let trailer = changelog
+        .lines()
+        .find(|l| l.starts_with(" -- "))
+        .expect("a changelog trailer line");
+    let (_, date) = trailer
+        .split_once(">  ")
+        .expect("maintainer, two spaces, date");
+    let fields: Vec<&str> = date.split_whitespace().collect();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == fields[2])
+    .unwrap_or_else(|| panic!("month in {trailer:?}"))
+        + 1;
+    let day: u32 = fields[1].parse().expect("day");
+    format!("{}-{month:02}-{day:02}", fields[3])
+}
+
+// ---------------------------------------------------------------------------
+// uplinkd(8), uplinkctl(8)
+// ---------------------------------------------------------------------------
+
+/// One section of the page as clap_mangen renders it.
+type Render = fn(&Man, &mut dyn std::io::Write) -> std::io::Result<()>;
+
+fn render(man: &Man, section: Render) -> String {
+    let mut out = Vec::new();
+    section(man, &mut out).expect("render to memory");
+    String::from_utf8(out).expect("roff is UTF-8")
+}
+
+/// Usage of one argument of a subcommand: `--json`, `--since SINCE`, `NAME`;
+/// in brackets when optional and `in_usage`.
+fn arg_usage(arg: &clap::Arg, in_usage: bool) -> Vec<Inline> {
+    let value = arg
+        .get_value_names()
+        .map(|v| v.join(" "))
+        .unwrap_or_else(|| arg.get_id().to_string());
+    let mut out = Vec::new();
+    if let Some(long) = arg.get_long() {
+        out.push(bold(format!("--{long}")));
+        if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+            out.push(roman(" "));
+            out.push(italic(value));
+        }
+    } else {
+        out.push(italic(value));
+        if arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
+            out.push(roman("..."));
+        }
+    }
+    if in_usage && !arg.is_required_set() {
+        out.insert(0, roman("["));
+        out.push(roman("]"));
+    }
+    out
+}
+
+/// The COMMANDS section: per subcommand a tagged paragraph with its usage,
+/// its long description and its arguments. clap_mangen's own subcommand
+/// section only names one page per subcommand (`uplinkctl-status(8)`), which
+/// the package does not ship.
+fn commands_section(cmd: &clap::Command) -> String {
+    let mut roff = Roff::new();
+    roff.control("SH", ["COMMANDS"]);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let args: Vec<&clap::Arg> = sub
+            .get_arguments()
+            .filter(|a| {
+                !a.is_hide_set()
+                    && !matches!(
+                        a.get_action(),
+                        clap::ArgAction::Help
+                            | clap::ArgAction::HelpShort
+                            | clap::ArgAction::HelpLong
+                            | clap::ArgAction::Version
+                    )
+            })
+            .collect();
+        let mut head = vec![bold(sub.get_name())];
+        for a in &args {
+            head.push(roman(" "));
+            head.extend(arg_usage(a, true));
+        }
+        roff.control("TP", []);
+        roff.text(head);
+        let about = sub
+            .get_long_about()
+            .or_else(|| sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        for (i, paragraph) in about.split("\n\n").enumerate() {
+            if i > 0 {
+                roff.control("IP", []);
+            }
+            roff.text([roman(paragraph.replace('\n', " "))]);
+        }
+        for a in &args {
+            let help = a.get_long_help().or_else(|| a.get_help());
+            roff.control("RS", []);
+            roff.control("TP", []);
+            roff.text(arg_usage(a, false));
+            roff.text([roman(help.map(|h| h.to_string()).unwrap_or_default())]);
+            roff.control("RE", []);
+        }
+    }
+    roff.to_roff()
+}
+
+/// A page of section 8: `packaging/man/<name>.8.in` with its `.\" @SECTION@`
+/// lines replaced by those sections rendered from `cmd` (by clap_mangen, but
+/// COMMANDS by [`commands_section`]).
+fn man_page(cmd: clap::Command) -> String {
+    let name = cmd.get_name().to_string();
+    let template_path = format!("packaging/man/{name}.8.in");
+    let template = read(repo(&template_path));
+    let man = Man::new(cmd.clone())
+        .title(name.to_uppercase())
+        .section("8")
+        .date(release_date())
+        .source(format!("uplinkd {VERSION}"))
+        .manual("System Administration");
+    // Every rendering starts with the same preamble (a string for the
+    // apostrophe): the page keeps the first only.
+    let title = render(&man, Man::render_title);
+    let preamble = &title[..title.find(".TH ").expect(".TH in the title")];
+    let section = |f: Render| {
+        let s = render(&man, f);
+        let s = s
+            .strip_prefix(preamble)
+            .expect("each clap_mangen section starts with the preamble");
+        // The synopsis line ends in a space.
+        s.lines()
+            .map(|l| format!("{}\n", l.trim_end()))
+            .collect::<String>()
+    };
+    let mut built = cmd.clone();
+    built.build();
+    let mut out = format!(
+        ".\\\" {name}(8). Generated by tests/docs.rs from {template_path}\n\
+         .\\\" and the clap definitions in src/cli.rs: do not edit; run\n\
+         .\\\" `{REGENERATE}` instead.\n"
+    );
+    let mut used = BTreeSet::new();
+    // The template's own opening comment (how it is used) is not copied.
+    let body = template
+        .lines()
+        .skip_while(|l| l.starts_with(".\\\" ") && *l != ".\\\" @TITLE@");
+    for line in body {
+        let Some(placeholder) = line
+            .strip_prefix(".\\\" @")
+            .and_then(|l| l.strip_suffix('@'))
+        else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        assert!(
+            used.insert(placeholder.to_string()),
+            "{template_path}: @{placeholder}@ twice"
+        );
+        out.push_str(&match placeholder {
+            "TITLE" => title.clone(),
+            "NAME" => section(Man::render_name_section),
+            "SYNOPSIS" => section(Man::render_synopsis_section),
+            "OPTIONS" => section(Man::render_options_section),
+            "COMMANDS" => commands_section(&built),
+            other => panic!("{template_path}: unknown section @{other}@"),
+        });
+    }
+    for needed in ["TITLE", "NAME", "SYNOPSIS", "OPTIONS"] {
+        assert!(used.contains(needed), "{template_path} has no @{needed}@");
+    }
+    if built.has_subcommands() {
+        assert!(
+            used.contains("COMMANDS"),
+            "{template_path} has no @COMMANDS@"
+        );
+    }
+    out
+}
+
+#[test]
+fn man_pages_are_generated_from_the_clap_definitions() {
+    for cmd in [
+        uplinkd::cli::uplinkd_command(),
+        uplinkd::cli::uplinkctl_command(),
+    ] {
+        let name = cmd.get_name().to_string();
+        check_generated(
+            &format!("packaging/man/{name}.8"),
+            &man_page(cmd),
+            &format!("packaging/man/{name}.8.in or src/cli.rs"),
+        );
+    }
+}
+
+/// The text of a roff page with the escapes that hide option names undone.
+fn man_text(path: &str) -> String {
+    read(repo(path))
+        .replace("\\-", "-")
+        .replace("\\fB", "")
+        .replace("\\fI", "")
+        .replace("\\fR", "")
+        .replace("\\fP", "")
+}
+
+/// Long options (`--name`) and subcommands listed by a clap `--help`.
+fn help_items(bin: &str, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = Command::new(bin)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin} --help: {e}"));
+    assert!(out.status.success(), "{bin} {args:?} --help: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut options = BTreeSet::new();
+    let mut commands = BTreeSet::new();
+    let mut in_commands = false;
+    for line in text.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            in_commands = line == "Commands:";
+            continue;
+        }
+        if in_commands {
+            if let Some(word) = line.split_whitespace().next() {
+                commands.insert(word.to_string());
+            }
+            continue;
+        }
+        for word in line.split(|c: char| c.is_whitespace() || c == ',' || c == '=') {
+            if let Some(name) = word.strip_prefix("--") {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if !name.is_empty() {
+                    options.insert(format!("--{name}"));
+                }
+            }
+        }
+    }
+    (options, commands)
+}
+
+/// The binaries parse what the pages document: every option and subcommand
+/// of their `--help` is on the page.
+#[test]
+fn man_pages_document_every_option_and_command() {
+    let page = man_text("packaging/man/uplinkd.8");
+    let (options, commands) = help_items(UPLINKD, &[]);
+    assert!(options.contains("--config") && options.contains("--check"));
+    assert!(
+        commands.is_empty(),
+        "uplinkd has no subcommands: {commands:?}"
+    );
+    for o in &options {
+        assert!(page.contains(o.as_str()), "uplinkd.8 does not document {o}");
+    }
+
+    let page = man_text("packaging/man/uplinkctl.8");
+    let (options, commands) = help_items(UPLINKCTL, &[]);
+    assert!(options.contains("--socket"), "{options:?}");
+    assert!(commands.len() >= 6, "uplinkctl commands: {commands:?}");
+    let mut all = options;
+    for c in &commands {
+        // Each command is a tagged paragraph: `.TP` then a line naming it.
+        let documented = page
+            .split(".TP\n")
+            .skip(1)
+            .any(|para| para.lines().next().unwrap_or("").starts_with(c.as_str()));
+        assert!(
+            documented,
+            "uplinkctl.8 has no paragraph for the command {c}"
+        );
+        if c != "help" {
+            all.extend(help_items(UPLINKCTL, &[c]).0);
+        }
+    }
+    for o in &all {
+        assert!(
+            page.contains(o.as_str()),
+            "uplinkctl.8 does not document {o}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shell completions
+// ---------------------------------------------------------------------------
+
+/// Where each shell's completion for `bin` is committed; the package installs
+/// it under the same file name in the shell's vendor directory.
+fn completion_path(shell: Shell, bin: &str) -> String {
+    match shell {
+        Shell::Bash => format!("packaging/completions/bash/{bin}"),
+        Shell::Zsh => format!("packaging/completions/zsh/_{bin}"),
+        Shell::Fish => format!("packaging/completions/fish/{bin}.fish"),
+        other => panic!("no completion shipped for {other}"),
+    }
+}
+
+fn completion(shell: Shell, mut cmd: clap::Command) -> String {
+    let bin = cmd.get_name().to_string();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, &bin, &mut out);
+    let script = String::from_utf8(out).expect("UTF-8 script");
+    let note = format!(
+        "# Generated by tests/docs.rs from the clap definitions in src/cli.rs\n\
+         # (clap_complete): do not edit; run\n# `{REGENERATE}` instead.\n"
+    );
+    // zsh reads `#compdef` on the first line only.
+    match script.split_once('\n') {
+        Some((first, rest)) if first.starts_with("#compdef") => format!("{first}\n{note}{rest}"),
+        _ => format!("{note}{script}"),
+    }
+}
+
+#[test]
+fn completions_are_generated_from_the_clap_definitions() {
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        for cmd in [
+            uplinkd::cli::uplinkd_command(),
+            uplinkd::cli::uplinkctl_command(),
+        ] {
+            let path = completion_path(shell, cmd.get_name());
+            check_generated(&path, &completion(shell, cmd), "src/cli.rs");
+        }
+    }
+    // The bash scripts at least parse.
+    for bin in ["uplinkd", "uplinkctl"] {
+        let path = repo(&completion_path(Shell::Bash, bin));
+        let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+        assert!(out.status.success(), "bash -n {}: {out:?}", path.display());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// uplinkd.toml(5)
+// ---------------------------------------------------------------------------
+
+/// Escapes one line of text for roff in no-fill mode.
+fn roff_line(line: &str) -> String {
+    let s = line.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') {
+        format!("\\&{s}")
+    } else {
+        s
+    }
+}
+
+/// `name = value` (a commented-out key), or a `[table]` line.
+fn is_key_line(l: &str) -> bool {
+    if l.starts_with('[') {
+        return true;
+    }
+    let Some((k, _)) = l.split_once(" = ") else {
+        return false;
+    };
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// uplinkd.toml(5), generated from the commented example: its opening
+/// comment is the description; each table of the example is a subsection
+/// holding, in order, the comment blocks (as written, no-fill) and the keys
+/// with their example values.
+fn generate_toml_man_page() -> String {
+    let example = read(repo("config/uplinkd.toml"));
+    let version = VERSION;
+    let mut out = String::new();
+    out.push_str(
+        ".\\\" uplinkd.toml(5). Generated from config/uplinkd.toml by tests/docs.rs:\n\
+         .\\\" do not edit; run `UPLINKD_REGENERATE=1 cargo test --test docs` instead.\n",
+    );
+    let date = release_date();
+    out.push_str(&format!(
+        ".TH UPLINKD.TOML 5 {date} \"uplinkd {version}\" \"File Formats\"\n"
+    ));
+    out.push_str(".SH NAME\nuplinkd.toml \\- configuration of uplinkd\n");
+    out.push_str(".SH SYNOPSIS\n.I /etc/uplinkd/uplinkd.toml\n");
+    out.push_str(".SH DESCRIPTION\n");
+    out.push_str(
+        "The configuration of\n.BR uplinkd (8),\nin TOML. Check a file with\n\
+         .BR \"uplinkd \\-\\-check \\-\\-config\" \" file\" ;\n\
+         apply a changed file with\n.B systemctl reload uplinkd\n(SIGHUP).\n\
+         What follows is the commented example installed as\n\
+         .IR /etc/uplinkd/uplinkd.toml ,\ntable by table.\n",
+    );
+
+    let mut section_started = false;
+    let mut block: Vec<&str> = Vec::new();
+    let flush = |block: &mut Vec<&str>, out: &mut String| {
+        if block.is_empty() {
+            return;
+        }
+        out.push_str(".PP\n.nf\n");
+        for l in block.iter() {
+            out.push_str(&roff_line(l));
+            out.push('\n');
+        }
+        out.push_str(".fi\n");
+        block.clear();
+    };
+    // A key: tagged paragraph `key = value`, its comment block as the body.
+    let key_entry = |key: &str, value: &str, block: &mut Vec<&str>, out: &mut String| {
+        while block.last() == Some(&"") {
+            block.pop();
+        }
+        out.push_str(&format!(
+            ".TP\n\\fB{}\\fR = {}\n",
+            roff_line(key.trim()),
+            roff_line(value.trim())
+        ));
+        if !block.is_empty() {
+            out.push_str(".nf\n");
+            for l in block.iter() {
+                out.push_str(&roff_line(l));
+                out.push('\n');
+            }
+            out.push_str(".fi\n");
+        }
+        block.clear();
+    };
+    let mut seen_tables = BTreeSet::new();
+    for line in example.lines() {
+        let t = line.trim();
+        if let Some(c) = t.strip_prefix('#') {
+            block.push(c.strip_prefix(' ').unwrap_or(c));
+        } else if t.is_empty() {
+            // A block ending in one commented-out `key = value` (after a
+            // description) documents a key the example leaves unset.
+            let n = block.len();
+            if section_started && n >= 2 && is_key_line(block[n - 1]) && !is_key_line(block[n - 2])
+            {
+                let (key, value) = block.pop().unwrap().split_once('=').unwrap();
+                let value = format!("{}   (commented out: not set)", value.trim());
+                key_entry(key, &value, &mut block, &mut out);
+            } else if !section_started && !block.is_empty() {
+                // The opening comment: the overview.
+                flush(&mut block, &mut out);
+            } else if !block.is_empty() {
+                block.push("");
+            }
+        } else if t.starts_with('[') {
+            let name = t.trim_matches(|c| c == '[' || c == ']');
+            // Comment blocks just above a table header introduce it.
+            while block.last() == Some(&"") {
+                block.pop();
+            }
+            let intro = std::mem::take(&mut block);
+            if seen_tables.insert(name.to_string()) {
+                if !section_started {
+                    out.push_str(".SH SETTINGS\n");
+                    section_started = true;
+                }
+                out.push_str(&format!(".SS \"{t}\"\n"));
+            }
+            block = intro;
+            flush(&mut block, &mut out);
+        } else if let Some((key, value)) = t.split_once('=') {
+            key_entry(key, value, &mut block, &mut out);
+        }
+    }
+    while block.last() == Some(&"") {
+        block.pop();
+    }
+    flush(&mut block, &mut out);
+    out.push_str(".SH FILES\n.TP\n.I /etc/uplinkd/uplinkd.toml\n");
+    out.push_str("The configuration (a conffile: upgrades keep local changes).\n");
+    out.push_str(".SH SEE ALSO\n.BR uplinkd (8),\n.BR uplinkctl (8)\n");
+    out
+}
+
+#[test]
+fn uplinkd_toml_man_page_is_generated_from_the_example() {
+    let generated = generate_toml_man_page();
+    check_generated(
+        "packaging/man/uplinkd.toml.5",
+        &generated,
+        "config/uplinkd.toml",
+    );
+    // Every key the parser accepts is in the page, in its own table.
+    let text = generated.replace("\\-", "-");
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix(".SS ") {
+            current = t
+                .trim_matches(|c| c == '"' || c == '[' || c == ']')
+                .to_string();
+        } else if !current.is_empty() {
+            let body = sections.entry(current.clone()).or_default();
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    for key in uplinkd::config::known_keys() {
+        let (table, leaf) = key.rsplit_once('.').expect("dotted key");
+        let body = sections
+            .get(table)
+            .unwrap_or_else(|| panic!("uplinkd.toml.5 has no section [{table}] (for {key})"));
+        let documented = body.lines().any(|l| {
+            let l = l.trim_start_matches("\\fB").replace("\\fR", "");
+            let l = l.trim_start();
+            l.starts_with(&format!("{leaf} ")) || l == leaf || l.starts_with(&format!("{leaf}="))
+        });
+        assert!(documented, "uplinkd.toml.5 does not document {key}");
+    }
+}
