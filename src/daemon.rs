@@ -26,6 +26,7 @@ use crate::netlink::monitor::spawn_monitor;
 use crate::netlink::{sysctl, NetEvent, NetlinkError, RouteInfo};
 use crate::probe::{ProbeUplink, Prober};
 use crate::status::{Change, EventRecord};
+use crate::task::AbortOnDrop;
 
 /// The kernel's main routing table (RT_TABLE_MAIN, include/uapi/linux/rtnetlink.h).
 const RT_TABLE_MAIN: u32 = 254;
@@ -271,11 +272,11 @@ pub async fn run(
         None
     } else {
         Some((
-            AbortOnDropBond(
+            AbortOnDrop(
                 crate::bond::spawn_bond_poller(bond_list, BOND_POLL_EVERY, bond_tx)
                     .map_err(bond_io)?,
             ),
-            AbortOnDropBond(crate::bond::spawn_bond_actuator(bond_set_rx).map_err(bond_io)?),
+            AbortOnDrop(crate::bond::spawn_bond_actuator(bond_set_rx).map_err(bond_io)?),
         ))
     };
 
@@ -290,12 +291,6 @@ pub async fn run(
         work_rx,
         done_tx,
     ));
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
     let _actuation = AbortOnDrop(actuation);
     let _ = work_tx.send(Work::Ensure);
 
@@ -1244,13 +1239,6 @@ async fn next_reload(
 
 /// How often managed bonds are read (driver's active member, settings).
 const BOND_POLL_EVERY: Duration = Duration::from_millis(5);
-
-struct AbortOnDropBond(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDropBond {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// For callers without a runtime: build a current-thread runtime and run.
 pub fn run_blocking(

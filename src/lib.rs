@@ -15,3 +15,4 @@ pub mod hooks;
 pub mod metrics;
 pub mod netlink;
 pub mod probe;
+mod task;
