@@ -1,9 +1,10 @@
 //! The actuation task: applies the loop's route work to the kernel, in
-//! order, and reports back.
+//! order, and reports back. It never waits for time to pass: a failed
+//! change is reported, and the loop decides when to look again (see
+//! `retry`), so a later change never queues behind a retry.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -24,6 +25,8 @@ pub(super) enum Work {
     SetRoute {
         family: Family,
         uplink: UplinkId,
+        /// Given back with a failure (see `Retries::queued`).
+        ticket: u64,
     },
     Flush {
         uplink: UplinkId,
@@ -33,8 +36,8 @@ pub(super) enum Work {
     /// `Done::Route`).
     Verify {
         family: Family,
-        /// Wait this long first.
-        delay: Duration,
+        /// Given back with a failure (see `Retries::queued`).
+        ticket: u64,
     },
     /// (Re)install per-uplink tables, rules, kernel fallback routes, sysctls.
     Ensure,
@@ -111,9 +114,10 @@ pub(super) enum Done {
         via: RouteVia,
         gen: u64,
     },
-    /// A route change or read of `family` failed.
+    /// The route change or read with `ticket` failed.
     SetFailed {
         family: Family,
+        ticket: u64,
     },
     Barrier,
 }
@@ -150,7 +154,11 @@ pub(super) async fn actuate_loop(
     while let Some(w) = rx.recv().await {
         let cfg = layout.cfg.clone();
         match w {
-            Work::SetRoute { family, uplink } => {
+            Work::SetRoute {
+                family,
+                uplink,
+                ticket,
+            } => {
                 let u = &cfg.uplinks[uplink];
                 let Some(gw) = u.gateway(family) else {
                     continue;
@@ -185,7 +193,7 @@ pub(super) async fn actuate_loop(
                     ),
                     Err(e) => {
                         error!(error = %e, "route change failed; will check again");
-                        let _ = done.send(Done::SetFailed { family });
+                        let _ = done.send(Done::SetFailed { family, ticket });
                     }
                 }
             }
@@ -200,10 +208,7 @@ pub(super) async fn actuate_loop(
                     }
                 }
             }
-            Work::Verify { family, delay } => {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+            Work::Verify { family, ticket } => {
                 match act.default_routes(family, RT_TABLE_MAIN).await {
                     Ok(routes) => {
                         let via = routes
@@ -217,8 +222,8 @@ pub(super) async fn actuate_loop(
                         });
                     }
                     Err(e) => {
-                        warn!(error = %e, "route dump failed; retrying");
-                        let _ = done.send(Done::SetFailed { family });
+                        warn!(error = %e, "route dump failed; will read it again");
+                        let _ = done.send(Done::SetFailed { family, ticket });
                     }
                 }
             }

@@ -7,7 +7,9 @@
 //! samples, actuation results, reloads, API requests); the loop below waits
 //! for the first input and hands it to its method. Every input is handled
 //! at the CLOCK_MONOTONIC instant it happened (`clock.rs`). Route changes run
-//! in order in a task of their own (`actuation.rs`).
+//! in order in a task of their own (`actuation.rs`), which never waits for
+//! time to pass: a failed change is checked again at a deadline the loop
+//! keeps (`retry.rs`), so no change ever queues behind a retry.
 
 use std::future::Future;
 
@@ -21,6 +23,7 @@ use crate::netlink::NetlinkError;
 mod actuation;
 mod clock;
 mod poller;
+mod retry;
 mod state;
 
 use clock::Mono;

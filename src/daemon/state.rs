@@ -16,6 +16,7 @@ use super::actuation::{
 };
 use super::clock::{Clock, LoopTimer, Mono};
 use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
+use super::retry::Retries;
 use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
 use crate::api::{self, ApiRequest};
 use crate::bond::{BondSample, MemberProber, MemberSpec};
@@ -37,9 +38,6 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// The loop sleeps at most this long, whatever is due (the watchdog is
 /// pinged from the loop).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// After a failed route change, wait this long before checking again, so a
-/// persistent error does not spin.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often managed bonds are read (driver's active member, settings).
 const BOND_POLL_EVERY: Duration = Duration::from_millis(5);
 
@@ -115,6 +113,8 @@ pub(super) struct Daemon {
     /// The first full netlink dump is done: route events describe the
     /// kernel from then on.
     dumped: bool,
+    /// Failed route changes to check again, and which change is the latest.
+    retries: Retries,
     /// When the routes, rules and sysctls are re-checked unasked.
     reconcile_at: Now,
     /// The first decision's route work was queued; READY once it is done.
@@ -296,6 +296,7 @@ impl Daemon {
             ifindexes,
             usable: HashMap::new(),
             dumped: false,
+            retries: Retries::default(),
             reconcile_at: now + RECONCILE_EVERY,
             barrier_sent: false,
             on_ready: opts.on_ready.take(),
@@ -323,7 +324,8 @@ impl Daemon {
         Ok((daemon, inputs))
     }
 
-    /// When to wake next: the core's next deadline, the periodic reconcile, or at most `MAX_SLEEP` on.
+    /// When to wake next: the core's next deadline, a re-check, the
+    /// periodic reconcile, or at most `MAX_SLEEP` on.
     ///
     /// Wake on the grid: a deadline between two grid points waits for the
     /// next one (at most one step late), so timers close together share a
@@ -341,6 +343,9 @@ impl Daemon {
     pub fn plan(&mut self) -> Plan {
         let t = self.clock.now(Mono::now());
         let mut wake = (t + MAX_SLEEP).min(self.clock.ceil(self.reconcile_at));
+        if let Some(r) = self.retries.next() {
+            wake = wake.min(self.clock.ceil(r));
+        }
         let others_in_flight =
             self.members.in_flight() > 0 || self.retired_probers.iter().any(|p| p.in_flight() > 0);
         let in_flight = others_in_flight || self.prober.in_flight() > 0;
@@ -540,10 +545,7 @@ impl Daemon {
             }
             // Read under an older configuration: read again.
             Done::Route { family, .. } => self.verify(family),
-            Done::SetFailed { family } => self.send(Work::Verify {
-                family,
-                delay: RETRY_AFTER,
-            }),
+            Done::SetFailed { family, ticket } => self.retries.failed(family, ticket, self.now),
             Done::Barrier => {
                 if let Some(f) = self.on_ready.take() {
                     info!("first decision made and applied for every family: ready");
@@ -702,7 +704,12 @@ impl Daemon {
                 let _ = self.bond_set_tx.send((bond, member));
             }
             Action::SetDefaultRoute { family, uplink } => {
-                self.send(Work::SetRoute { family, uplink })
+                let ticket = self.retries.queued(family);
+                self.send(Work::SetRoute {
+                    family,
+                    uplink,
+                    ticket,
+                });
             }
             Action::FlushNeighbours { uplink, family } => self.send(Work::Flush { uplink, family }),
             Action::VerifyRoute { family } => self.verify(family),
@@ -713,12 +720,16 @@ impl Daemon {
         }
     }
 
-    /// The loop's timed work: the periodic reconcile.
+    /// The loop's timed work: the periodic reconcile, and the re-checks of
+    /// failed route changes that are due.
     fn timed_work(&mut self) {
         if self.now >= self.reconcile_at {
             self.reconcile_at = self.now + RECONCILE_EVERY;
             self.send(Work::Ensure);
             self.verify_all();
+        }
+        for family in self.retries.take_due(self.now) {
+            self.verify(family);
         }
     }
 
@@ -752,12 +763,11 @@ impl Daemon {
         f(&line);
     }
 
-    /// Read the kernel's route of `family` (answered with `Done::Route`).
+    /// Read the kernel's route of `family` (answered with `Done::Route`); a
+    /// re-check pending for it is superseded.
     fn verify(&mut self, family: Family) {
-        self.send(Work::Verify {
-            family,
-            delay: Duration::ZERO,
-        });
+        let ticket = self.retries.queued(family);
+        self.send(Work::Verify { family, ticket });
     }
 
     fn verify_all(&mut self) {
