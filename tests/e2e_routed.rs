@@ -255,3 +255,65 @@ fn deleted_route_is_restored() {
             .any(|e| e["kind"] == "route_restored")
     });
 }
+
+/// A route change that keeps failing for one family does not hold up the
+/// other family's failover: the failed change is re-checked later by the
+/// loop, not by a wait inside the serial actuation queue that every later
+/// change queues behind.
+#[test]
+fn failing_ipv4_route_changes_do_not_delay_an_ipv6_failover() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    // The server loses its IPv4 addresses (the kernel drops the IPv4 routes
+    // through both uplinks without a word), and something else puts a route
+    // at the agent's metric: the agent sees it and puts its own back, which
+    // now fails every time (the gateway is on no connected subnet:
+    // "Nexthop has invalid gateway"), and it keeps re-checking.
+    let srv = lab.server_ns();
+    for u in Uplink::ALL {
+        lab.ip(&srv, &["-4", "addr", "flush", "dev", u.interface()])
+            .unwrap();
+    }
+    lab.ip(
+        &srv,
+        &[
+            "-4",
+            "route",
+            "add",
+            "unreachable",
+            "default",
+            "metric",
+            "10",
+        ],
+    )
+    .unwrap();
+    let failures = || a.log_text().matches("route change failed").count();
+    let deadline = std::time::Instant::now() + S(10);
+    let mut seen = failures();
+    while seen == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed IPv4 route change"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        seen = failures();
+    }
+    // Right after the next failure: a re-check of IPv4 is now pending.
+    while failures() == seen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "IPv4 route change not retried"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t0 = std::time::Instant::now();
+    lab.carrier_down(Uplink::Primary).unwrap();
+    wait_route(&lab, &a, Family::V6, Uplink::Secondary, S(5));
+    let took = t0.elapsed();
+    eprintln!("IPv6 moved {took:?} after the carrier loss, with an IPv4 re-check pending");
+    assert!(
+        took < Duration::from_millis(400),
+        "IPv6 failover took {took:?}: held up behind the IPv4 retry"
+    );
+    assert!(route_via(&lab, Family::V6, Uplink::Secondary));
+}

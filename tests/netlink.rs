@@ -690,7 +690,8 @@ fn carrier_poller_follows_peer_and_admin_state() {
                 ifindex: None,
                 present: false,
                 admin_up: false,
-                carrier: false
+                carrier: false,
+                at: missing.at,
             }
         );
 

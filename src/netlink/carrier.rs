@@ -61,6 +61,9 @@ pub struct CarrierSample {
     /// IFLA_CARRIER, forced false when not admin up (the kernel already
     /// reports 0 for a device that is not running).
     pub carrier: bool,
+    /// When it was read (CLOCK_MONOTONIC): the daemon's
+    /// loop handles it at this instant, however late it takes it in.
+    pub at: Duration,
 }
 
 // include/uapi/linux/netlink.h, rtnetlink.h, if_link.h.
@@ -550,6 +553,7 @@ impl CarrierReader {
             present: state.ifindex.is_some(),
             admin_up: state.admin_up,
             carrier: state.carrier,
+            at: monotonic_now(),
         })
     }
 

@@ -1,0 +1,380 @@
+//! The actuation task: applies the loop's route work to the kernel, in
+//! order, and reports back. It never waits for time to pass: a failed
+//! change is reported, and the loop decides when to look again (see
+//! `retry`), so a later change never queues behind a retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, Family};
+use crate::core::{RouteVia, UplinkId};
+use crate::netlink::actuate::{Actuator, RTPROT_UPLINKD};
+use crate::netlink::{sysctl, NetlinkError, RouteInfo};
+use crate::probe::ProbeUplink;
+
+/// The kernel's main routing table (RT_TABLE_MAIN, include/uapi/linux/rtnetlink.h).
+pub(super) const RT_TABLE_MAIN: u32 = 254;
+
+/// Work for the actuation task; executed in order.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// Point the managed default route of `family` at `uplink`.
+    SetRoute {
+        family: Family,
+        uplink: UplinkId,
+        /// Given back with a failure (see `Retries::queued`).
+        ticket: u64,
+    },
+    Flush {
+        uplink: UplinkId,
+        family: Family,
+    },
+    /// Read the kernel's managed default route of `family` (answered with
+    /// `Done::Route`).
+    Verify {
+        family: Family,
+        /// Given back with a failure (see `Retries::queued`).
+        ticket: u64,
+    },
+    /// (Re)install per-uplink tables, rules, kernel fallback routes, sysctls.
+    Ensure,
+    /// A new configuration (SIGHUP): remove what the old one installed and
+    /// the new one does not use, then work with the new one.
+    Reconfigure(Box<Layout>, Vec<Stale>),
+    /// Answer `Done::Barrier` once everything queued before is done.
+    Barrier,
+}
+
+/// The configuration the actuation task works with, and each uplink's slot:
+/// uplink `i` probes with mark `fwmark_base + slots[i]` through table
+/// `table_base + slots[i]`. An uplink kept by a reload keeps its slot, so
+/// its probes never pass through another uplink's table.
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    pub cfg: Arc<Config>,
+    /// Per uplink: its slot (see above).
+    pub slots: Vec<u32>,
+    /// Counts reloads: a route read under an older layout names uplinks by
+    /// their old indices and is ignored.
+    pub gen: u64,
+}
+
+impl Layout {
+    fn table(&self, i: UplinkId) -> u32 {
+        self.cfg.agent.table_base + self.slots[i]
+    }
+    fn fwmark(&self, i: UplinkId) -> u32 {
+        self.cfg.agent.fwmark_base + self.slots[i]
+    }
+    /// Tables `table_base .. table_base + table_span()` may be ours.
+    pub fn table_span(&self) -> u32 {
+        self.slots.iter().max().map_or(0, |m| m + 1)
+    }
+    /// What the agent installs besides the active route: per-uplink table
+    /// routes and rules (family, slot), kernel fallback routes (family, metric).
+    pub fn installed(&self) -> Vec<Stale> {
+        let mut v = Vec::new();
+        for (i, u) in self.cfg.uplinks.iter().enumerate() {
+            for f in Family::ALL {
+                if u.gateway(f).is_none() {
+                    continue;
+                }
+                v.push(Stale::Slot(f, self.slots[i]));
+                if self.cfg.agent.kernel_fallback {
+                    v.push(Stale::Fallback(
+                        f,
+                        self.cfg.agent.route_metric + 1 + i as u32,
+                    ));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Something an older configuration installed that the current one does not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stale {
+    /// The probe table route and the rule of a slot.
+    Slot(Family, u32),
+    /// A kernel fallback route in the main table at this metric.
+    Fallback(Family, u32),
+}
+
+/// Results of the actuation task, back to the loop.
+#[derive(Debug)]
+pub(super) enum Done {
+    /// The kernel's managed default route of `family`, read under the
+    /// layout of generation `gen`.
+    Route {
+        family: Family,
+        via: RouteVia,
+        gen: u64,
+    },
+    /// The route change or read with `ticket` failed.
+    SetFailed {
+        family: Family,
+        ticket: u64,
+    },
+    Barrier,
+}
+
+/// Shared with the actuation task: interface name -> ifindex as last seen.
+pub(super) type Ifindexes = Arc<std::sync::Mutex<HashMap<String, u32>>>;
+
+pub(super) fn route_via(cfg: &Config, ifindexes: &Ifindexes, r: &RouteInfo) -> RouteVia {
+    let map = ifindexes.lock().unwrap();
+    for (i, u) in cfg.uplinks.iter().enumerate() {
+        if u.gateway(r.family).is_some()
+            && r.gateway == u.gateway(r.family)
+            && r.oif.is_some()
+            && r.oif == map.get(u.route_interface()).copied()
+        {
+            return RouteVia::Uplink(i);
+        }
+    }
+    RouteVia::Foreign(format!(
+        "route via {} ifindex {}",
+        r.gateway.map_or("-".to_string(), |g| g.to_string()),
+        r.oif.map_or("-".to_string(), |o| o.to_string())
+    ))
+}
+
+pub(super) async fn actuate_loop(
+    mut layout: Layout,
+    act: Actuator,
+    ifindexes: Ifindexes,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let metric = layout.cfg.agent.route_metric;
+    while let Some(w) = rx.recv().await {
+        let cfg = layout.cfg.clone();
+        match w {
+            Work::SetRoute {
+                family,
+                uplink,
+                ticket,
+            } => {
+                let u = &cfg.uplinks[uplink];
+                let Some(gw) = u.gateway(family) else {
+                    continue;
+                };
+                let idx = ifindex(&act, &ifindexes, u.route_interface()).await;
+                let t0 = std::time::Instant::now();
+                let res = match idx {
+                    Some(idx) => {
+                        act.replace_default_route(
+                            family,
+                            gw,
+                            idx,
+                            metric,
+                            RT_TABLE_MAIN,
+                            RTPROT_UPLINKD,
+                        )
+                        .await
+                    }
+                    None => Err(NetlinkError::Invalid {
+                        op: format!(
+                            "set {family} default route via {} ({})",
+                            u.name, u.interface
+                        ),
+                        reason: "interface not found".into(),
+                    }),
+                };
+                match res {
+                    Ok(()) => info!(
+                        family = %family, uplink = %u.name, gateway = %gw,
+                        micros = t0.elapsed().as_micros() as u64,
+                        "default route replaced"
+                    ),
+                    Err(e) => {
+                        error!(error = %e, "route change failed; will check again");
+                        let _ = done.send(Done::SetFailed { family, ticket });
+                    }
+                }
+            }
+            Work::Flush { uplink, family } => {
+                let u = &cfg.uplinks[uplink];
+                if let Some(idx) = ifindex(&act, &ifindexes, u.route_interface()).await {
+                    match act.flush_neighbours(idx, family).await {
+                        Ok(n) => {
+                            debug!(uplink = %u.name, %family, flushed = n, "neighbours flushed")
+                        }
+                        Err(e) => warn!(error = %e, "neighbour flush failed"),
+                    }
+                }
+            }
+            Work::Verify { family, ticket } => {
+                match act.default_routes(family, RT_TABLE_MAIN).await {
+                    Ok(routes) => {
+                        let via = routes
+                            .iter()
+                            .find(|r| r.dst_len == 0 && r.metric == metric)
+                            .map_or(RouteVia::Absent, |r| route_via(&cfg, &ifindexes, r));
+                        let _ = done.send(Done::Route {
+                            family,
+                            via,
+                            gen: layout.gen,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "route dump failed; will read it again");
+                        let _ = done.send(Done::SetFailed { family, ticket });
+                    }
+                }
+            }
+            Work::Ensure => ensure(&layout, &act, &ifindexes).await,
+            Work::Reconfigure(new, stale) => {
+                layout = *new;
+                remove_stale(&layout, &act, &stale).await;
+            }
+            Work::Barrier => {
+                let _ = done.send(Done::Barrier);
+            }
+        }
+    }
+}
+
+async fn ifindex(act: &Actuator, map: &Ifindexes, name: &str) -> Option<u32> {
+    if let Some(i) = map.lock().unwrap().get(name).copied() {
+        return Some(i);
+    }
+    match act.ifindex(name).await {
+        Ok(Some(i)) => {
+            map.lock().unwrap().insert(name.to_string(), i);
+            Some(i)
+        }
+        _ => None,
+    }
+}
+
+/// Install what the agent needs besides the active route; idempotent.
+async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
+    let cfg = &layout.cfg;
+    let a = &cfg.agent;
+    for (i, u) in cfg.uplinks.iter().enumerate() {
+        if let Err(e) = sysctl::uplink_sysctls(&u.interface) {
+            debug!(error = %e, uplink = %u.name, "uplink sysctls not set (interface missing?)");
+        }
+        let Some(idx) = ifindex(act, ifindexes, u.route_interface()).await else {
+            debug!(uplink = %u.name, "interface missing; will retry when it appears");
+            continue;
+        };
+        for f in Family::ALL {
+            let Some(gw) = u.gateway(f) else { continue };
+            let mut results: Vec<(String, Result<(), NetlinkError>)> = vec![
+                (
+                    "probe table route".into(),
+                    act.replace_default_route(
+                        f,
+                        gw,
+                        idx,
+                        a.route_metric,
+                        layout.table(i),
+                        RTPROT_UPLINKD,
+                    )
+                    .await,
+                ),
+                (
+                    "probe rule".into(),
+                    act.ensure_rule(f, layout.fwmark(i), layout.table(i), a.rule_priority)
+                        .await,
+                ),
+            ];
+            if a.kernel_fallback {
+                results.push((
+                    "kernel fallback route".into(),
+                    act.replace_default_route(
+                        f,
+                        gw,
+                        idx,
+                        a.route_metric + 1 + i as u32,
+                        RT_TABLE_MAIN,
+                        RTPROT_UPLINKD,
+                    )
+                    .await,
+                ));
+            }
+            for (what, r) in results {
+                if let Err(e) = r {
+                    warn!(uplink = %u.name, family = %f, error = %e, "{what} not installed");
+                }
+            }
+        }
+    }
+}
+
+/// The prober's view of each uplink under `layout`.
+pub(super) fn probe_uplinks(layout: &Layout) -> Vec<ProbeUplink> {
+    layout
+        .cfg
+        .uplinks
+        .iter()
+        .enumerate()
+        .map(|(i, u)| ProbeUplink {
+            interface: u.interface.clone(),
+            fwmark: layout.fwmark(i),
+        })
+        .collect()
+}
+
+/// The layout for `cfg` after a reload from `old`: an uplink kept as it was
+/// (same name, interface, gateways, bond) keeps its slot; others take the
+/// lowest free ones.
+pub(super) fn relayout(old: &Layout, cfg: Arc<Config>) -> Layout {
+    let kept: Vec<Option<u32>> = cfg
+        .uplinks
+        .iter()
+        .map(|u| {
+            old.cfg
+                .uplinks
+                .iter()
+                .position(|o| o == u)
+                .map(|i| old.slots[i])
+        })
+        .collect();
+    let mut used: Vec<u32> = kept.iter().flatten().copied().collect();
+    let slots = kept
+        .into_iter()
+        .map(|k| {
+            k.unwrap_or_else(|| {
+                let free = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+                used.push(free);
+                free
+            })
+        })
+        .collect();
+    Layout {
+        cfg,
+        slots,
+        gen: old.gen + 1,
+    }
+}
+
+/// Delete what an older configuration installed and `layout` does not use.
+async fn remove_stale(layout: &Layout, act: &Actuator, stale: &[Stale]) {
+    let a = &layout.cfg.agent;
+    for s in stale {
+        let r = match *s {
+            Stale::Slot(f, slot) => {
+                let table = a.table_base + slot;
+                let r1 = act.delete_default_route(f, a.route_metric, table).await;
+                let r2 = act
+                    .delete_rule(f, a.fwmark_base + slot, table, a.rule_priority)
+                    .await;
+                r1.and(r2)
+            }
+            Stale::Fallback(f, metric) => act.delete_default_route(f, metric, RT_TABLE_MAIN).await,
+        };
+        match r {
+            Ok(()) => debug!(?s, "removed what the old configuration installed"),
+            Err(e) => {
+                warn!(?s, error = %e, "could not remove what the old configuration installed")
+            }
+        }
+    }
+}

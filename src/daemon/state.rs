@@ -1,0 +1,812 @@
+//! The daemon's state, with one method per source of input. Each input is
+//! handled at the instant it happened (see `clock`); `end_turn` then hands
+//! the turn's events to the core and carries out what it decides.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use super::actuation::{
+    actuate_loop, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Stale, Work,
+    RT_TABLE_MAIN,
+};
+use super::clock::{Clock, LoopTimer, Mono};
+use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
+use super::retry::Retries;
+use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
+use crate::api::{self, ApiRequest};
+use crate::config::{Config, Family};
+use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
+use crate::hooks::Hooks;
+use crate::metrics::Metrics;
+use crate::netlink::actuate::Actuator;
+use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
+use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
+use crate::netlink::BondSample;
+use crate::netlink::NetEvent;
+use crate::probe::Prober;
+use crate::probe::{MemberProber, MemberSpec};
+use crate::status::{Change, EventRecord};
+use crate::task::AbortOnDrop;
+
+/// How often the routes, rules and sysctls the agent owns are re-checked
+/// even when no event said they changed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// The loop sleeps at most this long, whatever is due (the watchdog is
+/// pinged from the loop).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often managed bonds are read (driver's active member, settings).
+const BOND_POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// What the loop waits on, apart from the state, so that waiting on one
+/// and handling what it brings borrow separate things.
+pub(super) struct Inputs {
+    /// Carrier samples from the poller thread (sent on change only).
+    pub carrier: mpsc::UnboundedReceiver<CarrierSample>,
+    /// Links and routes from the netlink monitor.
+    pub net: mpsc::UnboundedReceiver<NetEvent>,
+    /// Managed bonds as the bond poller reads them.
+    pub bond: mpsc::UnboundedReceiver<BondSample>,
+    /// Results of the actuation task.
+    pub done: mpsc::UnboundedReceiver<Done>,
+    /// Requests of the socket API and the metrics listener.
+    pub api: mpsc::Receiver<ApiRequest>,
+    /// New configurations (SIGHUP), when the caller reloads.
+    pub reload: Option<mpsc::UnboundedReceiver<ReloadRequest>>,
+    /// The wake-up for the loop's own deadlines.
+    pub timer: LoopTimer,
+    /// Reply checks the poller thread makes while the loop sleeps; wakes
+    /// the loop when a reply is missing.
+    pub watch: Arc<ReplyWatch>,
+}
+
+/// When the loop wakes next, unless an input comes first.
+pub(super) struct Plan {
+    /// The instant the timer is set for.
+    pub wake: Mono,
+    /// The poller thread checks the replies in flight: wait on
+    /// `Inputs::watch` as well.
+    pub watching: bool,
+}
+
+pub(super) struct Daemon {
+    /// Turns each input's instant into the core's time.
+    clock: Clock,
+    /// The core's time of the input being handled (set once per turn).
+    now: Now,
+    /// The configuration in force (replaced by a reload).
+    cfg: Arc<Config>,
+    /// Slots, tables and marks of the uplinks; the actuation task has a copy.
+    layout: Layout,
+    /// The decisions.
+    core: Core,
+    /// Reads the carrier at once when a link event or a reload asks.
+    carrier: CarrierReader,
+    /// For a poller started again (reload, or its thread ended).
+    carrier_tx: mpsc::UnboundedSender<CarrierSample>,
+    /// The thread polling the carrier every carrier interval.
+    poller: CarrierPoller,
+    /// Shared with the poller thread (see `Plan::watching`).
+    watch: Arc<ReplyWatch>,
+    /// The reply checks handed to the poller (reused every turn).
+    watch_entries: Vec<(RawFd, Duration)>,
+    /// The reply watch was set for this turn: cleared once awake.
+    watching: bool,
+    /// Probes through the routed uplinks.
+    prober: Prober,
+    /// Probers replaced by a reload, polled until their probes are answered.
+    retired_probers: Vec<Prober>,
+    /// Probes through bond members (ARP/NS on the member itself).
+    members: MemberProber,
+    /// To the bond actuator: (bond, member to make active).
+    bond_set_tx: mpsc::UnboundedSender<(String, String)>,
+    /// To the actuation task; run in order.
+    work_tx: mpsc::UnboundedSender<Work>,
+    /// Interface name -> ifindex as last seen, shared with the actuation task.
+    ifindexes: Ifindexes,
+    /// Per managed interface: admin up with carrier, as the last link
+    /// event said (an interface that comes up needs our routes again).
+    usable: HashMap<String, bool>,
+    /// The first full netlink dump is done: route events describe the
+    /// kernel from then on.
+    dumped: bool,
+    /// Failed route changes to check again, and which change is the latest.
+    retries: Retries,
+    /// When the routes, rules and sysctls are re-checked unasked.
+    reconcile_at: Now,
+    /// The first decision's route work was queued; READY once it is done.
+    barrier_sent: bool,
+    /// Called once, at READY.
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Called with the status line when it changes.
+    on_status: Option<StatusFn>,
+    /// Called on every turn: the watchdog ping.
+    on_alive: Option<Box<dyn FnMut() + Send>>,
+    /// (layout generation, active v4, active v6) last shown by `on_status`.
+    shown: Option<(u64, Option<UplinkId>, Option<UplinkId>)>,
+    /// Sequence number of the last published change.
+    seq: u64,
+    /// The event stream, with the metrics and hooks behind it.
+    events: api::Events,
+    metrics: Arc<Metrics>,
+    /// Told the uplinks' names after a reload.
+    api_server: api::Server,
+    /// Actions of a reconfiguration, carried out with the turn's others.
+    pre_actions: Vec<Action>,
+    /// This turn's events for the core (reused: a turn allocates nothing).
+    events_in: Vec<Event>,
+    /// Carrier samples being turned into events (reused).
+    samples: Vec<CarrierSample>,
+    /// Probe outcomes being turned into events (reused).
+    outcomes: Vec<(ProbeId, ProbeOutcome)>,
+    /// Read the live carrier at the end of this turn, as from this source.
+    read_carrier: Option<CarrierSource>,
+    /// Kept for their lifetime: the netlink monitor, the metrics listener,
+    /// the actuation task and the bond poller and actuator.
+    _monitor: MonitorHandle,
+    _metrics_http: Option<crate::metrics::HttpServer>,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+impl Daemon {
+    /// Open every adapter and start the tasks and threads; the first
+    /// events come from the netlink dump and the first carrier polls.
+    pub async fn start(
+        config: Config,
+        mut opts: RunOptions,
+    ) -> Result<(Daemon, Inputs), DaemonError> {
+        let mut clock = Clock::start(config.probe.carrier_interval);
+        let cfg = Arc::new(config);
+        let layout = Layout {
+            cfg: cfg.clone(),
+            slots: (0..cfg.uplinks.len() as u32).collect(),
+            gen: 0,
+        };
+        let (net_tx, net_rx) = mpsc::unbounded_channel();
+        let monitor = spawn_monitor(net_tx).await?;
+
+        // The live carrier is polled every `carrier_interval` by a thread of
+        // its own that does nothing else (one ETHTOOL_GLINK per interface per
+        // poll) and wakes this loop only when something changed: a wake-up of
+        // this loop costs several times the poll itself, and the loop has work
+        // only when probes are due or answered. The loop also reads the carrier
+        // itself at once when a link event arrives (whichever sees a loss first
+        // wins).
+        let ifnames = interfaces(&cfg);
+        let carrier = CarrierReader::new(ifnames.clone())?;
+        let (carrier_tx, carrier_rx) = mpsc::unbounded_channel();
+        // Reply checks the poller makes for this loop while it sleeps (see
+        // `ReplyWatch`): a probe round is then one wake-up, not two.
+        let watch = Arc::new(ReplyWatch::default());
+        let poller = CarrierPoller::start(
+            ifnames,
+            cfg.probe.carrier_interval,
+            &watch,
+            carrier_tx.clone(),
+        )?;
+
+        let mut tasks = Vec::new();
+        // Bond members: their bonds polled, the active member set, their
+        // gateways probed with ARP on the member itself.
+        let mut bonds: Vec<(String, Vec<String>)> = Vec::new();
+        for u in cfg.uplinks.iter().filter(|u| u.bond.is_some()) {
+            let b = u.bond.clone().unwrap_or_default();
+            match bonds.iter_mut().find(|(n, _)| *n == b) {
+                Some((_, m)) => m.push(u.interface.clone()),
+                None => bonds.push((b, vec![u.interface.clone()])),
+            }
+        }
+        let (bond_tx, bond_rx) = mpsc::unbounded_channel();
+        let (bond_set_tx, bond_set_rx) = mpsc::unbounded_channel();
+        let members = MemberProber::new(
+            cfg.uplinks
+                .iter()
+                .filter(|u| u.bond.is_some())
+                .map(|u| MemberSpec {
+                    interface: u.interface.clone(),
+                    probe4: u.probe_address4,
+                    probe6: u.probe_address6,
+                })
+                .collect(),
+        );
+        if !bonds.is_empty() {
+            let bond_io = |e: std::io::Error| DaemonError::Api {
+                path: "bond netlink socket".into(),
+                source: e,
+            };
+            tasks.push(AbortOnDrop(
+                crate::netlink::spawn_bond_poller(bonds, BOND_POLL_EVERY, bond_tx)
+                    .map_err(bond_io)?,
+            ));
+            tasks.push(AbortOnDrop(
+                crate::netlink::spawn_bond_actuator(bond_set_rx).map_err(bond_io)?,
+            ));
+        }
+
+        let ifindexes: Ifindexes = Default::default();
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let actuator = Actuator::new().await?;
+        tasks.push(AbortOnDrop(tokio::spawn(actuate_loop(
+            layout.clone(),
+            actuator,
+            ifindexes.clone(),
+            work_rx,
+            done_tx,
+        ))));
+        let _ = work_tx.send(Work::Ensure);
+
+        let (api_tx, api_rx) = mpsc::channel(64);
+        // Published changes go to the event stream, the metrics and the hooks.
+        let metrics = Arc::new(Metrics::new(&cfg));
+        let hooks = Hooks::start(&cfg.hooks, metrics.clone());
+        let events = api::Events::new(api::EVENT_BACKLOG).with_outputs(metrics.clone(), hooks);
+        let metrics_http = match cfg.metrics.http {
+            false => None,
+            true => Some(
+                crate::metrics::serve_http(cfg.metrics.listen, api_tx.clone(), metrics.clone())
+                    .await
+                    .map_err(|source| DaemonError::Metrics {
+                        addr: cfg.metrics.listen,
+                        source,
+                    })?,
+            ),
+        };
+        let api_server = api::serve(&cfg, api_tx, events.clone(), metrics.clone())
+            .await
+            .map_err(|source| DaemonError::Api {
+                path: cfg.agent.socket.display().to_string(),
+                source,
+            })?;
+        let timer = LoopTimer::new().map_err(|e| DaemonError::Api {
+            path: "timerfd".into(),
+            source: e,
+        })?;
+
+        let now = clock.now(Mono::now());
+        let inputs = Inputs {
+            carrier: carrier_rx,
+            net: net_rx,
+            bond: bond_rx,
+            done: done_rx,
+            api: api_rx,
+            reload: opts.reload.take(),
+            timer,
+            watch: watch.clone(),
+        };
+        let daemon = Daemon {
+            clock,
+            now,
+            core: Core::new((*cfg).clone(), now),
+            prober: Prober::new(probe_uplinks(&layout)),
+            cfg,
+            layout,
+            carrier,
+            carrier_tx,
+            poller,
+            watch,
+            watch_entries: Vec::new(),
+            watching: false,
+            retired_probers: Vec::new(),
+            members,
+            bond_set_tx,
+            work_tx,
+            ifindexes,
+            usable: HashMap::new(),
+            dumped: false,
+            retries: Retries::default(),
+            reconcile_at: now + RECONCILE_EVERY,
+            barrier_sent: false,
+            on_ready: opts.on_ready.take(),
+            on_status: opts.on_status.take(),
+            on_alive: opts.on_alive.take(),
+            shown: None,
+            seq: 0,
+            events,
+            metrics,
+            api_server,
+            pre_actions: Vec::new(),
+            events_in: Vec::new(),
+            samples: Vec::new(),
+            outcomes: Vec::new(),
+            read_carrier: None,
+            _monitor: monitor,
+            _metrics_http: metrics_http,
+            _tasks: tasks,
+        };
+        info!(
+            uplinks = daemon.cfg.uplinks.len(),
+            transits = daemon.cfg.transits.len(),
+            "uplinkd started"
+        );
+        Ok((daemon, inputs))
+    }
+
+    /// When to wake next: the core's next deadline, a re-check, the
+    /// periodic reconcile, or at most `MAX_SLEEP` on.
+    ///
+    /// Wake on the grid: a deadline between two grid points waits for the
+    /// next one (at most one step late), so timers close together share a
+    /// wake-up. Probes in flight are looked for at the next grid point
+    /// (their replies are read within one step, as the carrier is polled);
+    /// with nothing in flight and nothing due the loop sleeps.
+    ///
+    /// In the steady state (each socket with probes in flight has one, and
+    /// the core has a reply check for it) the loop does not wake to read
+    /// replies: the poller thread checks at each check's time that a reply
+    /// is queued and wakes the loop only if one is not; the replies are
+    /// read on the next wake-up (the next round). The core counts a reply
+    /// from its arrival (kernel timestamp), so reading it late decides the
+    /// same.
+    pub fn plan(&mut self) -> Plan {
+        let t = self.clock.now(Mono::now());
+        let mut wake = (t + MAX_SLEEP).min(self.clock.ceil(self.reconcile_at));
+        if let Some(r) = self.retries.next() {
+            wake = wake.min(self.clock.ceil(r));
+        }
+        let others_in_flight =
+            self.members.in_flight() > 0 || self.retired_probers.iter().any(|p| p.in_flight() > 0);
+        let in_flight = others_in_flight || self.prober.in_flight() > 0;
+        let (watching, deadline) = match in_flight && !others_in_flight && self.core.decided() {
+            true => reply_checks(
+                &self.core,
+                &self.prober,
+                &self.clock,
+                &mut self.watch_entries,
+            ),
+            false => (false, self.core.next_deadline()),
+        };
+        if let Some(d) = deadline {
+            wake = wake.min(self.clock.ceil(d));
+        }
+        if watching {
+            self.watch.set(self.watch_entries.iter().copied());
+        } else if in_flight {
+            wake = wake.min(self.clock.ceil(t + Duration::from_nanos(1)));
+        }
+        self.watching = watching;
+        Plan {
+            wake: self.clock.mono(wake),
+            watching,
+        }
+    }
+
+    /// The turn's time: the input's instant, converted once.
+    fn begin(&mut self, at: Mono) {
+        self.now = self.clock.now(at);
+    }
+
+    /// Carrier samples from the poller thread: `first` and any queued behind
+    /// it, handled at the instant of the latest poll.
+    pub fn on_carrier(
+        &mut self,
+        first: CarrierSample,
+        more: &mut mpsc::UnboundedReceiver<CarrierSample>,
+    ) {
+        self.samples.push(first);
+        while let Ok(s) = more.try_recv() {
+            self.samples.push(s);
+        }
+        let at = self.samples.iter().map(|s| s.at).max().unwrap_or_default();
+        self.begin(Mono(at));
+        carrier_samples(
+            &self.cfg,
+            &self.ifindexes,
+            &mut self.samples,
+            CarrierSource::Poll,
+            &mut self.events_in,
+        );
+    }
+
+    /// The timer, or the poller's reply watch: read the probes' replies,
+    /// expire the unanswered, and tell the core if a deadline of its passed.
+    pub fn on_timer(&mut self, at: Mono) {
+        self.begin(at);
+        if self.poller.thread.is_finished() {
+            error!("the carrier poller thread ended; starting it again");
+            match CarrierPoller::start(
+                interfaces(&self.cfg),
+                self.clock.grid(),
+                &self.watch,
+                self.carrier_tx.clone(),
+            ) {
+                Ok(p) => self.poller = p,
+                Err(e) => error!(error = %e, "carrier poller not restarted"),
+            }
+        }
+        let now = self.clock.instant(self.now);
+        self.prober.poll(now, &mut self.outcomes);
+        for old in &mut self.retired_probers {
+            old.poll(now, &mut self.outcomes);
+        }
+        self.retired_probers.retain(|p| p.in_flight() > 0);
+        self.members
+            .poll(self.clock.instant_at(at), &mut self.outcomes);
+        for (id, outcome) in self.outcomes.drain(..) {
+            self.events_in.push(Event::ProbeDone { id, outcome });
+        }
+        if self.core.next_deadline().is_some_and(|d| d <= self.now) {
+            self.events_in.push(Event::Tick);
+        }
+    }
+
+    /// A managed bond as the bond poller read it.
+    pub fn on_bond(&mut self, b: BondSample, at: Mono) {
+        self.begin(at);
+        self.members.update(&b);
+        self.events_in.push(Event::Bond(b.status()));
+    }
+
+    /// A link or route event, or the end of a dump, from the netlink monitor.
+    pub fn on_net(&mut self, ev: NetEvent, at: Mono) {
+        self.begin(at);
+        if self.reinstall_needed(&ev) {
+            self.send(Work::Ensure);
+        }
+        match ev {
+            NetEvent::Link(l) => {
+                if self.cfg.uplinks.iter().any(|u| u.interface == l.name) {
+                    self.ifindexes.lock().unwrap().insert(l.name, l.ifindex);
+                    // Read the live carrier now (whichever of event and poll
+                    // sees a loss first wins; the event itself may describe
+                    // an older state).
+                    self.read_carrier = Some(CarrierSource::Netlink);
+                }
+            }
+            NetEvent::LinkRemoved { name, .. } => {
+                self.ifindexes.lock().unwrap().remove(&name);
+                for (i, u) in self.cfg.uplinks.iter().enumerate() {
+                    if u.interface == name {
+                        self.events_in.push(Event::Carrier {
+                            uplink: i,
+                            up: false,
+                            present: false,
+                            source: CarrierSource::Netlink,
+                        });
+                    }
+                }
+            }
+            NetEvent::Route { route, removed } => {
+                if route.dst_len == 0
+                    && route.table == RT_TABLE_MAIN
+                    && route.metric == self.cfg.agent.route_metric
+                    && self.dumped
+                {
+                    let via = match removed {
+                        true => crate::core::RouteVia::Absent,
+                        false => route_via(&self.cfg, &self.ifindexes, &route),
+                    };
+                    self.events_in.push(Event::DefaultRouteHint {
+                        family: route.family,
+                        via,
+                    });
+                }
+            }
+            NetEvent::Resync => {
+                warn!("netlink events were lost (overrun): re-reading links and routes");
+            }
+            NetEvent::DumpDone => {
+                self.dumped = true;
+                self.verify_all();
+            }
+            NetEvent::Failed { error } => {
+                error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
+            }
+        }
+    }
+
+    /// Whether what the agent installs besides the active route (each
+    /// uplink's probe table route and rule, the kernel fallback routes, the
+    /// sysctls) must be installed again after `ev`: an interface is new,
+    /// re-created or came up (the kernel drops routes through a link that
+    /// goes down), one of those routes was removed, or the first dump is in.
+    ///
+    /// The daemon decides this, not the core: these are the daemon's own
+    /// layout (slots, tables, marks), which the core never sees. What the
+    /// core owns, the active route, it checks itself (`Event::DefaultRoute`
+    /// in, `Action::VerifyRoute` out).
+    fn reinstall_needed(&mut self, ev: &NetEvent) -> bool {
+        match ev {
+            NetEvent::Link(l) => {
+                if !self.cfg.uplinks.iter().any(|u| u.interface == l.name) {
+                    return false;
+                }
+                let old = self.ifindexes.lock().unwrap().get(&l.name).copied();
+                let usable = l.admin_up && l.carrier;
+                let was_usable = self.usable.insert(l.name.clone(), usable);
+                old != Some(l.ifindex) || (usable && was_usable != Some(true))
+            }
+            NetEvent::Route {
+                route,
+                removed: true,
+            } => {
+                let a = &self.cfg.agent;
+                let n = self.cfg.uplinks.len() as u32;
+                let probe_table = route.table >= a.table_base
+                    && route.table < a.table_base + self.layout.table_span();
+                let fallback = route.table == RT_TABLE_MAIN
+                    && route.metric > a.route_metric
+                    && route.metric <= a.route_metric + n;
+                route.dst_len == 0 && (probe_table || fallback)
+            }
+            NetEvent::DumpDone => true,
+            _ => false,
+        }
+    }
+
+    /// A result of the actuation task.
+    pub fn on_done(&mut self, done: Done, at: Mono) {
+        self.begin(at);
+        match done {
+            Done::Route { family, via, gen } if gen == self.layout.gen => {
+                self.events_in.push(Event::DefaultRoute { family, via })
+            }
+            // Read under an older configuration: read again.
+            Done::Route { family, .. } => self.verify(family),
+            Done::SetFailed { family, ticket } => self.retries.failed(family, ticket, self.now),
+            Done::Barrier => {
+                if let Some(f) = self.on_ready.take() {
+                    info!("first decision made and applied for every family: ready");
+                    f();
+                }
+            }
+        }
+    }
+
+    /// A new configuration (SIGHUP): applied as a difference, or refused.
+    pub fn on_reload(&mut self, (new, reply): ReloadRequest, at: Mono) {
+        self.begin(at);
+        let _ = reply.send(self.reconfigure(new));
+    }
+
+    fn reconfigure(&mut self, new: Config) -> Result<String, String> {
+        let (actions, summary) = self.core.reconfigure(self.now, new)?;
+        let old_layout = self.layout.clone();
+        self.cfg = Arc::new(self.core.config().clone());
+        self.layout = relayout(&old_layout, self.cfg.clone());
+        let stale: Vec<Stale> = {
+            let now_used = self.layout.installed();
+            old_layout
+                .installed()
+                .into_iter()
+                .filter(|s| !now_used.contains(s))
+                .collect()
+        };
+        self.send(Work::Reconfigure(Box::new(self.layout.clone()), stale));
+        self.send(Work::Ensure);
+        self.verify_all();
+        let new_probe = probe_uplinks(&self.layout);
+        if new_probe != probe_uplinks(&old_layout) {
+            let old = std::mem::replace(&mut self.prober, Prober::new(new_probe));
+            if old.in_flight() > 0 {
+                self.retired_probers.push(old);
+            }
+        }
+        let names = interfaces(&self.cfg);
+        match CarrierReader::new(names.clone()) {
+            Ok(c) => self.carrier = c,
+            Err(e) => error!(error = %e, "carrier reader not renewed"),
+        }
+        let grid = self.cfg.probe.carrier_interval;
+        if names != self.poller.interfaces || grid != self.clock.grid() {
+            match CarrierPoller::start(names, grid, &self.watch, self.carrier_tx.clone()) {
+                Ok(p) => self.poller = p,
+                Err(e) => error!(error = %e, "carrier poller not renewed"),
+            }
+        }
+        // Read every carrier on this turn: new uplinks learn theirs.
+        self.read_carrier = Some(CarrierSource::Poll);
+        self.clock.set_grid(grid);
+        self.metrics.reconfigure(&self.cfg);
+        if old_layout.cfg.hooks != self.cfg.hooks {
+            let hooks = Hooks::start(&self.cfg.hooks, self.metrics.clone());
+            self.events = self
+                .events
+                .clone()
+                .with_outputs(self.metrics.clone(), hooks);
+        }
+        self.api_server
+            .set_uplinks(self.cfg.uplinks.iter().map(|u| u.name.clone()).collect());
+        self.shown = None;
+        self.pre_actions = actions;
+        self.events_in.push(Event::Tick);
+        Ok(summary)
+    }
+
+    /// A request of the socket API (or the metrics listener).
+    pub fn on_api(&mut self, req: ApiRequest, at: Mono) {
+        self.begin(at);
+        match req {
+            ApiRequest::Status(reply) => {
+                let _ = reply.send(self.core.status(self.now));
+            }
+            ApiRequest::Drain {
+                uplink,
+                name,
+                drained,
+                reply,
+            } => {
+                // By name: a reload may have moved it since the lookup.
+                let id = match self.cfg.uplinks.get(uplink) {
+                    Some(u) if u.name == name => Some(uplink),
+                    _ => self.cfg.uplinks.iter().position(|u| u.name == name),
+                };
+                let _ = reply.send(match id {
+                    Some(uplink) => {
+                        self.events_in.push(Event::Drain { uplink, drained });
+                        Ok(())
+                    }
+                    None => Err(format!("no uplink named {name:?} (removed by a reload)")),
+                });
+            }
+            ApiRequest::Reprobe(reply) => {
+                self.events_in.push(Event::Reprobe);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// After every input: the core decides on the turn's events, the
+    /// actions are carried out, and the loop's own timed work is done.
+    pub fn end_turn(&mut self) {
+        if self.watching {
+            self.watch.clear();
+        }
+        if let Some(source) = self.read_carrier.take() {
+            self.carrier.read_changes(&mut self.samples);
+            carrier_samples(
+                &self.cfg,
+                &self.ifindexes,
+                &mut self.samples,
+                source,
+                &mut self.events_in,
+            );
+        }
+        if !self.events_in.is_empty() || !self.pre_actions.is_empty() {
+            for ev in &self.events_in {
+                if let Event::ProbeDone { id, outcome } = ev {
+                    self.metrics.probe_done(*id, outcome);
+                }
+            }
+            let handled = self.core.handle_all(self.now, self.events_in.drain(..));
+            for action in std::mem::take(&mut self.pre_actions)
+                .into_iter()
+                .chain(handled)
+            {
+                self.act(action);
+            }
+        }
+        self.timed_work();
+        self.announce();
+        self.poller.follow(&self.cfg, &self.core);
+        if let Some(f) = self.on_alive.as_mut() {
+            f();
+        }
+    }
+
+    /// Carry out one action of the core.
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Probe(req) => {
+                self.metrics.probe_sent(&req);
+                let u = &self.cfg.uplinks[req.uplink];
+                if u.bond.is_some() {
+                    let gw = u.gateway(req.family);
+                    self.members.send(&u.interface, gw, req)
+                } else {
+                    self.prober.send(self.clock.instant(self.now), req)
+                }
+            }
+            Action::SetBondActive { bond, uplink } => {
+                let member = self.cfg.uplinks[uplink].interface.clone();
+                let _ = self.bond_set_tx.send((bond, member));
+            }
+            Action::SetDefaultRoute { family, uplink } => {
+                let ticket = self.retries.queued(family);
+                self.send(Work::SetRoute {
+                    family,
+                    uplink,
+                    ticket,
+                });
+            }
+            Action::FlushNeighbours { uplink, family } => self.send(Work::Flush { uplink, family }),
+            Action::VerifyRoute { family } => self.verify(family),
+            Action::Report(change) => {
+                self.seq += 1;
+                publish(&self.events, self.seq, change);
+            }
+        }
+    }
+
+    /// The loop's timed work: the periodic reconcile, and the re-checks of
+    /// failed route changes that are due.
+    fn timed_work(&mut self) {
+        if self.now >= self.reconcile_at {
+            self.reconcile_at = self.now + RECONCILE_EVERY;
+            self.send(Work::Ensure);
+            self.verify_all();
+        }
+        for family in self.retries.take_due(self.now) {
+            self.verify(family);
+        }
+    }
+
+    /// READY once the first decision's route work is done; the status line
+    /// whenever the active uplinks change.
+    fn announce(&mut self) {
+        if self.core.decided() && self.dumped && !self.barrier_sent {
+            self.barrier_sent = true;
+            self.send(Work::Barrier);
+        }
+        if !self.barrier_sent {
+            return;
+        }
+        let key = (
+            self.layout.gen,
+            self.core.active(Family::V4),
+            self.core.active(Family::V6),
+        );
+        let Some(f) = self.on_status.as_mut().filter(|_| self.shown != Some(key)) else {
+            return;
+        };
+        self.shown = Some(key);
+        let line = Family::ALL
+            .iter()
+            .map(|fam| match self.core.active(*fam) {
+                Some(a) => format!("{fam} via {}", self.cfg.uplinks[a].name),
+                None => format!("{fam}: no route"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        f(&line);
+    }
+
+    /// Read the kernel's route of `family` (answered with `Done::Route`); a
+    /// re-check pending for it is superseded.
+    fn verify(&mut self, family: Family) {
+        let ticket = self.retries.queued(family);
+        self.send(Work::Verify { family, ticket });
+    }
+
+    fn verify_all(&mut self) {
+        for f in Family::ALL {
+            self.verify(f);
+        }
+    }
+
+    fn send(&self, work: Work) {
+        let _ = self.work_tx.send(work);
+    }
+}
+
+/// Log one change in the one structured format, and publish it. The one
+/// place wall time is read: the record's timestamp.
+fn publish(events: &api::Events, seq: u64, change: Change) {
+    let record = EventRecord {
+        seq,
+        time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        change,
+    };
+    let json = serde_json::to_string(&record).unwrap_or_default();
+    let kind = json
+        .split("\"kind\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("?")
+        .to_string();
+    match &record.change {
+        Change::FailStatic { active: true, .. } => {
+            error!(seq, kind = %kind, event = %json, "no usable uplink: failing static")
+        }
+        Change::ActiveChanged { .. }
+        | Change::UplinkHealth { .. }
+        | Change::RouteRestored { .. }
+        | Change::Damped { .. } => warn!(seq, kind = %kind, event = %json, "state change"),
+        _ => info!(seq, kind = %kind, event = %json, "state change"),
+    }
+    events.publish(record);
+}
