@@ -29,7 +29,7 @@
 //! so the round-trip time is not "when poll saw it" but the kernel's receive
 //! timestamp (`SO_TIMESTAMPNS`, CLOCK_REALTIME, taken when the packet entered
 //! the stack; see the kernel's Documentation/networking/timestamping.rst)
-//! minus CLOCK_REALTIME read just before `sendto`. Lateness is judged the same
+//! minus CLOCK_REALTIME read just before `sendmsg`. Lateness is judged the same
 //! way: a reply the kernel received after the probe's timeout is a `Timeout`,
 //! however early `poll` reads it, and one received in time is a `Reply` even
 //! if `poll` runs after the deadline (queued replies are read before expiring).
@@ -61,6 +61,12 @@
 //! sequence number (per (uplink, family), wrapping), and a payload of exactly
 //! the per-process random token followed by the probe id.
 //!
+//! That stops whoever does not see our requests. A box on the path that does
+//! (and copies them back as replies) can repeat all of it, so probes to each
+//! target alternate their TTL / hop limit, and a reply whose arrival TTL
+//! (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`: read by the same `recvmsg`) follows the
+//! TTL we sent is rejected as reflected; see [`reflect`].
+//!
 //! # Cost
 //!
 //! The steady state allocates nothing per probe: the tables reuse their
@@ -80,19 +86,21 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
 pub mod member;
 pub mod packet;
+mod reflect;
 pub use member::{MemberProber, MemberSpec};
 
 use packet::{
     attach_filter, decode_payload, echo_request, encode_payload, ident_filter, parse_echo_reply,
     parse_ipv4, Echo, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY, IPPROTO_ICMP,
 };
+use reflect::{Paths, Verdict};
 
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +176,9 @@ struct Slot {
     /// survives a socket being reopened, so a late reply to the old socket's
     /// probe cannot match a new one.
     seq: u16,
+    /// The TTL each target's probes are sent with, and the reflection check
+    /// of their replies (per target, surviving a reopened socket).
+    paths: Paths,
 }
 
 struct Sock {
@@ -201,9 +212,12 @@ struct Pending {
     target: IpAddr,
     /// Generation of the socket it was sent on.
     gen: u64,
+    /// TTL / hop limit it was sent with: a reply whose arrival TTL follows
+    /// it is the request reflected ([`reflect`]).
+    ttl: u8,
     /// The caller's `now` at send.
     sent: Instant,
-    /// CLOCK_REALTIME (ns) just before `sendto`, to compare with the kernel's
+    /// CLOCK_REALTIME (ns) just before `sendmsg`, to compare with the kernel's
     /// receive timestamp.
     sent_rt: Option<i64>,
     timeout: Duration,
@@ -226,7 +240,7 @@ impl Prober {
     }
 
     /// Send one echo through `req.uplink` to `req.target` now (a non-blocking
-    /// `sendto`; opens the socket first if needed). Later `poll` returns
+    /// `sendmsg`; opens the socket first if needed). Later `poll` returns
     /// exactly one `(req.id, outcome)`: `Reply { rtt }` for a valid reply
     /// that the kernel received within `req.timeout`, `Timeout` otherwise,
     /// `Error` if it could not be sent (the message names uplink, interface,
@@ -274,6 +288,7 @@ impl Prober {
                         family,
                         &self.token,
                         &mut slot.pending,
+                        &mut slot.paths,
                         now,
                         &mut self.ready,
                     );
@@ -304,6 +319,7 @@ impl Prober {
             },
         };
         slot.seq = slot.seq.wrapping_add(1);
+        let ttl = slot.paths.send_ttl(req.target);
         let payload = encode_payload(&self.token, req.id);
         let packet = echo_request(family, sock.ident, slot.seq, &payload);
         let dst = match req.target {
@@ -313,14 +329,21 @@ impl Prober {
             ip => SocketAddr::new(ip, 0),
         };
         // Before the send: on a fast local path the reply can be received
-        // (and timestamped) before `sendto` even returns.
+        // (and timestamped) before `sendmsg` even returns.
         let sent_rt = realtime_ns();
-        match sock.socket.send_to(&packet, &SockAddr::from(dst)) {
+        match send_with_ttl(
+            sock.socket.as_raw_fd(),
+            &packet,
+            &SockAddr::from(dst),
+            family,
+            ttl,
+        ) {
             Ok(_) => slot.pending.push(Pending {
                 id: req.id,
                 seq: slot.seq,
                 target: req.target,
                 gen: sock.gen,
+                ttl,
                 sent: now,
                 sent_rt,
                 timeout: req.timeout,
@@ -361,11 +384,12 @@ impl Prober {
                     sock,
                     retired,
                     pending,
+                    paths,
                     ..
                 } = slot;
                 for s in sock.iter_mut().chain(retired.iter_mut()) {
                     if pending.iter().any(|p| p.gen == s.gen) {
-                        drain(s, family, &self.token, pending, now, out);
+                        drain(s, family, &self.token, pending, paths, now, out);
                     }
                 }
                 expire(pending, sock.as_ref(), retired, now, out);
@@ -502,6 +526,15 @@ impl Sock {
             // Then RTTs are measured up to the `poll` that reads the reply.
             debug!(interface = %cfg.interface, error = %e, "SO_TIMESTAMPNS not set");
         }
+        // The arrival TTL of every datagram, with it (ip(7), ipv6(7)).
+        let (level, name) = match family {
+            Family::V4 => (libc::IPPROTO_IP, libc::IP_RECVTTL),
+            Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+        };
+        if let Err(e) = set_int_opt(fd, level, name, 1) {
+            // Then reflected replies cannot be told from the target's.
+            warn!(interface = %cfg.interface, error = %e, "arrival TTL not available: reflected echo replies will not be detected");
+        }
         // IPv6 link-local targets (a gateway is often fe80::1) need the scope.
         let scope_id = match family {
             Family::V4 => 0,
@@ -532,6 +565,7 @@ fn drain(
     family: Family,
     token: &[u8; 8],
     pending: &mut Vec<Pending>,
+    paths: &mut Paths,
     now: Instant,
     out: &mut Vec<(ProbeId, ProbeOutcome)>,
 ) {
@@ -556,6 +590,7 @@ fn drain(
                         &buf[..dgram.len],
                         &dgram,
                         pending,
+                        paths,
                         now,
                         out,
                     );
@@ -589,6 +624,7 @@ fn on_packet(
     buf: &[u8],
     dgram: &Datagram,
     pending: &mut Vec<Pending>,
+    paths: &mut Paths,
     now: Instant,
     out: &mut Vec<(ProbeId, ProbeOutcome)>,
 ) {
@@ -615,6 +651,25 @@ fn on_packet(
             "unexpected, late or duplicate echo reply ignored");
         return;
     };
+    let (target, sent) = (pending[i].target, pending[i].ttl);
+    match paths.judge(target, sent, dgram.ttl) {
+        Verdict::Reflected { first, other } => {
+            // The probe stays in flight: the target's own reply may follow.
+            if first {
+                warn!(uplink = sock.uplink, %target, sent, arrival = dgram.ttl, other,
+                    "echo replies rejected: their TTL follows the TTL we send, so something on the path reflects our requests");
+            } else {
+                debug!(uplink = sock.uplink, %target, sent, arrival = dgram.ttl, other,
+                    "reflected echo reply rejected");
+            }
+            return;
+        }
+        Verdict::Accept { recovered: true } => {
+            info!(uplink = sock.uplink, %target, arrival = dgram.ttl,
+                "echo replies no longer reflected");
+        }
+        Verdict::Accept { recovered: false } => {}
+    }
     let p = pending.swap_remove(i);
     let rtt = kernel_rtt(p.sent, p.sent_rt, dgram.rx, now)
         .unwrap_or_else(|| now.saturating_duration_since(p.sent));
@@ -685,6 +740,8 @@ struct Datagram {
     from: IpAddr,
     /// Kernel receive timestamp, CLOCK_REALTIME ns.
     rx: Option<i64>,
+    /// Arrival TTL / hop limit (`IP_TTL` / `IPV6_HOPLIMIT` control message).
+    ttl: Option<u8>,
 }
 
 /// What one `recvmsg` returned.
@@ -697,6 +754,9 @@ pub(crate) struct Received {
     pub flags: libc::c_int,
     /// Kernel receive timestamp (`SO_TIMESTAMPNS`), CLOCK_REALTIME ns.
     pub rx: Option<i64>,
+    /// Arrival TTL / hop limit, on IP sockets that asked for it
+    /// (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`); `None` on packet sockets.
+    pub ttl: Option<u8>,
 }
 
 /// One non-blocking `recvmsg` into `buf`, the sender's address into `addr`,
@@ -707,7 +767,7 @@ pub(crate) fn recv_timestamped<A>(
     buf: &mut [u8],
     addr: &mut MaybeUninit<A>,
 ) -> io::Result<Option<Received>> {
-    // u64 for cmsghdr alignment; room for one timespec cmsg and more.
+    // u64 for cmsghdr alignment; room for a timespec and a TTL cmsg and more.
     let mut control = [0u64; 16];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -732,16 +792,24 @@ pub(crate) fn recv_timestamped<A>(
             Err(e)
         };
     }
-    let mut rx = None;
+    let (mut rx, mut ttl) = (None, None);
     // SAFETY: `msg` describes the control buffer the kernel filled; the CMSG
     // macros stay within `msg_controllen`, and the data is read unaligned.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let c = &*cmsg;
-            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                rx = Some(timespec_ns(&ts));
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    rx = Some(timespec_ns(&ts));
+                }
+                // Both an int (ip_cmsg_recv_ttl; RFC 3542 §6.3).
+                (libc::IPPROTO_IP, libc::IP_TTL) | (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    let v: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    ttl = u8::try_from(v).ok();
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
@@ -751,6 +819,7 @@ pub(crate) fn recv_timestamped<A>(
         namelen: msg.msg_namelen,
         flags: msg.msg_flags,
         rx,
+        ttl,
     }))
 }
 
@@ -769,6 +838,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
             truncated: true,
             from: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             rx: None,
+            ttl: None,
         }));
     };
     Ok(Some(Datagram {
@@ -776,7 +846,58 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         truncated: r.flags & libc::MSG_TRUNC != 0,
         from,
         rx: r.rx,
+        ttl: r.ttl,
     }))
+}
+
+/// One `sendmsg` of `packet` to `dst` carrying the TTL / hop limit as a
+/// control message (`IP_TTL`, ip(7); `IPV6_HOPLIMIT`, RFC 3542 §6.3; both
+/// honoured by raw and ping sockets), so a per-probe TTL costs no extra
+/// system call.
+fn send_with_ttl(
+    fd: RawFd,
+    packet: &[u8],
+    dst: &SockAddr,
+    family: Family,
+    ttl: u8,
+) -> io::Result<usize> {
+    let (level, name) = match family {
+        Family::V4 => (libc::IPPROTO_IP, libc::IP_TTL),
+        Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
+    };
+    // u64 for cmsghdr alignment; CMSG_SPACE(sizeof(int)) is 24 bytes.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: packet.as_ptr().cast_mut().cast(),
+        iov_len: packet.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = dst.as_ptr().cast_mut().cast();
+    msg.msg_namelen = dst.len();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes. The first header lies
+    // within `control` (CMSG_SPACE(4) <= 32 bytes), written unaligned-safe.
+    let n = unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = name;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(
+            libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+            libc::c_int::from(ttl),
+        );
+        // The kernel only reads `msg` and the buffers it points at.
+        libc::sendmsg(fd, &msg, 0)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// The IP address of a socket address the kernel returned.
@@ -970,6 +1091,7 @@ mod tests {
             seq: 0,
             target: IpAddr::from([198, 18, 0, 1]),
             gen,
+            ttl: 64,
             sent,
             sent_rt: Some(1_000_000_000),
             timeout,
