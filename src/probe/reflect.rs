@@ -12,9 +12,10 @@
 //! changes the type and fixes the checksum, and leaves the TTL (IPv4) or hop
 //! limit (IPv6) as the request reached it: the reply arrives with *our* sent
 //! TTL minus the hops to the reflector and back. A real target writes its
-//! own initial value whatever the request carried (Linux: the
-//! `ip_default_ttl` / `hop_limit` sysctls, 64, through `ip_select_ttl` in
-//! net/ipv4/icmp.c `icmp_reply`), so its replies arrive with the same TTL
+//! own initial value whatever the request carried (Linux: `icmp_reply` in
+//! net/ipv4/icmp.c builds a fresh header with the TTL `ip_select_ttl`
+//! picks, the route's hop limit or the `ip_default_ttl` sysctl, 64; IPv6
+//! likewise with `hop_limit`), so its replies arrive with the same TTL
 //! however we sent the request; only the route changes it.
 //!
 //! So each path (an uplink and a target) alternates the TTL of its probes
