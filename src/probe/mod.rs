@@ -29,7 +29,7 @@
 //! so the round-trip time is not "when poll saw it" but the kernel's receive
 //! timestamp (`SO_TIMESTAMPNS`, CLOCK_REALTIME, taken when the packet entered
 //! the stack; see the kernel's Documentation/networking/timestamping.rst)
-//! minus CLOCK_REALTIME read just before `sendmsg`. Lateness is judged the same
+//! minus CLOCK_REALTIME read just before `sendto`. Lateness is judged the same
 //! way: a reply the kernel received after the probe's timeout is a `Timeout`,
 //! however early `poll` reads it, and one received in time is a `Reply` even
 //! if `poll` runs after the deadline (queued replies are read before expiring).
@@ -65,7 +65,9 @@
 //! (and copies them back as replies) can repeat all of it, so probes to each
 //! target alternate their TTL / hop limit, and a reply whose arrival TTL
 //! (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`: read by the same `recvmsg`) follows the
-//! TTL we sent is rejected as reflected; see [`reflect`].
+//! TTL we sent is rejected as reflected; see [`reflect`]. Setting the TTL
+//! costs a `setsockopt` before the `sendto` when it changes (in practice
+//! every probe); no receive and no wake-up.
 //!
 //! # Cost
 //!
@@ -201,6 +203,8 @@ struct Sock {
     readable: bool,
     /// The last drain read everything that was queued (hit EAGAIN).
     drained: bool,
+    /// TTL / hop limit the socket sends with now (0: the kernel's default).
+    ttl: u8,
     /// Kernel receive time (CLOCK_REALTIME, ns) of the last datagram the last
     /// drain read: every reply received before it has been read too.
     last_rx: Option<i64>,
@@ -217,7 +221,7 @@ struct Pending {
     ttl: u8,
     /// The caller's `now` at send.
     sent: Instant,
-    /// CLOCK_REALTIME (ns) just before `sendmsg`, to compare with the kernel's
+    /// CLOCK_REALTIME (ns) just before `sendto`, to compare with the kernel's
     /// receive timestamp.
     sent_rt: Option<i64>,
     timeout: Duration,
@@ -240,7 +244,7 @@ impl Prober {
     }
 
     /// Send one echo through `req.uplink` to `req.target` now (a non-blocking
-    /// `sendmsg`; opens the socket first if needed). Later `poll` returns
+    /// `sendto`; opens the socket first if needed). Later `poll` returns
     /// exactly one `(req.id, outcome)`: `Reply { rtt }` for a valid reply
     /// that the kernel received within `req.timeout`, `Timeout` otherwise,
     /// `Error` if it could not be sent (the message names uplink, interface,
@@ -329,15 +333,12 @@ impl Prober {
             ip => SocketAddr::new(ip, 0),
         };
         // Before the send: on a fast local path the reply can be received
-        // (and timestamped) before `sendmsg` even returns.
+        // (and timestamped) before `sendto` even returns.
         let sent_rt = realtime_ns();
-        match send_with_ttl(
-            sock.socket.as_raw_fd(),
-            &packet,
-            &SockAddr::from(dst),
-            family,
-            ttl,
-        ) {
+        match sock
+            .set_ttl(family, ttl)
+            .and_then(|()| sock.socket.send_to(&packet, &SockAddr::from(dst)))
+        {
             Ok(_) => slot.pending.push(Pending {
                 id: req.id,
                 seq: slot.seq,
@@ -554,7 +555,28 @@ impl Sock {
             readable: true,
             drained: true,
             last_rx: None,
+            ttl: 0,
         })
+    }
+
+    /// Send with TTL / hop limit `ttl` from now on. A socket option, not a
+    /// control message on the send: IPv6 ping sockets ignored an
+    /// `IPV6_HOPLIMIT` control message until 2022 (`ping_v6_sendmsg` then
+    /// had only a TODO to call `ip6_datagram_send_ctl`), while the options
+    /// work on every kernel and socket kind (ip(7) `IP_TTL`, ipv6(7)
+    /// `IPV6_UNICAST_HOPS`).
+    fn set_ttl(&mut self, family: Family, ttl: u8) -> io::Result<()> {
+        if self.ttl == ttl {
+            return Ok(());
+        }
+        let (level, name) = match family {
+            Family::V4 => (libc::IPPROTO_IP, libc::IP_TTL),
+            Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+        };
+        set_int_opt(self.socket.as_raw_fd(), level, name, libc::c_int::from(ttl))
+            .map_err(|e| io::Error::new(e.kind(), format!("set TTL {ttl}: {e}")))?;
+        self.ttl = ttl;
+        Ok(())
     }
 }
 
@@ -848,56 +870,6 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         rx: r.rx,
         ttl: r.ttl,
     }))
-}
-
-/// One `sendmsg` of `packet` to `dst` carrying the TTL / hop limit as a
-/// control message (`IP_TTL`, ip(7); `IPV6_HOPLIMIT`, RFC 3542 §6.3; both
-/// honoured by raw and ping sockets), so a per-probe TTL costs no extra
-/// system call.
-fn send_with_ttl(
-    fd: RawFd,
-    packet: &[u8],
-    dst: &SockAddr,
-    family: Family,
-    ttl: u8,
-) -> io::Result<usize> {
-    let (level, name) = match family {
-        Family::V4 => (libc::IPPROTO_IP, libc::IP_TTL),
-        Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
-    };
-    // u64 for cmsghdr alignment; CMSG_SPACE(sizeof(int)) is 24 bytes.
-    let mut control = [0u64; 4];
-    let mut iov = libc::iovec {
-        iov_base: packet.as_ptr().cast_mut().cast(),
-        iov_len: packet.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = dst.as_ptr().cast_mut().cast();
-    msg.msg_namelen = dst.len();
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes. The first header lies
-    // within `control` (CMSG_SPACE(4) <= 32 bytes), written unaligned-safe.
-    let n = unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = name;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(
-            libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
-            libc::c_int::from(ttl),
-        );
-        // The kernel only reads `msg` and the buffers it points at.
-        libc::sendmsg(fd, &msg, 0)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 /// The IP address of a socket address the kernel returned.
