@@ -1175,3 +1175,232 @@ fn watch_fd_is_readable_when_its_probe_is_answered_raw_socket() {
 fn watch_fd_is_readable_when_its_probe_is_answered_dgram_socket() {
     in_private_netns(|| watch_fd_means_answered(true));
 }
+
+// ------------------------------------------------------ on-path reflector
+
+/// The far target of the reflector test, in a namespace of its own behind
+/// the gateway (so the gateway's namespace is a box on the path).
+const REFLECTED: [&str; 2] = ["198.19.0.9", "2001:db8:ff::9"];
+
+/// Server `upa` (mark/table 1000) — router r1 (the gateway, forwarding) —
+/// `tgt` holding the far targets [`REFLECTED`] on its lo. Returns the
+/// namespaces and the router's name.
+fn reflector_topology(test: &str) -> (Netns, String) {
+    let mut ns = Netns::new();
+    let r = add_router_uplink(&mut ns, test, 1, "upa");
+    // Loose rp_filter wants a route back to the far target's address.
+    run("ip route add default via 198.18.1.1 dev upa");
+    run("ip -6 route add default via 2001:db8:1::1 dev upa");
+    let t = ns.add(test, "tgt");
+    run(&format!(
+        "ip -n {r} link add eth1 type veth peer name eth0 netns {t}"
+    ));
+    run(&format!(
+        "ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+    ));
+    for (ns_name, v4, v6) in [
+        (&r, "198.18.9.1/24", "2001:db8:9::1/64"),
+        (&t, "198.18.9.2/24", "2001:db8:9::2/64"),
+    ] {
+        let dev = if *ns_name == r { "eth1" } else { "eth0" };
+        run(&format!("ip -n {ns_name} link set {dev} up"));
+        run(&format!("ip -n {ns_name} addr add {v4} dev {dev}"));
+        run(&format!("ip -n {ns_name} addr add {v6} dev {dev} nodad"));
+    }
+    run(&format!("ip -n {t} addr add {}/32 dev lo", REFLECTED[0]));
+    run(&format!("ip -n {t} addr add {}/128 dev lo", REFLECTED[1]));
+    run(&format!("ip -n {t} route add default via 198.18.9.1"));
+    run(&format!("ip -n {t} -6 route add default via 2001:db8:9::1"));
+    reach_target(&r, true);
+    (ns, r)
+}
+
+/// In router `r`: route the far targets to `tgt`, or (dead) into a
+/// blackhole, which drops the requests silently: the target never sees them.
+fn reach_target(r: &str, alive: bool) {
+    for (target, len, via) in [
+        (REFLECTED[0], 32, "198.18.9.2"),
+        (REFLECTED[1], 128, "2001:db8:9::2"),
+    ] {
+        let how = if alive {
+            format!("{target}/{len} via {via}")
+        } else {
+            format!("blackhole {target}/{len}")
+        };
+        run(&format!("ip -n {r} route replace {how}"));
+    }
+}
+
+/// A reflector on router `ns`'s server-facing `eth0`: while `on`, every
+/// echo request to a [`REFLECTED`] address that arrives there is turned
+/// around as is (MACs and addresses exchanged, type 8 -> 0 / 128 -> 129,
+/// checksum fixed: identifier, sequence, payload and TTL / hop limit stay
+/// the request's) and sent back out of `eth0`, from a packet socket.
+fn spawn_reflector(ns: String, on: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    use uplinkd::probe::packet::{icmpv6_checksum, parse_ethernet, parse_ipv6};
+    let ready = Arc::new(AtomicBool::new(false));
+    let r = ready.clone();
+    let h = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the fd is closed when the thread ends.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = all;
+        sll.sll_ifindex = ifindex as i32;
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        // SAFETY: valid fd, live structs of the stated sizes.
+        unsafe {
+            let len = std::mem::size_of_val(&sll) as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len),
+                0
+            );
+            let tvlen = std::mem::size_of_val(&tv) as libc::socklen_t;
+            let tvp = (&tv as *const libc::timeval).cast();
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tvp, tvlen);
+        }
+        r.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 || !on.load(Ordering::SeqCst) {
+                continue;
+            }
+            let frame = &buf[..n as usize];
+            let Some(eth) = parse_ethernet(frame) else {
+                continue;
+            };
+            let mut out = frame.to_vec();
+            let ip = &mut out[14..];
+            let request = if let Some(v4) = parse_ipv4(eth.payload) {
+                v4.protocol == 1
+                    && v4.dst.to_string() == REFLECTED[0]
+                    && v4.payload.first() == Some(&ICMP_ECHO_REQUEST)
+            } else if let Some(v6) = parse_ipv6(eth.payload) {
+                v6.next_header == 58
+                    && v6.dst.to_string() == REFLECTED[1]
+                    && v6.payload.first() == Some(&128)
+            } else {
+                false
+            };
+            if !request {
+                continue;
+            }
+            // Exchange the addresses; the IPv4 header checksum stays right.
+            let (at, len) = if ip[0] >> 4 == 4 { (12, 4) } else { (8, 16) };
+            let src = ip[at..at + len].to_vec();
+            ip.copy_within(at + len..at + 2 * len, at);
+            ip[at + len..at + 2 * len].copy_from_slice(&src);
+            if ip[0] >> 4 == 4 {
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let icmp = &mut ip[ihl..];
+                icmp[0] = 0;
+                icmp[2..4].fill(0);
+                let sum = checksum(icmp);
+                icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            } else {
+                let v6 = parse_ipv6(ip).unwrap();
+                let (s, d, plen) = (v6.src, v6.dst, v6.payload.len());
+                let icmp = &mut ip[40..40 + plen];
+                icmp[0] = 129;
+                icmp[2..4].fill(0);
+                let sum = icmpv6_checksum(&s, &d, icmp);
+                icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            }
+            let (dst, src) = (eth.src, eth.dst);
+            out[0..6].copy_from_slice(&dst);
+            out[6..12].copy_from_slice(&src);
+            // SAFETY: valid fd and buffer.
+            unsafe { libc::send(fd, out.as_ptr().cast(), out.len(), 0) };
+        }
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(fd) };
+    });
+    while !ready.load(Ordering::SeqCst) {
+        assert!(!h.is_finished(), "reflector failed to start");
+        std::thread::sleep(ms(5));
+    }
+    h
+}
+
+/// A box on the path that copies echo requests back as replies (payload and
+/// sequence verbatim) must not keep a dead target up: with the real target
+/// unreachable and the reflector on, at most one reflected reply counts
+/// (the first cannot be told from a route change) and then every probe
+/// times out; once the reflector is gone and the target is back, its replies
+/// count at once. RAW and DGRAM sockets, IPv4 and IPv6.
+#[test]
+fn reflected_echo_replies_do_not_keep_a_dead_target_up() {
+    in_private_netns(|| {
+        let (_ns, r) = reflector_topology("reflect");
+        let on = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(stop.clone());
+        let reflector = spawn_reflector(r.clone(), on.clone(), stop.clone());
+        let t = ms(300);
+        for dgram in [false, true] {
+            if dgram {
+                admit_root_to_ping_sockets();
+            }
+            let mut p = Prober::new(vec![ProbeUplink {
+                interface: "upa".into(),
+                fwmark: 1000,
+            }]);
+            for target in REFLECTED {
+                let what = |phase: &str| format!("{target} (dgram: {dgram}): {phase}");
+                for _ in 0..4 {
+                    let (o, _) = probe(&mut p, 0, target, ms(1000));
+                    assert_reply(&o, &what("target alive"));
+                }
+                reach_target(&r, false);
+                let (o, _) = probe(&mut p, 0, target, t);
+                assert_timeout(&o, &what("target dead"));
+                on.store(true, Ordering::SeqCst);
+                let start = Instant::now();
+                let mut seen = Vec::new();
+                while seen
+                    .iter()
+                    .rev()
+                    .take_while(|o| **o == ProbeOutcome::Timeout)
+                    .count()
+                    < 4
+                {
+                    assert!(
+                        seen.len() < 10 && start.elapsed() < Duration::from_secs(10),
+                        "{}: a reflector keeps the dead target up: {seen:?}",
+                        what("reflected")
+                    );
+                    seen.push(probe(&mut p, 0, target, t).0);
+                }
+                let replies = seen
+                    .iter()
+                    .filter(|o| matches!(o, ProbeOutcome::Reply { .. }));
+                assert!(replies.count() <= 1, "{}: {seen:?}", what("reflected"));
+                println!("{}: {seen:?}", what("reflected"));
+                on.store(false, Ordering::SeqCst);
+                reach_target(&r, true);
+                for _ in 0..4 {
+                    let (o, _) = probe(&mut p, 0, target, ms(1000));
+                    assert_reply(&o, &what("target back"));
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        reflector.join().unwrap();
+    });
+}

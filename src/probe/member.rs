@@ -75,9 +75,11 @@ use super::packet::{
     solicited_mac, solicited_node, ARP_REPLY, ARP_REQUEST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
     ICMPV6_ECHO_REPLY, IPPROTO_ICMP, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
 };
+use super::reflect::{Paths, Verdict};
 use super::{kernel_rtt, realtime_ns, recv_timestamped};
 use crate::config::Family;
 use crate::netlink::BondSample;
+use tracing::{debug, info, warn};
 
 /// Placeholder destination of an echo whose gateway MAC is not known yet.
 const UNRESOLVED: [u8; 6] = [0; 6];
@@ -102,8 +104,9 @@ enum What {
     Arp(Ipv4Addr),
     /// Neighbour solicitation for this gateway.
     Ns(Ipv6Addr),
-    /// Echo to this target with this sequence number.
-    Echo(IpAddr, u16),
+    /// Echo to this target with this sequence number, sent with this TTL /
+    /// hop limit (a reply whose arrival TTL follows it is reflected).
+    Echo(IpAddr, u16, u8),
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,9 @@ struct Member {
     gw4: HashMap<Ipv4Addr, [u8; 6]>,
     gw6: HashMap<Ipv6Addr, [u8; 6]>,
     seq: u16,
+    /// The TTL each transit's echoes are sent with, and the reflection
+    /// check of their replies, as for routed probes.
+    paths: Paths,
 }
 
 impl Member {
@@ -266,6 +272,7 @@ impl MemberProber {
                 })?;
                 m.seq = m.seq.wrapping_add(1);
                 let seq = m.seq;
+                let ttl = m.paths.send_ttl(target);
                 let payload = encode_payload(&self.token, req.id);
                 match (target, gw) {
                     (IpAddr::V4(t), IpAddr::V4(g)) => {
@@ -274,8 +281,8 @@ impl MemberProber {
                         })?;
                         let dst = m.gw4.get(&g).copied().unwrap_or(UNRESOLVED);
                         (
-                            What::Echo(target, seq),
-                            echo4_frame(src, dst, from, t, self.ident, seq, &payload),
+                            What::Echo(target, seq, ttl),
+                            echo4_frame(src, dst, from, t, self.ident, seq, ttl, &payload),
                         )
                     }
                     (IpAddr::V6(t), IpAddr::V6(g)) => {
@@ -284,8 +291,8 @@ impl MemberProber {
                         })?;
                         let dst = m.gw6.get(&g).copied().unwrap_or(UNRESOLVED);
                         (
-                            What::Echo(target, seq),
-                            echo6_frame(src, dst, from, t, self.ident, seq, &payload),
+                            What::Echo(target, seq, ttl),
+                            echo6_frame(src, dst, from, t, self.ident, seq, ttl, &payload),
                         )
                     }
                     _ => return Err("transit probe: family mismatch".into()),
@@ -295,7 +302,7 @@ impl MemberProber {
         let uc = (libc::PACKET_MR_UNICAST as u16, src);
         let fd = match what {
             What::Arp(_) => open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?,
-            What::Ns(_) | What::Echo(IpAddr::V6(_), _) => {
+            What::Ns(_) | What::Echo(IpAddr::V6(_), ..) => {
                 let f = dst_mac_or_solicited_filter(src, spec.probe6);
                 let mut acc = vec![uc];
                 if let Some(p) = spec.probe6 {
@@ -303,7 +310,7 @@ impl MemberProber {
                 }
                 open_lazily(&mut m.ip6, member, ifindex, ETH_P_IPV6, Some(&f), &acc)?
             }
-            What::Echo(IpAddr::V4(_), _) => {
+            What::Echo(IpAddr::V4(_), ..) => {
                 // Replies come to the probe MAC; the gateway's ARP requests
                 // for the probe address arrive on the ARP socket.
                 open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?;
@@ -428,6 +435,13 @@ impl MemberProber {
                     let Some(i) = m.pending.iter().position(|p| matches_pending(p, &hit)) else {
                         continue;
                     };
+                    if let (What::Echo(target, _, sent), Hit::Echo { ttl, .. }) =
+                        (m.pending[i].what, &hit)
+                    {
+                        if reflected(&mut m.paths, name, target, sent, *ttl) {
+                            continue; // the probe stays in flight
+                        }
+                    }
                     let p = m.pending.remove(i);
                     let rtt = kernel_rtt(p.sent, p.sent_rt, rx, now)
                         .unwrap_or_else(|| now.saturating_duration_since(p.sent));
@@ -514,14 +528,22 @@ impl MemberProber {
 enum Hit {
     Arp(Ipv4Addr),
     Na(Ipv6Addr),
-    Echo { from: IpAddr, seq: u16, id: ProbeId },
+    Echo {
+        from: IpAddr,
+        seq: u16,
+        id: ProbeId,
+        /// Arrival TTL / hop limit.
+        ttl: u8,
+    },
 }
 
 fn matches_pending(p: &Pending, h: &Hit) -> bool {
     match (p.what, h) {
         (What::Arp(g), Hit::Arp(x)) => g == *x,
         (What::Ns(g), Hit::Na(x)) => g == *x,
-        (What::Echo(t, s), Hit::Echo { from, seq, id }) => t == *from && s == *seq && p.id == *id,
+        (What::Echo(t, s, _), Hit::Echo { from, seq, id, .. }) => {
+            t == *from && s == *seq && p.id == *id
+        }
         _ => false,
     }
 }
@@ -564,10 +586,24 @@ fn on_ip4(
     if ip.protocol != IPPROTO_ICMP || ip.dst != probe4 {
         return None;
     }
-    echo_hit(Family::V4, IpAddr::V4(ip.src), ip.payload, ident, token)
+    echo_hit(
+        Family::V4,
+        IpAddr::V4(ip.src),
+        ip.ttl,
+        ip.payload,
+        ident,
+        token,
+    )
 }
 
-fn echo_hit(family: Family, from: IpAddr, icmp: &[u8], ident: u16, token: &[u8; 8]) -> Option<Hit> {
+fn echo_hit(
+    family: Family,
+    from: IpAddr,
+    ttl: u8,
+    icmp: &[u8],
+    ident: u16,
+    token: &[u8; 8],
+) -> Option<Hit> {
     let echo = parse_echo_reply(family, icmp)?;
     if echo.ident != ident {
         return None;
@@ -577,7 +613,34 @@ fn echo_hit(family: Family, from: IpAddr, icmp: &[u8], ident: u16, token: &[u8; 
         from,
         seq: echo.seq,
         id,
+        ttl,
     })
+}
+
+/// Whether the echo reply from `target` to a probe sent with TTL `sent`,
+/// arrived with `arrival`, is the request reflected (logged; see
+/// [`super::reflect`]).
+fn reflected(paths: &mut Paths, member: &str, target: IpAddr, sent: u8, arrival: u8) -> bool {
+    match paths.judge(target, sent, Some(arrival)) {
+        Verdict::Reflected { first: true, other } => {
+            warn!(member, %target, sent, arrival, other,
+                "echo replies rejected: their TTL follows the TTL we send, so something on the path reflects our requests");
+            true
+        }
+        Verdict::Reflected {
+            first: false,
+            other,
+        } => {
+            debug!(member, %target, sent, arrival, other, "reflected echo reply rejected");
+            true
+        }
+        Verdict::Accept { recovered } => {
+            if recovered {
+                info!(member, %target, arrival, "echo replies no longer reflected");
+            }
+            false
+        }
+    }
 }
 
 fn on_ip6(
@@ -612,9 +675,14 @@ fn on_ip6(
             }
             None
         }
-        ICMPV6_ECHO_REPLY if Some(ip.dst) == probe6 => {
-            echo_hit(Family::V6, IpAddr::V6(ip.src), icmp, ident, token)
-        }
+        ICMPV6_ECHO_REPLY if Some(ip.dst) == probe6 => echo_hit(
+            Family::V6,
+            IpAddr::V6(ip.src),
+            ip.hop_limit,
+            icmp,
+            ident,
+            token,
+        ),
         _ => None,
     }
 }
@@ -767,7 +835,7 @@ mod tests {
         let payload = encode_payload(&token, ProbeId(42));
         let from: Ipv4Addr = "198.18.1.10".parse().unwrap();
         let to: Ipv4Addr = "198.19.0.1".parse().unwrap();
-        let f = echo4_frame(src, [9; 6], from, to, 77, 5, &payload);
+        let f = echo4_frame(src, [9; 6], from, to, 77, 5, 64, &payload);
         assert_eq!(checksum(&f[14..34]), 0, "IP header checksum");
         assert_eq!(checksum(&f[34..]), 0, "ICMP checksum");
         // Turn it into the reply the target sends.
@@ -781,7 +849,8 @@ mod tests {
             Some(Hit::Echo {
                 from: IpAddr::V4(to),
                 seq: 5,
-                id: ProbeId(42)
+                id: ProbeId(42),
+                ttl: 64,
             })
         );
         assert_eq!(on_ip4(&r, src, Some(from), 78, &token), None, "other ident");

@@ -61,6 +61,14 @@
 //! sequence number (per (uplink, family), wrapping), and a payload of exactly
 //! the per-process random token followed by the probe id.
 //!
+//! That stops whoever does not see our requests. A box on the path that does
+//! (and copies them back as replies) can repeat all of it, so probes to each
+//! target alternate their TTL / hop limit, and a reply whose arrival TTL
+//! (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`: read by the same `recvmsg`) follows the
+//! TTL we sent is rejected as reflected; see [`reflect`]. Setting the TTL
+//! costs a `setsockopt` before the `sendto` when it changes (in practice
+//! every probe); no receive and no wake-up.
+//!
 //! # Cost
 //!
 //! The steady state allocates nothing per probe: the tables reuse their
@@ -80,19 +88,21 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
 pub mod member;
 pub mod packet;
+mod reflect;
 pub use member::{MemberProber, MemberSpec};
 
 use packet::{
     attach_filter, decode_payload, echo_request, encode_payload, ident_filter, parse_echo_reply,
     parse_ipv4, Echo, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY, IPPROTO_ICMP,
 };
+use reflect::{Paths, Verdict};
 
 /// What the prober needs to know about one uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +178,9 @@ struct Slot {
     /// survives a socket being reopened, so a late reply to the old socket's
     /// probe cannot match a new one.
     seq: u16,
+    /// The TTL each target's probes are sent with, and the reflection check
+    /// of their replies (per target, surviving a reopened socket).
+    paths: Paths,
 }
 
 struct Sock {
@@ -190,6 +203,8 @@ struct Sock {
     readable: bool,
     /// The last drain read everything that was queued (hit EAGAIN).
     drained: bool,
+    /// TTL / hop limit the socket sends with now (0: the kernel's default).
+    ttl: u8,
     /// Kernel receive time (CLOCK_REALTIME, ns) of the last datagram the last
     /// drain read: every reply received before it has been read too.
     last_rx: Option<i64>,
@@ -201,6 +216,9 @@ struct Pending {
     target: IpAddr,
     /// Generation of the socket it was sent on.
     gen: u64,
+    /// TTL / hop limit it was sent with: a reply whose arrival TTL follows
+    /// it is the request reflected ([`reflect`]).
+    ttl: u8,
     /// The caller's `now` at send.
     sent: Instant,
     /// CLOCK_REALTIME (ns) just before `sendto`, to compare with the kernel's
@@ -274,6 +292,7 @@ impl Prober {
                         family,
                         &self.token,
                         &mut slot.pending,
+                        &mut slot.paths,
                         now,
                         &mut self.ready,
                     );
@@ -304,6 +323,7 @@ impl Prober {
             },
         };
         slot.seq = slot.seq.wrapping_add(1);
+        let ttl = slot.paths.send_ttl(req.target);
         let payload = encode_payload(&self.token, req.id);
         let packet = echo_request(family, sock.ident, slot.seq, &payload);
         let dst = match req.target {
@@ -315,12 +335,16 @@ impl Prober {
         // Before the send: on a fast local path the reply can be received
         // (and timestamped) before `sendto` even returns.
         let sent_rt = realtime_ns();
-        match sock.socket.send_to(&packet, &SockAddr::from(dst)) {
+        match sock
+            .set_ttl(family, ttl)
+            .and_then(|()| sock.socket.send_to(&packet, &SockAddr::from(dst)))
+        {
             Ok(_) => slot.pending.push(Pending {
                 id: req.id,
                 seq: slot.seq,
                 target: req.target,
                 gen: sock.gen,
+                ttl,
                 sent: now,
                 sent_rt,
                 timeout: req.timeout,
@@ -361,11 +385,12 @@ impl Prober {
                     sock,
                     retired,
                     pending,
+                    paths,
                     ..
                 } = slot;
                 for s in sock.iter_mut().chain(retired.iter_mut()) {
                     if pending.iter().any(|p| p.gen == s.gen) {
-                        drain(s, family, &self.token, pending, now, out);
+                        drain(s, family, &self.token, pending, paths, now, out);
                     }
                 }
                 expire(pending, sock.as_ref(), retired, now, out);
@@ -502,6 +527,15 @@ impl Sock {
             // Then RTTs are measured up to the `poll` that reads the reply.
             debug!(interface = %cfg.interface, error = %e, "SO_TIMESTAMPNS not set");
         }
+        // The arrival TTL of every datagram, with it (ip(7), ipv6(7)).
+        let (level, name) = match family {
+            Family::V4 => (libc::IPPROTO_IP, libc::IP_RECVTTL),
+            Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+        };
+        if let Err(e) = set_int_opt(fd, level, name, 1) {
+            // Then reflected replies cannot be told from the target's.
+            warn!(interface = %cfg.interface, error = %e, "arrival TTL not available: reflected echo replies will not be detected");
+        }
         // IPv6 link-local targets (a gateway is often fe80::1) need the scope.
         let scope_id = match family {
             Family::V4 => 0,
@@ -521,7 +555,28 @@ impl Sock {
             readable: true,
             drained: true,
             last_rx: None,
+            ttl: 0,
         })
+    }
+
+    /// Send with TTL / hop limit `ttl` from now on. A socket option, not a
+    /// control message on the send: IPv6 ping sockets ignored an
+    /// `IPV6_HOPLIMIT` control message until 2022 (`ping_v6_sendmsg` then
+    /// had only a TODO to call `ip6_datagram_send_ctl`), while the options
+    /// work on every kernel and socket kind (ip(7) `IP_TTL`, ipv6(7)
+    /// `IPV6_UNICAST_HOPS`).
+    fn set_ttl(&mut self, family: Family, ttl: u8) -> io::Result<()> {
+        if self.ttl == ttl {
+            return Ok(());
+        }
+        let (level, name) = match family {
+            Family::V4 => (libc::IPPROTO_IP, libc::IP_TTL),
+            Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+        };
+        set_int_opt(self.socket.as_raw_fd(), level, name, libc::c_int::from(ttl))
+            .map_err(|e| io::Error::new(e.kind(), format!("set TTL {ttl}: {e}")))?;
+        self.ttl = ttl;
+        Ok(())
     }
 }
 
@@ -532,6 +587,7 @@ fn drain(
     family: Family,
     token: &[u8; 8],
     pending: &mut Vec<Pending>,
+    paths: &mut Paths,
     now: Instant,
     out: &mut Vec<(ProbeId, ProbeOutcome)>,
 ) {
@@ -556,6 +612,7 @@ fn drain(
                         &buf[..dgram.len],
                         &dgram,
                         pending,
+                        paths,
                         now,
                         out,
                     );
@@ -589,6 +646,7 @@ fn on_packet(
     buf: &[u8],
     dgram: &Datagram,
     pending: &mut Vec<Pending>,
+    paths: &mut Paths,
     now: Instant,
     out: &mut Vec<(ProbeId, ProbeOutcome)>,
 ) {
@@ -615,6 +673,25 @@ fn on_packet(
             "unexpected, late or duplicate echo reply ignored");
         return;
     };
+    let (target, sent) = (pending[i].target, pending[i].ttl);
+    match paths.judge(target, sent, dgram.ttl) {
+        Verdict::Reflected { first, other } => {
+            // The probe stays in flight: the target's own reply may follow.
+            if first {
+                warn!(uplink = sock.uplink, %target, sent, arrival = dgram.ttl, other,
+                    "echo replies rejected: their TTL follows the TTL we send, so something on the path reflects our requests");
+            } else {
+                debug!(uplink = sock.uplink, %target, sent, arrival = dgram.ttl, other,
+                    "reflected echo reply rejected");
+            }
+            return;
+        }
+        Verdict::Accept { recovered: true } => {
+            info!(uplink = sock.uplink, %target, arrival = dgram.ttl,
+                "echo replies no longer reflected");
+        }
+        Verdict::Accept { recovered: false } => {}
+    }
     let p = pending.swap_remove(i);
     let rtt = kernel_rtt(p.sent, p.sent_rt, dgram.rx, now)
         .unwrap_or_else(|| now.saturating_duration_since(p.sent));
@@ -685,6 +762,8 @@ struct Datagram {
     from: IpAddr,
     /// Kernel receive timestamp, CLOCK_REALTIME ns.
     rx: Option<i64>,
+    /// Arrival TTL / hop limit (`IP_TTL` / `IPV6_HOPLIMIT` control message).
+    ttl: Option<u8>,
 }
 
 /// What one `recvmsg` returned.
@@ -697,6 +776,9 @@ pub(crate) struct Received {
     pub flags: libc::c_int,
     /// Kernel receive timestamp (`SO_TIMESTAMPNS`), CLOCK_REALTIME ns.
     pub rx: Option<i64>,
+    /// Arrival TTL / hop limit, on IP sockets that asked for it
+    /// (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`); `None` on packet sockets.
+    pub ttl: Option<u8>,
 }
 
 /// One non-blocking `recvmsg` into `buf`, the sender's address into `addr`,
@@ -707,7 +789,7 @@ pub(crate) fn recv_timestamped<A>(
     buf: &mut [u8],
     addr: &mut MaybeUninit<A>,
 ) -> io::Result<Option<Received>> {
-    // u64 for cmsghdr alignment; room for one timespec cmsg and more.
+    // u64 for cmsghdr alignment; room for a timespec and a TTL cmsg and more.
     let mut control = [0u64; 16];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -732,16 +814,24 @@ pub(crate) fn recv_timestamped<A>(
             Err(e)
         };
     }
-    let mut rx = None;
+    let (mut rx, mut ttl) = (None, None);
     // SAFETY: `msg` describes the control buffer the kernel filled; the CMSG
     // macros stay within `msg_controllen`, and the data is read unaligned.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let c = &*cmsg;
-            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                rx = Some(timespec_ns(&ts));
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    rx = Some(timespec_ns(&ts));
+                }
+                // Both an int (ip_cmsg_recv_ttl; RFC 3542 §6.3).
+                (libc::IPPROTO_IP, libc::IP_TTL) | (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    let v: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    ttl = u8::try_from(v).ok();
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
@@ -751,6 +841,7 @@ pub(crate) fn recv_timestamped<A>(
         namelen: msg.msg_namelen,
         flags: msg.msg_flags,
         rx,
+        ttl,
     }))
 }
 
@@ -769,6 +860,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
             truncated: true,
             from: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             rx: None,
+            ttl: None,
         }));
     };
     Ok(Some(Datagram {
@@ -776,6 +868,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         truncated: r.flags & libc::MSG_TRUNC != 0,
         from,
         rx: r.rx,
+        ttl: r.ttl,
     }))
 }
 
@@ -970,6 +1063,7 @@ mod tests {
             seq: 0,
             target: IpAddr::from([198, 18, 0, 1]),
             gen,
+            ttl: 64,
             sent,
             sent_rt: Some(1_000_000_000),
             timeout,

@@ -193,6 +193,9 @@ pub struct Ipv4<'a> {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub protocol: u8,
+    /// Time to live as it arrived: what tells a reply reflected by a box on
+    /// the path from the target's own (see the prober's `reflect`).
+    pub ttl: u8,
     /// The payload up to the header's total length (Ethernet pads short
     /// frames; the padding is not part of the packet).
     pub payload: &'a [u8],
@@ -211,6 +214,7 @@ pub fn parse_ipv4(packet: &[u8]) -> Option<Ipv4<'_>> {
         src: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
         dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
         protocol: packet[9],
+        ttl: packet[8],
         payload: packet.get(ihl..total)?,
     })
 }
@@ -283,7 +287,8 @@ fn push_ethernet(f: &mut Vec<u8>, dst: [u8; 6], src: [u8; 6], ethertype: u16) {
 }
 
 /// The frame of an ICMP echo request from `from` to `to`, from MAC `src` to
-/// MAC `dst`: IPv4 with DF, TTL 64, the sequence number as IP identifier.
+/// MAC `dst`: IPv4 with DF, TTL `ttl`, the sequence number as IP identifier.
+#[allow(clippy::too_many_arguments)]
 pub fn echo4_frame(
     src: [u8; 6],
     dst: [u8; 6],
@@ -291,6 +296,7 @@ pub fn echo4_frame(
     to: Ipv4Addr,
     ident: u16,
     seq: u16,
+    ttl: u8,
     payload: &[u8; PAYLOAD_LEN],
 ) -> Vec<u8> {
     let icmp = echo_request(Family::V4, ident, seq, payload);
@@ -300,7 +306,7 @@ pub fn echo4_frame(
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[4..6].copy_from_slice(&seq.to_be_bytes()); // identification
     ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
-    ip[8] = 64; // TTL
+    ip[8] = ttl;
     ip[9] = IPPROTO_ICMP;
     ip[12..16].copy_from_slice(&from.octets());
     ip[16..20].copy_from_slice(&to.octets());
@@ -336,7 +342,8 @@ fn icmpv6_frame(
     f
 }
 
-/// The frame of an ICMPv6 echo request from `from` to `to` (hop limit 64).
+/// The frame of an ICMPv6 echo request from `from` to `to`, hop limit `hops`.
+#[allow(clippy::too_many_arguments)]
 pub fn echo6_frame(
     src: [u8; 6],
     dst: [u8; 6],
@@ -344,10 +351,11 @@ pub fn echo6_frame(
     to: Ipv6Addr,
     ident: u16,
     seq: u16,
+    hops: u8,
     payload: &[u8; PAYLOAD_LEN],
 ) -> Vec<u8> {
     let mut icmp = echo_request(Family::V6, ident, seq, payload);
-    icmpv6_frame(src, dst, from, to, 64, &mut icmp)
+    icmpv6_frame(src, dst, from, to, hops, &mut icmp)
 }
 
 // ---------------------------------------------------------------------------
@@ -795,7 +803,7 @@ mod tests {
     fn echo4_frame_parses_back_with_valid_checksums() {
         let payload = encode_payload(&TOKEN, ProbeId(42));
         let (from, to) = (v4("198.18.1.10"), v4("198.19.0.1"));
-        let f = echo4_frame(MAC, GW_MAC, from, to, 77, 5, &payload);
+        let f = echo4_frame(MAC, GW_MAC, from, to, 77, 5, 64, &payload);
         assert_eq!(checksum(&f[14..34]), 0, "IP header checksum");
         assert_eq!(checksum(&f[34..]), 0, "ICMP checksum");
         let eth = parse_ethernet(&f).unwrap();
@@ -805,6 +813,7 @@ mod tests {
         padded.extend_from_slice(&[0, 0]);
         let ip = parse_ipv4(&padded).unwrap();
         assert_eq!((ip.src, ip.dst, ip.protocol), (from, to, IPPROTO_ICMP));
+        assert_eq!(ip.ttl, 64);
         assert_eq!(ip.payload.len(), ECHO_LEN);
         assert_eq!(ip.payload[0], ICMP_ECHO_REQUEST);
     }
@@ -813,11 +822,11 @@ mod tests {
     fn echo6_frame_parses_back_with_valid_checksum() {
         let payload = encode_payload(&TOKEN, ProbeId(43));
         let (from, to) = (v6("2001:db8:1::10"), v6("2001:db8:ff::1"));
-        let f = echo6_frame(MAC, GW_MAC, from, to, 77, 6, &payload);
+        let f = echo6_frame(MAC, GW_MAC, from, to, 77, 6, 255, &payload);
         let eth = parse_ethernet(&f).unwrap();
         assert_eq!(eth.ethertype, ETH_P_IPV6);
         let ip = parse_icmpv6(eth.payload).expect("valid checksum");
-        assert_eq!((ip.src, ip.dst, ip.hop_limit), (from, to, 64));
+        assert_eq!((ip.src, ip.dst, ip.hop_limit), (from, to, 255));
         let mut reply = ip.payload.to_vec();
         reply[0] = ICMPV6_ECHO_REPLY;
         let e = parse_echo_reply(Family::V6, &reply).unwrap();
@@ -981,9 +990,10 @@ mod tests {
                 v4("198.19.0.1"),
                 1,
                 2,
+                64,
                 &payload,
             ),
-            echo6_frame(MAC, GW_MAC, gw6, gw6, 1, 2, &payload),
+            echo6_frame(MAC, GW_MAC, gw6, gw6, 1, 2, 64, &payload),
             ns_frame(MAC, GW_MAC, link_local(MAC), solicited_node(&gw6), gw6),
             na_frame(MAC, GW_MAC, gw6, gw6),
             arp_probe_frame(MAC, [0xff; 6], v4("198.18.1.1")).to_vec(),
