@@ -600,8 +600,10 @@ fn scenario_failback_after_recovery() {
     a.wait_for("on member-b", S(15), |s| {
         s.active.ipv4.as_deref() == Some("member-b")
     });
-    // The recovery: the link is back (an `ip` command in the VM can take a
-    // second to return, so its return is no instant to measure from).
+    // The recovery: the link is back (an `ip` command in the VM can take
+    // seconds to return, so its return is no instant to measure from: a
+    // check 3 s after it saw a correct failback, 5.0 s after member-a was
+    // healthy again, as early).
     let recovering = std::cell::Cell::new(None);
     measure(
         &lab,
@@ -610,16 +612,7 @@ fn scenario_failback_after_recovery() {
             recovering.set(Some(std::time::SystemTime::now()));
             lab.isl(true).unwrap();
         },
-        || {
-            // Not before failback_after...
-            std::thread::sleep(S(3));
-            assert_eq!(
-                lab.active_member().unwrap(),
-                MEMBERS[1],
-                "no early failback"
-            );
-            driver_on(&lab, 0, S(30));
-        },
+        || driver_on(&lab, 0, S(30)),
     );
     println!("{}", a.timeline());
     // Measured from the recovery instant, by the agent's own clock: the
