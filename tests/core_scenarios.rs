@@ -72,6 +72,8 @@ struct Net {
     upstream_dead: [[bool; 2]; 2],
     /// transit index dead everywhere
     transit_dead: [bool; 4],
+    /// (uplink, transit index) unreachable through that uplink only
+    transit_dead_via: [[bool; 4]; 2],
     /// loss probability per probe through an uplink
     loss: [f64; 2],
 }
@@ -179,7 +181,9 @@ impl Sim {
                     && match p.kind {
                         ProbeKind::Gateway => true,
                         ProbeKind::Transit(t) => {
-                            !self.net.upstream_dead[u][fi] && !self.net.transit_dead[t]
+                            !self.net.upstream_dead[u][fi]
+                                && !self.net.transit_dead[t]
+                                && !self.net.transit_dead_via[u][t]
                         }
                     };
                 if alive {
@@ -449,6 +453,8 @@ fn one_dead_transit_is_not_a_dead_uplink() {
         .iter()
         .filter(|t| t.name == "transit-a")
         .collect();
+    // One target per family: `all` of an empty list would prove nothing.
+    assert_eq!(a.len(), 2, "transit-a's targets in the status: {a:?}");
     assert!(a.iter().all(|t| t.reachable == Some(false)));
     assert_eq!(st.uplinks[0].state, UplinkState::Healthy);
 }
@@ -458,9 +464,29 @@ fn one_transit_dead_only_through_the_primary_is_not_enough() {
     // Quorum is 2: a single transit unreachable through the primary (but
     // reachable through the secondary) must not move traffic.
     let mut s = settled();
-    s.net.transit_dead[1] = true; // dead everywhere
+    s.net.transit_dead_via[0][1] = true; // through the primary only
     s.run_for(Duration::from_secs(10));
-    assert_eq!(s.switches(Family::V4).len(), 1);
+    assert_eq!(s.switches(Family::V4).len(), 1, "{:?}", s.active_changes());
+    assert_eq!(s.switches(Family::V6).len(), 1);
+    // The case is the one named: transit-b unreachable through the primary
+    // (both families), reachable through the secondary, the rest reachable.
+    let st = s.core.status(s.now);
+    for (u, dead) in [(0, Some(false)), (1, Some(true))] {
+        let b: Vec<_> = st.uplinks[u]
+            .transits
+            .iter()
+            .filter(|t| t.name == "transit-b")
+            .collect();
+        assert_eq!(b.len(), 2, "transit-b's targets through uplink {u}: {b:?}");
+        assert!(b.iter().all(|t| t.reachable == dead), "uplink {u}: {b:?}");
+        assert!(st.uplinks[u]
+            .transits
+            .iter()
+            .filter(|t| t.name != "transit-b")
+            .all(|t| t.reachable == Some(true)));
+    }
+    assert_eq!(st.uplinks[0].state, UplinkState::Healthy);
+    assert_eq!(st.active.ipv4.as_deref(), Some("primary"));
 }
 
 #[test]

@@ -114,10 +114,13 @@ fn one_dead_transit_does_not_switch() {
     lab.transit_dead(0).unwrap();
     a.wait_for("transit-a seen unreachable through both", S(10), |s| {
         s.uplinks.iter().all(|u| {
-            u.transits
+            let a: Vec<_> = u
+                .transits
                 .iter()
                 .filter(|t| t.name == "transit-a")
-                .all(|t| t.reachable == Some(false))
+                .collect();
+            // Present (`all` of nothing is true), and unreachable.
+            !a.is_empty() && a.iter().all(|t| t.reachable == Some(false))
         })
     });
     std::thread::sleep(S(5));

@@ -641,14 +641,33 @@ fn demo_runs_end_to_end() {
                 .find(|s| s.family == f)
                 .unwrap_or_else(|| panic!("{title}: no {f} switch in the timeline: {step:#?}"));
             assert_eq!(sw.to, to.name(), "{title}: {f}");
-            assert!(sw.after_ms.is_finite() && sw.after_ms >= 0.0, "{step:#?}");
+            // Only switches after the injection are taken (so >= 0 says
+            // nothing); a failback must wait failback_after (5 s in the demo).
+            assert!(sw.after_ms.is_finite(), "{step:#?}");
+            if title.ends_with("failback") {
+                let min = humantime::parse_duration(uplinkd::lab::demo::DEMO_FAILBACK_AFTER)
+                    .unwrap()
+                    .as_secs_f64()
+                    * 1000.0;
+                assert!(
+                    sw.after_ms >= min,
+                    "{title}: {f} failback {} ms after the recovery (failback_after {min} ms)",
+                    sw.after_ms
+                );
+            }
             let o = step
                 .outages
                 .iter()
                 .find(|o| o.family == f)
                 .unwrap_or_else(|| panic!("{title}: no {f} outage figure: {step:#?}"));
             assert!(o.sent > 0, "{title}: the {f} stream sent nothing");
-            assert!(o.outage_ms.is_finite() && o.outage_ms >= 0.0, "{step:#?}");
+            // The outage is one of the stream's gaps, its losses among what
+            // it sent (a Duration is never negative: >= 0 says nothing).
+            assert!(
+                o.outage_ms.is_finite() && o.outage_ms <= o.raw_ms + 1e-6,
+                "{title}: {f} outage above the longest gap: {o:#?}"
+            );
+            assert!(o.lost <= o.sent, "{title}: {o:#?}");
         }
         assert!(!step.text.is_empty(), "{title}");
     }

@@ -539,14 +539,19 @@ fn error_when_the_interface_does_not_exist() {
             fwmark: 1000,
         }]);
         for target in ["198.18.9.1", "2001:db8:9::1"] {
-            let (o, took) = probe(&mut p, 0, target, ms(500));
+            // A long timeout: an error held until it (as a timeout would
+            // be) takes 10 s; one reported at once takes far less.
+            let (o, took) = probe(&mut p, 0, target, ms(10_000));
             let ProbeOutcome::Error(msg) = o else {
                 panic!("expected an error, got {o:?}");
             };
             for part in ["uplink 0", "nosuch0", target, "No such device"] {
                 assert!(msg.contains(part), "{msg:?} does not name {part:?}");
             }
-            assert!(took < ms(100), "error should be immediate, took {took:?}");
+            assert!(
+                took < ms(5_000),
+                "error should be immediate, not at the timeout: took {took:?}"
+            );
         }
         // An uplink the prober does not know is an error too, not a panic.
         let (o, _) = probe(&mut p, 3, "198.18.9.1", ms(500));
@@ -765,7 +770,6 @@ fn rtt_is_measured_from_the_kernel_receive_time() {
                     let mut out = Vec::new();
                     let now = Instant::now();
                     p.poll(now, &mut out);
-                    assert!(now - sent >= ms(100));
                     let what =
                         format!("{gw} (dgram: {dgram}) read {:?} after the send", now - sent);
                     assert_eq!(out.len(), 1, "{what}: {out:?}");
@@ -812,7 +816,8 @@ fn lateness_is_judged_by_kernel_time() {
                 p.send(sent, request(id, 0, "198.18.1.1".parse().unwrap(), timeout));
                 std::thread::sleep(ms(60));
                 let mut out = Vec::new();
-                p.poll(Instant::now(), &mut out);
+                let read_at = Instant::now();
+                p.poll(read_at, &mut out);
                 assert_eq!(out.len(), 1, "{what}: {out:?}");
                 assert_eq!(out[0].0, id);
                 if late {
@@ -821,7 +826,14 @@ fn lateness_is_judged_by_kernel_time() {
                     let ProbeOutcome::Reply { rtt } = out[0].1 else {
                         panic!("{what}: expected a reply, got {:?}", out[0].1);
                     };
-                    assert!(rtt >= ms(30) && rtt < ms(50), "{what}: rtt {rtt:?}");
+                    // The kernel's time: at least the responder's 30 ms
+                    // delay, and short of when `poll` read it (60 ms or more
+                    // after the send, later on a loaded machine).
+                    let read = read_at - sent;
+                    assert!(
+                        rtt >= ms(30) && rtt < read,
+                        "{what}: rtt {rtt:?}, read {read:?} after the send"
+                    );
                 }
             }
             mode.store(Answer::Correct as u8, Ordering::SeqCst);

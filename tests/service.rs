@@ -184,9 +184,26 @@ fn sighup_applies_a_good_config_as_a_difference_and_refuses_a_bad_one() {
         );
     }
 
-    // A syntax error: refused with its place, nothing changes.
+    // Each bad file below would also change failback_after (to 3 s) and
+    // replace the hook by one writing elsewhere: after the refusals, the
+    // 20 s and the reloaded hook must still be in force.
     let good_text = std::fs::read_to_string(a.config_path()).unwrap();
-    let broken = good_text.replacen("[policy]", "[policy", 1);
+    let bad_hook_out = lab.dir().join("refused-hook-ran");
+    let with_bad_changes = |text: &str| {
+        let t = text
+            .replacen("failback_after = \"20s\"", "failback_after = \"3s\"", 1)
+            .replacen(
+                &hook_out.display().to_string(),
+                &bad_hook_out.display().to_string(),
+                1,
+            );
+        assert_ne!(t, text);
+        t
+    };
+    let before_refusals = a.status().unwrap();
+    let before_refusals_at = Instant::now();
+    // A syntax error: refused with its place, nothing changes.
+    let broken = with_bad_changes(&good_text).replacen("[policy]", "[policy", 1);
     std::fs::write(a.config_path(), &broken).unwrap();
     hup(&mut a);
     let log = wait_log(&a, "reload refused", 1, S(10));
@@ -195,7 +212,8 @@ fn sighup_applies_a_good_config_as_a_difference_and_refuses_a_bad_one() {
     assert!(log.contains(&at), "syntax error at {at} logged:\n{log}");
 
     // Two invalid values: both reported with their lines.
-    let invalid = good_text
+    let invalid = with_bad_changes(&good_text)
+        .replacen("failback_after = \"3s\"", "failback_after = \"soon\"", 1)
         .replacen("failback_after = \"20s\"", "failback_after = \"soon\"", 1)
         .replacen(
             &format!("gateway4 = \"{}\"", Uplink::Secondary.gateway(Family::V4)),
@@ -212,7 +230,8 @@ fn sighup_applies_a_good_config_as_a_difference_and_refuses_a_bad_one() {
     }
 
     // Valid, but a key that needs a restart: refused as a whole, saying so.
-    let restart = good_text.replacen("[agent]\n", "[agent]\nroute_metric = 20\n", 1);
+    let restart =
+        with_bad_changes(&good_text).replacen("[agent]\n", "[agent]\nroute_metric = 20\n", 1);
     assert_ne!(restart, good_text);
     std::fs::write(a.config_path(), &restart).unwrap();
     hup(&mut a);
@@ -222,10 +241,26 @@ fn sighup_applies_a_good_config_as_a_difference_and_refuses_a_bad_one() {
         "{log}"
     );
 
-    // Still running on the last good configuration: a failover happens and
-    // runs the hook that configuration added.
+    // Still running on the last good configuration, its health state kept
+    // over the refusals (from status): same choice, same verdicts, the
+    // primary healthy without a break.
     let s = a.status().expect("still serving");
-    assert_eq!(s.active.ipv4.as_deref(), Some("primary"));
+    assert_eq!(s.active, before_refusals.active);
+    for (u, b) in s.uplinks.iter().zip(&before_refusals.uplinks) {
+        assert_eq!(u.state, UplinkState::Healthy, "{u:?}");
+        assert_eq!(u.state, b.state);
+        assert!(
+            u.transits.iter().all(|t| t.reachable == Some(true)),
+            "transit verdicts kept: {u:?}"
+        );
+    }
+    let (h0, h1) = (healthy_for_ms(&before_refusals, 0), healthy_for_ms(&s, 0));
+    assert!(
+        h1 >= h0 + before_refusals_at.elapsed().as_millis() as u64 - 200,
+        "primary healthy since before the refusals: {h0} ms then {h1} ms"
+    );
+    // A failover happens and runs the hook of the last good configuration
+    // (not the refused files' one).
     lab.carrier_down(Uplink::Primary).unwrap();
     for f in Family::ALL {
         wait_route(&lab, &a, f, Uplink::Secondary, S(5));
@@ -238,6 +273,24 @@ fn sighup_applies_a_good_config_as_a_difference_and_refuses_a_bad_one() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        !bad_hook_out.exists(),
+        "a refused file's hook ran: {:?}",
+        std::fs::read_to_string(&bad_hook_out)
+    );
+    // failback_after is still the reloaded 20 s (neither a refused file's
+    // 3 s nor the initial 30 s): the failback comes when the primary has
+    // been healthy that long, as its status says at the failback.
+    lab.carrier_up(Uplink::Primary).unwrap();
+    let back = a.wait_for("failback", S(60), |s| {
+        s.active.ipv4.as_deref() == Some("primary")
+    });
+    let healthy = healthy_for_ms(&back, 0);
+    eprintln!("failback once the primary was healthy for {healthy} ms");
+    assert!(
+        (20_000..30_000).contains(&healthy),
+        "failback once the primary was healthy for {healthy} ms (failback_after 20 s)"
+    );
     // The monitor does see a change of the managed route (so its silence
     // over the reload meant something).
     let deadline = Instant::now() + S(5);
@@ -446,9 +499,10 @@ fn sd_notify_ready_after_the_route_then_watchdog_reloading_and_stopping() {
         "status line: {:?}",
         n.got
     );
-    // Pings keep coming from the loop.
-    let deadline = ready_at + S(3);
-    while Instant::now() < deadline {
+    // Pings keep coming from the loop (every 100 ms; 3 of them by a
+    // generous deadline, the rate is not what is tested).
+    let deadline = ready_at + S(10);
+    while Instant::now() < deadline && n.count("WATCHDOG=1", ready_at) < 3 {
         let _ = n.sock.set_read_timeout(Some(Duration::from_millis(100)));
         let mut buf = [0u8; 4096];
         if let Ok(k) = n.sock.recv(&mut buf) {
@@ -457,7 +511,7 @@ fn sd_notify_ready_after_the_route_then_watchdog_reloading_and_stopping() {
         }
     }
     let pings = n.count("WATCHDOG=1", ready_at);
-    assert!(pings >= 3, "{pings} watchdog pings in 3 s: {:?}", n.got);
+    assert!(pings >= 3, "{pings} watchdog pings in 10 s: {:?}", n.got);
 
     // Reload: RELOADING=1, then READY=1 again.
     hup(&mut a);

@@ -106,11 +106,11 @@ impl Agent {
         let mut last = Err("no answer yet".to_string());
         while Instant::now() < deadline {
             if let Some(c) = &self.child {
-                // Fail fast when the daemon died.
-                let pid = c.pid();
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                // Fail fast when the daemon died (a zombie counts: /proc/PID
+                // stays until it is reaped, so ask waitpid, without reaping).
+                if let Some(how) = exited(c.pid()) {
                     panic!(
-                        "uplinkd exited while waiting for {what}:\n{}",
+                        "uplinkd exited ({how}) while waiting for {what}:\n{}",
                         self.log_text()
                     );
                 }
@@ -164,8 +164,35 @@ impl Drop for Agent {
             eprintln!("---- uplinkd log ----\n{}", self.log_text());
         }
         if let Some(c) = self.child.take() {
-            let _ = c.terminate(Duration::from_secs(3));
+            // SIGTERM must end the daemon cleanly (status 0) in every test:
+            // a crash or a failed shutdown is a failure of the test, not
+            // something to hide. `terminate` reaps it.
+            let st = c.terminate(Duration::from_secs(10));
+            if !std::thread::panicking() {
+                match st {
+                    Ok(st) if st.success() => {}
+                    other => panic!(
+                        "uplinkd did not exit cleanly on SIGTERM: {other:?}\nlog:\n{}",
+                        self.log_text()
+                    ),
+                }
+            }
         }
+    }
+}
+
+/// How `pid` (our child) ended, if it has; it stays unreaped (WNOWAIT) for
+/// its owner's `wait`.
+pub fn exited(pid: u32) -> Option<String> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status {code}")),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("killed by {sig}")),
+        Ok(other) => Some(format!("{other:?}")),
+        // ECHILD: already reaped, so gone.
+        Err(e) => Some(format!("waitid: {e}")),
     }
 }
 
