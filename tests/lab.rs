@@ -645,7 +645,7 @@ fn demo_runs_end_to_end() {
             // nothing); a failback must wait failback_after (5 s in the demo).
             assert!(sw.after_ms.is_finite(), "{step:#?}");
             if title.ends_with("failback") {
-                let min = humantime::parse_duration(uplinkd::lab::demo::DEMO_FAILBACK_AFTER)
+                let min = humantime::parse_duration(uplink_lab::demo::DEMO_FAILBACK_AFTER)
                     .unwrap()
                     .as_secs_f64()
                     * 1000.0;
