@@ -25,13 +25,13 @@
 //! the same timer interrupt; a period that is overrun entirely is skipped,
 //! not made up for with a burst.
 //!
-//! Side effect, observed on Linux 6.18 (tests/netlink.rs,
-//! `carrier_poller_is_fast_while_another_interface_flaps`): with another
-//! NIC-like interface flapping, RTM_NEWLINK for a carrier loss came ~0.7-1 s
-//! late, but while the poller polls that device it came within ~1 ms, as fast
-//! as the poll: answering GETLINK apparently runs the device's pending
-//! linkwatch work (probably `linkwatch_sync_dev()`, added around 6.7 so that
-//! a queried carrier is consistent). Do not rely on it on older kernels.
+//! Side effect: while the poller reads a device, the kernel's delayed link
+//! event for it tends to come as soon as the read (answering GETLINK appears
+//! to run the device's pending linkwatch work, `linkwatch_sync_dev()` in
+//! recent kernels) instead of up to a second late. Nothing here relies on it:
+//! older kernels do not do it. `tests/netlink.rs`
+//! (`carrier_poller_is_fast_while_another_interface_flaps`) shows it on the
+//! running kernel; figures belong in bench/.
 //!
 //! Namespace: the socket is opened by [`spawn_carrier_poller`] on the calling
 //! thread, so it belongs to the network namespace of that thread (the poller
