@@ -1079,3 +1079,126 @@ fn events_since_replays_recent_events() {
         assert_eq!(got[1]["last_seq"], 44);
     });
 }
+
+// ---------------------------------------------------------------------------
+// Hardening: the socket's budgets, a second instance, hooks across reloads.
+// ---------------------------------------------------------------------------
+
+/// How long until `ask` succeeds, trying every 100 ms up to `limit` (None:
+/// not within it), and the last error seen.
+fn time_to_success(
+    limit: Duration,
+    ask: impl Fn() -> Result<(), String>,
+) -> (Option<Duration>, String) {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        match ask() {
+            Ok(()) => return (Some(t0.elapsed()), last),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(MS(100));
+    }
+    (None, last)
+}
+
+/// The socket group's gid and name for unprivileged clients (nogroup).
+fn nogroup() -> (u32, String) {
+    let gid = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .map(|g| g.gid.as_raw())
+        .unwrap_or(65534);
+    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .unwrap()
+        .unwrap()
+        .name;
+    (gid, name)
+}
+
+/// Subscribers that never read and a flood of idle connections take their
+/// own budgets: `status` is still answered at once, to root and to a member
+/// of the socket's group; the longest idle connection makes room and is
+/// told why; a subscriber beyond its budget is told so.
+#[test]
+fn stuck_subscribers_and_idle_connections_leave_room_for_requests() {
+    let lab = lab();
+    std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let ctl = unprivileged_ctl(&lab);
+    let (gid, group) = nogroup();
+    let a = settled(&lab, &format!("[agent]\nsocket_group = \"{group}\""));
+    let root = || a.status().map(|_| ()).map_err(|e| e.to_string());
+    let member = || {
+        let o = ctl_as(&ctl, &a.socket, gid, &["status"]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&o))
+        }
+    };
+    let subscribe = || {
+        let mut s = UnixStream::connect(&a.socket).unwrap();
+        let _ = s.write_all(b"{\"request\":\"events\"}\n");
+        s
+    };
+
+    // 64 subscribers that never read (and no event to make a write time out).
+    let stuck: Vec<UnixStream> = (0..64).map(|_| subscribe()).collect();
+    std::thread::sleep(MS(300));
+    let (root1, root1_err) = time_to_success(S(5), root);
+    let (member1, member1_err) = time_to_success(S(5), member);
+    eprintln!("64 stuck subscribers: status as root after {root1:?} ({root1_err}), as a member after {member1:?} ({member1_err})");
+    drop(stuck);
+    std::thread::sleep(MS(300));
+
+    // 500 connections that never send anything.
+    let idle: Vec<UnixStream> = (0..500)
+        .map(|_| UnixStream::connect(&a.socket).unwrap())
+        .collect();
+    std::thread::sleep(MS(500));
+    let (root2, root2_err) = time_to_success(S(70), root);
+    let (member2, member2_err) = time_to_success(S(70), member);
+    eprintln!("500 idle connections: status as root after {root2:?} ({root2_err}), as a member after {member2:?} ({member2_err})");
+
+    for (what, t) in [
+        ("root, 64 stuck subscribers", root1),
+        ("member, 64 stuck subscribers", member1),
+        ("root, 500 idle connections", root2),
+        ("member, 500 idle connections", member2),
+    ] {
+        assert!(
+            t.is_some_and(|t| t < MS(500)),
+            "{what}: status answered after {t:?}"
+        );
+    }
+    // The two statuses took the places of the two longest idle connections,
+    // which were told why they are closed; the flood beyond the budget was
+    // refused.
+    let first_line = |s: &UnixStream| {
+        s.set_read_timeout(Some(S(2))).unwrap();
+        let mut l = String::new();
+        let _ = BufReader::new(s).read_line(&mut l);
+        l
+    };
+    let evicted = first_line(&idle[0]);
+    assert!(evicted.contains("longest idle"), "{evicted:?}");
+    let refused = first_line(&idle[499]);
+    assert!(refused.contains("too many clients"), "{refused:?}");
+    drop(idle);
+    std::thread::sleep(MS(300));
+
+    // The subscribers' own budget: the 65th is told, its connection carries on.
+    let stuck: Vec<UnixStream> = (0..64).map(|_| subscribe()).collect();
+    std::thread::sleep(MS(300));
+    let mut c = Conn::open(&a);
+    let v = c.ask(r#"{"request":"events"}"#);
+    assert!(error_of(&v).contains("too many event subscribers"), "{v}");
+    assert!(c.ask(r#"{"request":"status"}"#)["active"].is_object());
+    drop(stuck);
+    let m = parse_metrics(&stdout(&a.ctl(&["metrics"])));
+    for reason in ["idle_evicted", "too_many_clients", "too_many_subscribers"] {
+        assert!(
+            value(&m, "uplinkd_api_refused_total", &[("reason", reason)]).is_some_and(|v| v >= 1.0),
+            "no refusal counted as {reason}"
+        );
+    }
+}

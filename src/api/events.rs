@@ -123,7 +123,7 @@ pub(super) async fn stream(
     }
     // Whatever the subscriber sends from now on is discarded; its EOF ends
     // the subscription at once (not at the next event, which may be hours
-    // away while the connection holds one of the MAX_CLIENTS places).
+    // away while the connection holds one of the MAX_SUBSCRIBERS places).
     let mut junk = [0u8; 512];
     loop {
         let next = tokio::select! {
