@@ -1202,3 +1202,111 @@ fn stuck_subscribers_and_idle_connections_leave_room_for_requests() {
         );
     }
 }
+
+/// Runs a second `uplinkd` with `config` in the server's namespace for at
+/// most `limit`: its exit status (None: still running, then stopped) and
+/// its output.
+fn second_uplinkd(
+    lab: &uplink_lab::Lab,
+    config: &Path,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let out = lab.dir().join("second.log");
+    let log = std::fs::File::create(&out).unwrap();
+    let mut child = lab
+        .command(
+            &lab.server_ns(),
+            &[BIN, "--config", config.to_str().unwrap()],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(MS(20)),
+            Ok(s) => break s,
+            Err(_) => break None,
+        }
+    };
+    if status.is_none() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+    (status, std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+fn inode(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).map(|m| m.ino()).ok()
+}
+
+/// A second instance with the same configuration refuses to start, naming
+/// the first, and leaves its socket alone; so it does when something else
+/// listens on the socket. A stale socket (its owner killed) is replaced,
+/// and an instance removes the socket file on exit only if it is still its.
+#[test]
+fn a_second_uplinkd_refuses_to_start_and_leaves_the_first_alone() {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let pid = a.child.as_ref().unwrap().pid();
+    let first = inode(&a.socket);
+    let t0 = Instant::now();
+    let (status, out) = second_uplinkd(&lab, a.config_path(), S(5));
+    eprintln!(
+        "second instance: {status:?} after {:?}; socket inode {first:?} -> {:?}; first answers: {:?}",
+        t0.elapsed(),
+        inode(&a.socket),
+        a.status().map(|_| ())
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "second instance: {status:?}\n{out}"
+    );
+    let expect = format!(
+        "another uplinkd (pid {pid}) is running with socket {}",
+        a.socket.display()
+    );
+    assert!(out.contains(&expect), "{out}");
+    assert_eq!(
+        inode(&a.socket),
+        first,
+        "the first instance's socket was replaced"
+    );
+    a.status().expect("the first instance still answers");
+    for f in Family::ALL {
+        assert!(route_via(&lab, f, Uplink::Primary));
+    }
+
+    // An instance killed outright leaves a stale socket: replaced as before.
+    a.kill();
+    assert!(a.socket.exists(), "a killed instance left no socket file");
+    a.spawn(&lab);
+    let lock = std::fs::read_to_string(uplinkd::api::lock_path(&a.socket)).unwrap();
+    assert_eq!(lock.trim(), a.child.as_ref().unwrap().pid().to_string());
+
+    // An instance removes the socket file on exit only while it is its own.
+    std::fs::remove_file(&a.socket).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&a.socket).unwrap();
+    let other_inode = inode(&a.socket);
+    a.child.take().unwrap().terminate(S(5)).unwrap();
+    assert_eq!(
+        inode(&a.socket),
+        other_inode,
+        "exit removed a socket file not its own"
+    );
+
+    // Something else that accepts on the socket (no lock held) is not
+    // displaced either.
+    let (status, out) = second_uplinkd(&lab, a.config_path(), S(5));
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{out}");
+    assert!(out.contains("accepts connections"), "{out}");
+    assert_eq!(inode(&a.socket), other_inode);
+    drop(other);
+    std::fs::remove_file(&a.socket).unwrap();
+}

@@ -36,6 +36,7 @@
 //! `server` accepts connections and answers them, `events` fans published
 //! changes out to the subscribers, the metrics and the hooks.
 
+mod claim;
 mod events;
 mod places;
 mod server;
@@ -47,6 +48,7 @@ use crate::core::UplinkId;
 use crate::metrics::StatusSource;
 use crate::status::Status;
 
+pub use claim::{claim_socket, lock_path, Claim, ClaimError};
 pub use events::Events;
 pub use places::{ADMIT_WAIT, MAX_CLIENTS, MAX_SUBSCRIBERS, MAX_WAITING, ROOT_RESERVE};
 pub use server::{serve, Server, MAX_REQUEST};

@@ -37,9 +37,13 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// An oversized line is skipped up to its newline, but no further than this.
 const MAX_DISCARD: usize = 1 << 20;
 
-/// Handle that stops serving and removes the socket file when dropped.
+/// Handle that stops serving and removes the socket file when dropped
+/// (only while it is the file this server bound).
 pub struct Server {
     path: std::path::PathBuf,
+    /// The bound socket file's device and inode: another process may have
+    /// replaced the file since, and its socket is not ours to remove.
+    file_id: (u64, u64),
     task: tokio::task::JoinHandle<()>,
     uplinks: Arc<std::sync::RwLock<Vec<String>>>,
 }
@@ -54,7 +58,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if file_id(&self.path).is_some_and(|id| id == self.file_id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -82,8 +88,17 @@ fn group_gid(name: &str) -> io::Result<nix::unistd::Gid> {
     }
 }
 
-/// Bind the socket (replacing a stale one) with mode 0660 and the
-/// configured group, and serve it on the current runtime.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Bind the socket (replacing a stale one: a socket file nobody accepts
+/// on) with mode 0660 and the configured group, and serve it on the
+/// current runtime. The process should hold the socket's
+/// [`claim`](super::claim_socket) first.
 pub async fn serve(
     cfg: &Config,
     loop_tx: mpsc::Sender<ApiRequest>,
@@ -100,6 +115,12 @@ pub async fn serve(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    if super::claim::socket_answers(&path) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "a process accepts connections on it: another uplinkd?",
+        ));
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -110,6 +131,7 @@ pub async fn serve(
     let bound = UnixListener::bind(&path);
     nix::sys::stat::umask(old);
     let listener = bound?;
+    let file_id = file_id(&path).ok_or_else(|| io::Error::other("bound, but gone at once"))?;
     // Skipped when the socket already has the group (the packaged unit runs
     // with Group=uplinkd and a seccomp filter that denies chown).
     if let Some(gid) = gid.filter(|g| *g != nix::unistd::getegid()) {
@@ -166,6 +188,7 @@ pub async fn serve(
     });
     Ok(Server {
         path,
+        file_id,
         task,
         uplinks,
     })
