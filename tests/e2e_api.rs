@@ -1310,3 +1310,72 @@ fn a_second_uplinkd_refuses_to_start_and_leaves_the_first_alone() {
     drop(other);
     std::fs::remove_file(&a.socket).unwrap();
 }
+
+/// Each reload that changes the hooks ends the hooks task it replaces once
+/// that task's hooks are done (a hanging one at its timeout): after N
+/// reloads, N tasks ended and one runs, and only the newest hook runs.
+#[test]
+fn reloads_that_change_hooks_leave_no_hooks_task_behind() {
+    let lab = lab();
+    let dir = lab.dir().display().to_string();
+    let hooks = |k: usize| {
+        format!("[hooks]\non_active_change = ['echo {k} >> {dir}/hook.runs; exec sleep 30']\ntimeout = \"1s\"")
+    };
+    let mut a = settled(&lab, &hooks(0));
+    let runs = || {
+        std::fs::read_to_string(lab.dir().join("hook.runs"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let wait_log = |a: &Agent, needle: &str, count: usize, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while a.log_text().matches(needle).count() < count && Instant::now() < deadline {
+            std::thread::sleep(MS(20));
+        }
+        a.log_text().matches(needle).count()
+    };
+    // The first decisions started hook 0 twice; it hangs until its timeout.
+    let deadline = Instant::now() + S(5);
+    while runs().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(MS(20));
+    }
+    const N: usize = 5;
+    for k in 1..=N {
+        lab.write_config(&hooks(k)).unwrap();
+        a.child
+            .as_mut()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGHUP);
+        assert_eq!(wait_log(&a, "reload applied", k, S(10)), k, "reload {k}");
+    }
+    let ended = wait_log(&a, "hooks task ended", N, S(5));
+    let started = a.log_text().matches("hooks task started").count();
+    eprintln!("after {N} reloads: {started} hooks tasks started, {ended} ended");
+    assert_eq!((started, ended), (N + 1, N), "{}", a.log_text());
+    // The first task ended only after its two hanging hooks were killed.
+    let log = a.log_text();
+    let first_ended = log
+        .lines()
+        .position(|l| l.contains("hooks task ended") && l.contains("echo 0 >>"))
+        .expect("the first hooks task ended");
+    let killed = log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("hook still running at its timeout: killed"))
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    assert_eq!(killed.len(), 2, "{log}");
+    assert!(first_ended > killed[1], "{log}");
+
+    // A failover runs the newest hook only.
+    lab.carrier_down(Uplink::Primary).unwrap();
+    let deadline = Instant::now() + S(5);
+    while runs().len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(MS(20));
+    }
+    std::thread::sleep(MS(300));
+    let n = N.to_string();
+    assert_eq!(runs(), ["0", "0", n.as_str(), n.as_str()]);
+}
