@@ -5,7 +5,9 @@
 //! commands, each in its own task with its own timeout, so a hanging or
 //! failing hook never delays a failover or the next hook. A hook still
 //! running at its timeout is killed with its whole process group (a shell's
-//! children too) and reaped.
+//! children too) and reaped. The task ends once every [`Hooks`] handle is
+//! dropped (a reload that changes the hooks replaces the handle) and its
+//! last run has ended, so reloads leave no task behind.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -87,6 +89,7 @@ impl Hooks {
             return Hooks::none();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        info!(commands = %commands(&hooks), "hooks task started");
         tokio::spawn(dispatch(hooks, cfg.timeout, rx, metrics.clone()));
         Hooks {
             tx: Some(tx),
@@ -131,6 +134,19 @@ async fn dispatch(
             });
         }
     }
+    // Every handle is gone (a reload replaced these hooks, or the agent is
+    // stopping): wait for the runs still going, each bounded by its timeout.
+    let _ = running.acquire_many(MAX_RUNNING as u32).await;
+    info!(commands = %commands(&hooks), "hooks task ended");
+}
+
+/// The hooks' names and commands, for the task's log lines.
+fn commands(hooks: &[Hook]) -> String {
+    hooks
+        .iter()
+        .map(|h| format!("{}: {}", h.name, h.command))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The change as environment variables: `UPLINKD_<FIELD>` for each field of

@@ -1104,3 +1104,303 @@ fn log_has_kill(a: &Agent) -> bool {
     a.log_text()
         .contains("hook still running at its timeout: killed")
 }
+
+// ---------------------------------------------------------------------------
+// Hardening: the socket's budgets, a second instance, hooks across reloads.
+// ---------------------------------------------------------------------------
+
+/// How long until `ask` succeeds, trying every 100 ms up to `limit` (None:
+/// not within it), and the last error seen.
+fn time_to_success(
+    limit: Duration,
+    ask: impl Fn() -> Result<(), String>,
+) -> (Option<Duration>, String) {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        match ask() {
+            Ok(()) => return (Some(t0.elapsed()), last),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(MS(100));
+    }
+    (None, last)
+}
+
+/// The socket group's gid and name for unprivileged clients (nogroup).
+fn nogroup() -> (u32, String) {
+    let gid = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .map(|g| g.gid.as_raw())
+        .unwrap_or(65534);
+    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .unwrap()
+        .unwrap()
+        .name;
+    (gid, name)
+}
+
+/// Subscribers that never read and a flood of idle connections take their
+/// own budgets: `status` is still answered at once, to root and to a member
+/// of the socket's group; the longest idle connection makes room and is
+/// told why; a subscriber beyond its budget is told so.
+#[test]
+fn stuck_subscribers_and_idle_connections_leave_room_for_requests() {
+    let lab = lab();
+    std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let ctl = unprivileged_ctl(&lab);
+    let (gid, group) = nogroup();
+    let a = settled(&lab, &format!("[agent]\nsocket_group = \"{group}\""));
+    let root = || a.status().map(|_| ()).map_err(|e| e.to_string());
+    let member = || {
+        let o = ctl_as(&ctl, &a.socket, gid, &["status"]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&o))
+        }
+    };
+    let subscribe = || {
+        let mut s = UnixStream::connect(&a.socket).unwrap();
+        let _ = s.write_all(b"{\"request\":\"events\"}\n");
+        s
+    };
+
+    // 64 subscribers that never read (and no event to make a write time out).
+    let stuck: Vec<UnixStream> = (0..64).map(|_| subscribe()).collect();
+    std::thread::sleep(MS(300));
+    let (root1, root1_err) = time_to_success(S(5), root);
+    let (member1, member1_err) = time_to_success(S(5), member);
+    eprintln!("64 stuck subscribers: status as root after {root1:?} ({root1_err}), as a member after {member1:?} ({member1_err})");
+    drop(stuck);
+    std::thread::sleep(MS(300));
+
+    // 500 connections that never send anything.
+    let idle: Vec<UnixStream> = (0..500)
+        .map(|_| UnixStream::connect(&a.socket).unwrap())
+        .collect();
+    std::thread::sleep(MS(500));
+    let (root2, root2_err) = time_to_success(S(70), root);
+    let (member2, member2_err) = time_to_success(S(70), member);
+    eprintln!("500 idle connections: status as root after {root2:?} ({root2_err}), as a member after {member2:?} ({member2_err})");
+
+    for (what, t) in [
+        ("root, 64 stuck subscribers", root1),
+        ("member, 64 stuck subscribers", member1),
+        ("root, 500 idle connections", root2),
+        ("member, 500 idle connections", member2),
+    ] {
+        assert!(
+            t.is_some_and(|t| t < MS(500)),
+            "{what}: status answered after {t:?}"
+        );
+    }
+    // The two statuses took the places of the two longest idle connections,
+    // which were told why they are closed; the flood beyond the budget was
+    // refused.
+    let first_line = |s: &UnixStream| {
+        s.set_read_timeout(Some(S(2))).unwrap();
+        let mut l = String::new();
+        let _ = BufReader::new(s).read_line(&mut l);
+        l
+    };
+    let evicted = first_line(&idle[0]);
+    assert!(evicted.contains("longest idle"), "{evicted:?}");
+    let refused = first_line(&idle[499]);
+    assert!(refused.contains("too many clients"), "{refused:?}");
+    drop(idle);
+    std::thread::sleep(MS(300));
+
+    // The subscribers' own budget: the 65th is told, its connection carries on.
+    let stuck: Vec<UnixStream> = (0..64).map(|_| subscribe()).collect();
+    std::thread::sleep(MS(300));
+    let mut c = Conn::open(&a);
+    let v = c.ask(r#"{"request":"events"}"#);
+    assert!(error_of(&v).contains("too many event subscribers"), "{v}");
+    assert!(c.ask(r#"{"request":"status"}"#)["active"].is_object());
+    drop(stuck);
+    let m = parse_metrics(&stdout(&a.ctl(&["metrics"])));
+    for reason in ["idle_evicted", "too_many_clients", "too_many_subscribers"] {
+        assert!(
+            value(&m, "uplinkd_api_refused_total", &[("reason", reason)]).is_some_and(|v| v >= 1.0),
+            "no refusal counted as {reason}"
+        );
+    }
+}
+
+/// Runs a second `uplinkd` with `config` in the server's namespace for at
+/// most `limit`: its exit status (None: still running, then stopped) and
+/// its output.
+fn second_uplinkd(
+    lab: &uplink_lab::Lab,
+    config: &Path,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let out = lab.dir().join("second.log");
+    let log = std::fs::File::create(&out).unwrap();
+    let mut child = lab
+        .command(
+            &lab.server_ns(),
+            &[BIN, "--config", config.to_str().unwrap()],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(MS(20)),
+            Ok(s) => break s,
+            Err(_) => break None,
+        }
+    };
+    if status.is_none() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+    (status, std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+fn inode(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).map(|m| m.ino()).ok()
+}
+
+/// A second instance with the same configuration refuses to start, naming
+/// the first, and leaves its socket alone; so it does when something else
+/// listens on the socket. A stale socket (its owner killed) is replaced,
+/// and an instance removes the socket file on exit only if it is still its.
+#[test]
+fn a_second_uplinkd_refuses_to_start_and_leaves_the_first_alone() {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let pid = a.child.as_ref().unwrap().pid();
+    let first = inode(&a.socket);
+    let t0 = Instant::now();
+    let (status, out) = second_uplinkd(&lab, a.config_path(), S(5));
+    eprintln!(
+        "second instance: {status:?} after {:?}; socket inode {first:?} -> {:?}; first answers: {:?}",
+        t0.elapsed(),
+        inode(&a.socket),
+        a.status().map(|_| ())
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "second instance: {status:?}\n{out}"
+    );
+    let expect = format!(
+        "another uplinkd (pid {pid}) is running with socket {}",
+        a.socket.display()
+    );
+    assert!(out.contains(&expect), "{out}");
+    assert_eq!(
+        inode(&a.socket),
+        first,
+        "the first instance's socket was replaced"
+    );
+    a.status().expect("the first instance still answers");
+    for f in Family::ALL {
+        assert!(route_via(&lab, f, Uplink::Primary));
+    }
+
+    // An instance killed outright leaves a stale socket: replaced as before.
+    a.kill();
+    assert!(a.socket.exists(), "a killed instance left no socket file");
+    a.spawn(&lab);
+    let lock = std::fs::read_to_string(uplinkd::api::lock_path(&a.socket)).unwrap();
+    assert_eq!(lock.trim(), a.child.as_ref().unwrap().pid().to_string());
+
+    // An instance removes the socket file on exit only while it is its own.
+    std::fs::remove_file(&a.socket).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&a.socket).unwrap();
+    let other_inode = inode(&a.socket);
+    a.child.take().unwrap().terminate(S(5)).unwrap();
+    assert_eq!(
+        inode(&a.socket),
+        other_inode,
+        "exit removed a socket file not its own"
+    );
+
+    // Something else that accepts on the socket (no lock held) is not
+    // displaced either.
+    let (status, out) = second_uplinkd(&lab, a.config_path(), S(5));
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{out}");
+    assert!(out.contains("accepts connections"), "{out}");
+    assert_eq!(inode(&a.socket), other_inode);
+    drop(other);
+    std::fs::remove_file(&a.socket).unwrap();
+}
+
+/// Each reload that changes the hooks ends the hooks task it replaces once
+/// that task's hooks are done (a hanging one at its timeout): after N
+/// reloads, N tasks ended and one runs, and only the newest hook runs.
+#[test]
+fn reloads_that_change_hooks_leave_no_hooks_task_behind() {
+    let lab = lab();
+    let dir = lab.dir().display().to_string();
+    let hooks = |k: usize| {
+        format!("[hooks]\non_active_change = ['echo {k} >> {dir}/hook.runs; exec sleep 30']\ntimeout = \"1s\"")
+    };
+    let mut a = settled(&lab, &hooks(0));
+    let runs = || {
+        std::fs::read_to_string(lab.dir().join("hook.runs"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let wait_log = |a: &Agent, needle: &str, count: usize, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while a.log_text().matches(needle).count() < count && Instant::now() < deadline {
+            std::thread::sleep(MS(20));
+        }
+        a.log_text().matches(needle).count()
+    };
+    // The first decisions started hook 0 twice; it hangs until its timeout.
+    let deadline = Instant::now() + S(5);
+    while runs().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(MS(20));
+    }
+    const N: usize = 5;
+    for k in 1..=N {
+        lab.write_config(&hooks(k)).unwrap();
+        a.child
+            .as_mut()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGHUP);
+        assert_eq!(wait_log(&a, "reload applied", k, S(10)), k, "reload {k}");
+    }
+    let ended = wait_log(&a, "hooks task ended", N, S(5));
+    let started = a.log_text().matches("hooks task started").count();
+    eprintln!("after {N} reloads: {started} hooks tasks started, {ended} ended");
+    assert_eq!((started, ended), (N + 1, N), "{}", a.log_text());
+    // The first task ended only after its two hanging hooks were killed.
+    let log = a.log_text();
+    let first_ended = log
+        .lines()
+        .position(|l| l.contains("hooks task ended") && l.contains("echo 0 >>"))
+        .expect("the first hooks task ended");
+    let killed = log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("hook still running at its timeout: killed"))
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    assert_eq!(killed.len(), 2, "{log}");
+    assert!(first_ended > killed[1], "{log}");
+
+    // A failover runs the newest hook only.
+    lab.carrier_down(Uplink::Primary).unwrap();
+    let deadline = Instant::now() + S(5);
+    while runs().len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(MS(20));
+    }
+    std::thread::sleep(MS(300));
+    let n = N.to_string();
+    assert_eq!(runs(), ["0", "0", n.as_str(), n.as_str()]);
+}

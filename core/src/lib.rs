@@ -15,6 +15,7 @@ use crate::status::Change;
 pub mod config;
 mod engine;
 pub mod proto;
+pub mod rates;
 pub mod status;
 mod target;
 pub use engine::Core;

@@ -21,11 +21,19 @@ use crate::status::EventRecord;
 const RECENT: usize = 256;
 
 /// Where published changes go: the event stream (a bounded broadcast plus
-/// a short replay buffer), the metrics and the hooks. Cheap to clone.
+/// a short replay buffer), the metrics and the hooks. Cheap to clone; the
+/// clones are one fan-out (the loop publishes, the socket subscribes).
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<EventRecord>,
     recent: Arc<Mutex<VecDeque<EventRecord>>>,
+    /// Shared by every clone: the hooks replaced by a reload are dropped
+    /// everywhere at once, which closes their queue and ends their task.
+    outputs: Arc<Mutex<Outputs>>,
+}
+
+/// Where a change goes besides the event stream.
+struct Outputs {
     metrics: Option<Arc<Metrics>>,
     hooks: Hooks,
 }
@@ -37,25 +45,37 @@ impl Events {
         Events {
             tx,
             recent: Default::default(),
-            metrics: None,
-            hooks: Hooks::none(),
+            outputs: Arc::new(Mutex::new(Outputs {
+                metrics: None,
+                hooks: Hooks::none(),
+            })),
         }
     }
 
-    /// Also count every change in `metrics` and hand it to `hooks`.
-    pub fn with_outputs(mut self, metrics: Arc<Metrics>, hooks: Hooks) -> Events {
-        self.metrics = Some(metrics);
-        self.hooks = hooks;
+    /// Also count every change in `metrics` and hand it to `hooks`, in
+    /// this fan-out and every clone of it: the outputs they replace are
+    /// dropped (old hooks finish the changes already queued, then their
+    /// task ends).
+    pub fn with_outputs(self, metrics: Arc<Metrics>, hooks: Hooks) -> Events {
+        let old = {
+            let mut o = self.outputs.lock().unwrap();
+            o.metrics = Some(metrics);
+            std::mem::replace(&mut o.hooks, hooks)
+        };
+        drop(old);
         self
     }
 
     /// Publish one change: never blocks (subscribers that cannot keep up
     /// lag and are dropped; hooks are queued).
     pub fn publish(&self, r: EventRecord) {
-        if let Some(m) = &self.metrics {
-            m.on_change(&r);
+        {
+            let o = self.outputs.lock().unwrap();
+            if let Some(m) = &o.metrics {
+                m.on_change(&r);
+            }
+            o.hooks.notify(&r);
         }
-        self.hooks.notify(&r);
         let mut recent = self.recent.lock().unwrap();
         if recent.len() >= RECENT {
             recent.pop_front();
@@ -123,7 +143,7 @@ pub(super) async fn stream(
     }
     // Whatever the subscriber sends from now on is discarded; its EOF ends
     // the subscription at once (not at the next event, which may be hours
-    // away while the connection holds one of the MAX_CLIENTS places).
+    // away while the connection holds one of the MAX_SUBSCRIBERS places).
     let mut junk = [0u8; 512];
     loop {
         let next = tokio::select! {

@@ -17,12 +17,28 @@
 //! every client has bounded buffers and timeouts, and a slow client only
 //! slows itself.
 //!
+//! Budgets (the `places` module): [`MAX_CLIENTS`] request places (a
+//! connection holds one from its accept until it subscribes or closes; it
+//! is closed after 60 s without a request) and, apart from them,
+//! [`MAX_SUBSCRIBERS`] subscriber places (beyond, `events` is answered with
+//! `too many event subscribers` and the connection carries on). With every
+//! request place taken, a new connection that sends its request within
+//! [`ADMIT_WAIT`] takes the place of the connection idle the longest, which
+//! is told `... was the longest idle` and closed; with none idle, root gets
+//! one of [`ROOT_RESERVE`] extra places, and anyone else (and any
+//! connection silent that long) is told `too many clients` and closed. At
+//! most [`MAX_WAITING`] connections of other users than root wait at once.
+//! So a `status` from root is never refused, and subscribers that never
+//! read or idle connections never keep a request out.
+//!
 //! The wire types are [`crate::proto`]'s, shared with [`crate::client`].
 //! The room: `wire` reads a request line and encodes an answer line,
 //! `server` accepts connections and answers them, `events` fans published
 //! changes out to the subscribers, the metrics and the hooks.
 
+mod claim;
 mod events;
+mod places;
 mod server;
 mod wire;
 
@@ -32,8 +48,10 @@ use crate::core::UplinkId;
 use crate::metrics::StatusSource;
 use crate::status::Status;
 
+pub use claim::{claim_socket, lock_path, Claim, ClaimError};
 pub use events::Events;
-pub use server::{serve, Server, MAX_CLIENTS, MAX_REQUEST};
+pub use places::{ADMIT_WAIT, MAX_CLIENTS, MAX_SUBSCRIBERS, MAX_WAITING, ROOT_RESERVE};
+pub use server::{serve, Server, MAX_REQUEST};
 pub use wire::parse_request;
 
 /// How far (in events) a subscriber may fall behind before it is dropped.

@@ -1,11 +1,14 @@
-//! The socket server: binds the socket, accepts connections (at most
-//! [`MAX_CLIENTS`]), reads their requests and answers each from the loop.
+//! The socket server: binds the socket, accepts connections (within the
+//! budgets of [`super::places`]), reads their requests and answers each
+//! from the loop.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::socket::MsgFlags;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -13,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::events::{self, Events};
+use super::places::{Place, Places, ADMIT_WAIT, MAX_CLIENTS, MAX_SUBSCRIBERS};
 use super::wire::{encode, parse_request};
 use super::ApiRequest;
 use crate::config::Config;
@@ -21,8 +25,6 @@ use crate::proto::{Ack, ErrorReply, MetricsText, Request, Response};
 
 /// Longest request line accepted (bytes, without the newline).
 pub const MAX_REQUEST: usize = 4096;
-/// Most clients served at once; more are told so and closed.
-pub const MAX_CLIENTS: usize = 64;
 /// Kernel send buffer of each connection: bounds what a client that does
 /// not read can hold (the kernel doubles it for its bookkeeping, socket(7)).
 const CLIENT_SNDBUF: usize = 64 * 1024;
@@ -35,9 +37,13 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// An oversized line is skipped up to its newline, but no further than this.
 const MAX_DISCARD: usize = 1 << 20;
 
-/// Handle that stops serving and removes the socket file when dropped.
+/// Handle that stops serving and removes the socket file when dropped
+/// (only while it is the file this server bound).
 pub struct Server {
     path: std::path::PathBuf,
+    /// The bound socket file's device and inode: another process may have
+    /// replaced the file since, and its socket is not ours to remove.
+    file_id: (u64, u64),
     task: tokio::task::JoinHandle<()>,
     uplinks: Arc<std::sync::RwLock<Vec<String>>>,
 }
@@ -52,7 +58,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if file_id(&self.path).is_some_and(|id| id == self.file_id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -63,6 +71,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Uplink names, by id.
     uplinks: Arc<std::sync::RwLock<Vec<String>>>,
+    /// The request and subscriber places.
+    places: Arc<Places>,
 }
 
 fn group_gid(name: &str) -> io::Result<nix::unistd::Gid> {
@@ -78,8 +88,17 @@ fn group_gid(name: &str) -> io::Result<nix::unistd::Gid> {
     }
 }
 
-/// Bind the socket (replacing a stale one) with mode 0660 and the
-/// configured group, and serve it on the current runtime.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Bind the socket (replacing a stale one: a socket file nobody accepts
+/// on) with mode 0660 and the configured group, and serve it on the
+/// current runtime. The process should hold the socket's
+/// [`claim`](super::claim_socket) first.
 pub async fn serve(
     cfg: &Config,
     loop_tx: mpsc::Sender<ApiRequest>,
@@ -96,6 +115,12 @@ pub async fn serve(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    if super::claim::socket_answers(&path) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "a process accepts connections on it: another uplinkd?",
+        ));
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -106,6 +131,7 @@ pub async fn serve(
     let bound = UnixListener::bind(&path);
     nix::sys::stat::umask(old);
     let listener = bound?;
+    let file_id = file_id(&path).ok_or_else(|| io::Error::other("bound, but gone at once"))?;
     // Skipped when the socket already has the group (the packaged unit runs
     // with Group=uplinkd and a seccomp filter that denies chown).
     if let Some(gid) = gid.filter(|g| *g != nix::unistd::getegid()) {
@@ -119,9 +145,9 @@ pub async fn serve(
         uplinks: Arc::new(std::sync::RwLock::new(
             cfg.uplinks.iter().map(|u| u.name.clone()).collect(),
         )),
+        places: Places::new(),
     });
     let uplinks = shared.uplinks.clone();
-    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -133,33 +159,82 @@ pub async fn serve(
                     continue;
                 }
             };
-            let Ok(permit) = clients.clone().try_acquire_owned() else {
-                shared.metrics.api_refused("too_many_clients");
-                warn!("status socket: {MAX_CLIENTS} clients already connected; refusing one");
-                let msg = encode(&error(format!(
-                    "too many clients ({MAX_CLIENTS} connected); try again later"
-                )));
-                // Non-blocking: a fresh socket's buffer is empty.
-                let _ = stream.try_write(msg.as_bytes());
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_SNDBUF);
+            if let Some(place) = shared.places.admit() {
+                tokio::spawn(serve_client(stream, uid, place, shared.clone()));
+                continue;
+            }
+            // Every request place is taken: a connection that sends its
+            // request promptly gets one (see `places`), a silent one not.
+            let Some(waiting) = shared.places.wait(uid == Some(0)) else {
+                refuse(&stream, &shared.metrics);
                 continue;
             };
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_SNDBUF);
             let shared = shared.clone();
             tokio::spawn(async move {
-                shared.metrics.api_clients().inc();
-                if let Err(e) = client(stream, &shared).await {
-                    debug!(error = %e, "status client ended");
+                let spoke = tokio::time::timeout(ADMIT_WAIT, sent_something(&stream)).await;
+                drop(waiting);
+                match spoke
+                    .unwrap_or(false)
+                    .then(|| shared.places.admit_over_budget(uid == Some(0)))
+                    .flatten()
+                {
+                    Some(place) => serve_client(stream, uid, place, shared).await,
+                    None => refuse(&stream, &shared.metrics),
                 }
-                shared.metrics.api_clients().dec();
-                drop(permit);
             });
         }
     });
     Ok(Server {
         path,
+        file_id,
         task,
         uplinks,
     })
+}
+
+/// Serve one connection in its place to its end.
+async fn serve_client(stream: UnixStream, uid: Option<u32>, place: Place, shared: Arc<Shared>) {
+    shared.metrics.api_clients().inc();
+    if let Err(e) = client(stream, uid, place, &shared).await {
+        debug!(error = %e, "status client ended");
+    }
+    shared.metrics.api_clients().dec();
+}
+
+/// Tell a connection there is no place for it (it is closed when dropped).
+fn refuse(stream: &UnixStream, metrics: &Metrics) {
+    metrics.api_refused("too_many_clients");
+    warn!("status socket: all {MAX_CLIENTS} request places taken; refusing a connection");
+    let msg = encode(&error(format!(
+        "too many clients ({MAX_CLIENTS} connected); try again later"
+    )));
+    // Non-blocking: a fresh socket's buffer is empty.
+    let _ = stream.try_write(msg.as_bytes());
+}
+
+/// Whether the peer sent something (not merely hung up), waiting for it.
+async fn sent_something(stream: &UnixStream) -> bool {
+    loop {
+        if stream.readable().await.is_err() {
+            return false;
+        }
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut b = [0u8; 1];
+            nix::sys::socket::recv(
+                stream.as_raw_fd(),
+                &mut b,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(n) => return n > 0,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A failed request's answer.
@@ -238,12 +313,34 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut BufReader<R>) -> io::Result
     }
 }
 
-async fn client(stream: UnixStream, sh: &Shared) -> io::Result<()> {
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
+async fn client(
+    stream: UnixStream,
+    uid: Option<u32>,
+    mut place: Place,
+    sh: &Shared,
+) -> io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(MAX_REQUEST + 1, rd);
     loop {
-        let line = match tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut rd)).await {
+        place.idle();
+        let read = tokio::select! {
+            r = tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut rd)) => Some(r),
+            () = place.evicted() => None,
+        };
+        // Taken away while idle, also if a request arrived just then.
+        let Some(read) = read.filter(|_| place.busy()) else {
+            sh.metrics.api_refused("idle_evicted");
+            debug!(
+                uid,
+                "status socket: closing the longest idle connection to make room"
+            );
+            let msg = format!(
+                "closed: all {MAX_CLIENTS} request places are taken and this connection was the longest idle; reconnect to send a request"
+            );
+            let _ = send(&mut wr, &error(msg)).await;
+            return Ok(());
+        };
+        let line = match read {
             Err(_) => return Ok(()),
             Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
                 let msg = format!("request longer than {MAX_REQUEST} bytes and {MAX_DISCARD} bytes without a newline: closing");
@@ -287,8 +384,18 @@ async fn client(stream: UnixStream, sh: &Shared) -> io::Result<()> {
             continue;
         }
         let answer = match req {
-            Request::Events { since } => {
+            Request::Events { since } if place.subscribe() => {
                 return events::stream(rd, wr, &sh.events, &sh.metrics, since).await
+            }
+            Request::Events { .. } => {
+                sh.metrics.api_refused("too_many_subscribers");
+                warn!(
+                    uid,
+                    "status socket: {MAX_SUBSCRIBERS} event subscribers already; refusing one"
+                );
+                error(format!(
+                    "too many event subscribers ({MAX_SUBSCRIBERS}); try again later"
+                ))
             }
             Request::Status => {
                 let (tx, rx) = oneshot::channel();

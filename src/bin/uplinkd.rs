@@ -8,6 +8,11 @@
 //! (SIGHUP); STOPPING=1 on SIGTERM/SIGINT. Without `NOTIFY_SOCKET` these do
 //! nothing.
 //!
+//! One instance per socket: before anything else it takes the socket's
+//! claim (`<socket>.lock`, see `uplinkd::api::claim_socket`) and keeps it
+//! for its life; while another instance holds it, it exits with status 1
+//! naming that instance's pid, and touches neither routes nor socket.
+//!
 //! Logs go to the journal with structured fields when stderr is connected to
 //! it (`JOURNAL_STREAM` names stderr and the journal socket exists), else
 //! plain text on stderr. `UPLINKD_LOG` sets the filter (default `info`).
@@ -179,6 +184,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
+    // Before anything touches a route: one instance per socket, for life.
+    let _claim = match uplinkd::api::claim_socket(&config.agent.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "uplinkd not started");
+            eprintln!("uplinkd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
