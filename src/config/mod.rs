@@ -14,12 +14,16 @@
 //!   a later file's key overriding; an array of tables such as `[[uplink]]`
 //!   in a drop-in replacing the whole list) and [`Origins`], where each
 //!   value of the merged result was written;
+//! - `live.rs`: the host check of `uplinkd --check --live` (interfaces,
+//!   bonds, on-link gateways, competing default routes) against a
+//!   [`live::Host`] the netlink adapter reads.
 
 use std::path::Path;
 
 pub use uplinkd_core::config::*;
 
 mod keys;
+pub mod live;
 mod report;
 mod sources;
 mod validate;
