@@ -214,6 +214,20 @@ fn a_gateway_outside_its_interface_subnet_fails_until_an_on_link_route_covers_it
 fn an_ipv6_link_local_gateway_is_on_link() {
     let ns = Netns::new();
     let text = config_text(&ns, &UPLINKS.replace("2001:db8:2::1", "fe80::1"));
+    // Always on-link, even without a link-local address or route on eth1.
+    ns.ip(&["-6", "addr", "flush", "dev", "eth1", "scope", "link"]);
+    let _ = Command::new("ip")
+        .args([
+            "-n",
+            &ns.name,
+            "-6",
+            "route",
+            "del",
+            "fe80::/64",
+            "dev",
+            "eth1",
+        ])
+        .output();
     let out = ns.check_live(&ns.config(&text));
     assert!(out.status.success(), "{out:?}");
 }
