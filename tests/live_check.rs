@@ -390,3 +390,24 @@ fn a_problem_in_a_drop_in_names_the_drop_in() {
         )],
     );
 }
+
+/// The socket group is looked up by the file check itself, so the live
+/// check refuses a missing one too (as an invalid file: exit status 2).
+#[test]
+fn a_missing_socket_group_fails() {
+    let ns = Netns::new();
+    let text = config_text(&ns, UPLINKS).replace(
+        "[agent]\n",
+        "[agent]\nsocket_group = \"no-such-group-ulc\"\n",
+    );
+    let path = ns.config(&text);
+    let out = ns.check_live(&path);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:2:16: agent.socket_group: group \"no-such-group-ulc\" does not exist on this host",
+            path.display()
+        )),
+        "{out:?}"
+    );
+}
