@@ -170,7 +170,9 @@ async fn reload_on_hup(path: PathBuf, tx: mpsc::UnboundedSender<uplinkd::daemon:
 const EXIT_HOST_PROBLEMS: u8 = 3;
 
 /// `--check --live`: the (valid) configuration against this host's links,
-/// addresses and routes; every problem on stderr, placed at its key.
+/// addresses and routes; every problem on stderr, placed at its key. The
+/// file is read again here, with the origins of its values, so that the
+/// start path in `main` stays as it is.
 fn check_live(path: &Path) -> ExitCode {
     let (config, origins) = match config::load_with_origins(path) {
         Ok(loaded) => loaded,
