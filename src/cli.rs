@@ -16,9 +16,17 @@ pub struct UplinkdArgs {
     /// Configuration file.
     #[arg(short, long, default_value = "/etc/uplinkd/uplinkd.toml")]
     pub config: PathBuf,
-    /// Validate the configuration and exit (0 = valid).
+    /// Validate the configuration (the file and its drop-ins) and exit
+    /// (0 = valid).
     #[arg(long)]
     pub check: bool,
+    /// With --check: also check that the configuration fits this host: every
+    /// uplink's interface (and bond) exists, every gateway is on-link through
+    /// its interface, and no default route uplinkd did not make has a lower
+    /// metric than agent.route_metric. Every problem is listed; exit status 3
+    /// when there is one.
+    #[arg(long, requires = "check")]
+    pub live: bool,
 }
 
 #[derive(Parser, Debug)]

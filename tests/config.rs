@@ -979,3 +979,238 @@ fn long_values_are_quoted_short() {
     let shown = errors(&text).to_string();
     assert!(shown.len() < 2048, "{} bytes", shown.len());
 }
+
+// ---------------------------------------------------------------------------
+// Drop-ins: <dir>/<stem>.d/*.toml, read in lexical order after the main file
+// ---------------------------------------------------------------------------
+
+/// A main file `uplinkd.toml` in a temporary directory, and its drop-ins in
+/// `uplinkd.d/`.
+struct DropIns {
+    dir: tempfile::TempDir,
+    main: PathBuf,
+}
+
+impl DropIns {
+    fn new(main: &str) -> DropIns {
+        let dir = tempfile::tempdir().unwrap();
+        let main_path = dir.path().join("uplinkd.toml");
+        std::fs::write(&main_path, main).unwrap();
+        std::fs::create_dir(dir.path().join("uplinkd.d")).unwrap();
+        DropIns {
+            dir,
+            main: main_path,
+        }
+    }
+
+    /// Writes `uplinkd.d/<name>`; returns its path.
+    fn add(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join("uplinkd.d").join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load(&self) -> Result<config::Config, ConfigErrors> {
+        config::load(&self.main)
+    }
+}
+
+#[test]
+fn drop_in_directory_is_next_to_the_file_named_after_its_stem() {
+    assert_eq!(
+        config::drop_in_dir(Path::new("/etc/uplinkd/uplinkd.toml")),
+        Path::new("/etc/uplinkd/uplinkd.d")
+    );
+    assert_eq!(
+        config::drop_in_dir(Path::new("/srv/edge.toml")),
+        Path::new("/srv/edge.d")
+    );
+    // No directory at all is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("uplinkd.toml");
+    std::fs::write(&main, minimal()).unwrap();
+    config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_drop_in_overrides_a_key_and_tables_merge_key_by_key() {
+    let d = DropIns::new(&format!(
+        "[agent]\nroute_metric = 0\ntable_base = 2000\n\n[policy.damping]\nhold = \"2m\"\n{}",
+        minimal()
+    ));
+    d.add(
+        "50-host.toml",
+        "[agent]\nroute_metric = 50\n\n[policy.damping]\nmax_hold = \"20m\"\n",
+    );
+    let c = d.load().unwrap_or_else(|e| panic!("{e}"));
+    // Overridden by the drop-in (the main file's 0 is out of range, but
+    // values are checked once, after the merge).
+    assert_eq!(c.agent.route_metric, 50);
+    // Kept from the main file: the drop-in's [agent] only adds its keys.
+    assert_eq!(c.agent.table_base, 2000);
+    assert_eq!(c.policy.damping.hold, Duration::from_secs(120));
+    assert_eq!(c.policy.damping.max_hold, Duration::from_secs(1200));
+    // The uplinks and transits the drop-in does not write stay.
+    assert_eq!(c.uplinks.len(), 2);
+    assert_eq!(c.transits.len(), 1);
+}
+
+#[test]
+fn an_uplink_list_in_a_drop_in_replaces_the_whole_list() {
+    let d = DropIns::new(&minimal());
+    d.add(
+        "50-host.toml",
+        "[[uplink]]\nname = \"only\"\ninterface = \"ens3\"\ngateway4 = \"192.0.2.1\"\n",
+    );
+    let c = d.load().unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.uplinks.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["only"]);
+    assert_eq!(c.uplinks[0].interface, "ens3");
+    assert_eq!(c.transits.len(), 1, "[[transit]] is another list: kept");
+
+    // A later drop-in replaces the earlier drop-in's list in turn.
+    d.add(
+        "60-host.toml",
+        "[[uplink]]\nname = \"a\"\ninterface = \"ens4\"\ngateway4 = \"192.0.2.1\"\n\n\
+         [[uplink]]\nname = \"b\"\ninterface = \"ens5\"\ngateway4 = \"198.51.100.1\"\n",
+    );
+    let c = d.load().unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.uplinks.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[test]
+fn drop_ins_are_read_in_lexical_order_of_their_names() {
+    let d = DropIns::new(&minimal());
+    // Lexical, not numeric: "9-late" sorts after "20-mid".
+    d.add("9-late.toml", "[agent]\nroute_metric = 90\n");
+    d.add(
+        "10-early.toml",
+        "[agent]\nroute_metric = 10\ntable_base = 3000\n",
+    );
+    d.add("20-mid.toml", "[agent]\nroute_metric = 20\n");
+    let c = d.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent.route_metric, 90);
+    assert_eq!(c.agent.table_base, 3000);
+}
+
+#[test]
+fn only_toml_files_are_read_from_the_drop_in_directory() {
+    let d = DropIns::new(&minimal());
+    let garbage = "this is = not [ toml";
+    d.add("README", garbage);
+    d.add("50-host.toml.dpkg-old", garbage);
+    d.add("50-host.toml~", garbage);
+    d.add(".50-host.toml", garbage);
+    std::fs::create_dir(d.dir.path().join("uplinkd.d/sub.toml")).unwrap();
+    d.add("50-host.toml", "[agent]\nroute_metric = 42\n");
+    let c = d.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent.route_metric, 42);
+}
+
+#[test]
+fn an_error_in_a_drop_in_names_the_drop_in_and_its_line() {
+    let d = DropIns::new(&format!("[policy.damping]\nhold = \"1m\"\n{}", minimal()));
+    let host = d.add(
+        "50-host.toml",
+        "# per-host\n[probe]\ngateway_rise = 0\nno_such_key = 1\n\n[policy.damping]\nhold = \"20m\"\n",
+    );
+    let errs = d.load().unwrap_err();
+    let shown = errs.to_string();
+    // The shape check of each file: an unknown key in the drop-in.
+    assert!(
+        shown.contains(&format!(
+            "{}:4:1: probe.no_such_key: unknown key",
+            host.display()
+        )),
+        "{shown}"
+    );
+    let errs = {
+        // Without the unknown key, the value checks run on the merge.
+        std::fs::write(
+            &host,
+            "# per-host\n[probe]\ngateway_rise = 0\n\n[policy.damping]\nhold = \"20m\"\n",
+        )
+        .unwrap();
+        d.load().unwrap_err()
+    };
+    let rise = error_for(&errs, "probe.gateway_rise");
+    assert_eq!(
+        (rise.origin.as_str(), rise.line, rise.column),
+        (host.display().to_string().as_str(), Some(3), Some(16)),
+        "{errs}"
+    );
+    // A rule between keys, broken by the drop-in's value.
+    let hold = error_for(&errs, "policy.damping.hold");
+    assert_eq!(
+        hold.to_string(),
+        format!(
+            "{}:6:8: policy.damping.hold: policy.damping.hold (20m) must be <= policy.damping.max_hold (10m, the default): the hold doubles up to max_hold",
+            host.display()
+        )
+    );
+
+    // A syntax error names the drop-in too.
+    std::fs::write(&host, "[agent\n").unwrap();
+    let errs = d.load().unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert_eq!(errs.errors[0].origin, host.display().to_string());
+    assert_eq!(errs.errors[0].line, Some(1));
+
+    // An entry of a replacing list: its table is in the drop-in.
+    std::fs::write(
+        &host,
+        "\n\n[[uplink]]\nname = \"only\"\ngateway4 = \"192.0.2.1\"\n",
+    )
+    .unwrap();
+    let errs = d.load().unwrap_err();
+    let missing = error_for(&errs, "uplink[0].interface");
+    assert_eq!(
+        (missing.origin.as_str(), missing.line),
+        (host.display().to_string().as_str(), Some(3)),
+        "{errs}"
+    );
+}
+
+#[test]
+fn errors_of_several_files_come_in_reading_order() {
+    let d = DropIns::new(&format!("[probe]\ntransit_rise = 0\n{}", minimal()));
+    let a = d.add("10-a.toml", "[probe]\n\ngateway_rise = 0\n");
+    let b = d.add("20-b.toml", "[probe]\ntransit_fall = 0\n");
+    let errs = d.load().unwrap_err();
+    let places: Vec<(String, Option<usize>)> =
+        errs.iter().map(|e| (e.origin.clone(), e.line)).collect();
+    assert_eq!(
+        places,
+        [
+            (d.main.display().to_string(), Some(2)),
+            (a.display().to_string(), Some(3)),
+            (b.display().to_string(), Some(2)),
+        ]
+    );
+}
+
+#[test]
+fn origins_say_where_each_value_of_the_merge_is_written() {
+    let d = DropIns::new(&minimal());
+    let host = d.add("50-host.toml", "[agent]\n\nroute_metric = 7\n");
+    let (_, origins) = config::load_with_origins(&d.main).unwrap_or_else(|e| panic!("{e}"));
+    let at = |key: &str| {
+        origins
+            .get(key)
+            .map(|p| (p.origin.clone(), p.line))
+            .unwrap_or_else(|| panic!("no place for {key}"))
+    };
+    assert_eq!(at("agent.route_metric"), (host.display().to_string(), 3));
+    let main = d.main.display().to_string();
+    assert_eq!(
+        at("uplink[1].interface"),
+        (main.clone(), line_of(&minimal(), "\"eth1\""))
+    );
+    assert!(origins.get("agent.table_base").is_none(), "a default");
+    // A problem about a default names the main file, without a line.
+    assert_eq!(
+        origins.error("agent.table_base", "x").to_string(),
+        format!("{main}: agent.table_base: x")
+    );
+}

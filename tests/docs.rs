@@ -439,10 +439,60 @@ fn is_key_line(l: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// uplinkd.toml(5), generated from the commented example: its opening
-/// comment is the description; each table of the example is a subsection
-/// holding, in order, the comment blocks (as written, no-fill) and the keys
-/// with their example values.
+/// One line of the example: a comment (without `#` and one space) or TOML.
+#[derive(Clone, Copy)]
+enum Line<'a> {
+    Comment(&'a str),
+    Toml(&'a str),
+}
+
+/// Lines of `block` as a no-fill roff block.
+fn no_fill(block: &[&str], out: &mut String) {
+    out.push_str(".nf\n");
+    for l in block {
+        out.push_str(&roff_line(l));
+        out.push('\n');
+    }
+    out.push_str(".fi\n");
+}
+
+/// A comment block as a paragraph of its own, as written.
+fn prose(block: &mut Vec<&str>, out: &mut String) {
+    while block.last() == Some(&"") {
+        block.pop();
+    }
+    if !block.is_empty() {
+        out.push_str(".PP\n");
+        no_fill(block, out);
+    }
+    block.clear();
+}
+
+/// A key: tagged paragraph `key = value`, its comment block as the body.
+fn key_entry(key: &str, value: &str, block: &mut Vec<&str>, out: &mut String) {
+    while block.last() == Some(&"") {
+        block.pop();
+    }
+    out.push_str(&format!(
+        ".TP\n\\fB{}\\fR = {}\n",
+        roff_line(key.trim()),
+        roff_line(value.trim())
+    ));
+    if !block.is_empty() {
+        no_fill(block, out);
+    }
+    block.clear();
+}
+
+/// uplinkd.toml(5), generated from the commented example. Its opening
+/// comment is the description. Then each table is a subsection: the
+/// comment that introduces it, then, for a table, its keys as tagged
+/// paragraphs (`key = value` with the comment above it; a commented-out
+/// `key = value` ending a comment documents a key the example leaves
+/// unset), and for an array of tables (`[[uplink]]`) every entry as a
+/// no-fill example, each under its own `[[...]]` line. A paragraph (lines
+/// between blank lines) that is only a comment belongs to the table before
+/// it: a commented-out example stays with its table.
 fn generate_toml_man_page() -> String {
     let example = read(repo("config/uplinkd.toml"));
     let version = VERSION;
@@ -456,96 +506,90 @@ fn generate_toml_man_page() -> String {
         ".TH UPLINKD.TOML 5 {date} \"uplinkd {version}\" \"File Formats\"\n"
     ));
     out.push_str(".SH NAME\nuplinkd.toml \\- configuration of uplinkd\n");
-    out.push_str(".SH SYNOPSIS\n.I /etc/uplinkd/uplinkd.toml\n");
+    out.push_str(
+        ".SH SYNOPSIS\n.I /etc/uplinkd/uplinkd.toml\n.br\n.I /etc/uplinkd/uplinkd.d/*.toml\n",
+    );
     out.push_str(".SH DESCRIPTION\n");
     out.push_str(
-        "The configuration of\n.BR uplinkd (8),\nin TOML. Check a file with\n\
-         .BR \"uplinkd \\-\\-check \\-\\-config\" \" file\" ;\n\
-         apply a changed file with\n.B systemctl reload uplinkd\n(SIGHUP).\n\
+        "The configuration of\n.BR uplinkd (8),\nin TOML: a main file and its drop-ins.\n\
+         Check them with\n.BR \"uplinkd \\-\\-check \\-\\-config\" \" file\" ,\n\
+         and that they fit the host with\n.BR \"uplinkd \\-\\-check \\-\\-live\" ;\n\
+         apply a change with\n.B systemctl reload uplinkd\n(SIGHUP).\n\
          What follows is the commented example installed as\n\
          .IR /etc/uplinkd/uplinkd.toml ,\ntable by table.\n",
     );
 
-    let mut section_started = false;
-    let mut block: Vec<&str> = Vec::new();
-    let flush = |block: &mut Vec<&str>, out: &mut String| {
-        if block.is_empty() {
-            return;
-        }
-        out.push_str(".PP\n.nf\n");
-        for l in block.iter() {
-            out.push_str(&roff_line(l));
-            out.push('\n');
-        }
-        out.push_str(".fi\n");
-        block.clear();
-    };
-    // A key: tagged paragraph `key = value`, its comment block as the body.
-    let key_entry = |key: &str, value: &str, block: &mut Vec<&str>, out: &mut String| {
-        while block.last() == Some(&"") {
-            block.pop();
-        }
-        out.push_str(&format!(
-            ".TP\n\\fB{}\\fR = {}\n",
-            roff_line(key.trim()),
-            roff_line(value.trim())
-        ));
-        if !block.is_empty() {
-            out.push_str(".nf\n");
-            for l in block.iter() {
-                out.push_str(&roff_line(l));
-                out.push('\n');
-            }
-            out.push_str(".fi\n");
-        }
-        block.clear();
-    };
-    let mut seen_tables = BTreeSet::new();
-    for line in example.lines() {
-        let t = line.trim();
-        if let Some(c) = t.strip_prefix('#') {
-            block.push(c.strip_prefix(' ').unwrap_or(c));
-        } else if t.is_empty() {
-            // A block ending in one commented-out `key = value` (after a
-            // description) documents a key the example leaves unset.
-            let n = block.len();
-            if section_started && n >= 2 && is_key_line(block[n - 1]) && !is_key_line(block[n - 2])
-            {
-                let (key, value) = block.pop().unwrap().split_once('=').unwrap();
-                let value = format!("{}   (commented out: not set)", value.trim());
-                key_entry(key, &value, &mut block, &mut out);
-            } else if !section_started && !block.is_empty() {
-                // The opening comment: the overview.
-                flush(&mut block, &mut out);
-            } else if !block.is_empty() {
-                block.push("");
-            }
-        } else if t.starts_with('[') {
-            let name = t.trim_matches(|c| c == '[' || c == ']');
-            // Comment blocks just above a table header introduce it.
-            while block.last() == Some(&"") {
-                block.pop();
-            }
-            let intro = std::mem::take(&mut block);
-            if seen_tables.insert(name.to_string()) {
-                if !section_started {
-                    out.push_str(".SH SETTINGS\n");
-                    section_started = true;
+    let paragraphs: Vec<Vec<Line>> = example
+        .split("\n\n")
+        .map(|p| {
+            p.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| match l.strip_prefix('#') {
+                    Some(c) => Line::Comment(c.strip_prefix(' ').unwrap_or(c)),
+                    None => Line::Toml(l),
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+
+    // The table being documented: its header, and whether it is an array
+    // of tables.
+    let mut table: Option<(String, bool)> = None;
+    for paragraph in &paragraphs {
+        let mut block: Vec<&str> = Vec::new();
+        // The entry of an array of tables being shown, as written.
+        let mut entry: Vec<&str> = Vec::new();
+        for line in paragraph {
+            match *line {
+                Line::Comment(c) => block.push(c),
+                Line::Toml(t) if t.starts_with('[') => {
+                    let array = t.starts_with("[[");
+                    if table.as_ref().map(|(h, _)| h.as_str()) != Some(t) {
+                        if table.is_none() {
+                            out.push_str(".SH SETTINGS\n");
+                        }
+                        out.push_str(&format!(".SS \"{t}\"\n"));
+                        table = Some((t.to_string(), array));
+                    }
+                    // The comment above a header introduces the table.
+                    prose(&mut block, &mut out);
+                    if array {
+                        entry.push(t);
+                    }
                 }
-                out.push_str(&format!(".SS \"{t}\"\n"));
+                Line::Toml(t) => {
+                    if table.as_ref().is_some_and(|(_, array)| *array) {
+                        entry.push(t);
+                    } else if let Some((key, value)) = t.split_once('=') {
+                        key_entry(key, value, &mut block, &mut out);
+                    }
+                }
             }
-            block = intro;
-            flush(&mut block, &mut out);
-        } else if let Some((key, value)) = t.split_once('=') {
-            key_entry(key, value, &mut block, &mut out);
+        }
+        if !entry.is_empty() {
+            out.push_str(".PP\n");
+            no_fill(&entry, &mut out);
+        }
+        // What is left is a comment after the paragraph's last key: a
+        // commented-out key after its description, or prose.
+        let n = block.len();
+        if table.is_some() && n >= 2 && is_key_line(block[n - 1]) && !is_key_line(block[n - 2]) {
+            let (key, value) = block.pop().unwrap().split_once('=').unwrap();
+            let value = format!("{}   (commented out: not set)", value.trim());
+            key_entry(key, &value, &mut block, &mut out);
+        } else {
+            prose(&mut block, &mut out);
         }
     }
-    while block.last() == Some(&"") {
-        block.pop();
-    }
-    flush(&mut block, &mut out);
     out.push_str(".SH FILES\n.TP\n.I /etc/uplinkd/uplinkd.toml\n");
     out.push_str("The configuration (a conffile: upgrades keep local changes).\n");
+    out.push_str(".TP\n.I /etc/uplinkd/uplinkd.d/*.toml\n");
+    out.push_str(
+        "Drop-ins, read in lexical order of their names after the main file;\n\
+         see the drop-in rules in the description above.\n",
+    );
     out.push_str(".SH SEE ALSO\n.BR uplinkd (8),\n.BR uplinkctl (8)\n");
     out
 }
@@ -573,6 +617,31 @@ fn uplinkd_toml_man_page_is_generated_from_the_example() {
             body.push('\n');
         }
     }
+    // Every entry of an array of tables, live or commented out, is shown
+    // under its own header, in its own section.
+    let example = read(repo("config/uplinkd.toml"));
+    for name in ["uplink", "transit"] {
+        let header = format!("[[{name}]]");
+        let written = example
+            .lines()
+            .filter(|l| l.trim_start_matches(['#', ' ']) == header)
+            .count();
+        let body = &sections[name];
+        let shown = body.lines().filter(|l| *l == header).count();
+        assert_eq!(
+            shown, written,
+            "uplinkd.toml.5 shows {shown} of the {written} {header} entries of the example under {header}:\n{body}"
+        );
+    }
+    assert!(
+        sections["uplink"].contains("bond = \"bond0\""),
+        "the bond example belongs to [[uplink]]"
+    );
+    assert!(
+        !sections["transit"].contains("bond"),
+        "the bond example is not a transit:\n{}",
+        sections["transit"]
+    );
     for key in uplinkd::config::known_keys() {
         let (table, leaf) = key.rsplit_once('.').expect("dotted key");
         let body = sections

@@ -170,6 +170,56 @@ async fn reload_on_hup(path: PathBuf, tx: mpsc::UnboundedSender<uplinkd::daemon:
     }
 }
 
+/// Exit status of `--check --live` when the file is valid but does not fit
+/// this host (2 stays "the file is invalid").
+const EXIT_HOST_PROBLEMS: u8 = 3;
+
+/// `--check --live`: the (valid) configuration against this host's links,
+/// addresses and routes; every problem on stderr, placed at its key. The
+/// file is read again here, with the origins of its values, so that the
+/// start path in `main` stays as it is.
+fn check_live(path: &Path) -> ExitCode {
+    let (config, origins) = match config::load_with_origins(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(uplinkd::netlink::host::read())
+                .map_err(|e| e.to_string())
+        });
+    let host = match host {
+        Ok(host) => host,
+        Err(e) => {
+            eprintln!("uplinkd: cannot read this host's links, addresses and routes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = config::live::check(&config, &origins, &host);
+    if problems.is_empty() {
+        println!(
+            "{}: configuration is valid and fits this host",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    eprintln!(
+        "{}: the configuration is valid, but {} problem(s) on this host (above) would keep uplinkd from working as configured",
+        path.display(),
+        problems.len()
+    );
+    ExitCode::from(EXIT_HOST_PROBLEMS)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match config::load(&args.config) {
@@ -180,6 +230,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        if args.live {
+            return check_live(&args.config);
+        }
         println!("{}: configuration is valid", args.config.display());
         return ExitCode::SUCCESS;
     }

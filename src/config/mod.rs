@@ -8,19 +8,30 @@
 //!   (unknown keys, wrong TOML types) and [`known_keys`];
 //! - `value.rs`: reading one section's keys by their declared rules;
 //! - `validate.rs`: the rules between keys, one function per section;
-//! - `report.rs`: collecting errors with line and column.
+//! - `report.rs`: collecting errors with file, line and column;
+//! - `sources.rs`: the drop-in files (`<dir>/<stem>.d/*.toml`, read in
+//!   lexical order after the main file), how they merge (tables key by key,
+//!   a later file's key overriding; an array of tables such as `[[uplink]]`
+//!   in a drop-in replacing the whole list) and [`Origins`], where each
+//!   value of the merged result was written;
+//! - `live.rs`: the host check of `uplinkd --check --live` (interfaces,
+//!   bonds, on-link gateways, competing default routes) against a
+//!   [`live::Host`] the netlink adapter reads.
 
 use std::path::Path;
 
 pub use uplinkd_core::config::*;
 
 mod keys;
+pub mod live;
 mod report;
+mod sources;
 mod validate;
 mod value;
 
 pub use keys::known_keys;
 use report::Report;
+pub use sources::{drop_in_dir, drop_in_files, Origins, Place};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -103,45 +114,99 @@ impl<'a> IntoIterator for &'a ConfigErrors {
 /// Parses and validates configuration text. `origin` names where the
 /// text came from (a path) and prefixes every error.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-    let mut report = Report::new(origin, text);
+    parse_files(&[(origin, text)]).map(|(config, _)| config)
+}
 
-    // 1. Syntax. The parser can recover and go on, but what it finds
-    // after the first error is mostly that error's echo: report the first.
-    let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
-    if let Some(e) = syntax.first() {
-        report.add("", e.span(), e.message().trim().to_string());
+/// Parses and validates a configuration made of several files, given as
+/// (origin, text) in reading order: the main file, then its drop-ins (see
+/// `sources.rs` for how they merge). Every error names the file and line of
+/// the value it is about; the [`Origins`] say where each value was written.
+pub fn parse_files(files: &[(&str, &str)]) -> Result<(Config, Origins), ConfigErrors> {
+    let mut report = Report::new(files);
+    let shape = keys::document();
+
+    // 1. Syntax, file by file. The parser can recover and go on, but what
+    // it finds after a file's first error is mostly that error's echo:
+    // report the first of each file.
+    let mut docs = Vec::new();
+    for (i, (_, text)) in files.iter().enumerate() {
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+        let base = report.base(i);
+        if let Some(e) = syntax.first() {
+            let span = e.span().map(|s| s.start + base..s.end + base);
+            report.add("", span, e.message().trim().to_string());
+            continue;
+        }
+        let mut doc = doc.into_inner();
+        sources::shift(&mut doc, base);
+        docs.push(doc);
+    }
+    if !report.errors.is_empty() {
         return Err(report.into_errors());
     }
 
-    // 2. Shape: every unknown key and wrongly typed value is reported and
-    // removed, so that validation still sees (and reports) the rest.
-    let mut doc = doc.into_inner();
-    if !keys::check_shape(&mut doc, &keys::document(), "", &mut report) {
+    // 2. Shape, file by file: every unknown key and wrongly typed value is
+    // reported and removed, so that validation still sees (and reports)
+    // the rest.
+    let mut whole = true;
+    for doc in &mut docs {
+        whole &= keys::check_shape(doc, &shape, "", &mut report);
+    }
+    if !whole {
         return Err(report.into_errors());
     }
     report.shape_done = true;
+    let mut docs = docs.into_iter();
+    let mut doc = docs.next().unwrap_or_default();
+    for over in docs {
+        sources::merge(&mut doc, over, &shape);
+    }
 
     // 3. Values, by the rules their keys declare, and the rules between them.
     let config = validate::validate(&doc, &mut report);
     match config {
-        Some(config) if report.errors.is_empty() => Ok(config),
+        Some(config) if report.errors.is_empty() => {
+            let origins = Origins::of(&doc, &report);
+            Ok((config, origins))
+        }
         _ => Err(report.into_errors()),
     }
 }
 
-/// Reads and parses a configuration file; errors are prefixed by its path.
+/// Reads and parses a configuration file and its drop-ins; errors are
+/// prefixed by the path of the file they are in.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &origin),
-        Err(e) => Err(ConfigErrors {
-            errors: vec![ConfigError {
-                origin,
-                line: None,
-                column: None,
-                key: String::new(),
-                message: format!("cannot read configuration: {e}"),
-            }],
-        }),
+    load_with_origins(path).map(|(config, _)| config)
+}
+
+/// [`load`], with where each value was written.
+pub fn load_with_origins(path: &Path) -> Result<(Config, Origins), ConfigErrors> {
+    let unreadable = |path: &Path, e: std::io::Error| ConfigError {
+        origin: path.display().to_string(),
+        line: None,
+        column: None,
+        key: String::new(),
+        message: format!("cannot read configuration: {e}"),
+    };
+    let mut paths = vec![path.to_path_buf()];
+    let mut errors = Vec::new();
+    match drop_in_files(&drop_in_dir(path)) {
+        Ok(files) => paths.extend(files),
+        Err(e) => errors.push(e),
     }
+    let mut files = Vec::new();
+    for p in &paths {
+        match std::fs::read_to_string(p) {
+            Ok(text) => files.push((p.display().to_string(), text)),
+            Err(e) => errors.push(unreadable(p, e)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors { errors });
+    }
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(origin, text)| (origin.as_str(), text.as_str()))
+        .collect();
+    parse_files(&files)
 }

@@ -1,5 +1,11 @@
-//! Collecting problems: byte spans become line and column, keys removed by
-//! the shape check silence later errors about them.
+//! Collecting problems: byte spans become file, line and column, keys
+//! removed by the shape check silence later errors about them.
+//!
+//! A configuration may come from several files (the main file and its
+//! drop-ins). Each file's spans are shifted by the file's `base` (the total
+//! length of the files before it, plus one per file), so one offset names
+//! one place in one file: the merged document keeps every value's origin
+//! without carrying a file name along.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -30,11 +36,23 @@ pub(super) fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-/// Collects problems, turning byte spans into line/column.
-pub(super) struct Report<'a> {
+/// One file of the configuration, and where its offsets start.
+struct Source<'a> {
     origin: &'a str,
     text: &'a str,
+    /// Offset of the file's first byte in the shifted spans.
+    base: usize,
+}
+
+/// Collects problems, turning byte spans into file, line and column.
+pub(super) struct Report<'a> {
+    /// In reading order; the first is the main file, which also names
+    /// problems that have no place (a missing section).
+    sources: Vec<Source<'a>>,
     pub(super) errors: Vec<ConfigError>,
+    /// The shifted offset of each error in `errors` (None: no place), to
+    /// sort them in reading order across files.
+    offsets: Vec<Option<usize>>,
     /// Keys already reported as unknown or of the wrong type (and removed
     /// before validation): later errors about them would only repeat or
     /// mislead (e.g. "missing name" after "name: expected a string").
@@ -45,25 +63,64 @@ pub(super) struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    pub(super) fn new(origin: &'a str, text: &'a str) -> Self {
+    /// A report on `files` (origin, text), in reading order (at least one).
+    pub(super) fn new(files: &[(&'a str, &'a str)]) -> Self {
+        let mut base = 0;
+        let sources = files
+            .iter()
+            .map(|&(origin, text)| {
+                let source = Source { origin, text, base };
+                base += text.len() + 1;
+                source
+            })
+            .collect();
         Report {
-            origin,
-            text,
+            sources,
             errors: Vec::new(),
+            offsets: Vec::new(),
             broken: Vec::new(),
             shape_done: false,
         }
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
-    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+    /// Where the spans of file `i` start.
+    pub(super) fn base(&self, i: usize) -> usize {
+        self.sources[i].base
+    }
+
+    /// The file a shifted offset lies in, and the offset within it.
+    fn source_of(&self, offset: usize) -> (&Source<'a>, usize) {
+        let source = self
+            .sources
+            .iter()
+            .rev()
+            .find(|s| s.base <= offset)
+            .unwrap_or(&self.sources[0]);
+        (source, offset - source.base.min(offset))
+    }
+
+    /// File, 1-based line and column (in characters) of a shifted offset.
+    pub(super) fn place(&self, offset: usize) -> (&'a str, usize, usize) {
+        let (source, offset) = self.source_of(offset);
+        let text = source.text;
+        let offset = offset.min(text.len());
         // Spans are byte offsets on char boundaries; be safe anyway.
-        let before = self.text.get(..offset).unwrap_or(self.text);
+        let before = text.get(..offset).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
+        (source.origin, line, column)
+    }
+
+    /// 1-based line and column of a shifted offset (in its own file).
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+        let (_, line, column) = self.place(offset);
         (line, column)
+    }
+
+    /// The main file's name.
+    pub(super) fn main_origin(&self) -> &'a str {
+        self.sources[0].origin
     }
 
     /// Whether `key` (or a table containing it) was removed as malformed.
@@ -90,20 +147,21 @@ impl<'a> Report<'a> {
         // value (each quote is short already: this bounds what slips through).
         let key = shorten(&key, KEY_MAX);
         let message = shorten(&message.into(), MESSAGE_MAX);
-        let (line, column) = match span {
+        let (origin, line, column) = match &span {
             Some(span) => {
-                let (l, c) = self.position(span.start);
-                (Some(l), Some(c))
+                let (o, l, c) = self.place(span.start);
+                (o, Some(l), Some(c))
             }
-            None => (None, None),
+            None => (self.main_origin(), None, None),
         };
         self.errors.push(ConfigError {
-            origin: self.origin.to_string(),
+            origin: origin.to_string(),
             line,
             column,
             key,
             message,
         });
+        self.offsets.push(span.map(|s| s.start));
     }
 
     /// The problems found, in text order (those without a place, such as a
@@ -113,9 +171,12 @@ impl<'a> Report<'a> {
             // A caller bug, not a config problem: say so rather than succeed.
             self.add("", None, "invalid configuration (no detail recorded)");
         }
-        self.errors.sort_by_key(|e| (e.line, e.column));
+        // Reading order: offsets grow from one file to the next.
+        let mut sorted: Vec<(Option<usize>, ConfigError)> =
+            self.offsets.into_iter().zip(self.errors).collect();
+        sorted.sort_by_key(|(offset, _)| *offset);
         ConfigErrors {
-            errors: self.errors,
+            errors: sorted.into_iter().map(|(_, e)| e).collect(),
         }
     }
 

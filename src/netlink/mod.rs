@@ -9,6 +9,8 @@
 //!   the live `netif_carrier_ok()`.
 //! - [`actuate`]: idempotent route, rule and neighbour changes.
 //! - [`sysctl`]: the per-uplink sysctls.
+//! - [`host`]: a read-only dump of links, addresses and main-table routes
+//!   for `uplinkd --check --live`.
 //! - [`bond`]: the bond poller (active member, settings, members) and the
 //!   active-member actuator.
 //!
@@ -28,6 +30,7 @@ use crate::config::Family;
 pub mod actuate;
 pub mod bond;
 pub mod carrier;
+pub mod host;
 pub mod monitor;
 mod request;
 pub mod sysctl;

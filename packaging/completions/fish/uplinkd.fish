@@ -2,6 +2,7 @@
 # (clap_complete): do not edit; run
 # `UPLINKD_REGENERATE=1 cargo test --test docs` instead.
 complete -c uplinkd -s c -l config -d 'Configuration file' -r -F
-complete -c uplinkd -l check -d 'Validate the configuration and exit (0 = valid)'
+complete -c uplinkd -l check -d 'Validate the configuration (the file and its drop-ins) and exit (0 = valid)'
+complete -c uplinkd -l live -d 'With --check: also check that the configuration fits this host: every uplink\'s interface (and bond) exists, every gateway is on-link through its interface, and no default route uplinkd did not make has a lower metric than agent.route_metric. Every problem is listed; exit status 3 when there is one'
 complete -c uplinkd -s h -l help -d 'Print help'
 complete -c uplinkd -s V -l version -d 'Print version'
