@@ -72,6 +72,8 @@ struct Net {
     upstream_dead: [[bool; 2]; 2],
     /// transit index dead everywhere
     transit_dead: [bool; 4],
+    /// (uplink, transit index) dead only through that uplink
+    transit_dead_through: [[bool; 4]; 2],
     /// loss probability per probe through an uplink
     loss: [f64; 2],
 }
@@ -179,7 +181,9 @@ impl Sim {
                     && match p.kind {
                         ProbeKind::Gateway => true,
                         ProbeKind::Transit(t) => {
-                            !self.net.upstream_dead[u][fi] && !self.net.transit_dead[t]
+                            !self.net.upstream_dead[u][fi]
+                                && !self.net.transit_dead[t]
+                                && !self.net.transit_dead_through[u][t]
                         }
                     };
                 if alive {
@@ -449,7 +453,9 @@ fn one_dead_transit_is_not_a_dead_uplink() {
         .iter()
         .filter(|t| t.name == "transit-a")
         .collect();
-    assert!(a.iter().all(|t| t.reachable == Some(false)));
+    // One target per family: an empty list would pass `all` vacuously.
+    assert_eq!(a.len(), 2, "transit-a's targets in the status: {a:?}");
+    assert!(a.iter().all(|t| t.reachable == Some(false)), "{a:?}");
     assert_eq!(st.uplinks[0].state, UplinkState::Healthy);
 }
 
@@ -458,9 +464,29 @@ fn one_transit_dead_only_through_the_primary_is_not_enough() {
     // Quorum is 2: a single transit unreachable through the primary (but
     // reachable through the secondary) must not move traffic.
     let mut s = settled();
-    s.net.transit_dead[1] = true; // dead everywhere
+    s.net.transit_dead_through[0][1] = true; // only through the primary
     s.run_for(Duration::from_secs(10));
-    assert_eq!(s.switches(Family::V4).len(), 1);
+    assert_eq!(s.switches(Family::V4).len(), 1, "{:?}", s.active_changes());
+    assert_eq!(s.switches(Family::V6).len(), 1, "{:?}", s.active_changes());
+    // It is seen, and it is the transit the quorum would count: unreachable
+    // here, reachable through the secondary.
+    let st = s.core.status(s.now);
+    let b = |u: usize| {
+        st.uplinks[u]
+            .transits
+            .iter()
+            .filter(|t| t.name == "transit-b")
+            .map(|t| t.reachable)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(b(0), [Some(false), Some(false)]);
+    assert_eq!(b(1), [Some(true), Some(true)]);
+    assert_eq!(st.uplinks[0].state, UplinkState::Healthy);
+    // A second one dead only through the primary makes the quorum (2 of 4).
+    s.net.transit_dead_through[0][3] = true;
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(s.route, [Some(1), Some(1)]);
+    assert_eq!(s.active_changes().last().unwrap().3, "quorum");
 }
 
 #[test]
