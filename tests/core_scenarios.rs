@@ -489,6 +489,52 @@ fn one_transit_dead_only_through_the_primary_is_not_enough() {
     assert_eq!(s.active_changes().last().unwrap().3, "quorum");
 }
 
+/// At start the standby's far targets may not answer its first probes (its
+/// path is still being set up): a target that never answered through an
+/// uplink is unknown, not unreachable, until it has been probed for a whole
+/// transit interval. No health change, no flap.
+#[test]
+fn standby_not_answering_its_first_probes_is_unknown_not_unhealthy() {
+    let mut s = Sim::new(config());
+    s.net.upstream_dead[1][1] = true;
+    s.run_for(ms(600));
+    s.net.upstream_dead[1][1] = false;
+    s.run_for(Duration::from_secs(4));
+    let bad: Vec<_> = s
+        .log
+        .iter()
+        .filter(|(_, a)| {
+            matches!(a, Action::Report(Change::UplinkHealth { uplink, state, .. })
+                if uplink == "secondary" && *state != UplinkState::Healthy)
+        })
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    let st = s.core.status(s.now);
+    assert_eq!(st.uplinks[1].flaps, 0);
+    assert_eq!(st.uplinks[1].state, UplinkState::Healthy);
+    assert!(st.uplinks[1]
+        .transits
+        .iter()
+        .all(|t| t.reachable == Some(true)));
+}
+
+/// A standby whose upstream is really dead from the start is still found,
+/// once its targets have been probed for a whole interval; it never was
+/// healthy on its transits, so that is no flap.
+#[test]
+fn standby_dead_upstream_from_the_start_is_found() {
+    let mut s = Sim::new(config());
+    s.net.upstream_dead[1] = [true, true];
+    s.run_for(Duration::from_secs(3));
+    let st = s.core.status(s.now);
+    assert_eq!(st.uplinks[1].state, UplinkState::Unhealthy);
+    assert!(st.uplinks[1]
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Quorum { .. })));
+    assert_eq!(st.uplinks[1].flaps, 0);
+}
+
 #[test]
 fn random_loss_on_every_primary_probe_never_switches() {
     let mut s = settled();

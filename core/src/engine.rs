@@ -45,6 +45,10 @@ struct UplinkFamily {
     usable: Option<bool>,
     /// Since when it has been continuously usable.
     usable_since: Option<Now>,
+    /// Has been usable with a verdict on every far target: only then is
+    /// losing it a flap (one found wanting by its first verdicts never
+    /// worked, it did not fail).
+    proven: bool,
     reasons: Vec<Reason>,
 }
 
@@ -137,6 +141,7 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_end: None,
             usable: None,
             usable_since: None,
+            proven: false,
             reasons: Vec::new(),
         })
     });

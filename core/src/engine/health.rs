@@ -3,7 +3,11 @@
 //! Evidence comes in as carrier reports and probe outcomes. Each target gets
 //! a verdict with hysteresis (a target with no history needs one reply): a
 //! far target is unreachable after `transit_fall` consecutive misses and
-//! reachable after `transit_rise` replies; a gateway is dead only after
+//! reachable after `transit_rise` replies, but one that never answered
+//! through an uplink is not yet probed, unknown rather than unreachable,
+//! until its probes have gone unanswered for a whole `transit_interval`
+//! (at start, or when an uplink is added, its first probes may be lost to
+//! the path being set up: routes, neighbour resolution); a gateway is dead only after
 //! `gateway_dead_after` of silence *and* `gateway_min_misses` unanswered
 //! probes, alive after `gateway_rise` replies. A transit counts against an
 //! uplink only when it is unreachable here but reachable through another
@@ -109,7 +113,16 @@ impl Core {
             ProbeOutcome::Timeout | ProbeOutcome::Error(_) => {
                 target.miss(fl.sent_at);
                 if let ProbeKind::Transit(_) = fl.kind {
-                    if target.verdict != Some(false) && target.consecutive_miss >= p.transit_fall {
+                    // Never answered through this uplink: judged only once
+                    // probed for a whole interval.
+                    let probed = target.verdict.is_some()
+                        || target
+                            .first_sent
+                            .is_some_and(|t| now >= t + p.transit_interval);
+                    if probed
+                        && target.verdict != Some(false)
+                        && target.consecutive_miss >= p.transit_fall
+                    {
                         target.set_verdict(now, false);
                         let detail = match &outcome {
                             ProbeOutcome::Error(e) => format!(" (last: {e})"),
@@ -215,6 +228,12 @@ impl Core {
                 } else {
                     None
                 };
+                let judged = f.transits.iter().flatten().all(|x| x.verdict.is_some());
+                let was_proven = f.proven;
+                if usable == Some(true) && judged && !was_proven {
+                    self.uplinks[i].fams[fi].as_mut().expect("checked").proven = true;
+                }
+                let f = self.uplinks[i].fams[fi].as_ref().expect("checked");
                 if usable == f.usable && reasons == f.reasons {
                     continue;
                 }
@@ -225,7 +244,7 @@ impl Core {
                 if usable != was {
                     f.usable = usable;
                     f.usable_since = (usable == Some(true)).then_some(now);
-                    if was == Some(true) && usable == Some(false) {
+                    if was == Some(true) && usable == Some(false) && was_proven {
                         newly_failed = true;
                     }
                     let state = match usable {
