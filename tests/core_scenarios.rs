@@ -489,6 +489,36 @@ fn one_transit_dead_only_through_the_primary_is_not_enough() {
     assert_eq!(s.active_changes().last().unwrap().3, "quorum");
 }
 
+/// With one family already down on the primary, carrier flaps must still be
+/// counted (per family) and damped.
+#[test]
+fn flaps_are_damped_while_another_family_is_down() {
+    let mut s = settled();
+    s.net.gw_dead[0][1] = true;
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(s.route, [Some(0), Some(1)]);
+    let before = s.switches(Family::V4).len();
+    for _ in 0..8 {
+        s.carrier(0, false);
+        s.run_for(ms(200));
+        s.carrier(0, true);
+        s.run_for(Duration::from_secs(35));
+    }
+    let switches = s.switches(Family::V4).len() - before;
+    // A carrier flap is two losses of IPv4, as when both families are up:
+    // the carrier, then the far probes it lost failing the quorum once the
+    // carrier is back. So: away and back, then away on the second flap
+    // (the third loss), held down from then on.
+    assert_eq!(switches, 3, "{:?}", s.active_changes());
+    assert!(s
+        .reports()
+        .iter()
+        .any(|c| matches!(c, Change::Damped { uplink, .. } if uplink == "primary")));
+    let st = s.core.status(s.now);
+    assert!(st.uplinks[0].damped_ms.is_some());
+    assert_eq!(s.route[0], Some(1));
+}
+
 /// At start the standby's far targets may not answer its first probes (its
 /// path is still being set up): a target that never answered through an
 /// uplink is unknown, not unreachable, until it has been probed for a whole
@@ -987,40 +1017,4 @@ fn replies_read_a_round_late_decide_the_same() {
             );
         }
     }
-}
-
-/// Right after a failback the transits through the uplink that is active
-/// again are probed at the full rate at once, not on the standby's slower
-/// schedule: a dead upstream then is noticed as fast as ever.
-#[test]
-fn dead_upstream_right_after_failback_is_noticed_as_fast() {
-    let mut worst = Duration::ZERO;
-    for off in (0..1000).step_by(50) {
-        let mut s = settled();
-        s.carrier(0, false);
-        s.run_for(Duration::from_secs(5));
-        s.carrier(0, true);
-        s.run_for(Duration::from_secs(34));
-        let (back, to) = *s.switches(Family::V4).last().unwrap();
-        assert_eq!(to, 0, "failed back");
-        // Then the upstream dies, `off` after the failback.
-        let mut s = {
-            let mut s2 = settled();
-            s2.carrier(0, false);
-            s2.run_for(Duration::from_secs(5));
-            s2.carrier(0, true);
-            s2.run_for(back - s2.now + ms(off));
-            s2
-        };
-        let t0 = s.now;
-        s.net.upstream_dead[0] = [true, true];
-        s.run_for(Duration::from_secs(2));
-        let (t, to) = *s.switches(Family::V4).last().unwrap();
-        assert_eq!(to, 1, "upstream dead {off} ms after the failback");
-        worst = worst.max(t - t0);
-    }
-    // A target is probed at least every transit_interval / 4 (four targets
-    // a second, phases apart) plus a round; the burst and its timeouts take
-    // about 370 ms more.
-    assert!(worst < ms(700), "worst {worst:?}");
 }

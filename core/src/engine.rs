@@ -60,12 +60,13 @@ struct Uplink {
     drained: bool,
     undrained_at: Option<Now>,
     fams: [Option<UplinkFamily>; 2],
-    /// Failure instants within the damping window.
-    flaps: VecDeque<Now>,
+    /// Per family: its losses within the damping window. Counted per
+    /// family so that a family that stays down does not hide the other's
+    /// flaps; the uplink is damped on its worst family, so one carrier
+    /// flap that fails both families counts once.
+    flaps: [VecDeque<Now>; 2],
     damp_level: u32,
     damped_until: Option<Now>,
-    /// True while every family of this uplink is usable (for flap counting).
-    fully_usable: bool,
     /// For a bond member: enslaved to its bond (None until the bond is read).
     enslaved: Option<bool>,
 }
@@ -151,10 +152,9 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         drained: false,
         undrained_at: None,
         fams,
-        flaps: VecDeque::new(),
+        flaps: Default::default(),
         damp_level: 0,
         damped_until: None,
-        fully_usable: false,
         enslaved: None,
     }
 }

@@ -118,7 +118,9 @@ pub struct UplinkStatus {
     pub drained: bool,
     /// Union of the reasons of every family.
     pub reasons: Vec<Reason>,
-    /// Failures (healthy -> unhealthy) counted for damping in the current window.
+    /// Failures (healthy -> unhealthy) counted for damping in the current
+    /// window: those of its family that failed most (flaps are counted per
+    /// family, so one that stays down does not hide the other's).
     pub flaps: u32,
     /// Remaining hold-down, if damped.
     pub damped_ms: Option<u64>,

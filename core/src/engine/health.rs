@@ -16,6 +16,8 @@
 //! independent targets is what makes a fast decision safe. An uplink's
 //! health is a set of named reasons (missing, carrier, not in its bond,
 //! gateway, quorum); none, with carrier and gateway known, is usable.
+//! Losing a family is a flap of that family (damping counts them per
+//! family, see `count_flaps`).
 
 use super::Core;
 use crate::config::Family;
@@ -181,13 +183,13 @@ impl Core {
     }
 
     /// Each uplink's health per family from the evidence: usable, or the
-    /// named reasons why not. An uplink that stops being fully usable
-    /// counts a flap (damping).
+    /// named reasons why not. A family that stops being usable counts a
+    /// flap of that family (damping).
     pub(super) fn judge_health(&mut self, now: Now, out: &mut Vec<Action>) {
         self.gateway_verdicts(now, out);
         // Health per uplink and family.
         for i in 0..self.uplinks.len() {
-            let mut newly_failed = false;
+            let mut newly_failed = Vec::new();
             for fi in 0..2 {
                 if self.uplinks[i].fams[fi].is_none() {
                     continue;
@@ -245,7 +247,7 @@ impl Core {
                     f.usable = usable;
                     f.usable_since = (usable == Some(true)).then_some(now);
                     if was == Some(true) && usable == Some(false) && was_proven {
-                        newly_failed = true;
+                        newly_failed.push(fi);
                     }
                     let state = match usable {
                         Some(true) => UplinkState::Healthy,
@@ -261,14 +263,8 @@ impl Core {
                     }));
                 }
             }
-            let fully = self.uplinks[i]
-                .fams
-                .iter()
-                .flatten()
-                .all(|f| f.usable == Some(true));
-            let was_fully = std::mem::replace(&mut self.uplinks[i].fully_usable, fully);
-            if was_fully && newly_failed {
-                self.count_flap(now, i, out);
+            if !newly_failed.is_empty() {
+                self.count_flaps(now, i, &newly_failed, out);
             }
         }
     }

@@ -12,9 +12,10 @@
 //! verdict on every uplink, unless the route found in the kernel is
 //! already good.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Core, UplinkFamily};
+use super::{Core, Uplink, UplinkFamily};
 use crate::config::Family;
 use crate::status::{Change, Reason};
 use crate::{Action, Now, UplinkId};
@@ -232,11 +233,26 @@ impl Core {
         }
     }
 
-    pub(super) fn count_flap(&mut self, now: Now, i: UplinkId, out: &mut Vec<Action>) {
+    /// Families `fams` of uplink `i` were just lost: one flap each. Flaps
+    /// are counted per family, so that a family that stays down does not
+    /// hide the other's flaps, and the uplink is damped on its worst
+    /// family: one carrier flap that fails both families is one flap, and
+    /// the hold grows only when that count does.
+    pub(super) fn count_flaps(
+        &mut self,
+        now: Now,
+        i: UplinkId,
+        fams: &[usize],
+        out: &mut Vec<Action>,
+    ) {
         let d = self.cfg.policy.damping.clone();
         let u = &mut self.uplinks[i];
-        u.flaps.push_back(now);
-        if u.flaps.len() as u32 >= d.threshold {
+        let before = worst_flaps(u);
+        for &fi in fams {
+            u.flaps[fi].push_back(now);
+        }
+        let flaps = worst_flaps(u);
+        if flaps > before && flaps >= d.threshold {
             u.damp_level += 1;
             let factor = 1u32 << (u.damp_level - 1).min(16);
             let hold = d.hold.saturating_mul(factor).min(d.max_hold);
@@ -244,7 +260,7 @@ impl Core {
             out.push(Action::Report(Change::Damped {
                 uplink: self.cfg.uplinks[i].name.clone(),
                 hold_ms: hold.as_millis() as u64,
-                flaps: u.flaps.len() as u32,
+                flaps,
             }));
         }
     }
@@ -257,14 +273,15 @@ impl Core {
                 u.damped_until = None;
             }
             let window = self.cfg.policy.damping.window;
-            while u
-                .flaps
-                .front()
-                .is_some_and(|t| now.saturating_sub(*t) > window)
-            {
-                u.flaps.pop_front();
+            for flaps in &mut u.flaps {
+                while flaps
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) > window)
+                {
+                    flaps.pop_front();
+                }
             }
-            if u.flaps.is_empty() && u.damped_until.is_none() {
+            if worst_flaps(u) == 0 && u.damped_until.is_none() {
                 u.damp_level = 0;
             }
         }
@@ -273,4 +290,9 @@ impl Core {
     fn damped(&self, i: UplinkId, now: Now) -> bool {
         self.uplinks[i].damped_until.is_some_and(|t| t > now)
     }
+}
+
+/// The flaps damping counts for an uplink: those of its worst family.
+pub(super) fn worst_flaps(u: &Uplink) -> u32 {
+    u.flaps.iter().map(VecDeque::len).max().unwrap_or(0) as u32
 }
