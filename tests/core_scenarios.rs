@@ -489,6 +489,96 @@ fn one_transit_dead_only_through_the_primary_is_not_enough() {
     assert_eq!(s.active_changes().last().unwrap().3, "quorum");
 }
 
+/// A quorum failure only counts transits unreachable here *and* reachable
+/// through another uplink, so with every transit unreachable through every
+/// uplink (gateways alive) no uplink is better than another: the agent
+/// stays, fails static, and says why.
+#[test]
+fn internet_down_everywhere_fails_static_without_moving() {
+    let mut s = settled();
+    let mark = s.log.len();
+    s.net.upstream_dead = [[true, true], [true, true]];
+    s.run_for(Duration::from_secs(20));
+    for f in Family::ALL {
+        assert_eq!(s.switches(f).len(), 1, "{f}: {:?}", s.active_changes());
+    }
+    let st = s.core.status(s.now);
+    assert!(
+        st.fail_static.ipv4 && st.fail_static.ipv6,
+        "{:?}",
+        st.fail_static
+    );
+    for u in &st.uplinks {
+        // 0 of 8 transit targets reachable is not healthy...
+        assert_eq!(u.state, UplinkState::Unhealthy, "{}", u.name);
+        assert!(u.transits.iter().all(|t| t.reachable == Some(false)));
+        // ...and the reason names the evidence.
+        for family in ["ipv4", "ipv6"] {
+            assert!(
+                u.reasons.iter().any(|r| matches!(r,
+                    Reason::QuorumEverywhere { family: f, unreachable } if f == family && unreachable.len() == 4)),
+                "{}: {:?}",
+                u.name,
+                u.reasons
+            );
+        }
+        // Not the uplink's own failure: no flap.
+        assert_eq!(u.flaps, 0, "{}", u.name);
+    }
+    let fail_static: Vec<_> = s.log[mark..]
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Report(Change::FailStatic {
+                active: true,
+                evidence,
+                ..
+            }) => Some(evidence.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fail_static.len(), 2, "{fail_static:?}");
+    assert!(
+        fail_static.iter().all(|e| e.contains("quorum_everywhere")),
+        "{fail_static:?}"
+    );
+    // The internet comes back: still no switch, fail static ends.
+    s.net.upstream_dead = Default::default();
+    s.run_for(Duration::from_secs(5));
+    for f in Family::ALL {
+        assert_eq!(s.switches(f).len(), 1, "{f}: {:?}", s.active_changes());
+    }
+    let st = s.core.status(s.now);
+    assert!(!st.fail_static.ipv4 && !st.fail_static.ipv6);
+    assert!(st.uplinks.iter().all(|u| u.state == UplinkState::Healthy));
+}
+
+/// While the internet is down everywhere, an active uplink that fails for a
+/// reason of its own (carrier) is worse than one that only fails the quorum
+/// with everybody: traffic moves, and the family stays fail static.
+#[test]
+fn internet_down_everywhere_then_carrier_loss_still_moves() {
+    let mut s = settled();
+    s.net.upstream_dead = [[true, true], [true, true]];
+    s.run_for(Duration::from_secs(5));
+    assert_eq!(s.route, [Some(0), Some(0)]);
+    s.carrier(0, false);
+    assert_eq!(s.route, [Some(1), Some(1)]);
+    s.run_for(Duration::from_secs(5));
+    assert_eq!(s.route, [Some(1), Some(1)]);
+    let st = s.core.status(s.now);
+    assert!(st.fail_static.ipv4 && st.fail_static.ipv6);
+    // The internet comes back: the secondary is usable, fail static ends;
+    // the primary's carrier is back later and traffic fails back.
+    s.net.upstream_dead = Default::default();
+    s.run_for(Duration::from_secs(3));
+    let st = s.core.status(s.now);
+    assert!(!st.fail_static.ipv4 && !st.fail_static.ipv6);
+    assert_eq!(s.route, [Some(1), Some(1)]);
+    s.carrier(0, true);
+    s.run_for(Duration::from_secs(35));
+    assert_eq!(s.route, [Some(0), Some(0)]);
+}
+
 /// With one family already down on the primary, carrier flaps must still be
 /// counted (per family) and damped.
 #[test]
@@ -505,11 +595,9 @@ fn flaps_are_damped_while_another_family_is_down() {
         s.run_for(Duration::from_secs(35));
     }
     let switches = s.switches(Family::V4).len() - before;
-    // A carrier flap is two losses of IPv4, as when both families are up:
-    // the carrier, then the far probes it lost failing the quorum once the
-    // carrier is back. So: away and back, then away on the second flap
-    // (the third loss), held down from then on.
-    assert_eq!(switches, 3, "{:?}", s.active_changes());
+    // Away and back twice, then away on the third flap, held down from then
+    // on.
+    assert_eq!(switches, 5, "{:?}", s.active_changes());
     assert!(s
         .reports()
         .iter()
@@ -1017,4 +1105,40 @@ fn replies_read_a_round_late_decide_the_same() {
             );
         }
     }
+}
+
+/// Right after a failback the transits through the uplink that is active
+/// again are probed at the full rate at once, not on the standby's slower
+/// schedule: a dead upstream then is noticed as fast as ever.
+#[test]
+fn dead_upstream_right_after_failback_is_noticed_as_fast() {
+    let mut worst = Duration::ZERO;
+    for off in (0..1000).step_by(50) {
+        let mut s = settled();
+        s.carrier(0, false);
+        s.run_for(Duration::from_secs(5));
+        s.carrier(0, true);
+        s.run_for(Duration::from_secs(34));
+        let (back, to) = *s.switches(Family::V4).last().unwrap();
+        assert_eq!(to, 0, "failed back");
+        // Then the upstream dies, `off` after the failback.
+        let mut s = {
+            let mut s2 = settled();
+            s2.carrier(0, false);
+            s2.run_for(Duration::from_secs(5));
+            s2.carrier(0, true);
+            s2.run_for(back - s2.now + ms(off));
+            s2
+        };
+        let t0 = s.now;
+        s.net.upstream_dead[0] = [true, true];
+        s.run_for(Duration::from_secs(2));
+        let (t, to) = *s.switches(Family::V4).last().unwrap();
+        assert_eq!(to, 1, "upstream dead {off} ms after the failback");
+        worst = worst.max(t - t0);
+    }
+    // A target is probed at least every transit_interval / 4 (four targets
+    // a second, phases apart) plus a round; the burst and its timeouts take
+    // about 370 ms more.
+    assert!(worst < ms(700), "worst {worst:?}");
 }

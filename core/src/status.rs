@@ -99,6 +99,14 @@ pub enum Reason {
         family: String,
         unreachable: Vec<String>,
     },
+    /// Too many transits unreachable through this uplink, and through every
+    /// other uplink with carrier and a live gateway as well: the trouble is
+    /// beyond all of them, no uplink is better, so the agent does not move
+    /// and the family fails static.
+    QuorumEverywhere {
+        family: String,
+        unreachable: Vec<String>,
+    },
     /// Held down after repeated flaps.
     Damped { remaining_ms: u64 },
     /// Drained by an operator.
