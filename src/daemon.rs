@@ -63,6 +63,10 @@ enum Work {
         uplink: UplinkId,
         family: Family,
     },
+    Refresh {
+        uplink: UplinkId,
+        family: Family,
+    },
     Verify {
         family: Family,
         delay: Duration,
@@ -562,6 +566,9 @@ pub async fn run(
                     Action::FlushNeighbours { uplink, family } => {
                         let _ = work_tx.send(Work::Flush { uplink, family });
                     }
+                    Action::RefreshNeighbour { uplink, family } => {
+                        let _ = work_tx.send(Work::Refresh { uplink, family });
+                    }
                     Action::VerifyRoute { family } => {
                         let _ = work_tx.send(Work::Verify {
                             family,
@@ -1055,6 +1062,18 @@ async fn actuate_loop(
                             debug!(uplink = %u.name, %family, flushed = n, "neighbours flushed")
                         }
                         Err(e) => warn!(error = %e, "neighbour flush failed"),
+                    }
+                }
+            }
+            Work::Refresh { uplink, family } => {
+                let u = &cfg.uplinks[uplink];
+                if let (Some(gw), Some(idx)) = (
+                    u.gateway(family),
+                    ifindex(&act, &ifindexes, u.route_interface()).await,
+                ) {
+                    match act.refresh_neighbour(idx, gw).await {
+                        Ok(n) => debug!(uplink = %u.name, %gw, refreshed = n, "gateway neighbour"),
+                        Err(e) => warn!(error = %e, "gateway neighbour refresh failed"),
                     }
                 }
             }

@@ -76,6 +76,10 @@ struct Net {
     transit_dead_through: [[bool; 4]; 2],
     /// loss probability per probe through an uplink
     loss: [f64; 2],
+    /// (uplink, family index) the gateway's neighbour entry is unresolved
+    /// (INCOMPLETE after a long outage) until this instant, when the kernel
+    /// solicits again; `Action::RefreshNeighbour` resolves it at once.
+    unresolved_until: [[Option<Duration>; 2]; 2],
 }
 
 struct Sim {
@@ -175,8 +179,10 @@ impl Sim {
                 let fi = p.family.index();
                 let u = p.uplink;
                 let lost = self.rng.random::<f64>() < self.net.loss[u];
+                let unresolved = self.net.unresolved_until[u][fi].is_some_and(|t| self.now < t);
                 let alive = !self.net.carrier_down[u]
                     && !self.net.gw_dead[u][fi]
+                    && !unresolved
                     && !lost
                     && match p.kind {
                         ProbeKind::Gateway => true,
@@ -207,6 +213,13 @@ impl Sim {
             }
             Action::SetDefaultRoute { family, uplink } => {
                 self.route[family.index()] = Some(*uplink);
+            }
+            // A fresh entry is solicited at once: resolved if the gateway
+            // is there.
+            Action::RefreshNeighbour { uplink, family }
+                if !self.net.gw_dead[*uplink][family.index()] =>
+            {
+                self.net.unresolved_until[*uplink][family.index()] = None;
             }
             Action::VerifyRoute { family } => {
                 let via = match self.route[family.index()] {
@@ -651,6 +664,85 @@ fn standby_dead_upstream_from_the_start_is_found() {
         .iter()
         .any(|r| matches!(r, Reason::Quorum { .. })));
     assert_eq!(st.uplinks[1].flaps, 0);
+}
+
+/// After a long gateway outage its neighbour entry is unresolved and the
+/// kernel solicits only once a second. When a dead gateway answers again
+/// (one family, or a bond member's ARP probe), the core asks for the
+/// uplink's dead gateways' entries to be refreshed, so resolution restarts
+/// at once instead of at the kernel's next retry.
+#[test]
+fn gateway_back_after_a_long_outage_refreshes_its_neighbour_entries() {
+    let mut s = settled();
+    s.net.gw_dead = [[true, true], [true, true]];
+    s.run_for(Duration::from_secs(10));
+    assert!(s.core.status(s.now).fail_static.ipv4);
+    // The primary's gateway is back: its IPv4 entry resolves within a few
+    // ms (say the router announced itself), its IPv6 entry only at the
+    // kernel's next solicitation, up to a second later.
+    let t0 = s.now;
+    let mark = s.log.len();
+    s.net.gw_dead[0] = [false, false];
+    s.net.unresolved_until[0] = [Some(t0 + ms(5)), Some(t0 + ms(900))];
+    s.run_for(Duration::from_secs(2));
+    let back = |family: &str| {
+        s.log[mark..]
+            .iter()
+            .find(|(_, a)| matches!(a, Action::Report(Change::Gateway { uplink, family: f, reachable: true, .. })
+                if uplink == "primary" && f == family))
+            .map(|(t, _)| *t - t0)
+            .unwrap()
+    };
+    let (v4, v6) = (back("ipv4"), back("ipv6"));
+    let refresh = s.log[mark..]
+        .iter()
+        .find(|(_, a)| {
+            matches!(
+                a,
+                Action::RefreshNeighbour {
+                    uplink: 0,
+                    family: Family::V6
+                }
+            )
+        })
+        .map(|(t, _)| *t - t0);
+    assert!(
+        refresh.is_some_and(|t| t <= ms(20)),
+        "refresh at {refresh:?}"
+    );
+    assert!(
+        v6 < v4 + ms(50),
+        "ipv4 back after {v4:?}, ipv6 after {v6:?}"
+    );
+    assert_eq!(s.route, [Some(0), Some(0)]);
+    // Nothing was refreshed while the gateways were alive or dead.
+    assert!(!s.log[..mark]
+        .iter()
+        .any(|(_, a)| matches!(a, Action::RefreshNeighbour { .. })));
+}
+
+/// The carrier comes back on an uplink whose gateway was dead: probing
+/// resumes, and the entry the outage left behind is refreshed first.
+#[test]
+fn carrier_back_refreshes_a_dead_gateways_neighbour_entry() {
+    let mut s = settled();
+    s.net.gw_dead[0] = [true, true];
+    s.run_for(Duration::from_secs(2));
+    s.carrier(0, false);
+    s.run_for(Duration::from_secs(2));
+    let mark = s.log.len();
+    s.net.gw_dead[0] = [false, false];
+    s.carrier(0, true);
+    for f in Family::ALL {
+        assert!(
+            s.log[mark..].iter().any(|(_, a)| *a
+                == Action::RefreshNeighbour {
+                    uplink: 0,
+                    family: f
+                }),
+            "{f}"
+        );
+    }
 }
 
 #[test]

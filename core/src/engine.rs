@@ -42,6 +42,9 @@ struct UplinkFamily {
     /// When the last burst sent its last round: only probes sent after it
     /// can start a new one, so bursts never feed themselves.
     burst_end: Option<Now>,
+    /// The gateway's neighbour entry was asked to be refreshed since the
+    /// gateway was last found dead: once per outage is enough.
+    refresh_asked: bool,
     usable: Option<bool>,
     /// Since when it has been continuously usable.
     usable_since: Option<Now>,
@@ -140,6 +143,7 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_left: 0,
             burst_next: now,
             burst_end: None,
+            refresh_asked: false,
             usable: None,
             usable_since: None,
             proven: false,

@@ -52,6 +52,17 @@ impl Core {
             for f in u.fams.iter_mut().flatten() {
                 f.gateway.restart(now);
             }
+            // Probing resumes: a gateway dead before has the entry the
+            // outage left behind, to be resolved afresh.
+            for (fi, f) in u.fams.iter_mut().enumerate() {
+                if let Some(f) = f.as_mut().filter(|f| f.gateway.verdict == Some(false)) {
+                    f.refresh_asked = true;
+                    out.push(Action::RefreshNeighbour {
+                        uplink,
+                        family: Family::ALL[fi],
+                    });
+                }
+            }
         }
         if u.carrier != Some(up) {
             u.carrier = Some(up);
@@ -92,6 +103,16 @@ impl Core {
         match outcome {
             ProbeOutcome::Reply { rtt } => {
                 target.reply(now, fl.sent_at, rtt);
+                if fl.kind == ProbeKind::Gateway && target.verdict == Some(false) {
+                    self.refresh_dead_gateways(fl.uplink, out);
+                }
+                let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+                    return;
+                };
+                let target = match fl.kind {
+                    ProbeKind::Gateway => &mut f.gateway,
+                    ProbeKind::Transit(t) => &mut f.transits[t][fl.slot],
+                };
                 let rise = match fl.kind {
                     ProbeKind::Gateway => p.gateway_rise,
                     ProbeKind::Transit(_) => p.transit_rise,
@@ -166,6 +187,24 @@ impl Core {
         }
     }
 
+    /// A dead gateway of `uplink` answers (it may be any family's, or a
+    /// bond member's ARP probe that never used the kernel's entry): the
+    /// uplink's dead gateways' neighbour entries are refreshed, once per
+    /// outage, so that they are resolved now rather than at the kernel's
+    /// next retry.
+    fn refresh_dead_gateways(&mut self, uplink: UplinkId, out: &mut Vec<Action>) {
+        for (fi, f) in self.uplinks[uplink].fams.iter_mut().enumerate() {
+            let Some(f) = f else { continue };
+            if f.gateway.verdict == Some(false) && !f.refresh_asked {
+                f.refresh_asked = true;
+                out.push(Action::RefreshNeighbour {
+                    uplink,
+                    family: Family::ALL[fi],
+                });
+            }
+        }
+    }
+
     /// A gateway is dead when it has not answered for `gateway_dead_after`
     /// and at least `gateway_min_misses` probes since its last reply went
     /// unanswered: time alone would call a gateway dead because we did not
@@ -185,6 +224,7 @@ impl Core {
                 let silent = now.saturating_sub(base);
                 if silent >= p.gateway_dead_after && g.misses_since_reply >= p.gateway_min_misses {
                     g.set_verdict(now, false);
+                    f.refresh_asked = false;
                     out.push(Action::Report(Change::Gateway {
                         uplink: self.cfg.uplinks[i].name.clone(),
                         family: Family::ALL[fi].name().into(),
