@@ -1060,3 +1060,133 @@ fn sysctls_follow_the_calling_threads_namespace() {
     });
     root.join().unwrap();
 }
+
+/// ARP requests for `target` received on `dev` since the last call, read
+/// from a packet socket bound to it (nonblocking).
+struct ArpWatch(std::os::fd::OwnedFd);
+
+impl ArpWatch {
+    fn new(dev: &str) -> ArpWatch {
+        use std::os::fd::FromRawFd;
+        let proto = (libc::ETH_P_ARP as u16).to_be();
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto as libc::c_int,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(dev).unwrap();
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(sll.sll_ifindex > 0, "no {dev}");
+        let r = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        ArpWatch(fd)
+    }
+
+    fn requests_for(&self, target: Ipv4Addr) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut n = 0;
+        let mut buf = [0u8; 128];
+        loop {
+            let len = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if len < 0 {
+                return n;
+            }
+            // RFC 826 over Ethernet/IPv4: opcode at 6, target IP at 24.
+            if len >= 28 && buf[6..8] == [0, 1] && buf[24..28] == target.octets() {
+                n += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn refresh_neighbour_restarts_resolution_of_an_unresolved_gateway_at_once() {
+    in_netns(|| async {
+        // Nobody answers ARP for the gateway .1 on u0: its entry stays
+        // INCOMPLETE, and the kernel asks again only once a second.
+        veth("u0", "u0p", Some("198.18.1.2/24"), None);
+        ip("neigh add 198.18.1.10 lladdr 02:00:00:00:00:0a dev u0 nud reachable");
+        let gw = Ipv4Addr::new(198, 18, 1, 1);
+        let arp = ArpWatch::new("u0p");
+        let sock = UdpSocket::bind("198.18.1.2:0").unwrap();
+        let send = || sock.send_to(&[0u8; 8], (gw, 9)).unwrap();
+        let wait_request = |within: Duration| {
+            let t = Instant::now();
+            while t.elapsed() < within {
+                if arp.requests_for(gw) > 0 {
+                    return Some(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            None
+        };
+        send();
+        assert!(
+            wait_request(Duration::from_millis(100)).is_some(),
+            "no first ARP request"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        arp.requests_for(gw);
+        // Another packet to it: queued on the INCOMPLETE entry, no request.
+        send();
+        assert_eq!(
+            wait_request(Duration::from_millis(100)),
+            None,
+            "kernel re-asked early"
+        );
+        let state = |dst: &str| {
+            ip_json("-4 neigh show dev u0")
+                .iter()
+                .find(|n| n["dst"].as_str() == Some(dst))
+                .map(|n| n["state"].to_string())
+        };
+        assert!(
+            state("198.18.1.1").is_some_and(|s| s.contains("INCOMPLETE")),
+            "{:?}",
+            state("198.18.1.1")
+        );
+
+        let act = Actuator::new().await.unwrap();
+        let idx = act.ifindex("u0").await.unwrap().unwrap();
+        assert!(act.refresh_neighbour(idx, IpAddr::V4(gw)).await.unwrap());
+        assert_eq!(state("198.18.1.1"), None);
+        // The next packet solicits at once, well before the kernel's retry.
+        send();
+        let asked = wait_request(Duration::from_millis(300));
+        assert!(
+            asked.is_some_and(|t| t < Duration::from_millis(50)),
+            "ARP request after the refresh: {asked:?}"
+        );
+        // A resolved entry is left alone; none at all is fine.
+        let other = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10));
+        assert!(!act.refresh_neighbour(idx, other).await.unwrap());
+        assert!(state("198.18.1.10").is_some());
+        let none = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 99));
+        assert!(!act.refresh_neighbour(idx, none).await.unwrap());
+    });
+}

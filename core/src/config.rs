@@ -245,6 +245,10 @@ settings! {
 
     /// Flap damping: an uplink that fails `threshold` times within `window` is
     /// held down for `hold`, doubling with each further failure up to `max_hold`.
+    /// Failures are counted per family (a family lost is one failure of that
+    /// family) and the uplink is judged on the family that failed most: a
+    /// carrier flap that takes both families down counts once, and a family
+    /// that stays down does not hide the other's flaps.
     pub struct DampingConfig {
         /// Failures within `window` that start a hold-down.
         threshold: u32 = 3, Count { min: 1, max: COUNT_MAX, why: "" };

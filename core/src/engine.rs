@@ -42,9 +42,16 @@ struct UplinkFamily {
     /// When the last burst sent its last round: only probes sent after it
     /// can start a new one, so bursts never feed themselves.
     burst_end: Option<Now>,
+    /// The gateway's neighbour entry was asked to be refreshed since the
+    /// gateway was last found dead: once per outage is enough.
+    refresh_asked: bool,
     usable: Option<bool>,
     /// Since when it has been continuously usable.
     usable_since: Option<Now>,
+    /// Has been usable with a verdict on every far target: only then is
+    /// losing it a flap (one found wanting by its first verdicts never
+    /// worked, it did not fail).
+    proven: bool,
     reasons: Vec<Reason>,
 }
 
@@ -56,12 +63,13 @@ struct Uplink {
     drained: bool,
     undrained_at: Option<Now>,
     fams: [Option<UplinkFamily>; 2],
-    /// Failure instants within the damping window.
-    flaps: VecDeque<Now>,
+    /// Per family: its losses within the damping window. Counted per
+    /// family so that a family that stays down does not hide the other's
+    /// flaps; the uplink is damped on its worst family, so one carrier
+    /// flap that fails both families counts once.
+    flaps: [VecDeque<Now>; 2],
     damp_level: u32,
     damped_until: Option<Now>,
-    /// True while every family of this uplink is usable (for flap counting).
-    fully_usable: bool,
     /// For a bond member: enslaved to its bond (None until the bond is read).
     enslaved: Option<bool>,
 }
@@ -135,8 +143,10 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_left: 0,
             burst_next: now,
             burst_end: None,
+            refresh_asked: false,
             usable: None,
             usable_since: None,
+            proven: false,
             reasons: Vec::new(),
         })
     });
@@ -146,10 +156,9 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         drained: false,
         undrained_at: None,
         fams,
-        flaps: VecDeque::new(),
+        flaps: Default::default(),
         damp_level: 0,
         damped_until: None,
-        fully_usable: false,
         enslaved: None,
     }
 }

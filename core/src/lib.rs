@@ -122,6 +122,12 @@ pub enum Action {
     /// Drop the uplink's neighbour entries of this family so senders blocked
     /// on an unresolved dead gateway resume at once.
     FlushNeighbours { uplink: UplinkId, family: Family },
+    /// Have the kernel resolve `uplink`'s gateway of `family` afresh: after
+    /// a long outage its neighbour entry is left unresolved (INCOMPLETE or
+    /// FAILED) and the kernel retries only once a second, so when a dead
+    /// gateway shows signs of life (or its carrier is back) the entry is
+    /// dropped and the next packet solicits it at once.
+    RefreshNeighbour { uplink: UplinkId, family: Family },
     /// Dump the kernel's default route of `family` and answer with
     /// `Event::DefaultRoute`.
     VerifyRoute { family: Family },

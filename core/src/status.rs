@@ -99,6 +99,14 @@ pub enum Reason {
         family: String,
         unreachable: Vec<String>,
     },
+    /// Too many transits unreachable through this uplink, and through every
+    /// other uplink with carrier and a live gateway as well: the trouble is
+    /// beyond all of them, no uplink is better, so the agent does not move
+    /// and the family fails static.
+    QuorumEverywhere {
+        family: String,
+        unreachable: Vec<String>,
+    },
     /// Held down after repeated flaps.
     Damped { remaining_ms: u64 },
     /// Drained by an operator.
@@ -118,7 +126,9 @@ pub struct UplinkStatus {
     pub drained: bool,
     /// Union of the reasons of every family.
     pub reasons: Vec<Reason>,
-    /// Failures (healthy -> unhealthy) counted for damping in the current window.
+    /// Failures (healthy -> unhealthy) counted for damping in the current
+    /// window: those of its family that failed most (flaps are counted per
+    /// family, so one that stays down does not hide the other's).
     pub flaps: u32,
     /// Remaining hold-down, if damped.
     pub damped_ms: Option<u64>,

@@ -18,6 +18,9 @@ pub(crate) struct Target {
     pub consecutive_miss: u32,
     /// Probes sent since the last reply that were answered by a timeout.
     pub misses_since_reply: u32,
+    /// Send time of the first probe of the current run of misses: a reply
+    /// through another uplink proves a path only if it came after this.
+    pub miss_since: Option<Now>,
     pub last_reply: Option<Now>,
     pub first_sent: Option<Now>,
     pub last_sent: Option<Now>,
@@ -44,6 +47,7 @@ impl Target {
             consecutive_ok: 0,
             consecutive_miss: 0,
             misses_since_reply: 0,
+            miss_since: None,
             last_reply: None,
             first_sent: None,
             last_sent: None,
@@ -84,6 +88,7 @@ impl Target {
         self.consecutive_ok += 1;
         self.consecutive_miss = 0;
         self.misses_since_reply = 0;
+        self.miss_since = None;
         // When it arrived, however late it is handled.
         let at = (sent_at + rtt).min(now);
         self.last_reply = Some(self.last_reply.map_or(at, |t| t.max(at)));
@@ -100,6 +105,9 @@ impl Target {
             return; // a newer probe already got through
         }
         self.consecutive_ok = 0;
+        if self.consecutive_miss == 0 {
+            self.miss_since = Some(sent_at);
+        }
         self.consecutive_miss += 1;
         self.misses_since_reply += 1;
     }
@@ -116,10 +124,18 @@ impl Target {
         self.consecutive_ok = 0;
         self.consecutive_miss = 0;
         self.misses_since_reply = 0;
+        self.miss_since = None;
         self.last_reply = None;
         self.first_sent = None;
         self.last_replied_sent = Some(now);
         self.next_at = now;
+    }
+
+    /// The misses so far belong to another story (e.g. from before the
+    /// gateway came back): the next one starts a new run. The verdict stands.
+    pub fn new_run(&mut self) {
+        self.consecutive_miss = 0;
+        self.miss_since = None;
     }
 
     pub fn set_verdict(&mut self, now: Now, reachable: bool) -> bool {

@@ -699,6 +699,9 @@ pub fn summary_with(s: &Status, rtt: bool) -> String {
                 uplinkd_core::status::Reason::Carrier => "carrier".to_string(),
                 uplinkd_core::status::Reason::Gateway { family } => format!("gateway {family}"),
                 uplinkd_core::status::Reason::Quorum { family, .. } => format!("quorum {family}"),
+                uplinkd_core::status::Reason::QuorumEverywhere { family, .. } => {
+                    format!("quorum {family} everywhere")
+                }
                 uplinkd_core::status::Reason::Damped { remaining_ms } => {
                     format!("damped {:.0}s", *remaining_ms as f64 / 1000.0)
                 }

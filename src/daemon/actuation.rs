@@ -32,6 +32,12 @@ pub(super) enum Work {
         uplink: UplinkId,
         family: Family,
     },
+    /// Restart resolution of the uplink's gateway of `family` if its
+    /// neighbour entry is INCOMPLETE or FAILED (the gateway answers again).
+    Refresh {
+        uplink: UplinkId,
+        family: Family,
+    },
     /// Read the kernel's managed default route of `family` (answered with
     /// `Done::Route`).
     Verify {
@@ -205,6 +211,18 @@ pub(super) async fn actuate_loop(
                             debug!(uplink = %u.name, %family, flushed = n, "neighbours flushed")
                         }
                         Err(e) => warn!(error = %e, "neighbour flush failed"),
+                    }
+                }
+            }
+            Work::Refresh { uplink, family } => {
+                let u = &cfg.uplinks[uplink];
+                if let (Some(gw), Some(idx)) = (
+                    u.gateway(family),
+                    ifindex(&act, &ifindexes, u.route_interface()).await,
+                ) {
+                    match act.refresh_neighbour(idx, gw).await {
+                        Ok(n) => debug!(uplink = %u.name, %gw, refreshed = n, "gateway neighbour"),
+                        Err(e) => warn!(error = %e, "gateway neighbour refresh failed"),
                     }
                 }
             }

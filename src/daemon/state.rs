@@ -714,6 +714,9 @@ impl Daemon {
                 });
             }
             Action::FlushNeighbours { uplink, family } => self.send(Work::Flush { uplink, family }),
+            Action::RefreshNeighbour { uplink, family } => {
+                self.send(Work::Refresh { uplink, family })
+            }
             Action::VerifyRoute { family } => self.verify(family),
             Action::Report(change) => {
                 self.seq += 1;

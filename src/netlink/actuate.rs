@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -45,6 +45,10 @@ const MAX_DELETES: usize = 64;
 /// NUD_PERMANENT | NUD_NOARP (include/uapi/linux/neighbour.h): entries an
 /// administrator or the kernel pinned; never ours to flush.
 const NUD_KEEP: u16 = 0x80 | 0x40;
+
+/// NUD_INCOMPLETE | NUD_FAILED (include/uapi/linux/neighbour.h): resolution
+/// under way or given up; the kernel retries only every `retrans_time_ms`.
+const NUD_UNRESOLVED: u16 = 0x01 | 0x20;
 
 /// Bounded wait used only to name an interface in an error message.
 const NAME_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -359,6 +363,52 @@ impl Actuator {
         family: Family,
     ) -> Result<usize, NetlinkError> {
         let op = format!("flush {family} neighbours of ifindex {ifindex}");
+        let mut deleted = 0;
+        for n in self.neighbours(ifindex, family, &op).await? {
+            if u16::from(n.header.state) & NUD_KEEP != 0 {
+                continue;
+            }
+            if self.delete_neighbour(&n, &op).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Have the kernel resolve `addr` on `ifindex` afresh if its entry is
+    /// unresolved (INCOMPLETE or FAILED): the entry is deleted, so the next
+    /// packet to it creates a new one and solicits at once
+    /// (`__neigh_event_send`, net/core/neighbour.c), instead of waiting for
+    /// the kernel's next retry, up to `retrans_time_ms` (1 s) away, or
+    /// queueing behind a FAILED entry. An entry in any other state (or
+    /// none) is left alone. Returns whether one was deleted.
+    pub async fn refresh_neighbour(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<bool, NetlinkError> {
+        let family = Family::of(&addr);
+        let op = format!("refresh {family} neighbour {addr} of ifindex {ifindex}");
+        for n in self.neighbours(ifindex, family, &op).await? {
+            let dst = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            if dst == Some(addr) && u16::from(n.header.state) & NUD_UNRESOLVED != 0 {
+                return self.delete_neighbour(&n, &op).await;
+            }
+        }
+        Ok(false)
+    }
+
+    /// The neighbour entries of `family` on `ifindex`.
+    async fn neighbours(
+        &self,
+        ifindex: u32,
+        family: Family,
+        op: &str,
+    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = address_family(family);
         // Older kernels ignore this filter in non-strict mode; we filter below too.
@@ -367,49 +417,51 @@ impl Actuator {
             &self.handle,
             RouteNetlinkMessage::GetNeighbour(msg),
             self.timeout,
-            op.clone(),
+            op.to_string(),
         )?
         .collect()
         .await?;
-        let mut deleted = 0;
-        for m in entries {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != ifindex || n.header.family != address_family(family) {
-                continue;
-            }
-            if u16::from(n.header.state) & NUD_KEEP != 0 {
-                continue;
-            }
-            let Some(dst) = n
-                .attributes
-                .iter()
-                .find(|a| matches!(a, NeighbourAttribute::Destination(_)))
-                .cloned()
-            else {
-                continue;
-            };
-            let mut del = NeighbourMessage::default();
-            del.header.family = n.header.family;
-            del.header.ifindex = ifindex;
-            del.attributes.push(dst);
-            match request::ack(
-                &self.handle,
-                RouteNetlinkMessage::DelNeighbour(del),
-                0,
-                self.timeout,
-                &op,
-            )
-            .await
-            {
-                Ok(()) => deleted += 1,
-                // Gone meanwhile (expired, or the interface went away).
-                Err(e) if matches!(e.errno(), Some(ENOENT) | Some(ESRCH) | Some(ENODEV)) => {}
-                Err(e) => return Err(e),
-            }
+        Ok(entries
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if n.header.ifindex == ifindex && n.header.family == address_family(family) =>
+                {
+                    Some(n)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Delete entry `n`; false if it was gone meanwhile (expired, or the
+    /// interface went away).
+    async fn delete_neighbour(&self, n: &NeighbourMessage, op: &str) -> Result<bool, NetlinkError> {
+        let Some(dst) = n
+            .attributes
+            .iter()
+            .find(|a| matches!(a, NeighbourAttribute::Destination(_)))
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let mut del = NeighbourMessage::default();
+        del.header.family = n.header.family;
+        del.header.ifindex = n.header.ifindex;
+        del.attributes.push(dst);
+        match request::ack(
+            &self.handle,
+            RouteNetlinkMessage::DelNeighbour(del),
+            0,
+            self.timeout,
+            op,
+        )
+        .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(ENOENT) | Some(ESRCH) | Some(ENODEV)) => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(deleted)
     }
 }
 

@@ -3,15 +3,28 @@
 //! Evidence comes in as carrier reports and probe outcomes. Each target gets
 //! a verdict with hysteresis (a target with no history needs one reply): a
 //! far target is unreachable after `transit_fall` consecutive misses and
-//! reachable after `transit_rise` replies; a gateway is dead only after
+//! reachable after `transit_rise` replies, but one that never answered
+//! through an uplink is not yet probed, unknown rather than unreachable,
+//! until its probes have gone unanswered for a whole `transit_interval`
+//! (at start, or when an uplink is added, its first probes may be lost to
+//! the path being set up: routes, neighbour resolution); a gateway is dead only after
 //! `gateway_dead_after` of silence *and* `gateway_min_misses` unanswered
 //! probes, alive after `gateway_rise` replies. A transit counts against an
 //! uplink only when it is unreachable here but reachable through another
 //! uplink with carrier (one that is down everywhere says nothing about this
 //! uplink), and the uplink fails when `quorum` transits do: quorum over
-//! independent targets is what makes a fast decision safe. An uplink's
-//! health is a set of named reasons (missing, carrier, not in its bond,
-//! gateway, quorum); none, with carrier and gateway known, is usable.
+//! independent targets is what makes a fast decision safe. "Reachable
+//! there" must be news: a reply through the other uplink sent after this
+//! one began missing (a verdict from before the trouble compares nothing).
+//! When every uplink that can tell (carrier up, gateway alive) has `quorum`
+//! transits unreachable, that rule fails none of them although none
+//! works: the quorum fails everywhere, a named reason of its own, and no
+//! uplink is better than another (see `selection`). An uplink's health is a
+//! set of named reasons (missing, carrier, not in its bond, gateway,
+//! quorum, quorum everywhere); none, with carrier and gateway known, is
+//! usable.
+//! Losing a family is a flap of that family (damping counts them per
+//! family, see `count_flaps`).
 
 use super::Core;
 use crate::config::Family;
@@ -38,6 +51,17 @@ impl Core {
             // not two, for damping).
             for f in u.fams.iter_mut().flatten() {
                 f.gateway.restart(now);
+            }
+            // Probing resumes: a gateway dead before has the entry the
+            // outage left behind, to be resolved afresh.
+            for (fi, f) in u.fams.iter_mut().enumerate() {
+                if let Some(f) = f.as_mut().filter(|f| f.gateway.verdict == Some(false)) {
+                    f.refresh_asked = true;
+                    out.push(Action::RefreshNeighbour {
+                        uplink,
+                        family: Family::ALL[fi],
+                    });
+                }
             }
         }
         if u.carrier != Some(up) {
@@ -79,6 +103,16 @@ impl Core {
         match outcome {
             ProbeOutcome::Reply { rtt } => {
                 target.reply(now, fl.sent_at, rtt);
+                if fl.kind == ProbeKind::Gateway && target.verdict == Some(false) {
+                    self.refresh_dead_gateways(fl.uplink, out);
+                }
+                let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+                    return;
+                };
+                let target = match fl.kind {
+                    ProbeKind::Gateway => &mut f.gateway,
+                    ProbeKind::Transit(t) => &mut f.transits[t][fl.slot],
+                };
                 let rise = match fl.kind {
                     ProbeKind::Gateway => p.gateway_rise,
                     ProbeKind::Transit(_) => p.transit_rise,
@@ -87,6 +121,18 @@ impl Core {
                 let needed = if target.verdict.is_none() { 1 } else { rise };
                 if target.verdict != Some(true) && target.consecutive_ok >= needed {
                     target.set_verdict(now, true);
+                    if let ProbeKind::Gateway = fl.kind {
+                        // The far targets missed while the gateway was not
+                        // known alive say nothing about the upstream: their
+                        // next miss starts a new run (their verdicts stand).
+                        for x in f.transits.iter_mut().flatten() {
+                            x.new_run();
+                        }
+                    }
+                    let target = match fl.kind {
+                        ProbeKind::Gateway => &mut f.gateway,
+                        ProbeKind::Transit(t) => &mut f.transits[t][fl.slot],
+                    };
                     let evidence = format!("{} consecutive replies", target.consecutive_ok);
                     out.push(Action::Report(match fl.kind {
                         ProbeKind::Gateway => Change::Gateway {
@@ -109,7 +155,16 @@ impl Core {
             ProbeOutcome::Timeout | ProbeOutcome::Error(_) => {
                 target.miss(fl.sent_at);
                 if let ProbeKind::Transit(_) = fl.kind {
-                    if target.verdict != Some(false) && target.consecutive_miss >= p.transit_fall {
+                    // Never answered through this uplink: judged only once
+                    // probed for a whole interval.
+                    let probed = target.verdict.is_some()
+                        || target
+                            .first_sent
+                            .is_some_and(|t| now >= t + p.transit_interval);
+                    if probed
+                        && target.verdict != Some(false)
+                        && target.consecutive_miss >= p.transit_fall
+                    {
                         target.set_verdict(now, false);
                         let detail = match &outcome {
                             ProbeOutcome::Error(e) => format!(" (last: {e})"),
@@ -128,6 +183,24 @@ impl Core {
                     }
                 }
                 // Gateway verdicts are time-based: see `gateway_verdicts`.
+            }
+        }
+    }
+
+    /// A dead gateway of `uplink` answers (it may be any family's, or a
+    /// bond member's ARP probe that never used the kernel's entry): the
+    /// uplink's dead gateways' neighbour entries are refreshed, once per
+    /// outage, so that they are resolved now rather than at the kernel's
+    /// next retry.
+    fn refresh_dead_gateways(&mut self, uplink: UplinkId, out: &mut Vec<Action>) {
+        for (fi, f) in self.uplinks[uplink].fams.iter_mut().enumerate() {
+            let Some(f) = f else { continue };
+            if f.gateway.verdict == Some(false) && !f.refresh_asked {
+                f.refresh_asked = true;
+                out.push(Action::RefreshNeighbour {
+                    uplink,
+                    family: Family::ALL[fi],
+                });
             }
         }
     }
@@ -151,6 +224,7 @@ impl Core {
                 let silent = now.saturating_sub(base);
                 if silent >= p.gateway_dead_after && g.misses_since_reply >= p.gateway_min_misses {
                     g.set_verdict(now, false);
+                    f.refresh_asked = false;
                     out.push(Action::Report(Change::Gateway {
                         uplink: self.cfg.uplinks[i].name.clone(),
                         family: Family::ALL[fi].name().into(),
@@ -168,19 +242,20 @@ impl Core {
     }
 
     /// Each uplink's health per family from the evidence: usable, or the
-    /// named reasons why not. An uplink that stops being fully usable
-    /// counts a flap (damping).
+    /// named reasons why not. A family that stops being usable counts a
+    /// flap of that family (damping).
     pub(super) fn judge_health(&mut self, now: Now, out: &mut Vec<Action>) {
         self.gateway_verdicts(now, out);
         // Health per uplink and family.
         for i in 0..self.uplinks.len() {
-            let mut newly_failed = false;
+            let mut newly_failed = Vec::new();
             for fi in 0..2 {
                 if self.uplinks[i].fams[fi].is_none() {
                     continue;
                 }
                 let quorum_down = self.quorum_failures(i, fi);
                 let k = self.quorum_k(fi);
+                let unreachable = self.unreachable_here(i, fi);
                 let u = &self.uplinks[i];
                 let f = u.fams[fi].as_ref().expect("checked");
                 let family = Family::ALL[fi];
@@ -206,6 +281,11 @@ impl Core {
                         family: family.name().into(),
                         unreachable: quorum_down.clone(),
                     });
+                } else if self.can_tell(i, fi) && self.quorum_fails_everywhere(fi) {
+                    reasons.push(Reason::QuorumEverywhere {
+                        family: family.name().into(),
+                        unreachable: unreachable.clone(),
+                    });
                 }
                 let known = u.carrier.is_some() && f.gateway.verdict.is_some();
                 let usable = if !reasons.is_empty() {
@@ -215,18 +295,28 @@ impl Core {
                 } else {
                     None
                 };
+                let judged = f.transits.iter().flatten().all(|x| x.verdict.is_some());
+                let was_proven = f.proven;
+                if usable == Some(true) && judged && !was_proven {
+                    self.uplinks[i].fams[fi].as_mut().expect("checked").proven = true;
+                }
+                let f = self.uplinks[i].fams[fi].as_ref().expect("checked");
                 if usable == f.usable && reasons == f.reasons {
                     continue;
                 }
                 let was = f.usable;
-                let evidence = self.evidence(i, fi, &quorum_down);
+                let evidence = self.evidence(i, fi, &quorum_down, &reasons);
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
                 f.reasons = reasons.clone();
                 if usable != was {
                     f.usable = usable;
                     f.usable_since = (usable == Some(true)).then_some(now);
-                    if was == Some(true) && usable == Some(false) {
-                        newly_failed = true;
+                    // Failing with everybody is not this uplink's flap.
+                    let own = reasons
+                        .iter()
+                        .any(|r| !matches!(r, Reason::QuorumEverywhere { .. }));
+                    if was == Some(true) && usable == Some(false) && was_proven && own {
+                        newly_failed.push(fi);
                     }
                     let state = match usable {
                         Some(true) => UplinkState::Healthy,
@@ -242,43 +332,87 @@ impl Core {
                     }));
                 }
             }
-            let fully = self.uplinks[i]
-                .fams
-                .iter()
-                .flatten()
-                .all(|f| f.usable == Some(true));
-            let was_fully = std::mem::replace(&mut self.uplinks[i].fully_usable, fully);
-            if was_fully && newly_failed {
-                self.count_flap(now, i, out);
+            if !newly_failed.is_empty() {
+                self.count_flaps(now, i, &newly_failed, out);
             }
         }
     }
 
-    fn quorum_failures(&self, i: UplinkId, fi: usize) -> Vec<String> {
+    /// The transits unreachable through uplink `i` (every target of the
+    /// family), by index, with when that began (the latest start of their
+    /// targets' runs of misses), or None when a target's misses all date
+    /// from before its gateway last came back (see `on_probe`).
+    fn unreachable_since(&self, i: UplinkId, fi: usize) -> Vec<(usize, Option<Now>)> {
         let Some(f) = &self.uplinks[i].fams[fi] else {
             return Vec::new();
         };
+        f.transits
+            .iter()
+            .enumerate()
+            .filter(|(_, targets)| {
+                !targets.is_empty() && targets.iter().all(|x| x.verdict == Some(false))
+            })
+            .map(|(t, targets)| {
+                let runs: Option<Vec<Now>> = targets.iter().map(|x| x.miss_since).collect();
+                (t, runs.and_then(|r| r.into_iter().max()))
+            })
+            .collect()
+    }
+
+    /// The transits unreachable through uplink `i` on evidence from since
+    /// it could tell (its gateway alive): what "the quorum fails
+    /// everywhere" counts.
+    fn unreachable_here(&self, i: UplinkId, fi: usize) -> Vec<String> {
+        self.unreachable_since(i, fi)
+            .into_iter()
+            .filter(|(_, since)| since.is_some())
+            .map(|(t, _)| self.cfg.transits[t].name.clone())
+            .collect()
+    }
+
+    /// The transits that count against uplink `i`: unreachable here, and
+    /// reachable through another uplink with carrier by a reply to a probe
+    /// sent since they began failing here.
+    fn quorum_failures(&self, i: UplinkId, fi: usize) -> Vec<String> {
         let mut down = Vec::new();
-        for (t, targets) in f.transits.iter().enumerate() {
-            if targets.is_empty() {
-                continue;
-            }
-            let unreachable_here = targets.iter().all(|x| x.verdict == Some(false));
-            if !unreachable_here {
-                continue;
-            }
+        for (t, since) in self.unreachable_since(i, fi) {
             let reachable_elsewhere = self.uplinks.iter().enumerate().any(|(j, v)| {
                 j != i
                     && v.carrier == Some(true)
-                    && v.fams[fi]
-                        .as_ref()
-                        .is_some_and(|vf| vf.transits[t].iter().any(|x| x.verdict == Some(true)))
+                    && v.fams[fi].as_ref().is_some_and(|vf| {
+                        vf.transits[t].iter().any(|x| {
+                            x.verdict == Some(true)
+                                && since.is_none_or(|s| x.last_reply.is_some_and(|r| r >= s))
+                        })
+                    })
             });
             if reachable_elsewhere {
                 down.push(self.cfg.transits[t].name.clone());
             }
         }
         down
+    }
+
+    /// Uplink `i`'s far probes say something about the upstream for this
+    /// family: carrier up, present, in its bond, gateway not dead.
+    fn can_tell(&self, i: UplinkId, fi: usize) -> bool {
+        let u = &self.uplinks[i];
+        u.present
+            && u.carrier == Some(true)
+            && u.enslaved != Some(false)
+            && u.fams[fi]
+                .as_ref()
+                .is_some_and(|f| f.gateway.verdict != Some(false))
+    }
+
+    /// Every uplink that can tell has `quorum` transits unreachable: the
+    /// trouble is beyond all of them.
+    fn quorum_fails_everywhere(&self, fi: usize) -> bool {
+        let k = self.quorum_k(fi);
+        let mut telling = (0..self.uplinks.len())
+            .filter(|&i| self.can_tell(i, fi))
+            .peekable();
+        telling.peek().is_some() && telling.all(|i| self.unreachable_here(i, fi).len() >= k)
     }
 
     fn quorum_k(&self, fi: usize) -> usize {
@@ -291,7 +425,13 @@ impl Core {
         self.cfg.policy.quorum.min(with_targets).max(1)
     }
 
-    fn evidence(&self, i: UplinkId, fi: usize, quorum_down: &[String]) -> String {
+    fn evidence(
+        &self,
+        i: UplinkId,
+        fi: usize,
+        quorum_down: &[String],
+        reasons: &[Reason],
+    ) -> String {
         let u = &self.uplinks[i];
         let f = u.fams[fi].as_ref().expect("caller checked");
         let mut parts = Vec::new();
@@ -318,6 +458,14 @@ impl Core {
                 "unreachable here but reachable elsewhere: {}",
                 quorum_down.join(", ")
             ));
+        }
+        for r in reasons {
+            if let Reason::QuorumEverywhere { unreachable, .. } = r {
+                parts.push(format!(
+                    "unreachable through every uplink: {}",
+                    unreachable.join(", ")
+                ));
+            }
         }
         parts.join("; ")
     }

@@ -9,7 +9,10 @@
 //! answers, and at the full rate as soon as it matters (unknown,
 //! unreachable, or just made active); while the active uplink's gateway is
 //! in doubt, the standby's gateway is probed fast too, so that a failover
-//! goes to a gateway that has just answered.
+//! goes to a gateway that has just answered. Likewise a far target that
+//! starts missing through one uplink is probed at once through the others
+//! (once per run of misses), as the quorum counts it only if it answers
+//! there after the trouble began.
 //!
 //! Steady probes leave on a grid of gateway rounds, so the loop wakes once
 //! per round rather than once per target; the far targets of one uplink and
@@ -48,12 +51,39 @@ impl Core {
                     .is_some_and(|f| suspect(&f.gateway))
             })
         });
+        // Per uplink, family and transit: since when it has been missing
+        // there (the latest start of its targets' runs of misses).
+        let missing: Vec<[Vec<Option<Now>>; 2]> = self
+            .uplinks
+            .iter()
+            .map(|u| {
+                std::array::from_fn(|fi| {
+                    u.fams[fi].as_ref().map_or_else(Vec::new, |f| {
+                        f.transits
+                            .iter()
+                            .map(|ts| ts.iter().filter_map(|x| x.miss_since).max())
+                            .collect()
+                    })
+                })
+            })
+            .collect();
         for i in 0..self.uplinks.len() {
             for fi in 0..2 {
                 let family = Family::ALL[fi];
                 let Some(f) = self.uplinks[i].fams[fi].as_ref() else {
                     continue;
                 };
+                // A transit missing through another uplink: probe it here
+                // now unless a probe went out since (the quorum there needs
+                // a reply here after that).
+                let verify_since: Vec<Option<Now>> = (0..f.transits.len())
+                    .map(|t| {
+                        (0..missing.len())
+                            .filter(|&j| j != i)
+                            .filter_map(|j| missing[j][fi].get(t).copied().flatten())
+                            .max()
+                    })
+                    .collect();
                 // Suspicion: a steady probe to a reachable far target that is
                 // overdue (or missed) starts a burst: every far target of this
                 // uplink and family gets `transit_fall` fast probes, enough
@@ -132,6 +162,11 @@ impl Core {
                     for (slot, x) in targets.iter_mut().enumerate() {
                         let index = k;
                         k += 1;
+                        if let Some(since) = verify_since[t] {
+                            if x.last_sent.is_none_or(|l| l < since) {
+                                x.next_at = x.next_at.min(now);
+                            }
+                        }
                         if slowdown(x.verdict) == 1 {
                             // Just made active (or no longer answering): its
                             // next probe comes on the full rate's phase

@@ -8,13 +8,18 @@
 //! lasts (doubling per level, up to `max_hold`) it is not failed back to
 //! and not picked while an undamped uplink is usable. With no usable uplink
 //! the family fails static: the current route stays, and the family says
-//! so until an uplink is usable again. The first decision waits for a
+//! so until an uplink is usable again. An uplink that fails only the quorum
+//! with every other one (the trouble is upstream of all of them) is no
+//! worse than they are, so it is never left for them; but it is better than
+//! one that fails for a reason of its own (carrier, gateway), and traffic
+//! moves there from such an uplink, still failing static. The first decision waits for a
 //! verdict on every uplink, unless the route found in the kernel is
 //! already good.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Core, UplinkFamily};
+use super::{Core, Uplink, UplinkFamily};
 use crate::config::Family;
 use crate::status::{Change, Reason};
 use crate::{Action, Now, UplinkId};
@@ -60,9 +65,20 @@ impl Core {
                 }
             }
             _ => {
+                // With nothing usable, away from an uplink failing for a
+                // reason of its own to one failing only with everybody.
+                let fallback = current.is_none_or(|c| !self.fails_with_everybody(c, fi));
                 let pick = (0..n)
                     .find(|&i| Some(i) != current && undamped(self, i))
-                    .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)));
+                    .or_else(|| (0..n).find(|&i| Some(i) != current && self.candidate(i, fi)))
+                    .or_else(|| {
+                        let other = |i: UplinkId| {
+                            fallback && Some(i) != current && self.fails_with_everybody(i, fi)
+                        };
+                        (0..n)
+                            .find(|&i| other(i) && !self.damped(i, now))
+                            .or_else(|| (0..n).find(|&i| other(i)))
+                    });
                 // Away from a failed uplink only to one whose gateway answered
                 // its latest probe: when both gateways die at once the
                 // standby is milliseconds from its own verdict, and moving
@@ -92,10 +108,11 @@ impl Core {
         }
         match target {
             Some(t) if Some(t) != current => {
+                let usable = self.candidate(t, fi);
                 let d = &mut self.fam[fi];
                 d.active = Some(t);
                 d.cleared_by = None;
-                let was_static = std::mem::replace(&mut d.fail_static, false);
+                let was_static = std::mem::replace(&mut d.fail_static, !usable);
                 out.push(Action::SetDefaultRoute { family, uplink: t });
                 if self.cfg.uplinks[t].bond.is_some() && self.lead_family(t) == family {
                     let why = if reason.is_empty() {
@@ -116,11 +133,22 @@ impl Core {
                         out.push(Action::FlushNeighbours { uplink: c, family });
                     }
                 }
-                if was_static {
+                if was_static && usable {
                     out.push(Action::Report(Change::FailStatic {
                         family: family.name().into(),
                         active: false,
                         evidence: format!("{} is usable again", self.name(t)),
+                    }));
+                }
+                if !was_static && !usable {
+                    let evidence = self.fail_static_evidence(fi);
+                    out.push(Action::Report(Change::FailStatic {
+                        family: family.name().into(),
+                        active: true,
+                        evidence: format!(
+                            "{evidence}; moved to {}, which fails only with every other uplink",
+                            self.name(t)
+                        ),
                     }));
                 }
                 out.push(Action::Report(Change::ActiveChanged {
@@ -144,15 +172,11 @@ impl Core {
                 // Nothing usable: fail static, keep the current route.
                 if !self.fam[fi].fail_static {
                     self.fam[fi].fail_static = true;
-                    let evidence = (0..n)
-                        .filter(|&i| has_family[i])
-                        .map(|i| format!("{}: {}", self.name(i), self.reason_code(i, fi)))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let evidence = self.fail_static_evidence(fi);
                     out.push(Action::Report(Change::FailStatic {
                         family: family.name().into(),
                         active: true,
-                        evidence: format!("no usable uplink ({evidence}); keeping current routes"),
+                        evidence: format!("{evidence}; keeping current routes"),
                     }));
                 }
             }
@@ -163,6 +187,44 @@ impl Core {
     pub(super) fn candidate(&self, i: UplinkId, fi: usize) -> bool {
         let u = &self.uplinks[i];
         !u.drained && u.fams[fi].as_ref().is_some_and(|f| f.usable == Some(true))
+    }
+
+    /// Not drained, and not usable only because the quorum fails through
+    /// every uplink: no worse than any other.
+    fn fails_with_everybody(&self, i: UplinkId, fi: usize) -> bool {
+        let u = &self.uplinks[i];
+        !u.drained
+            && u.fams[fi].as_ref().is_some_and(|f| {
+                !f.reasons.is_empty()
+                    && f.reasons
+                        .iter()
+                        .all(|r| matches!(r, Reason::QuorumEverywhere { .. }))
+            })
+    }
+
+    /// Why no uplink of a family is usable: each one's reason codes, and
+    /// the transits when the quorum fails everywhere.
+    fn fail_static_evidence(&self, fi: usize) -> String {
+        let codes = (0..self.uplinks.len())
+            .filter(|&i| self.uplinks[i].fams[fi].is_some())
+            .map(|i| format!("{}: {}", self.name(i), self.reason_code(i, fi)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let everywhere = self
+            .uplinks
+            .iter()
+            .filter_map(|u| u.fams[fi].as_ref())
+            .flat_map(|f| &f.reasons)
+            .find_map(|r| match r {
+                Reason::QuorumEverywhere { unreachable, .. } => Some(unreachable.join(", ")),
+                _ => None,
+            });
+        match everywhere {
+            Some(t) => format!(
+                "no usable uplink ({codes}); the transit quorum fails through every uplink ({t} unreachable)"
+            ),
+            None => format!("no usable uplink ({codes})"),
+        }
     }
 
     /// Short code for why an uplink is not a candidate, for `active_changed.reason`.
@@ -181,6 +243,7 @@ impl Core {
                 Reason::Carrier => "carrier",
                 Reason::Gateway { .. } => "gateway",
                 Reason::Quorum { .. } => "quorum",
+                Reason::QuorumEverywhere { .. } => "quorum_everywhere",
                 Reason::Damped { .. } => "damped",
                 Reason::Drained => "drained",
                 Reason::Missing => "missing",
@@ -232,11 +295,26 @@ impl Core {
         }
     }
 
-    pub(super) fn count_flap(&mut self, now: Now, i: UplinkId, out: &mut Vec<Action>) {
+    /// Families `fams` of uplink `i` were just lost: one flap each. Flaps
+    /// are counted per family, so that a family that stays down does not
+    /// hide the other's flaps, and the uplink is damped on its worst
+    /// family: one carrier flap that fails both families is one flap, and
+    /// the hold grows only when that count does.
+    pub(super) fn count_flaps(
+        &mut self,
+        now: Now,
+        i: UplinkId,
+        fams: &[usize],
+        out: &mut Vec<Action>,
+    ) {
         let d = self.cfg.policy.damping.clone();
         let u = &mut self.uplinks[i];
-        u.flaps.push_back(now);
-        if u.flaps.len() as u32 >= d.threshold {
+        let before = worst_flaps(u);
+        for &fi in fams {
+            u.flaps[fi].push_back(now);
+        }
+        let flaps = worst_flaps(u);
+        if flaps > before && flaps >= d.threshold {
             u.damp_level += 1;
             let factor = 1u32 << (u.damp_level - 1).min(16);
             let hold = d.hold.saturating_mul(factor).min(d.max_hold);
@@ -244,7 +322,7 @@ impl Core {
             out.push(Action::Report(Change::Damped {
                 uplink: self.cfg.uplinks[i].name.clone(),
                 hold_ms: hold.as_millis() as u64,
-                flaps: u.flaps.len() as u32,
+                flaps,
             }));
         }
     }
@@ -257,14 +335,15 @@ impl Core {
                 u.damped_until = None;
             }
             let window = self.cfg.policy.damping.window;
-            while u
-                .flaps
-                .front()
-                .is_some_and(|t| now.saturating_sub(*t) > window)
-            {
-                u.flaps.pop_front();
+            for flaps in &mut u.flaps {
+                while flaps
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) > window)
+                {
+                    flaps.pop_front();
+                }
             }
-            if u.flaps.is_empty() && u.damped_until.is_none() {
+            if worst_flaps(u) == 0 && u.damped_until.is_none() {
                 u.damp_level = 0;
             }
         }
@@ -273,4 +352,9 @@ impl Core {
     fn damped(&self, i: UplinkId, now: Now) -> bool {
         self.uplinks[i].damped_until.is_some_and(|t| t > now)
     }
+}
+
+/// The flaps damping counts for an uplink: those of its worst family.
+pub(super) fn worst_flaps(u: &Uplink) -> u32 {
+    u.flaps.iter().map(VecDeque::len).max().unwrap_or(0) as u32
 }

@@ -112,7 +112,7 @@ impl Core {
             carrier: u.carrier == Some(true),
             drained: u.drained,
             reasons,
-            flaps: u.flaps.len() as u32,
+            flaps: super::selection::worst_flaps(u),
             damped_ms,
             families,
             gateway: PerFamily {
