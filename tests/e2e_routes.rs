@@ -217,3 +217,86 @@ fn fight_over_the_managed_route_backs_off() {
     assert_eq!(active(&s, Family::V4), Some("primary"));
     assert!(status_json(&a)["fighting"]["ipv4"].is_null());
 }
+
+/// The stream's longest gap and the whole report, after `scenario` ran
+/// while a 10,000/s IPv4 stream flowed.
+fn outage(lab: &Lab, scenario: impl FnOnce()) -> (Duration, uplink_lab::StreamReport) {
+    let stream = lab
+        .udp_stream(&uplink_lab::StreamSpec {
+            max_duration: S(30),
+            ..uplink_lab::StreamSpec::v4()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    scenario();
+    std::thread::sleep(Duration::from_secs(4));
+    let r = stream.stop();
+    (r.longest_gap, r)
+}
+
+/// The primary fails (`fail`) while the agent is dead (SIGKILL before it
+/// could switch); the restarted agent must release what the dead path
+/// holds (senders blocked on the dead gateway's unresolved neighbour
+/// entry), not only move the route.
+fn kill_before_failover(overrides: &str, fail: impl FnOnce(&Lab)) {
+    let lab = lab();
+    let mut a = settled(&lab, overrides);
+    let (gap, r) = outage(&lab, || {
+        a.kill();
+        fail(&lab);
+        std::thread::sleep(Duration::from_millis(200));
+        a.spawn(&lab);
+        wait_route(&lab, &a, Family::V4, Uplink::Secondary, S(5));
+    });
+    eprintln!("outage {gap:?} (failed 200 ms before the restart): {r:?}");
+    assert!(gap < Duration::from_millis(1200), "outage {gap:?}: {r:?}");
+}
+
+/// The agent is killed right after it moved the route; the restarted agent
+/// adopts the new route and must still release the dead path.
+fn kill_right_after_failover(fail: impl FnOnce(&Lab)) {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let (gap, r) = outage(&lab, || {
+        fail(&lab);
+        let deadline = Instant::now() + S(5);
+        while !route_via(&lab, Family::V4, Uplink::Secondary) {
+            assert!(Instant::now() < deadline, "no failover");
+        }
+        a.kill();
+        a.spawn(&lab);
+        a.wait_for("decided after restart", S(10), |s| s.decided);
+    });
+    eprintln!("outage {gap:?}: {r:?}");
+    assert!(gap < Duration::from_millis(1000), "outage {gap:?}: {r:?}");
+}
+
+#[test]
+fn restart_after_kill_before_failover_gateway_dead() {
+    kill_before_failover("", |lab| lab.gateway_dead(Uplink::Primary).unwrap());
+}
+
+#[test]
+fn restart_after_kill_before_failover_carrier_down() {
+    kill_before_failover("", |lab| lab.carrier_down(Uplink::Primary).unwrap());
+}
+
+/// Without the kernel fallback routes, nothing moves the traffic while the
+/// agent is dead: packets for the dead gateway queue on its unresolved
+/// neighbour entry until the restarted agent switches and flushes it.
+#[test]
+fn restart_after_kill_before_failover_carrier_down_no_fallback() {
+    kill_before_failover("[agent]\nkernel_fallback = false", |lab| {
+        lab.carrier_down(Uplink::Primary).unwrap()
+    });
+}
+
+#[test]
+fn restart_after_kill_right_after_failover_gateway_dead() {
+    kill_right_after_failover(|lab| lab.gateway_dead(Uplink::Primary).unwrap());
+}
+
+#[test]
+fn restart_after_kill_right_after_failover_carrier_down() {
+    kill_right_after_failover(|lab| lab.carrier_down(Uplink::Primary).unwrap());
+}
