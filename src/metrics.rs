@@ -65,6 +65,12 @@ struct FamilyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompetingLabels {
+    family: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BondLabels {
     bond: String,
 }
@@ -201,6 +207,9 @@ pub struct Metrics {
     probe_index: Mutex<HashMap<(UplinkId, IpAddr), Arc<ProbeHandles>>>,
     /// Probes in flight -> the handles of their (uplink, target).
     pending: Mutex<HashMap<ProbeId, Arc<ProbeHandles>>>,
+    /// 1 while another owner's default route wins over ours: traffic is
+    /// not where the status says, which no other gauge shows.
+    competing: Family<CompetingLabels, Gauge>,
 }
 
 impl Metrics {
@@ -238,6 +247,7 @@ impl Metrics {
             probe_results: Family::default(),
             probe_index: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            competing: Family::default(),
         };
         reg.register(
             "build",
@@ -388,6 +398,11 @@ impl Metrics {
             "Probes per uplink, target and result (reply, timeout, error); loss = rate of timeout+error over all",
             m.probe_results.clone(),
         );
+        reg.register(
+            "competing_default_route",
+            "1 while a default route of another owner (by protocol) wins over the managed one",
+            m.competing.clone(),
+        );
         let m = Metrics { registry: reg, ..m };
         m.set_probe_targets(cfg);
         m
@@ -517,6 +532,20 @@ impl Metrics {
                 kind: r.change.kind().into(),
             })
             .inc();
+        if let Change::CompetingRoute {
+            family,
+            route,
+            present,
+            ..
+        } = &r.change
+        {
+            self.competing
+                .get_or_create(&CompetingLabels {
+                    family: family.clone(),
+                    protocol: route.protocol.clone(),
+                })
+                .set(i64::from(*present));
+        }
         if let Change::ActiveChanged { family, reason, .. } = &r.change {
             self.switches
                 .get_or_create(&SwitchLabels {

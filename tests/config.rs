@@ -25,6 +25,7 @@ const KEYS: &[&str] = &[
     "agent.socket_group",
     "agent.route_metric",
     "agent.kernel_fallback",
+    "agent.remove_competing_routes",
     "agent.table_base",
     "agent.fwmark_base",
     "agent.rule_priority",
@@ -119,6 +120,7 @@ fn example_parses_with_documented_defaults() {
             socket_group: None,
             route_metric: 10,
             kernel_fallback: true,
+            remove_competing_routes: false,
             table_base: 1000,
             fwmark_base: 1000,
             rule_priority: 1000,
@@ -211,6 +213,7 @@ fn sample(key: &str) -> &'static str {
         "socket" => r#""/run/x.sock""#,
         "socket_group" => r#""adm""#,
         "kernel_fallback" => "false",
+        "remove_competing_routes" => "true",
         "quorum" => "1",
         "route_metric" | "table_base" | "fwmark_base" | "rule_priority" => "2000",
         "threshold" | "gateway_min_misses" | "gateway_rise" | "transit_fall" | "transit_rise" => {

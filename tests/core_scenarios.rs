@@ -1234,3 +1234,101 @@ fn dead_upstream_right_after_failback_is_noticed_as_fast() {
     // about 370 ms more.
     assert!(worst < ms(700), "worst {worst:?}");
 }
+
+/// Another writer replaces the managed route every 100 ms for 3 s:
+/// restores back off (immediate, then 250 ms doubling), one fight is
+/// reported when it starts and one when it has been quiet, and each
+/// restore is not reported one by one.
+#[test]
+fn route_fight_backs_off_and_is_reported_once() {
+    let mut s = settled();
+    let before = s.switches(Family::V4).len();
+    let t0 = s.now;
+    for _ in 0..30 {
+        s.route[0] = Some(1);
+        s.feed(Event::DefaultRoute {
+            family: Family::V4,
+            via: RouteVia::Foreign("route via 198.18.2.1 dev eth1 proto dhcp".into()),
+        });
+        s.run_for(ms(100));
+    }
+    let during = s.switches(Family::V4).len() - before;
+    assert!((3..=6).contains(&during), "{during} restores in 3 s");
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.route[0], Some(0));
+    let fights: Vec<_> = s
+        .reports()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Fighting {
+                with,
+                active,
+                restores,
+                ..
+            } => Some((with, active, restores)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fights.len(), 2, "{fights:?}");
+    assert!(fights[0].1 && fights[0].0.contains("proto dhcp"));
+    assert!(!fights[1].1);
+    let restored = s
+        .reports()
+        .iter()
+        .filter(|c| matches!(c, Change::RouteRestored { .. }))
+        .count();
+    assert_eq!(restored, 1, "only the restore before the fight is reported");
+    assert_eq!(
+        restored as u32 + fights[1].2,
+        (s.switches(Family::V4).len() - before) as u32
+    );
+    assert!(s.core.status(s.now).fighting.ipv4.is_none());
+    // Quiet again: the next change is an isolated restore, at once.
+    let t1 = s.now;
+    s.route[0] = None;
+    s.feed(Event::DefaultRoute {
+        family: Family::V4,
+        via: RouteVia::Absent,
+    });
+    assert_eq!(s.route[0], Some(0));
+    assert!(t1 > t0);
+}
+
+#[test]
+fn competing_route_is_reported_and_cleared() {
+    let mut s = settled();
+    let r = uplinkd::status::CompetingRoute {
+        via: Some("198.18.2.1".parse().unwrap()),
+        dev: "eth1".into(),
+        metric: 0,
+        protocol: "dhcp".into(),
+    };
+    for _ in 0..2 {
+        s.feed(Event::CompetingRoute {
+            family: Family::V4,
+            route: Some(r.clone()),
+        });
+    }
+    assert_eq!(s.core.status(s.now).competing_route.ipv4, Some(r.clone()));
+    s.feed(Event::CompetingRoute {
+        family: Family::V4,
+        route: None,
+    });
+    assert_eq!(s.core.status(s.now).competing_route.ipv4, None);
+    let seen: Vec<_> = s
+        .reports()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::CompetingRoute {
+                present, removed, ..
+            } => Some((present, removed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, vec![(true, false), (false, false)]);
+    // Off by default: nothing removed.
+    assert!(!s
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::RemoveRoute { .. })));
+}

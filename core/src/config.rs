@@ -231,6 +231,8 @@ settings! {
         /// each uplink, used only by the kernel when the agent has not acted yet
         /// (with `ignore_routes_with_linkdown=1`). false = do not install them.
         kernel_fallback: bool = true, Bool {};
+        /// Delete another owner's default route that wins over ours (lower metric, main table) instead of only reporting it.
+        remove_competing_routes: bool = false, Bool {};
         /// Per-uplink routing table for probes: uplink i uses `table_base + i`.
         table_base: u32 = 1000, Count { min: 1, max: u32::MAX, why: "" };
         /// Per-uplink socket mark for probes: uplink i uses `fwmark_base + i`.

@@ -96,6 +96,9 @@ struct FamilyDecision {
     /// Why `active` was cleared by a reconfiguration (the active uplink was
     /// removed or changed): the reason of the next switch.
     cleared_by: Option<String>,
+    /// Restores of the managed route and the fight with another writer
+    /// (see `engine/route.rs`).
+    guard: route::RouteGuard,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,12 +264,13 @@ impl Core {
                 source,
             } => self.on_carrier(now, uplink, up, present, source, out),
             Event::ProbeDone { id, outcome } => self.on_probe(now, id, outcome, out),
-            Event::DefaultRoute { family, via } => self.on_route(family, via, true, out),
-            Event::DefaultRouteHint { family, via } => self.on_route(family, via, false, out),
+            Event::DefaultRoute { family, via } => self.on_route(now, family, via, true, out),
+            Event::DefaultRouteHint { family, via } => self.on_route(now, family, via, false, out),
             Event::Drain { uplink, drained } => self.on_drain(now, uplink, drained, out),
             Event::Reprobe => self.reprobe(now),
             Event::Bond(st) => self.on_bond(st, out),
-            Event::Tick => {}
+            Event::Tick => self.route_timers(now, out),
+            Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
         }
     }
 

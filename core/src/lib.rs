@@ -111,6 +111,12 @@ pub enum Event {
     Bond(crate::status::BondStatus),
     /// A deadline passed.
     Tick,
+    /// The default route of another owner that wins over the managed one in
+    /// this family (the lowest metric among them), or None: there is none.
+    CompetingRoute {
+        family: Family,
+        route: Option<crate::status::CompetingRoute>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,4 +143,9 @@ pub enum Action {
     SetBondActive { bond: String, uplink: UplinkId },
     /// A state change to log and publish.
     Report(Change),
+    /// Delete this competing default route (`agent.remove_competing_routes`).
+    RemoveRoute {
+        family: Family,
+        route: crate::status::CompetingRoute,
+    },
 }

@@ -20,6 +20,28 @@ pub struct Status {
     /// The managed active-backup bonds (empty without bond members).
     #[serde(default)]
     pub bonds: Vec<BondStatus>,
+    /// Per family, the default route of another owner (a DHCP client,
+    /// networkd, NetworkManager, an operator) that wins over the managed one
+    /// (a lower metric in the main table): while set, traffic does not go
+    /// where `active` says. The one with the lowest metric when several.
+    #[serde(default)]
+    pub competing_route: PerFamily<Option<CompetingRoute>>,
+    /// Per family, the other writer (route and protocol) that keeps
+    /// rewriting the managed route while the agent restores it with backoff.
+    #[serde(default)]
+    pub fighting: PerFamily<Option<String>>,
+}
+
+/// A default route of another owner, as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompetingRoute {
+    /// Its gateway, if any (a route on a device may have none).
+    pub via: Option<IpAddr>,
+    /// Its output interface (name, or `ifindex N` when not known).
+    pub dev: String,
+    pub metric: u32,
+    /// Who installed it, by rtm_protocol: "dhcp", "static", "boot", "ra"...
+    pub protocol: String,
 }
 
 /// A managed bond: the driver's view, the agent's choice, and loud warnings
@@ -248,6 +270,24 @@ pub enum Change {
         cause: String,
         warnings: Vec<String>,
     },
+    /// A default route of another owner that wins over the managed one
+    /// appeared (`present`) or went away; `removed`: the agent deleted it
+    /// (`agent.remove_competing_routes`).
+    CompetingRoute {
+        family: String,
+        route: CompetingRoute,
+        present: bool,
+        removed: bool,
+    },
+    /// Another writer keeps rewriting the managed route (`active`: the fight
+    /// started; false: it has been quiet for a while). Restores during a
+    /// fight back off and are counted here, not reported one by one.
+    Fighting {
+        family: String,
+        with: String,
+        active: bool,
+        restores: u32,
+    },
 }
 
 impl Change {
@@ -266,6 +306,8 @@ impl Change {
             Change::RouteRestored { .. } => "route_restored",
             Change::Adopted { .. } => "adopted",
             Change::Bond { .. } => "bond",
+            Change::CompetingRoute { .. } => "competing_route",
+            Change::Fighting { .. } => "fighting",
         }
     }
 }

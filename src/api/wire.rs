@@ -274,6 +274,8 @@ mod tests {
             decided: true,
             uplinks: Vec::new(),
             bonds: Vec::new(),
+            competing_route: PerFamily::default(),
+            fighting: PerFamily::default(),
         };
         assert_eq!(
             encode(&Response::Status(Box::new(status.clone()))),

@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Family};
 use crate::core::{RouteVia, UplinkId};
-use crate::netlink::actuate::{Actuator, RTPROT_UPLINKD};
+use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
 use crate::netlink::{sysctl, NetlinkError, RouteInfo};
 use crate::probe::ProbeUplink;
 
@@ -52,6 +52,8 @@ pub(super) enum Work {
     Reconfigure(Box<Layout>, Vec<Stale>),
     /// Answer `Done::Barrier` once everything queued before is done.
     Barrier,
+    /// Delete another owner's default route (`agent.remove_competing_routes`).
+    DeleteRoute(RouteInfo),
 }
 
 /// The configuration the actuation task works with, and each uplink's slot:
@@ -131,10 +133,15 @@ pub(super) enum Done {
 /// Shared with the actuation task: interface name -> ifindex as last seen.
 pub(super) type Ifindexes = Arc<std::sync::Mutex<HashMap<String, u32>>>;
 
+/// What a default route at the managed metric points at. Only a route the
+/// agent installed (its protocol) counts as via an uplink: one another
+/// writer put there is foreign even through an uplink's gateway, and its
+/// description names that writer.
 pub(super) fn route_via(cfg: &Config, ifindexes: &Ifindexes, r: &RouteInfo) -> RouteVia {
     let map = ifindexes.lock().unwrap();
     for (i, u) in cfg.uplinks.iter().enumerate() {
-        if u.gateway(r.family).is_some()
+        if r.protocol == RTPROT_UPLINKD
+            && u.gateway(r.family).is_some()
             && r.gateway == u.gateway(r.family)
             && r.oif.is_some()
             && r.oif == map.get(u.route_interface()).copied()
@@ -143,10 +150,21 @@ pub(super) fn route_via(cfg: &Config, ifindexes: &Ifindexes, r: &RouteInfo) -> R
         }
     }
     RouteVia::Foreign(format!(
-        "route via {} ifindex {}",
+        "route via {} dev {} proto {}",
         r.gateway.map_or("-".to_string(), |g| g.to_string()),
-        r.oif.map_or("-".to_string(), |o| o.to_string())
+        dev_name(&map, r.oif),
+        protocol_name(r.protocol)
     ))
+}
+
+/// An interface's name if it is one of ours, else `ifindex N`.
+pub(super) fn dev_name(map: &HashMap<String, u32>, oif: Option<u32>) -> String {
+    let Some(oif) = oif else {
+        return "-".into();
+    };
+    map.iter()
+        .find(|(_, i)| **i == oif)
+        .map_or(format!("ifindex {oif}"), |(n, _)| n.clone())
 }
 
 pub(super) async fn actuate_loop(
@@ -253,6 +271,12 @@ pub(super) async fn actuate_loop(
             Work::Barrier => {
                 let _ = done.send(Done::Barrier);
             }
+            Work::DeleteRoute(r) => match act.delete_foreign_default_route(&r).await {
+                Ok(()) => {
+                    info!(family = %r.family, metric = r.metric, "competing default route deleted")
+                }
+                Err(e) => warn!(error = %e, "competing default route not deleted"),
+            },
         }
     }
 }

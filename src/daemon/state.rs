@@ -2,7 +2,7 @@
 //! handled at the instant it happened (see `clock`); `end_turn` then hands
 //! the turn's events to the core and carries out what it decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::actuation::{
-    actuate_loop, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Stale, Work,
-    RT_TABLE_MAIN,
+    actuate_loop, dev_name, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Stale,
+    Work, RT_TABLE_MAIN,
 };
 use super::clock::{Clock, LoopTimer, Mono};
 use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
@@ -23,14 +23,14 @@ use crate::config::{Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::netlink::actuate::Actuator;
+use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
 use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
 use crate::probe::Prober;
 use crate::probe::{MemberProber, MemberSpec};
-use crate::status::{Change, EventRecord};
+use crate::status::{Change, CompetingRoute, EventRecord};
 use crate::task::AbortOnDrop;
 
 /// How often the routes, rules and sysctls the agent owns are re-checked
@@ -114,6 +114,13 @@ pub(super) struct Daemon {
     /// The first full netlink dump is done: route events describe the
     /// kernel from then on.
     dumped: bool,
+    /// Per family: other owners' default routes in the main table with a
+    /// lower metric than ours, by (metric, gateway, oif); the first is
+    /// the one the kernel uses, which the core is told about.
+    competing: [BTreeMap<(u32, String), (CompetingRoute, crate::netlink::RouteInfo)>; 2],
+    /// Events were lost: `competing` is being rebuilt by the re-dump, and
+    /// the core is told again at its end.
+    resyncing: bool,
     /// Failed route changes to check again, and which change is the latest.
     retries: Retries,
     /// When the routes, rules and sysctls are re-checked unasked.
@@ -298,6 +305,8 @@ impl Daemon {
             ifindexes,
             usable: HashMap::new(),
             dumped: false,
+            competing: Default::default(),
+            resyncing: false,
             retries: Retries::default(),
             reconcile_at: now + RECONCILE_EVERY,
             barrier_sent: false,
@@ -471,6 +480,7 @@ impl Daemon {
                 }
             }
             NetEvent::Route { route, removed } => {
+                self.competing_route(&route, removed);
                 if route.dst_len == 0
                     && route.table == RT_TABLE_MAIN
                     && route.metric == self.cfg.agent.route_metric
@@ -488,15 +498,64 @@ impl Daemon {
             }
             NetEvent::Resync => {
                 warn!("netlink events were lost (overrun): re-reading links and routes");
+                self.resyncing = true;
+                self.competing = Default::default();
             }
             NetEvent::DumpDone => {
                 self.dumped = true;
+                self.resyncing = false;
                 self.verify_all();
+                for f in Family::ALL {
+                    self.tell_competing(f);
+                }
             }
             NetEvent::Failed { error } => {
                 error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
             }
         }
+    }
+
+    /// Track another owner's default route that wins over ours: main table,
+    /// a lower metric than `route_metric` (so never one of our kernel
+    /// fallback routes, which are above it), not ours by protocol.
+    fn competing_route(&mut self, route: &crate::netlink::RouteInfo, removed: bool) {
+        if route.dst_len != 0
+            || route.table != RT_TABLE_MAIN
+            || route.metric >= self.cfg.agent.route_metric
+            || route.protocol == RTPROT_UPLINKD
+        {
+            return;
+        }
+        let dev = dev_name(&self.ifindexes.lock().unwrap(), route.oif);
+        let key = (route.metric, format!("{:?} {dev}", route.gateway));
+        let map = &mut self.competing[route.family.index()];
+        match removed {
+            true => map.remove(&key),
+            false => map.insert(
+                key,
+                (
+                    CompetingRoute {
+                        via: route.gateway,
+                        dev,
+                        metric: route.metric,
+                        protocol: protocol_name(route.protocol),
+                    },
+                    route.clone(),
+                ),
+            ),
+        };
+        if self.dumped && !self.resyncing {
+            self.tell_competing(route.family);
+        }
+    }
+
+    /// Tell the core the competing route of `family` that wins, if any.
+    fn tell_competing(&mut self, family: Family) {
+        let route = self.competing[family.index()]
+            .values()
+            .next()
+            .map(|(c, _)| c.clone());
+        self.events_in.push(Event::CompetingRoute { family, route });
     }
 
     /// Whether what the agent installs besides the active route (each
@@ -718,6 +777,14 @@ impl Daemon {
                 self.send(Work::Refresh { uplink, family })
             }
             Action::VerifyRoute { family } => self.verify(family),
+            Action::RemoveRoute { family, route } => {
+                let found = self.competing[family.index()]
+                    .values()
+                    .find(|(c, _)| *c == route);
+                if let Some((_, r)) = found {
+                    self.send(Work::DeleteRoute(r.clone()));
+                }
+            }
             Action::Report(change) => {
                 self.seq += 1;
                 publish(&self.events, self.seq, change);
@@ -808,7 +875,11 @@ fn publish(events: &api::Events, seq: u64, change: Change) {
         Change::ActiveChanged { .. }
         | Change::UplinkHealth { .. }
         | Change::RouteRestored { .. }
-        | Change::Damped { .. } => warn!(seq, kind = %kind, event = %json, "state change"),
+        | Change::Damped { .. }
+        | Change::CompetingRoute { present: true, .. }
+        | Change::Fighting { active: true, .. } => {
+            warn!(seq, kind = %kind, event = %json, "state change")
+        }
         _ => info!(seq, kind = %kind, event = %json, "state change"),
     }
     events.publish(record);

@@ -33,6 +33,28 @@ use crate::config::Family;
 /// Operators may name it with `echo "85 uplinkd" > /etc/iproute2/rt_protos.d/uplinkd.conf`.
 pub const RTPROT_UPLINKD: u8 = 0x55;
 
+/// The name of a route's rtm_protocol as `ip route` prints it
+/// (include/uapi/linux/rtnetlink.h, /etc/iproute2/rt_protos): who installed it.
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        0 => "unspec",
+        1 => "redirect",
+        2 => "kernel",
+        3 => "boot",
+        4 => "static",
+        9 => "ra",
+        11 => "zebra",
+        12 => "bird",
+        16 => "dhcp",
+        18 => "keepalived",
+        RTPROT_UPLINKD => "uplinkd",
+        186 => "bgp",
+        188 => "ospf",
+        _ => return protocol.to_string(),
+    }
+    .to_string()
+}
+
 const ENOENT: i32 = libc::ENOENT;
 const ESRCH: i32 = libc::ESRCH;
 const EEXIST: i32 = libc::EEXIST;
@@ -222,6 +244,54 @@ impl Actuator {
             op,
             detail: format!("still present after {MAX_DELETES} deletes"),
         })
+    }
+
+    /// Delete exactly this default route of another owner: its protocol,
+    /// gateway and interface, and its metric unless 0 (an IPv4 metric 0
+    /// route exists; the kernel treats 0 in a delete as "any", which the
+    /// protocol, gateway and interface still narrow). Gone already = success.
+    pub async fn delete_foreign_default_route(
+        &self,
+        r: &super::RouteInfo,
+    ) -> Result<(), NetlinkError> {
+        let gw = r.gateway.map_or("-".into(), |g| g.to_string());
+        let op = format!(
+            "delete {} default route via {gw} ifindex {} metric {} proto {} table {}",
+            r.family,
+            r.oif.unwrap_or(0),
+            r.metric,
+            protocol_name(r.protocol),
+            r.table
+        );
+        check_table(r.table, &op)?;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = address_family(r.family);
+        msg.header.table = table_header(r.table);
+        msg.header.protocol = RouteProtocol::from(r.protocol);
+        msg.header.scope = RouteScope::NoWhere;
+        msg.attributes.push(RouteAttribute::Table(r.table));
+        if r.metric != 0 {
+            msg.attributes.push(RouteAttribute::Priority(r.metric));
+        }
+        if let Some(g) = r.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(g)));
+        }
+        if let Some(oif) = r.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let res = request::ack(
+            &self.handle,
+            RouteNetlinkMessage::DelRoute(msg),
+            0,
+            self.timeout,
+            &op,
+        )
+        .await;
+        match res {
+            Err(e) if matches!(e.errno(), Some(ESRCH) | Some(ENOENT)) => Ok(()),
+            other => other,
+        }
     }
 
     /// The default routes of `family` in `table` (any metric, any protocol).

@@ -56,6 +56,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         a.kernel_fallback != b.kernel_fallback,
         "agent.kernel_fallback",
     );
+    key(
+        a.remove_competing_routes != b.remove_competing_routes,
+        "agent.remove_competing_routes",
+    );
     key(a.table_base != b.table_base, "agent.table_base");
     key(a.fwmark_base != b.fwmark_base, "agent.fwmark_base");
     key(a.rule_priority != b.rule_priority, "agent.rule_priority");

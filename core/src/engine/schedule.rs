@@ -264,6 +264,7 @@ impl Core {
                 hard(t)
             }
         };
+        self.route_deadlines(&mut consider);
         for (i, u) in self.uplinks.iter().enumerate() {
             for (fi, f) in u.fams.iter().enumerate() {
                 let Some(f) = f else { continue };

@@ -31,6 +31,14 @@ impl Core {
                 .map(|i| self.uplink_status(i, now))
                 .collect(),
             bonds: self.bonds.iter().map(|b| b.status.clone()).collect(),
+            competing_route: PerFamily {
+                ipv4: self.competing(Family::V4),
+                ipv6: self.competing(Family::V6),
+            },
+            fighting: PerFamily {
+                ipv4: self.fighting(Family::V4),
+                ipv6: self.fighting(Family::V6),
+            },
         }
     }
 

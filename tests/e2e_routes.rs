@@ -1,0 +1,302 @@
+//! End-to-end: living with other writers of the default route (DHCP
+//! clients, systemd-networkd, NetworkManager, operators) in the lab.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use uplink_lab::{Lab, Uplink};
+use uplinkd::config::Family;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+/// `ip route <verb> default via <secondary gw> dev <secondary> metric <m> proto dhcp`
+/// in the server namespace: what a DHCP client on the secondary does.
+fn dhcp_default(lab: &Lab, verb: &str, metric: u32) {
+    let u = Uplink::Secondary;
+    let gw = u.gateway(Family::V4).to_string();
+    let m = metric.to_string();
+    lab.ip(
+        &lab.server_ns(),
+        &[
+            "-4",
+            "route",
+            verb,
+            "default",
+            "via",
+            &gw,
+            "dev",
+            u.interface(),
+            "metric",
+            &m,
+            "proto",
+            "dhcp",
+        ],
+    )
+    .unwrap();
+}
+
+/// The status as JSON (read untyped, so a missing field is just null).
+fn status_json(a: &Agent) -> Value {
+    a.client().status_json().unwrap_or(Value::Null)
+}
+
+fn wait_json(a: &Agent, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        last = status_json(a);
+        if pred(&last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "timed out after {timeout:?} waiting for {what}; last status: {last:#}\nlog:\n{}",
+        a.log_text()
+    );
+}
+
+fn events_of(a: &Agent, kind: &str) -> Vec<Value> {
+    a.logged_events()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// Whether the kernel still has our managed route (metric 10, proto 85) via `uplink`.
+fn managed_route_via(lab: &Lab, uplink: Uplink) -> bool {
+    lab.default_routes(Family::V4).unwrap().iter().any(|r| {
+        r.metric == 10
+            && r.gateway == Some(uplink.gateway(Family::V4))
+            && r.dev.as_deref() == Some(uplink.interface())
+    })
+}
+
+#[test]
+fn competing_default_route_is_reported_and_cleared() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    dhcp_default(&lab, "add", 0);
+    let s = wait_json(&a, "competing route in status", S(5), |s| {
+        !s["competing_route"]["ipv4"].is_null()
+    });
+    let c = &s["competing_route"]["ipv4"];
+    assert_eq!(c["via"], "198.18.2.1");
+    assert_eq!(c["dev"], "eth1");
+    assert_eq!(c["metric"], 0);
+    assert_eq!(c["protocol"], "dhcp");
+    assert!(s["competing_route"]["ipv6"].is_null());
+    let ev = events_of(&a, "competing_route");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["present"], true);
+    assert_eq!(ev[0]["removed"], false);
+    assert!(a
+        .log_text()
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains("competing_route")));
+    let m = a.client().metrics().unwrap();
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("uplinkd_competing_default_route{family=\"ipv4\",protocol=\"dhcp\"} 1")),
+        "{m}"
+    );
+    // Off by default: the route stays, and ours too.
+    assert!(lab
+        .default_routes(Family::V4)
+        .unwrap()
+        .iter()
+        .any(|r| r.metric == 0 && r.protocol.as_deref() == Some("dhcp")));
+    assert!(managed_route_via(&lab, Uplink::Primary));
+
+    dhcp_default(&lab, "del", 0);
+    wait_json(&a, "competing route cleared", S(5), |s| {
+        s["competing_route"]["ipv4"].is_null()
+    });
+    let ev = events_of(&a, "competing_route");
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[1]["present"], false);
+    let m = a.client().metrics().unwrap();
+    assert!(m
+        .lines()
+        .any(|l| l
+            .starts_with("uplinkd_competing_default_route{family=\"ipv4\",protocol=\"dhcp\"} 0")));
+    // A route at a higher metric does not win: not reported.
+    dhcp_default(&lab, "add", 100);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(events_of(&a, "competing_route").len(), 2);
+    assert!(a.switches(Family::V4).len() <= 1);
+}
+
+#[test]
+fn competing_default_route_is_removed_when_configured() {
+    let lab = lab();
+    let a = settled(&lab, "[agent]\nremove_competing_routes = true");
+    dhcp_default(&lab, "add", 0);
+    let deadline = Instant::now() + S(5);
+    while lab
+        .default_routes(Family::V4)
+        .unwrap()
+        .iter()
+        .any(|r| r.metric == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "competing route not removed:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_route(&lab, &a, Family::V4, Uplink::Primary, S(1));
+    let ev = events_of(&a, "competing_route");
+    assert!(
+        ev.iter().any(|e| e["present"] == true
+            && e["removed"] == true
+            && e["route"]["protocol"] == "dhcp"),
+        "{ev:?}"
+    );
+    wait_json(&a, "competing route cleared", S(5), |s| {
+        s["competing_route"]["ipv4"].is_null()
+    });
+}
+
+/// A manager that rewrites our route every 100 ms: restores back off, and
+/// one fighting condition names it, instead of a restore and a warning per
+/// write.
+#[test]
+fn fight_over_the_managed_route_backs_off() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    let before = events_of(&a, "route_restored").len();
+    for _ in 0..30 {
+        dhcp_default(&lab, "replace", 10);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The fight is reported once, naming the other writer's protocol.
+    let fights = events_of(&a, "fighting");
+    let started: Vec<_> = fights.iter().filter(|e| e["active"] == true).collect();
+    assert_eq!(started.len(), 1, "{fights:?}\n{}", a.log_text());
+    assert_eq!(started[0]["family"], "ipv4");
+    assert!(
+        started[0]["with"].as_str().unwrap().contains("proto dhcp"),
+        "{fights:?}"
+    );
+    // Our route comes back once the other writer stops ...
+    wait_route(&lab, &a, Family::V4, Uplink::Primary, S(6));
+    assert!(managed_route_via(&lab, Uplink::Primary));
+    // ... and the fight ends, quietly and once.
+    let ended = {
+        let deadline = Instant::now() + S(12);
+        loop {
+            let e = events_of(&a, "fighting");
+            if let Some(x) = e.iter().find(|e| e["active"] == false) {
+                break x.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fight never ended:\n{}",
+                a.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let restored = events_of(&a, "route_restored").len() - before;
+    let restores = restored as u64 + ended["restores"].as_u64().unwrap();
+    eprintln!("30 rewrites: {restores} restores ({restored} reported one by one)");
+    assert!((2..=8).contains(&restores), "{restores} restores");
+    let warnings = a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && (l.contains("route_restored") || l.contains("fighting")))
+        .count();
+    assert!(warnings <= 3, "{warnings} warnings");
+    assert!(a.switches(Family::V4).len() <= 1, "no failover");
+    let s = a.status().unwrap();
+    assert_eq!(active(&s, Family::V4), Some("primary"));
+    assert!(status_json(&a)["fighting"]["ipv4"].is_null());
+}
+
+/// The stream's longest gap and the whole report, after `scenario` ran
+/// while a 10,000/s IPv4 stream flowed.
+fn outage(lab: &Lab, scenario: impl FnOnce()) -> (Duration, uplink_lab::StreamReport) {
+    let stream = lab
+        .udp_stream(&uplink_lab::StreamSpec {
+            max_duration: S(30),
+            ..uplink_lab::StreamSpec::v4()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    scenario();
+    std::thread::sleep(Duration::from_secs(4));
+    let r = stream.stop();
+    (r.longest_gap, r)
+}
+
+/// The primary fails (`fail`) while the agent is dead (SIGKILL before it
+/// could switch); the restarted agent must release what the dead path
+/// holds (senders blocked on the dead gateway's unresolved neighbour
+/// entry), not only move the route.
+fn kill_before_failover(overrides: &str, fail: impl FnOnce(&Lab)) {
+    let lab = lab();
+    let mut a = settled(&lab, overrides);
+    let (gap, r) = outage(&lab, || {
+        a.kill();
+        fail(&lab);
+        std::thread::sleep(Duration::from_millis(200));
+        a.spawn(&lab);
+        wait_route(&lab, &a, Family::V4, Uplink::Secondary, S(5));
+    });
+    eprintln!("outage {gap:?} (failed 200 ms before the restart): {r:?}");
+    assert!(gap < Duration::from_millis(1200), "outage {gap:?}: {r:?}");
+}
+
+/// The agent is killed right after it moved the route; the restarted agent
+/// adopts the new route and must still release the dead path.
+fn kill_right_after_failover(fail: impl FnOnce(&Lab)) {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let (gap, r) = outage(&lab, || {
+        fail(&lab);
+        let deadline = Instant::now() + S(5);
+        while !route_via(&lab, Family::V4, Uplink::Secondary) {
+            assert!(Instant::now() < deadline, "no failover");
+        }
+        a.kill();
+        a.spawn(&lab);
+        a.wait_for("decided after restart", S(10), |s| s.decided);
+    });
+    eprintln!("outage {gap:?}: {r:?}");
+    assert!(gap < Duration::from_millis(1000), "outage {gap:?}: {r:?}");
+}
+
+#[test]
+fn restart_after_kill_before_failover_gateway_dead() {
+    kill_before_failover("", |lab| lab.gateway_dead(Uplink::Primary).unwrap());
+}
+
+#[test]
+fn restart_after_kill_before_failover_carrier_down() {
+    kill_before_failover("", |lab| lab.carrier_down(Uplink::Primary).unwrap());
+}
+
+/// Without the kernel fallback routes, nothing moves the traffic while the
+/// agent is dead: packets for the dead gateway queue on its unresolved
+/// neighbour entry until the restarted agent switches and flushes it.
+#[test]
+fn restart_after_kill_before_failover_carrier_down_no_fallback() {
+    kill_before_failover("[agent]\nkernel_fallback = false", |lab| {
+        lab.carrier_down(Uplink::Primary).unwrap()
+    });
+}
+
+#[test]
+fn restart_after_kill_right_after_failover_gateway_dead() {
+    kill_right_after_failover(|lab| lab.gateway_dead(Uplink::Primary).unwrap());
+}
+
+#[test]
+fn restart_after_kill_right_after_failover_carrier_down() {
+    kill_right_after_failover(|lab| lab.carrier_down(Uplink::Primary).unwrap());
+}
