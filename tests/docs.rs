@@ -655,3 +655,71 @@ fn uplinkd_toml_man_page_is_generated_from_the_example() {
         assert!(documented, "uplinkd.toml.5 does not document {key}");
     }
 }
+
+/// A rate as the docs write it: one decimal at most, thousands with a comma.
+fn rate_text(x: f64) -> String {
+    let r = (x * 10.0).round() / 10.0;
+    let s = if r.fract() == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    };
+    match s.split_once('.') {
+        None if s.len() > 3 => format!("{},{}", &s[..s.len() - 3], &s[s.len() - 3..]),
+        _ => s,
+    }
+}
+
+#[test]
+fn documented_probe_rates_are_the_ones_the_defaults_send() {
+    // The example's shape (2 uplinks, 4 transits, one target of each family
+    // each) is what the docs describe; its probe settings are the defaults.
+    let example = uplinkd::config::parse(&read(repo("config/uplinkd.toml")), "example")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(example.probe, uplinkd::config::ProbeConfig::default());
+    assert_eq!(example.uplinks.len(), 2);
+    let per = example.probe.steady_rates();
+    let server = example.steady_rates();
+    let targets: usize = example.transits.iter().map(|t| t.targets.len()).sum();
+    assert_eq!(targets, 8, "the docs speak of 8 transit targets");
+    let per_target = per.transit_active + per.transit_standby;
+    let fleet = per_target * 10_000.0;
+    let (ga, gs, g, t) = (
+        rate_text(per.gateway_active),
+        rate_text(per.gateway_standby),
+        rate_text(server.gateway),
+        rate_text(server.transit),
+    );
+    let (ta, ts, pt, fl) = (
+        rate_text(per.transit_active),
+        rate_text(per.transit_standby),
+        rate_text(per_target),
+        rate_text(fleet),
+    );
+    let flat = |p: &str| {
+        read(repo(p))
+            .split_whitespace()
+            .filter(|w| *w != "#")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let readme = flat("README.md");
+    for want in [
+        format!("one server sends {g} gateway echoes/s"),
+        format!("{ga}/s per family to the active uplink's gateway, {gs}/s to the standby's"),
+        format!("{t} transit echoes/s in all ({pt} per target per second: {ta}/s through the active uplink, {ts}/s through the standby)"),
+        format!("each transit target sees {fl} echoes/s from a fleet of 10,000 servers"),
+    ] {
+        assert!(readme.contains(&want), "README.md does not say: {want}");
+    }
+    let config = flat("config/uplinkd.toml");
+    for want in [
+        format!("per family, {ga}/s to the active uplink's gateway"),
+        format!("and {gs}/s to the standby's"),
+        format!("{g} echo/s in all, to our own routers"),
+        format!("each of the 8 targets {ta}/s through the active uplink and {ts}/s through the standby: {t} echo/s in all"),
+        format!("each transit target sees {pt} echo/s per server, and {fl}/s from a fleet of 10,000 servers"),
+    ] {
+        assert!(config.contains(&want), "config/uplinkd.toml does not say: {want}");
+    }
+}
