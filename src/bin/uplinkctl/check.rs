@@ -408,6 +408,15 @@ mod tests {
         // Without the time since the switch, no escalation.
         let r = evaluate(&st, &PerFamily::default(), &limits);
         assert_eq!(r.level, Level::Warning);
+        // The primary healthy again, failback pending: still a failover.
+        let mut st = all_healthy();
+        on_secondary(&mut st);
+        let r = evaluate(&st, &since(5.0, 5.0), &Limits::default());
+        assert_eq!(r.level, Level::Warning);
+        assert_eq!(
+            r.text,
+            "ipv4 on secondary, not primary, for 5s, ipv6 on secondary, not primary, for 5s"
+        );
     }
 
     #[test]
