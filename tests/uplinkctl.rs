@@ -230,6 +230,13 @@ fn held_back_uplink_says_why_and_drain_guards_the_last_usable_uplink() {
                 && table.contains("primary is healthy but not active for ipv6: failback in ")),
         "{table}"
     );
+    // A failover alone, every uplink healthy: still a WARNING for the plugin.
+    let (code, line) = check(&a, &[]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("UPLINKD WARNING - ipv4 on secondary, not primary, for "),
+        "{line}"
+    );
     let o = a.ctl(&["status", "--verbose"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v = stdout(&o);

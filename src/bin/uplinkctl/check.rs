@@ -333,7 +333,7 @@ pub fn evaluate(st: &Status, since_switch: &PerFamily<Option<f64>>, limits: &Lim
         if let Some(secs) = per(since_switch, f) {
             perfdata.push(perf(
                 &format!("{f}_since_switch"),
-                Some(format!("{secs:.0}")),
+                Some(format!("{}", secs.floor())),
                 "s",
                 [None, None, Some(0.0), None],
             ));
