@@ -651,7 +651,7 @@ fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &P
 
 /// Every file of the .deb but the unit (whose directory depends on the
 /// cargo-deb version): a file that appears or goes away is a decision.
-const PACKAGED_FILES: [&str; 15] = [
+const PACKAGED_FILES: [&str; 17] = [
     "/usr/sbin/uplinkd",
     "/usr/bin/uplinkctl",
     "/etc/uplinkd/uplinkd.toml",
@@ -667,6 +667,8 @@ const PACKAGED_FILES: [&str; 15] = [
     "/usr/share/doc/uplinkd/copyright",
     "/usr/share/doc/uplinkd/changelog.Debian.gz",
     "/usr/share/lintian/overrides/uplinkd",
+    "/usr/share/uplinkd/uplinkd-rules.yml",
+    "/usr/share/uplinkd/uplinkd.json",
 ];
 
 #[test]
@@ -804,6 +806,8 @@ fn debian_package() {
         ("/usr/share/fish/vendor_completions.d/uplinkctl.fish", 0o644),
         ("/usr/share/doc/uplinkd/copyright", 0o644),
         ("/usr/share/doc/uplinkd/changelog.Debian.gz", 0o644),
+        ("/usr/share/uplinkd/uplinkd-rules.yml", 0o644),
+        ("/usr/share/uplinkd/uplinkd.json", 0o644),
         (unit, 0o644),
     ] {
         assert_eq!(
@@ -835,6 +839,22 @@ fn debian_package() {
         assert_eq!(
             read(root.path(installed)),
             read(repo(&committed)),
+            "{installed}"
+        );
+    }
+    for (installed, committed) in [
+        (
+            "/usr/share/uplinkd/uplinkd-rules.yml",
+            "packaging/prometheus/uplinkd-rules.yml",
+        ),
+        (
+            "/usr/share/uplinkd/uplinkd.json",
+            "packaging/grafana/uplinkd.json",
+        ),
+    ] {
+        assert_eq!(
+            read(root.path(installed)),
+            read(repo(committed)),
             "{installed}"
         );
     }

@@ -170,6 +170,12 @@ pub struct FamilyStatus {
     pub reasons: Vec<Reason>,
     /// How long the uplink has been continuously usable for this family.
     pub healthy_for_ms: Option<u64>,
+    /// Time left until the uplink has been usable for `failback_after`
+    /// (counted from an undrain too), so a healthy preferred uplink that is
+    /// not active can say when traffic returns to it; 0 once waited out,
+    /// null while not usable.
+    #[serde(default)]
+    pub failback_in_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

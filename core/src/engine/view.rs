@@ -68,6 +68,13 @@ impl Core {
                     healthy_for_ms: f
                         .usable_since
                         .map(|t| now.saturating_sub(t).as_millis() as u64),
+                    failback_in_ms: self.eligible_since(i, f).map(|t| {
+                        self.cfg
+                            .policy
+                            .failback_after
+                            .saturating_sub(now.saturating_sub(t))
+                            .as_millis() as u64
+                    }),
                 }
             })
         };

@@ -31,6 +31,7 @@ complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -s s -l socket -d 'The
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -s h -l help -d 'Print help'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -s V -l version -d 'Print version'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "status" -d 'Which uplink carries each family, and why'
+complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "check" -d 'Monitoring plugin (Nagios, Icinga): one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "events" -d 'Print every state change as one JSON object per line, as it happens'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "metrics" -d 'Print the Prometheus metrics (text exposition format)'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "drain" -d 'Take an uplink out of use (maintenance) until undrained. Root only'
@@ -38,17 +39,27 @@ complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "undrain" -d 'Pu
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "reprobe" -d 'Probe every gateway and transit target now. Root only'
 complete -c uplinkctl -n "__fish_uplinkctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand status" -l json -d 'Print the JSON status instead of a table'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand status" -s v -l verbose -d 'One block per uplink with every field: reasons in full, each gateway and transit target with its RTT and loss'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -l warn-rtt -d 'WARNING when an active uplink\'s gateway or transit RTT exceeds this many milliseconds' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -l crit-rtt -d 'CRITICAL when an active uplink\'s gateway or transit RTT exceeds this many milliseconds' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -l warn-loss -d 'WARNING when an active uplink\'s gateway or transit loss exceeds this percentage' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -l crit-loss -d 'CRITICAL when an active uplink\'s gateway or transit loss exceeds this percentage' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -l failover-critical-after -d 'CRITICAL instead of WARNING once a family has been on a less preferred uplink this long (e.g. 30m, 2h)' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -s t -l timeout -d 'CRITICAL when the daemon does not answer within this time' -r
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand events" -l since -d 'First replay the recent events after this sequence number' -r
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand metrics" -s h -l help -d 'Print help'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand drain" -s h -l help -d 'Print help'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand drain" -l force -d 'Drain even the last usable uplink of a family'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand drain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand undrain" -s h -l help -d 'Print help'
 complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand reprobe" -s h -l help -d 'Print help'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "status" -d 'Which uplink carries each family, and why'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "events" -d 'Print every state change as one JSON object per line, as it happens'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "metrics" -d 'Print the Prometheus metrics (text exposition format)'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "drain" -d 'Take an uplink out of use (maintenance) until undrained. Root only'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "undrain" -d 'Put a drained uplink back in use (it becomes preferred again only after the failback rule). Root only'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "reprobe" -d 'Probe every gateway and transit target now. Root only'
-complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status events metrics drain undrain reprobe help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "status" -d 'Which uplink carries each family, and why'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "check" -d 'Monitoring plugin (Nagios, Icinga): one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "events" -d 'Print every state change as one JSON object per line, as it happens'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "metrics" -d 'Print the Prometheus metrics (text exposition format)'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "drain" -d 'Take an uplink out of use (maintenance) until undrained. Root only'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "undrain" -d 'Put a drained uplink back in use (it becomes preferred again only after the failback rule). Root only'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "reprobe" -d 'Probe every gateway and transit target now. Root only'
+complete -c uplinkctl -n "__fish_uplinkctl_using_subcommand help; and not __fish_seen_subcommand_from status check events metrics drain undrain reprobe help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
