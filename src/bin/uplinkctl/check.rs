@@ -248,6 +248,22 @@ pub fn evaluate(st: &Status, since_switch: &PerFamily<Option<f64>>, limits: &Lim
             problems.push(format!("{} {}", u.name, what.join(", ")));
         }
     }
+    // Another writer's default route outranks ours, or rewrites it: traffic
+    // may not go where the agent decided.
+    for f in Family::ALL {
+        if let Some(c) = per(&st.competing_route, f) {
+            raise(Level::Warning);
+            let via = c.via.map(|v| format!(" via {v}")).unwrap_or_default();
+            problems.push(format!(
+                "{f} default route{via} dev {} metric {} (proto {}) outranks ours",
+                c.dev, c.metric, c.protocol
+            ));
+        }
+        if let Some(who) = per(&st.fighting, f) {
+            raise(Level::Warning);
+            problems.push(format!("{f} route rewritten by {who}"));
+        }
+    }
     for b in st.bonds.iter().filter(|b| !b.warnings.is_empty()) {
         raise(Level::Warning);
         problems.push(format!(
@@ -385,6 +401,35 @@ mod tests {
         assert!(!line.contains('\n'));
         // 5 per uplink and family, 1 per family.
         assert_eq!(r.perfdata.len(), 2 * 2 * 5 + 2, "{line}");
+    }
+
+    #[test]
+    fn a_competing_route_or_a_route_fight_warns() {
+        let mut st = all_healthy();
+        st.competing_route.ipv4 = Some(uplinkd::status::CompetingRoute {
+            via: Some("198.18.2.1".parse().unwrap()),
+            dev: "upb".into(),
+            metric: 0,
+            protocol: "dhcp".into(),
+        });
+        let r = evaluate(&st, &since(3600.0, 3600.0), &Limits::default());
+        assert_eq!(r.level, Level::Warning, "{r:?}");
+        assert!(
+            r.text.contains(
+                "ipv4 default route via 198.18.2.1 dev upb metric 0 (proto dhcp) outranks ours"
+            ),
+            "{}",
+            r.text
+        );
+        let mut st = all_healthy();
+        st.fighting.ipv6 = Some("route via 2001:db8:2::1 dev upb proto static".into());
+        let r = evaluate(&st, &since(3600.0, 3600.0), &Limits::default());
+        assert_eq!(r.level, Level::Warning, "{r:?}");
+        assert!(
+            r.text.contains("ipv6 route rewritten by route via"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]

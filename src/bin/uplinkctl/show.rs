@@ -130,6 +130,28 @@ fn held_back(st: &Status) -> Vec<String> {
     out
 }
 
+/// A default route of another writer that outranks the agent's, or a
+/// writer rewriting the agent's route: traffic may not go where `active`
+/// says.
+fn route_trouble(st: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in Family::ALL {
+        if let Some(c) = per(&st.competing_route, f) {
+            let via = c.via.map(|v| format!(" via {v}")).unwrap_or_default();
+            out.push(format!(
+                "WARNING {f}: default route{via} dev {} metric {} (proto {}) outranks ours and carries the traffic",
+                c.dev, c.metric, c.protocol
+            ));
+        }
+        if let Some(who) = per(&st.fighting, f) {
+            out.push(format!(
+                "WARNING {f}: our default route is being rewritten ({who})"
+            ));
+        }
+    }
+    out
+}
+
 /// Cut `s` to `n` characters, marking the cut with `~`.
 fn cut(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -187,6 +209,13 @@ fn reason_text(r: &Reason, uplink: &str) -> String {
             unreachable,
         } => format!(
             "{family} transit quorum lost: unreachable through this uplink while reachable through another: {}",
+            unreachable.join(", ")
+        ),
+        Reason::QuorumEverywhere {
+            family,
+            unreachable,
+        } => format!(
+            "{family} transit quorum lost through every uplink (the internet, not this uplink): {}",
             unreachable.join(", ")
         ),
         Reason::Damped { remaining_ms } => format!(
@@ -255,6 +284,11 @@ pub fn table(st: &Status, width: Option<usize>) -> String {
     };
     let mut lines = vec![active_line(st)];
     lines.extend(held_back(st).into_iter().map(|l| format!("        {l}")));
+    lines.extend(
+        route_trouble(st)
+            .into_iter()
+            .map(|l| format!("        {l}")),
+    );
     let head = [
         "UPLINK", "IFACE", "STATE", "CARRIER", "ACTIVE", "GW4", "GW6", "TRANSITS", "REASONS",
     ];
@@ -554,6 +588,8 @@ pub mod fixture {
             decided: true,
             uplinks: vec![uplink("primary", "upa", 1), uplink("secondary", "upb", 2)],
             bonds: vec![],
+            competing_route: PerFamily::default(),
+            fighting: PerFamily::default(),
         }
     }
 
@@ -607,6 +643,23 @@ mod tests {
             ipv6: true,
         };
         st
+    }
+
+    #[test]
+    fn a_competing_route_is_shown_in_the_table() {
+        let mut st = all_healthy();
+        st.competing_route.ipv6 = Some(uplinkd::status::CompetingRoute {
+            via: Some("2001:db8:2::1".parse().unwrap()),
+            dev: "upb".into(),
+            metric: 0,
+            protocol: "ra".into(),
+        });
+        let t = table(&st, None);
+        assert!(
+            t.contains("WARNING ipv6: default route via 2001:db8:2::1 dev upb metric 0 (proto ra) outranks ours and carries the traffic"),
+            "{t}"
+        );
+        assert!(!table(&all_healthy(), None).contains("WARNING"));
     }
 
     #[test]
