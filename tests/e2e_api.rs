@@ -993,6 +993,7 @@ targets = ["198.19.0.1"]
                     uplink: "primary".into(),
                     drained: seq % 2 == 0,
                 },
+                observe: false,
             });
             if seq % 8 == 0 {
                 tokio::task::yield_now().await;
@@ -1044,6 +1045,7 @@ fn events_since_replays_recent_events() {
                         uplink: "primary".into(),
                         drained: true,
                     },
+                    observe: false,
                 });
             }
         };

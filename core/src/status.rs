@@ -20,6 +20,29 @@ pub struct Status {
     /// The managed active-backup bonds (empty without bond members).
     #[serde(default)]
     pub bonds: Vec<BondStatus>,
+    /// "enforce" or "observe" (`[agent] mode`): whether the decisions
+    /// above are carried out.
+    #[serde(default = "enforce")]
+    pub mode: String,
+    /// Observe mode only: what the agent would do and does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<ObserveStatus>,
+}
+
+fn enforce() -> String {
+    "enforce".into()
+}
+
+/// In observe mode the decisions are reported and not carried out; this
+/// says so beside the decisions, so nobody reads `active` as the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserveStatus {
+    /// The uplink each family's default route would be on: the decision,
+    /// which the kernel's route does not follow.
+    pub would_route: PerFamily<Option<String>>,
+    /// What observe mode installs (only the probe tables and rules) and
+    /// what it leaves alone, so an operator knows what the trial touches.
+    pub installs: String,
 }
 
 /// A managed bond: the driver's view, the agent's choice, and loud warnings
@@ -268,4 +291,8 @@ pub struct EventRecord {
     pub time: String,
     #[serde(flatten)]
     pub change: Change,
+    /// Set in observe mode on a decision that was not carried out (a
+    /// route or bond member the agent would have changed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe: bool,
 }

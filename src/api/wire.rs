@@ -274,6 +274,8 @@ mod tests {
             decided: true,
             uplinks: Vec::new(),
             bonds: Vec::new(),
+            mode: "enforce".into(),
+            observe: None,
         };
         assert_eq!(
             encode(&Response::Status(Box::new(status.clone()))),

@@ -19,7 +19,7 @@ use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
 use super::retry::Retries;
 use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
 use crate::api::{self, ApiRequest};
-use crate::config::{Config, Family};
+use crate::config::{AgentMode, Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
@@ -130,6 +130,10 @@ pub(super) struct Daemon {
     shown: Option<(u64, Option<UplinkId>, Option<UplinkId>)>,
     /// Sequence number of the last published change.
     seq: u64,
+    /// Observe mode: per family, the uplink the managed route would be on.
+    /// Route reads are answered with it, so the core, whose decision the
+    /// kernel does not follow, never tries to put its route back.
+    observed: [Option<UplinkId>; 2],
     /// The event stream, with the metrics and hooks behind it.
     events: api::Events,
     metrics: Arc<Metrics>,
@@ -306,6 +310,7 @@ impl Daemon {
             on_alive: opts.on_alive.take(),
             shown: None,
             seq: 0,
+            observed: [None; 2],
             events,
             metrics,
             api_server,
@@ -543,6 +548,10 @@ impl Daemon {
         self.begin(at);
         match done {
             Done::Route { family, via, gen } if gen == self.layout.gen => {
+                let via = match self.observed[family.index()] {
+                    Some(u) if self.observing() => crate::core::RouteVia::Uplink(u),
+                    _ => via,
+                };
                 self.events_in.push(Event::DefaultRoute { family, via })
             }
             // Read under an older configuration: read again.
@@ -567,6 +576,12 @@ impl Daemon {
         let (actions, summary) = self.core.reconfigure(self.now, new)?;
         let old_layout = self.layout.clone();
         self.cfg = Arc::new(self.core.config().clone());
+        // Into enforce mode: the kernel's routes are read as they are (the
+        // core puts back what differs from its decisions, as after a
+        // foreign change). Into observe mode: what is installed stays.
+        if !self.observing() {
+            self.observed = [None; 2];
+        }
         self.layout = relayout(&old_layout, self.cfg.clone());
         let stale: Vec<Stale> = {
             let now_used = self.layout.installed();
@@ -701,9 +716,13 @@ impl Daemon {
                     self.prober.send(self.clock.instant(self.now), req)
                 }
             }
+            Action::SetBondActive { .. } if self.observing() => {}
             Action::SetBondActive { bond, uplink } => {
                 let member = self.cfg.uplinks[uplink].interface.clone();
                 let _ = self.bond_set_tx.send((bond, member));
+            }
+            Action::SetDefaultRoute { family, uplink } if self.observing() => {
+                self.observed[family.index()] = Some(uplink);
             }
             Action::SetDefaultRoute { family, uplink } => {
                 let ticket = self.retries.queued(family);
@@ -713,11 +732,13 @@ impl Daemon {
                     ticket,
                 });
             }
+            Action::FlushNeighbours { .. } if self.observing() => {}
             Action::FlushNeighbours { uplink, family } => self.send(Work::Flush { uplink, family }),
             Action::VerifyRoute { family } => self.verify(family),
             Action::Report(change) => {
                 self.seq += 1;
-                publish(&self.events, self.seq, change);
+                let observe = self.observing() && would_act(&change);
+                publish(&self.events, self.seq, change, observe);
             }
         }
     }
@@ -778,18 +799,34 @@ impl Daemon {
         }
     }
 
+    /// Observe mode: decide and report, change nothing on the host.
+    fn observing(&self) -> bool {
+        self.cfg.agent.mode == AgentMode::Observe
+    }
+
     fn send(&self, work: Work) {
         let _ = self.work_tx.send(work);
     }
 }
 
+/// Whether `change` reports something the agent carries out (a route or a
+/// bond member moved): in observe mode such a record is marked `observe`.
+fn would_act(change: &Change) -> bool {
+    match change {
+        Change::ActiveChanged { .. } | Change::RouteRestored { .. } => true,
+        Change::Bond { by, .. } => by == "agent",
+        _ => false,
+    }
+}
+
 /// Log one change in the one structured format, and publish it. The one
 /// place wall time is read: the record's timestamp.
-fn publish(events: &api::Events, seq: u64, change: Change) {
+fn publish(events: &api::Events, seq: u64, change: Change, observe: bool) {
     let record = EventRecord {
         seq,
         time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
         change,
+        observe,
     };
     let json = serde_json::to_string(&record).unwrap_or_default();
     let kind = json
