@@ -15,6 +15,7 @@ use super::actuation::{
     RT_TABLE_MAIN,
 };
 use super::clock::{Clock, LoopTimer, Mono};
+use super::persist::RunState;
 use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
 use super::retry::Retries;
 use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
@@ -134,6 +135,8 @@ pub(super) struct Daemon {
     /// Route reads are answered with it, so the core, whose decision the
     /// kernel does not follow, never tries to put its route back.
     observed: [Option<UplinkId>; 2],
+    /// Drains and sequence numbers kept for the next start.
+    run_state: RunState,
     /// The event stream, with the metrics and hooks behind it.
     events: api::Events,
     metrics: Arc<Metrics>,
@@ -266,6 +269,8 @@ impl Daemon {
                 path: cfg.agent.socket.display().to_string(),
                 source,
             })?;
+        // Beside the socket, whose directory serving it made.
+        let (run_state, last_seq) = RunState::open(&cfg.agent.socket);
         let timer = LoopTimer::new().map_err(|e| DaemonError::Api {
             path: "timerfd".into(),
             source: e,
@@ -282,7 +287,7 @@ impl Daemon {
             timer,
             watch: watch.clone(),
         };
-        let daemon = Daemon {
+        let mut daemon = Daemon {
             clock,
             now,
             core: Core::new((*cfg).clone(), now),
@@ -309,8 +314,9 @@ impl Daemon {
             on_status: opts.on_status.take(),
             on_alive: opts.on_alive.take(),
             shown: None,
-            seq: 0,
+            seq: last_seq,
             observed: [None; 2],
+            run_state,
             events,
             metrics,
             api_server,
@@ -328,7 +334,28 @@ impl Daemon {
             transits = daemon.cfg.transits.len(),
             "uplinkd started"
         );
+        daemon.restore_drains();
         Ok((daemon, inputs))
+    }
+
+    /// The operator's drains of the previous run, handed to the core
+    /// before its first decision (which needs probe results, later).
+    fn restore_drains(&mut self) {
+        for name in self.run_state.drained() {
+            match self.cfg.uplinks.iter().position(|u| u.name == name) {
+                Some(uplink) => {
+                    info!(uplink = name, "drain kept from the previous run");
+                    self.events_in.push(Event::Drain {
+                        uplink,
+                        drained: true,
+                    });
+                }
+                None => warn!(
+                    uplink = name,
+                    "drain of an uplink no longer configured dropped"
+                ),
+            }
+        }
     }
 
     /// When to wake next: the core's next deadline, a re-check, the
@@ -652,6 +679,7 @@ impl Daemon {
                 };
                 let _ = reply.send(match id {
                     Some(uplink) => {
+                        self.run_state.set_drained(&name, drained);
                         self.events_in.push(Event::Drain { uplink, drained });
                         Ok(())
                     }
@@ -737,6 +765,7 @@ impl Daemon {
             Action::VerifyRoute { family } => self.verify(family),
             Action::Report(change) => {
                 self.seq += 1;
+                self.run_state.reserve(self.seq);
                 let observe = self.observing() && would_act(&change);
                 publish(&self.events, self.seq, change, observe);
             }
