@@ -31,7 +31,7 @@ use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
 use crate::probe::Prober;
 use crate::probe::{MemberProber, MemberSpec};
-use crate::status::{Change, EventRecord};
+use crate::status::{Change, EventRecord, Level};
 use crate::task::AbortOnDrop;
 
 /// How often the routes, rules and sysctls the agent owns are re-checked
@@ -857,22 +857,16 @@ fn publish(events: &api::Events, seq: u64, change: Change, observe: bool) {
         change,
         observe,
     };
+    // The message is a sentence for a person; the record (with its seq,
+    // kind and time) goes beside it as one structured field.
     let json = serde_json::to_string(&record).unwrap_or_default();
-    let kind = json
-        .split("\"kind\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("?")
-        .to_string();
-    match &record.change {
-        Change::FailStatic { active: true, .. } => {
-            error!(seq, kind = %kind, event = %json, "no usable uplink: failing static")
-        }
-        Change::ActiveChanged { .. }
-        | Change::UplinkHealth { .. }
-        | Change::RouteRestored { .. }
-        | Change::Damped { .. } => warn!(seq, kind = %kind, event = %json, "state change"),
-        _ => info!(seq, kind = %kind, event = %json, "state change"),
+    let mut sentence = record.change.describe();
+    if record.observe {
+        sentence.insert_str(0, "observe mode, not carried out: ");
+    }
+    match record.change.level() {
+        Level::Warn => warn!(event = %json, "{sentence}"),
+        Level::Info => info!(event = %json, "{sentence}"),
     }
     events.publish(record);
 }
