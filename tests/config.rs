@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "agent.table_base",
     "agent.fwmark_base",
     "agent.rule_priority",
+    "agent.mode",
     "policy.failback_after",
     "policy.quorum",
     "policy.damping.threshold",
@@ -124,6 +125,7 @@ fn example_parses_with_documented_defaults() {
             table_base: 1000,
             fwmark_base: 1000,
             rule_priority: 1000,
+            mode: uplinkd::config::AgentMode::Enforce,
         }
     );
     let ms = Duration::from_millis;
@@ -214,6 +216,7 @@ fn sample(key: &str) -> &'static str {
         "socket_group" => r#""adm""#,
         "kernel_fallback" => "false",
         "remove_competing_routes" => "true",
+        "mode" => r#""observe""#,
         "quorum" => "1",
         "route_metric" | "table_base" | "fwmark_base" | "rule_priority" => "2000",
         "threshold" | "gateway_min_misses" | "gateway_rise" | "transit_fall" | "transit_rise" => {

@@ -1006,6 +1006,7 @@ targets = ["198.19.0.1"]
                     uplink: "primary".into(),
                     drained: seq % 2 == 0,
                 },
+                observe: false,
             });
             if seq % 8 == 0 {
                 tokio::task::yield_now().await;
@@ -1057,6 +1058,7 @@ fn events_since_replays_recent_events() {
                         uplink: "primary".into(),
                         drained: true,
                     },
+                    observe: false,
                 });
             }
         };

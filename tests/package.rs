@@ -1382,7 +1382,7 @@ fn unit_runs_under_systemd() {
     ]);
     assert!(
         json.lines()
-            .any(|l| l.contains("\"TARGET\":\"uplinkd::daemon\"")),
+            .any(|l| l.contains("\"TARGET\":\"uplinkd::daemon")),
         "no structured (tracing-journald) records:\n{json}"
     );
     for bad in ["Operation not permitted", "Permission denied"] {

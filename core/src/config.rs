@@ -120,6 +120,37 @@ pub enum Kind<S> {
     Ipv6 { set: fn(&mut S, Ipv6Addr) },
     /// A list of unicast addresses, each listed once in the whole file.
     Targets { set: fn(&mut S, Vec<IpAddr>) },
+    /// One of [`AgentMode::NAMES`].
+    Mode { set: fn(&mut S, AgentMode) },
+}
+
+/// Whether the agent carries out its decisions (`[agent] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Routes, rules, sysctls and bond members follow the decisions.
+    #[default]
+    Enforce,
+    /// Probe, decide and report, but change nothing the host routes by:
+    /// a trial run beside an existing setup.
+    Observe,
+}
+
+impl AgentMode {
+    /// The accepted values, as written in the file.
+    pub const NAMES: [&'static str; 2] = ["enforce", "observe"];
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentMode::Enforce => "enforce",
+            AgentMode::Observe => "observe",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<AgentMode> {
+        match s {
+            "enforce" => Some(AgentMode::Enforce),
+            "observe" => Some(AgentMode::Observe),
+            _ => None,
+        }
+    }
 }
 
 /// Declares a flat configuration section once: for each key its doc, field
@@ -243,6 +274,8 @@ settings! {
             max: RULE_PRIORITY_MAX,
             why: "the rules must come after the local rule (0) and before the main table's (32766)",
         };
+        /// "observe": decide and report without changing the host (see config/uplinkd.toml).
+        mode: AgentMode = AgentMode::Enforce, Mode {};
     }
 
     /// Flap damping: an uplink that fails `threshold` times within `window` is

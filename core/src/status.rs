@@ -30,6 +30,13 @@ pub struct Status {
     /// rewriting the managed route while the agent restores it with backoff.
     #[serde(default)]
     pub fighting: PerFamily<Option<String>>,
+    /// "enforce" or "observe" (`[agent] mode`): whether the decisions
+    /// above are carried out.
+    #[serde(default = "enforce")]
+    pub mode: String,
+    /// Observe mode only: what the agent would do and does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<ObserveStatus>,
 }
 
 /// A default route of another owner, as the kernel has it.
@@ -42,6 +49,22 @@ pub struct CompetingRoute {
     pub metric: u32,
     /// Who installed it, by rtm_protocol: "dhcp", "static", "boot", "ra"...
     pub protocol: String,
+}
+
+fn enforce() -> String {
+    "enforce".into()
+}
+
+/// In observe mode the decisions are reported and not carried out; this
+/// says so beside the decisions, so nobody reads `active` as the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserveStatus {
+    /// The uplink each family's default route would be on: the decision,
+    /// which the kernel's route does not follow.
+    pub would_route: PerFamily<Option<String>>,
+    /// What observe mode installs (only the probe tables and rules) and
+    /// what it leaves alone, so an operator knows what the trial touches.
+    pub installs: String,
 }
 
 /// A managed bond: the driver's view, the agent's choice, and loud warnings
@@ -316,6 +339,196 @@ impl Change {
             Change::Fighting { .. } => "fighting",
         }
     }
+
+    /// One sentence a person reads in the log (the structured record goes
+    /// beside it), e.g. "ipv4: primary → secondary (carrier lost on primary)".
+    pub fn describe(&self) -> String {
+        let or_none = |u: &Option<String>| u.clone().unwrap_or_else(|| "no uplink".into());
+        let state = |ok: bool, yes: &str, no: &str| if ok { yes } else { no }.to_string();
+        match self {
+            Change::ActiveChanged {
+                family,
+                from,
+                to,
+                reason,
+            } => format!(
+                "{family}: {} → {} ({})",
+                or_none(from),
+                or_none(to),
+                why_moved(reason, from.as_deref())
+            ),
+            Change::UplinkHealth {
+                uplink,
+                family,
+                state: st,
+                evidence,
+                ..
+            } => {
+                let st = match st {
+                    UplinkState::Unknown => "unknown",
+                    UplinkState::Healthy => "healthy",
+                    UplinkState::Degraded => "degraded",
+                    UplinkState::Unhealthy => "unhealthy",
+                };
+                format!("{uplink} is {st} for {family} ({evidence})")
+            }
+            Change::Carrier { uplink, up, source } => format!(
+                "{uplink}: carrier {} (seen by {source})",
+                state(*up, "up", "down")
+            ),
+            Change::Gateway {
+                uplink,
+                family,
+                address,
+                reachable,
+                evidence,
+            } => format!(
+                "{uplink}: {family} gateway {address} {} ({evidence})",
+                state(*reachable, "answers", "does not answer")
+            ),
+            Change::Transit {
+                uplink,
+                transit,
+                target,
+                reachable,
+                evidence,
+            } => format!(
+                "{transit} ({target}) {} through {uplink} ({evidence})",
+                state(*reachable, "reachable", "unreachable")
+            ),
+            Change::FailStatic {
+                family,
+                active: true,
+                evidence,
+            } => format!("{family}: no usable uplink, keeping the current route ({evidence})"),
+            Change::FailStatic {
+                family, evidence, ..
+            } => format!("{family}: fail static over ({evidence})"),
+            Change::Damped {
+                uplink,
+                hold_ms,
+                flaps,
+            } => format!(
+                "{uplink} held down for {} s after {flaps} failures (flapping)",
+                hold_ms.div_ceil(1000)
+            ),
+            Change::Drained { uplink, drained } => {
+                format!("{uplink} {} by an operator", state(*drained, "drained", "undrained"))
+            }
+            Change::RouteRestored {
+                family,
+                uplink,
+                found,
+            } => format!(
+                "{family}: the default route was changed by someone else ({found}); put back via {uplink}"
+            ),
+            Change::Adopted { family, uplink } => match uplink {
+                Some(u) => format!("{family}: started with the default route via {u} as found"),
+                None => format!("{family}: started with no managed default route"),
+            },
+            Change::Bond {
+                bond,
+                from,
+                to,
+                by,
+                cause,
+                ..
+            } => format!(
+                "{bond}: active member {} → {} (by the {by}: {cause})",
+                from.as_deref().unwrap_or("none"),
+                to.as_deref().unwrap_or("none"),
+            ),
+            Change::CompetingRoute {
+                family,
+                route,
+                present,
+                removed,
+            } => {
+                let via = route.via.map(|v| format!(" via {v}")).unwrap_or_default();
+                let what = format!(
+                    "default route{via} dev {} metric {} proto {}",
+                    route.dev, route.metric, route.protocol
+                );
+                match (present, removed) {
+                    (true, true) => format!("{family}: removed a competing {what}"),
+                    (true, false) => format!(
+                        "{family}: a competing {what} outranks ours and carries the traffic"
+                    ),
+                    (false, _) => format!("{family}: the competing {what} is gone"),
+                }
+            }
+            Change::Fighting {
+                family,
+                with,
+                active,
+                restores,
+            } => {
+                if *active {
+                    format!("{family}: our default route keeps being rewritten ({with}); restoring it with backoff")
+                } else {
+                    format!("{family}: the fight over the default route with {with} ended after {restores} restore(s)")
+                }
+            }
+        }
+    }
+
+    /// How loud the change is in the log: planned and routine changes
+    /// (start-up health, the initial choice, a drain, a failback) are
+    /// `Info`; an unplanned failover, fail static, damping and a fight over
+    /// routes or bond members are `Warn`.
+    pub fn level(&self) -> Level {
+        let warn_if = |w: bool| if w { Level::Warn } else { Level::Info };
+        match self {
+            Change::ActiveChanged { reason, .. } => warn_if(!matches!(
+                reason.as_str(),
+                "initial" | "failback" | "drained"
+            )),
+            Change::UplinkHealth { state, .. } => warn_if(matches!(
+                state,
+                UplinkState::Unhealthy | UplinkState::Degraded
+            )),
+            Change::FailStatic { active, .. } => warn_if(*active),
+            Change::Damped { .. } | Change::RouteRestored { .. } => Level::Warn,
+            Change::Bond { by, .. } => warn_if(by != "agent"),
+            Change::CompetingRoute { present, .. } => warn_if(*present),
+            Change::Fighting { active, .. } => warn_if(*active),
+            Change::Carrier { .. }
+            | Change::Gateway { .. }
+            | Change::Transit { .. }
+            | Change::Drained { .. }
+            | Change::Adopted { .. } => Level::Info,
+        }
+    }
+}
+
+/// How loud a change is in the log (see [`Change::level`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+/// The reason code of `active_changed` ("carrier", "gateway+quorum",
+/// "failback", ...) in words, about the uplink left (`from`).
+fn why_moved(reason: &str, from: Option<&str>) -> String {
+    let from = from.unwrap_or("the old uplink");
+    let words: Vec<String> = reason
+        .split('+')
+        .map(|code| match code {
+            "initial" => "initial choice".to_string(),
+            "failback" => "failback: preferred uplink healthy long enough".to_string(),
+            "drained" => format!("{from} drained"),
+            "carrier" => format!("carrier lost on {from}"),
+            "gateway" => format!("gateway not answering through {from}"),
+            "quorum" => format!("transit quorum unreachable through {from}"),
+            "damped" => format!("{from} held down for flapping"),
+            "missing" => format!("{from}'s interface is missing"),
+            "not_in_bond" => format!("{from} left its bond"),
+            "no_gateway" => format!("{from} has no gateway of this family"),
+            other => other.to_string(),
+        })
+        .collect();
+    words.join(", ")
 }
 
 /// A published change: what goes on the wire and into the log.
@@ -326,4 +539,177 @@ pub struct EventRecord {
     pub time: String,
     #[serde(flatten)]
     pub change: Change,
+    /// Set in observe mode on a decision that was not carried out (a
+    /// route or bond member the agent would have changed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe: bool,
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        v.to_string()
+    }
+
+    #[test]
+    fn every_change_reads_as_one_sentence_at_its_level() {
+        let addr: IpAddr = "198.18.1.1".parse().unwrap();
+        let active = |reason: &str| Change::ActiveChanged {
+            family: s("ipv4"),
+            from: Some(s("primary")),
+            to: Some(s("secondary")),
+            reason: s(reason),
+        };
+        let cases: Vec<(Change, &str, Level)> = vec![
+            (
+                active("carrier"),
+                "ipv4: primary → secondary (carrier lost on primary)",
+                Level::Warn,
+            ),
+            (
+                active("gateway+quorum"),
+                "ipv4: primary → secondary (gateway not answering through primary, transit quorum unreachable through primary)",
+                Level::Warn,
+            ),
+            (
+                active("failback"),
+                "ipv4: primary → secondary (failback: preferred uplink healthy long enough)",
+                Level::Info,
+            ),
+            (active("drained"), "ipv4: primary → secondary (primary drained)", Level::Info),
+            (
+                Change::ActiveChanged {
+                    family: s("ipv6"),
+                    from: None,
+                    to: Some(s("primary")),
+                    reason: s("initial"),
+                },
+                "ipv6: no uplink → primary (initial choice)",
+                Level::Info,
+            ),
+            (
+                Change::UplinkHealth {
+                    uplink: s("primary"),
+                    family: s("ipv4"),
+                    state: UplinkState::Healthy,
+                    reasons: vec![],
+                    evidence: s("gateway answering"),
+                },
+                "primary is healthy for ipv4 (gateway answering)",
+                Level::Info,
+            ),
+            (
+                Change::UplinkHealth {
+                    uplink: s("primary"),
+                    family: s("ipv4"),
+                    state: UplinkState::Unhealthy,
+                    reasons: vec![Reason::Carrier],
+                    evidence: s("carrier down"),
+                },
+                "primary is unhealthy for ipv4 (carrier down)",
+                Level::Warn,
+            ),
+            (
+                Change::Carrier {
+                    uplink: s("primary"),
+                    up: false,
+                    source: s("poll"),
+                },
+                "primary: carrier down (seen by poll)",
+                Level::Info,
+            ),
+            (
+                Change::Gateway {
+                    uplink: s("primary"),
+                    family: s("ipv4"),
+                    address: addr,
+                    reachable: false,
+                    evidence: s("8 probes unanswered"),
+                },
+                "primary: ipv4 gateway 198.18.1.1 does not answer (8 probes unanswered)",
+                Level::Info,
+            ),
+            (
+                Change::Transit {
+                    uplink: s("primary"),
+                    transit: s("transit-a"),
+                    target: addr,
+                    reachable: true,
+                    evidence: s("2 replies"),
+                },
+                "transit-a (198.18.1.1) reachable through primary (2 replies)",
+                Level::Info,
+            ),
+            (
+                Change::FailStatic {
+                    family: s("ipv4"),
+                    active: true,
+                    evidence: s("all down"),
+                },
+                "ipv4: no usable uplink, keeping the current route (all down)",
+                Level::Warn,
+            ),
+            (
+                Change::FailStatic {
+                    family: s("ipv4"),
+                    active: false,
+                    evidence: s("primary is usable again"),
+                },
+                "ipv4: fail static over (primary is usable again)",
+                Level::Info,
+            ),
+            (
+                Change::Damped {
+                    uplink: s("primary"),
+                    hold_ms: 60_000,
+                    flaps: 3,
+                },
+                "primary held down for 60 s after 3 failures (flapping)",
+                Level::Warn,
+            ),
+            (
+                Change::Drained {
+                    uplink: s("primary"),
+                    drained: true,
+                },
+                "primary drained by an operator",
+                Level::Info,
+            ),
+            (
+                Change::RouteRestored {
+                    family: s("ipv4"),
+                    uplink: s("primary"),
+                    found: s("no route"),
+                },
+                "ipv4: the default route was changed by someone else (no route); put back via primary",
+                Level::Warn,
+            ),
+            (
+                Change::Adopted {
+                    family: s("ipv4"),
+                    uplink: None,
+                },
+                "ipv4: started with no managed default route",
+                Level::Info,
+            ),
+            (
+                Change::Bond {
+                    bond: s("bond0"),
+                    from: Some(s("eth0")),
+                    to: Some(s("eth1")),
+                    by: s("driver"),
+                    cause: s("miimon"),
+                    warnings: vec![],
+                },
+                "bond0: active member eth0 → eth1 (by the driver: miimon)",
+                Level::Warn,
+            ),
+        ];
+        for (change, sentence, level) in cases {
+            assert_eq!(change.describe(), sentence, "{change:?}");
+            assert_eq!(change.level(), level, "{change:?}");
+        }
+    }
 }

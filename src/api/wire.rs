@@ -276,6 +276,8 @@ mod tests {
             bonds: Vec::new(),
             competing_route: PerFamily::default(),
             fighting: PerFamily::default(),
+            mode: "enforce".into(),
+            observe: None,
         };
         assert_eq!(
             encode(&Response::Status(Box::new(status.clone()))),

@@ -43,7 +43,8 @@ fn shape_of<S>(kind: &Kind<S>) -> Shape {
         | Kind::Name { .. }
         | Kind::Interface { .. }
         | Kind::Ipv4 { .. }
-        | Kind::Ipv6 { .. } => Shape::Str,
+        | Kind::Ipv6 { .. }
+        | Kind::Mode { .. } => Shape::Str,
         Kind::Count { .. } | Kind::Quorum { .. } => Shape::Int,
         Kind::Bool { .. } => Shape::Bool,
         Kind::Commands { .. } | Kind::Targets { .. } => Shape::StrList,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
-use uplinkd_core::config::{Key, Kind};
+use uplinkd_core::config::{AgentMode, Key, Kind};
 
 use super::keys::join;
 use super::report::{quote, shorten, Report};
@@ -156,6 +156,14 @@ fn read_value<S>(
         Kind::Interface { set } => set(out, checked(r, key, v, ifname_problem)?),
         Kind::Ipv4 { set } => set(out, address(r, key, v, "an IPv4 address")?),
         Kind::Ipv6 { set } => set(out, address(r, key, v, "an IPv6 address")?),
+        Kind::Mode { set } => match AgentMode::from_name(text(v)?) {
+            Some(m) => set(out, m),
+            None => {
+                let names = AgentMode::NAMES.join("\" or \"");
+                r.add(key, Some(span), format!("must be \"{names}\""));
+                return None;
+            }
+        },
         Kind::Commands { set } => {
             let (list, all_ok) = list(r, key, v, items, |r, key, item| {
                 let cmd = text(item)?;

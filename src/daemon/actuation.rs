@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Family};
+use crate::config::{AgentMode, Config, Family};
 use crate::core::{RouteVia, UplinkId};
 use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
 use crate::netlink::{sysctl, NetlinkError, RouteInfo};
@@ -298,8 +298,16 @@ async fn ifindex(act: &Actuator, map: &Ifindexes, name: &str) -> Option<u32> {
 async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
     let cfg = &layout.cfg;
     let a = &cfg.agent;
+    // Observe mode installs only the probe tables and rules: they route
+    // nothing but the agent's own marked probes. Sysctls and the main
+    // table's fallback routes change how the host routes: left alone.
+    let observe = a.mode == AgentMode::Observe;
     for (i, u) in cfg.uplinks.iter().enumerate() {
-        if let Err(e) = sysctl::uplink_sysctls(&u.interface) {
+        let sysctls = match observe {
+            true => Ok(()),
+            false => sysctl::uplink_sysctls(&u.interface),
+        };
+        if let Err(e) = sysctls {
             debug!(error = %e, uplink = %u.name, "uplink sysctls not set (interface missing?)");
         }
         let Some(idx) = ifindex(act, ifindexes, u.route_interface()).await else {
@@ -327,7 +335,7 @@ async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
                         .await,
                 ),
             ];
-            if a.kernel_fallback {
+            if a.kernel_fallback && !observe {
                 results.push((
                     "kernel fallback route".into(),
                     act.replace_default_route(

@@ -22,6 +22,7 @@ use crate::netlink::NetlinkError;
 
 mod actuation;
 mod clock;
+mod persist;
 mod poller;
 mod retry;
 mod state;

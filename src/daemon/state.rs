@@ -15,11 +15,12 @@ use super::actuation::{
     Work, RT_TABLE_MAIN,
 };
 use super::clock::{Clock, LoopTimer, Mono};
+use super::persist::RunState;
 use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
 use super::retry::Retries;
 use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
 use crate::api::{self, ApiRequest};
-use crate::config::{Config, Family};
+use crate::config::{AgentMode, Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
@@ -30,7 +31,7 @@ use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
 use crate::probe::Prober;
 use crate::probe::{MemberProber, MemberSpec};
-use crate::status::{Change, CompetingRoute, EventRecord};
+use crate::status::{Change, CompetingRoute, EventRecord, Level};
 use crate::task::AbortOnDrop;
 
 /// How often the routes, rules and sysctls the agent owns are re-checked
@@ -137,6 +138,12 @@ pub(super) struct Daemon {
     shown: Option<(u64, Option<UplinkId>, Option<UplinkId>)>,
     /// Sequence number of the last published change.
     seq: u64,
+    /// Observe mode: per family, the uplink the managed route would be on.
+    /// Route reads are answered with it, so the core, whose decision the
+    /// kernel does not follow, never tries to put its route back.
+    observed: [Option<UplinkId>; 2],
+    /// Drains and sequence numbers kept for the next start.
+    run_state: RunState,
     /// The event stream, with the metrics and hooks behind it.
     events: api::Events,
     metrics: Arc<Metrics>,
@@ -269,6 +276,8 @@ impl Daemon {
                 path: cfg.agent.socket.display().to_string(),
                 source,
             })?;
+        // Beside the socket, whose directory serving it made.
+        let (run_state, last_seq) = RunState::open(&cfg.agent.socket);
         let timer = LoopTimer::new().map_err(|e| DaemonError::Api {
             path: "timerfd".into(),
             source: e,
@@ -285,7 +294,7 @@ impl Daemon {
             timer,
             watch: watch.clone(),
         };
-        let daemon = Daemon {
+        let mut daemon = Daemon {
             clock,
             now,
             core: Core::new((*cfg).clone(), now),
@@ -314,7 +323,9 @@ impl Daemon {
             on_status: opts.on_status.take(),
             on_alive: opts.on_alive.take(),
             shown: None,
-            seq: 0,
+            seq: last_seq,
+            observed: [None; 2],
+            run_state,
             events,
             metrics,
             api_server,
@@ -332,7 +343,28 @@ impl Daemon {
             transits = daemon.cfg.transits.len(),
             "uplinkd started"
         );
+        daemon.restore_drains();
         Ok((daemon, inputs))
+    }
+
+    /// The operator's drains of the previous run, handed to the core
+    /// before its first decision (which needs probe results, later).
+    fn restore_drains(&mut self) {
+        for name in self.run_state.drained() {
+            match self.cfg.uplinks.iter().position(|u| u.name == name) {
+                Some(uplink) => {
+                    info!(uplink = name, "drain kept from the previous run");
+                    self.events_in.push(Event::Drain {
+                        uplink,
+                        drained: true,
+                    });
+                }
+                None => warn!(
+                    uplink = name,
+                    "drain of an uplink no longer configured dropped"
+                ),
+            }
+        }
     }
 
     /// When to wake next: the core's next deadline, a re-check, the
@@ -602,6 +634,10 @@ impl Daemon {
         self.begin(at);
         match done {
             Done::Route { family, via, gen } if gen == self.layout.gen => {
+                let via = match self.observed[family.index()] {
+                    Some(u) if self.observing() => crate::core::RouteVia::Uplink(u),
+                    _ => via,
+                };
                 self.events_in.push(Event::DefaultRoute { family, via })
             }
             // Read under an older configuration: read again.
@@ -626,6 +662,12 @@ impl Daemon {
         let (actions, summary) = self.core.reconfigure(self.now, new)?;
         let old_layout = self.layout.clone();
         self.cfg = Arc::new(self.core.config().clone());
+        // Into enforce mode: the kernel's routes are read as they are (the
+        // core puts back what differs from its decisions, as after a
+        // foreign change). Into observe mode: what is installed stays.
+        if !self.observing() {
+            self.observed = [None; 2];
+        }
         self.layout = relayout(&old_layout, self.cfg.clone());
         let stale: Vec<Stale> = {
             let now_used = self.layout.installed();
@@ -696,6 +738,7 @@ impl Daemon {
                 };
                 let _ = reply.send(match id {
                     Some(uplink) => {
+                        self.run_state.set_drained(&name, drained);
                         self.events_in.push(Event::Drain { uplink, drained });
                         Ok(())
                     }
@@ -760,9 +803,13 @@ impl Daemon {
                     self.prober.send(self.clock.instant(self.now), req)
                 }
             }
+            Action::SetBondActive { .. } if self.observing() => {}
             Action::SetBondActive { bond, uplink } => {
                 let member = self.cfg.uplinks[uplink].interface.clone();
                 let _ = self.bond_set_tx.send((bond, member));
+            }
+            Action::SetDefaultRoute { family, uplink } if self.observing() => {
+                self.observed[family.index()] = Some(uplink);
             }
             Action::SetDefaultRoute { family, uplink } => {
                 let ticket = self.retries.queued(family);
@@ -772,11 +819,14 @@ impl Daemon {
                     ticket,
                 });
             }
+            Action::FlushNeighbours { .. } if self.observing() => {}
             Action::FlushNeighbours { uplink, family } => self.send(Work::Flush { uplink, family }),
+            Action::RefreshNeighbour { .. } if self.observing() => {}
             Action::RefreshNeighbour { uplink, family } => {
                 self.send(Work::Refresh { uplink, family })
             }
             Action::VerifyRoute { family } => self.verify(family),
+            Action::RemoveRoute { .. } if self.observing() => {}
             Action::RemoveRoute { family, route } => {
                 let found = self.competing[family.index()]
                     .values()
@@ -787,7 +837,9 @@ impl Daemon {
             }
             Action::Report(change) => {
                 self.seq += 1;
-                publish(&self.events, self.seq, change);
+                self.run_state.reserve(self.seq);
+                let observe = self.observing() && would_act(&change);
+                publish(&self.events, self.seq, change, observe);
             }
         }
     }
@@ -848,39 +900,45 @@ impl Daemon {
         }
     }
 
+    /// Observe mode: decide and report, change nothing on the host.
+    fn observing(&self) -> bool {
+        self.cfg.agent.mode == AgentMode::Observe
+    }
+
     fn send(&self, work: Work) {
         let _ = self.work_tx.send(work);
     }
 }
 
+/// Whether `change` reports something the agent carries out (a route or a
+/// bond member moved): in observe mode such a record is marked `observe`.
+fn would_act(change: &Change) -> bool {
+    match change {
+        Change::ActiveChanged { .. } | Change::RouteRestored { .. } => true,
+        Change::Bond { by, .. } => by == "agent",
+        _ => false,
+    }
+}
+
 /// Log one change in the one structured format, and publish it. The one
 /// place wall time is read: the record's timestamp.
-fn publish(events: &api::Events, seq: u64, change: Change) {
+fn publish(events: &api::Events, seq: u64, change: Change, observe: bool) {
     let record = EventRecord {
         seq,
         time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
         change,
+        observe,
     };
+    // The message is a sentence for a person; the record (with its seq,
+    // kind and time) goes beside it as one structured field.
     let json = serde_json::to_string(&record).unwrap_or_default();
-    let kind = json
-        .split("\"kind\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("?")
-        .to_string();
-    match &record.change {
-        Change::FailStatic { active: true, .. } => {
-            error!(seq, kind = %kind, event = %json, "no usable uplink: failing static")
-        }
-        Change::ActiveChanged { .. }
-        | Change::UplinkHealth { .. }
-        | Change::RouteRestored { .. }
-        | Change::Damped { .. }
-        | Change::CompetingRoute { present: true, .. }
-        | Change::Fighting { active: true, .. } => {
-            warn!(seq, kind = %kind, event = %json, "state change")
-        }
-        _ => info!(seq, kind = %kind, event = %json, "state change"),
+    let mut sentence = record.change.describe();
+    if record.observe {
+        sentence.insert_str(0, "observe mode, not carried out: ");
+    }
+    match record.change.level() {
+        Level::Warn => warn!(event = %json, "{sentence}"),
+        Level::Info => info!(event = %json, "{sentence}"),
     }
     events.publish(record);
 }

@@ -7,10 +7,16 @@
 use std::net::IpAddr;
 
 use super::Core;
-use crate::config::Family;
+use crate::config::{AgentMode, Family};
+
+/// What observe mode changes on the host, as status says it.
+pub const OBSERVE_INSTALLS: &str =
+    "observe mode: routes, sysctls and bond members are left as they are; \
+only each uplink's probe table and fwmark rule are installed (they route only uplinkd's own marked \
+probes); transit probes through a standby uplink need loose rp_filter on it, which is not set";
 use crate::status::{
-    BondMemberStatus, FamilyStatus, MemberCheck, PerFamily, Reason, Status, TransitStatus,
-    UplinkState, UplinkStatus,
+    BondMemberStatus, FamilyStatus, MemberCheck, ObserveStatus, PerFamily, Reason, Status,
+    TransitStatus, UplinkState, UplinkStatus,
 };
 use crate::{Now, UplinkId};
 
@@ -39,6 +45,14 @@ impl Core {
                 ipv4: self.fighting(Family::V4),
                 ipv6: self.fighting(Family::V6),
             },
+            mode: self.cfg.agent.mode.name().into(),
+            observe: (self.cfg.agent.mode == AgentMode::Observe).then(|| ObserveStatus {
+                would_route: PerFamily {
+                    ipv4: active(Family::V4),
+                    ipv6: active(Family::V6),
+                },
+                installs: OBSERVE_INSTALLS.into(),
+            }),
         }
     }
 

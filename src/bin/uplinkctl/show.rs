@@ -289,6 +289,12 @@ pub fn table(st: &Status, width: Option<usize>) -> String {
             .into_iter()
             .map(|l| format!("        {l}")),
     );
+    if let Some(o) = &st.observe {
+        lines.push(format!(
+            "        OBSERVE MODE: decisions are reported, not carried out ({})",
+            o.installs
+        ));
+    }
     let head = [
         "UPLINK", "IFACE", "STATE", "CARRIER", "ACTIVE", "GW4", "GW6", "TRANSITS", "REASONS",
     ];
@@ -590,6 +596,8 @@ pub mod fixture {
             bonds: vec![],
             competing_route: PerFamily::default(),
             fighting: PerFamily::default(),
+            mode: "enforce".into(),
+            observe: None,
         }
     }
 
@@ -643,6 +651,22 @@ mod tests {
             ipv6: true,
         };
         st
+    }
+
+    #[test]
+    fn observe_mode_is_said_in_the_table() {
+        let mut st = all_healthy();
+        assert!(!table(&st, None).contains("OBSERVE"));
+        st.mode = "observe".into();
+        st.observe = Some(uplinkd::status::ObserveStatus {
+            would_route: st.active.clone(),
+            installs: "only the probe tables and rules".into(),
+        });
+        let t = table(&st, None);
+        assert!(
+            t.contains("OBSERVE MODE: decisions are reported, not carried out (only the probe tables and rules)"),
+            "{t}"
+        );
     }
 
     #[test]
