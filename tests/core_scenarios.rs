@@ -1332,3 +1332,28 @@ fn competing_route_is_reported_and_cleared() {
         .iter()
         .any(|(_, a)| matches!(a, Action::RemoveRoute { .. })));
 }
+
+/// The first decision after a restart that moves a family away from an
+/// adopted route via a dead uplink releases what that uplink holds, as a
+/// failover does: a sender blocked behind its unresolved neighbour entry
+/// resumes at once instead of when the entry fails.
+#[test]
+fn first_decision_away_from_an_adopted_dead_route_flushes_its_neighbours() {
+    for (gw, upstream) in [(true, false), (false, true)] {
+        let mut s = Sim::with_route(config(), [Some(1), Some(1)]);
+        s.net.gw_dead[1] = [gw, gw];
+        s.net.upstream_dead[1] = [upstream, upstream];
+        s.run_for(Duration::from_secs(3));
+        assert_eq!(s.route, [Some(0), Some(0)], "gw {gw} upstream {upstream}");
+        for f in Family::ALL {
+            let (t, to) = s.switches(f)[0];
+            assert_eq!(to, 0);
+            assert!(
+                s.log.iter().any(|(tt, a)| *tt == t
+                    && matches!(a, Action::FlushNeighbours { uplink: 1, family } if *family == f)),
+                "no flush of the adopted dead uplink ({f:?}, gw {gw} upstream {upstream}): {:?}",
+                s.active_changes()
+            );
+        }
+    }
+}

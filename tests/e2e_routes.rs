@@ -300,3 +300,19 @@ fn restart_after_kill_right_after_failover_gateway_dead() {
 fn restart_after_kill_right_after_failover_carrier_down() {
     kill_right_after_failover(|lab| lab.carrier_down(Uplink::Primary).unwrap());
 }
+
+/// The primary's gateway dies while its neighbour entry has expired (as
+/// it does on a path that carried only one-way traffic), and the agent is
+/// killed before it could switch: datagrams queue on the INCOMPLETE entry
+/// and the blocking sender sleeps in `sendto`. The restarted agent's first
+/// decision leaves the adopted route via the dead primary; it must flush
+/// that entry so the sender resumes, whatever verdict (gateway or quorum)
+/// judged the primary first.
+#[test]
+fn restart_after_kill_before_failover_gateway_dead_unresolved_neighbour() {
+    kill_before_failover("", |lab| {
+        lab.gateway_dead(Uplink::Primary).unwrap();
+        lab.ip(&lab.server_ns(), &["neigh", "flush", "dev", "eth0"])
+            .unwrap();
+    });
+}

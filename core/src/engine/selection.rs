@@ -124,12 +124,19 @@ impl Core {
                     self.choose_member(t, &why, out);
                 }
                 if let Some(c) = current {
-                    let fell = !self.candidate(c, fi);
-                    let carrier_or_gw = self.uplinks[c].carrier == Some(false)
+                    // Release what the failed path holds, whatever it failed
+                    // on and whether this is the first decision after a
+                    // restart (the route left was adopted): senders blocked
+                    // behind its unresolved neighbour entries resume at once
+                    // instead of when the kernel gives up on them. The
+                    // reason may be the quorum alone while the gateway's own
+                    // verdict is still pending. A drained or failed-back
+                    // uplink is healthy and keeps its entries.
+                    let failed = self.uplinks[c].carrier == Some(false)
                         || self.uplinks[c].fams[fi]
                             .as_ref()
-                            .is_some_and(|f| f.gateway.verdict == Some(false));
-                    if fell && carrier_or_gw {
+                            .is_some_and(|f| f.usable == Some(false));
+                    if failed {
                         out.push(Action::FlushNeighbours { uplink: c, family });
                     }
                 }
