@@ -51,6 +51,22 @@ pub struct CompetingRoute {
     pub protocol: String,
 }
 
+/// `default route via 198.18.2.1 dev eth1 metric 0 (proto dhcp)`: how the
+/// log, `uplinkctl status` and `uplinkctl check` name it.
+impl std::fmt::Display for CompetingRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("default route")?;
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        write!(
+            f,
+            " dev {} metric {} (proto {})",
+            self.dev, self.metric, self.protocol
+        )
+    }
+}
+
 fn enforce() -> String {
     "enforce".into()
 }
@@ -443,20 +459,13 @@ impl Change {
                 route,
                 present,
                 removed,
-            } => {
-                let via = route.via.map(|v| format!(" via {v}")).unwrap_or_default();
-                let what = format!(
-                    "default route{via} dev {} metric {} proto {}",
-                    route.dev, route.metric, route.protocol
-                );
-                match (present, removed) {
-                    (true, true) => format!("{family}: removed a competing {what}"),
-                    (true, false) => format!(
-                        "{family}: a competing {what} outranks ours and carries the traffic"
-                    ),
-                    (false, _) => format!("{family}: the competing {what} is gone"),
+            } => match (present, removed) {
+                (true, true) => format!("{family}: removed a competing {route}"),
+                (true, false) => {
+                    format!("{family}: a competing {route} outranks ours and carries the traffic")
                 }
-            }
+                (false, _) => format!("{family}: the competing {route} is gone"),
+            },
             Change::Fighting {
                 family,
                 with,

@@ -253,11 +253,7 @@ pub fn evaluate(st: &Status, since_switch: &PerFamily<Option<f64>>, limits: &Lim
     for f in Family::ALL {
         if let Some(c) = per(&st.competing_route, f) {
             raise(Level::Warning);
-            let via = c.via.map(|v| format!(" via {v}")).unwrap_or_default();
-            problems.push(format!(
-                "{f} default route{via} dev {} metric {} (proto {}) outranks ours",
-                c.dev, c.metric, c.protocol
-            ));
+            problems.push(format!("{f} {c} outranks ours"));
         }
         if let Some(who) = per(&st.fighting, f) {
             raise(Level::Warning);

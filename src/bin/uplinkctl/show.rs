@@ -137,10 +137,8 @@ fn route_trouble(st: &Status) -> Vec<String> {
     let mut out = Vec::new();
     for f in Family::ALL {
         if let Some(c) = per(&st.competing_route, f) {
-            let via = c.via.map(|v| format!(" via {v}")).unwrap_or_default();
             out.push(format!(
-                "WARNING {f}: default route{via} dev {} metric {} (proto {}) outranks ours and carries the traffic",
-                c.dev, c.metric, c.protocol
+                "WARNING {f}: {c} outranks ours and carries the traffic"
             ));
         }
         if let Some(who) = per(&st.fighting, f) {
