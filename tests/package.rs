@@ -651,10 +651,11 @@ fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &P
 
 /// Every file of the .deb but the unit (whose directory depends on the
 /// cargo-deb version): a file that appears or goes away is a decision.
-const PACKAGED_FILES: [&str; 17] = [
+const PACKAGED_FILES: [&str; 18] = [
     "/usr/sbin/uplinkd",
     "/usr/bin/uplinkctl",
     "/etc/uplinkd/uplinkd.toml",
+    "/etc/iproute2/rt_protos.d/uplinkd.conf",
     "/usr/share/man/man8/uplinkd.8.gz",
     "/usr/share/man/man8/uplinkctl.8.gz",
     "/usr/share/man/man5/uplinkd.toml.5.gz",
@@ -752,7 +753,7 @@ fn debian_package() {
     ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
     assert_eq!(
         read(ctrl.join("conffiles")).trim(),
-        "/etc/uplinkd/uplinkd.toml"
+        "/etc/uplinkd/uplinkd.toml\n/etc/iproute2/rt_protos.d/uplinkd.conf"
     );
     let contents = ok(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
@@ -795,6 +796,7 @@ fn debian_package() {
         ("/usr/sbin/uplinkd", 0o755),
         ("/usr/bin/uplinkctl", 0o755),
         ("/etc/uplinkd/uplinkd.toml", 0o644),
+        ("/etc/iproute2/rt_protos.d/uplinkd.conf", 0o644),
         ("/usr/share/man/man8/uplinkd.8.gz", 0o644),
         ("/usr/share/man/man8/uplinkctl.8.gz", 0o644),
         ("/usr/share/man/man5/uplinkd.toml.5.gz", 0o644),
@@ -819,6 +821,14 @@ fn debian_package() {
     assert_eq!(
         read(root.path("/etc/uplinkd/uplinkd.toml")),
         read(repo("config/uplinkd.toml"))
+    );
+    // ip(8) names protocol 85: the line iproute2 reads from rt_protos.d.
+    let protos = read(root.path("/etc/iproute2/rt_protos.d/uplinkd.conf"));
+    assert!(
+        protos
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["85", "uplinkd"]),
+        "{protos}"
     );
     assert_eq!(read(root.path(unit)), read(repo(UNIT)));
     for (installed, committed) in [
