@@ -570,10 +570,13 @@ impl CleanRoot {
         self.dir.path().join(p.trim_start_matches('/'))
     }
 
-    /// `chroot ROOT args...`, without a terminal (dpkg must not ask).
+    /// `chroot ROOT args...`, without a terminal (dpkg must not ask), in a
+    /// network namespace of its own: the package's removal runs
+    /// `uplinkd --cleanup`, which must never see the host's routes.
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("chroot");
-        c.arg(self.dir.path())
+        let mut c = Command::new("unshare");
+        c.args(["--net", "chroot"])
+            .arg(self.dir.path())
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
@@ -1238,6 +1241,7 @@ fn unit_runs_under_systemd() {
     let conf = root.path("/etc/uplinkd/uplinkd.toml");
     std::fs::write(&conf, config("")).unwrap();
 
+    let rp_before = eth1_rp_filter(&lab);
     let log = root.path("/nspawn.log");
     let c = Container::boot(&root, &lab.server_ns(), &log);
     c.ok(&["systemctl", "start", "--no-block", "uplinkd"]);
@@ -1399,13 +1403,76 @@ fn unit_runs_under_systemd() {
         assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
     }
 
-    // Stop: the runtime directory goes with it.
+    // ip(8) names the routes "proto uplinkd" with the packaged
+    // rt_protos.d file (the host's ip, which the container lacks, given the
+    // root's file in a mount namespace of its own).
+    let shown = ok(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/iproute2/rt_protos.d && ip -n \"$2\" route show default")
+        .arg("sh")
+        .arg(root.path("/etc/iproute2/rt_protos.d"))
+        .arg(lab.server_ns()));
+    assert!(
+        shown.contains("proto uplinkd"),
+        "ip route does not name uplinkd's routes:\n{shown}"
+    );
+
+    // Stop: the routes and the runtime directory stay (drains, sequence
+    // numbers, the sysctls' values before uplinkd, for the cleanup).
     std::fs::write(&conf, config("")).unwrap();
     c.ok(&["systemctl", "stop", "uplinkd"]);
     assert_eq!(c.show("ActiveState"), "inactive");
-    assert!(!c.ok(&["ls", "/run"]).lines().any(|l| l == "uplinkd"));
+    let run = c.ok(&["ls", "/run/uplinkd"]);
+    assert!(run.lines().any(|l| l == "sysctl-originals"), "{run}");
+    assert!(!owned(&lab).is_empty(), "the routes went with the stop");
+
+    // Removing the package (with the service running again: its removal
+    // stops it) removes every route and rule of uplinkd's and puts the
+    // sysctls back.
+    c.ok(&["systemctl", "start", "uplinkd"]);
+    c.wait_active("after the second start");
+    let out = c.ok(&["dpkg", "-r", "uplinkd"]);
+    assert!(
+        out.contains("removed ipv4 default via") && out.contains("restored "),
+        "the removal did not clean up:\n{out}\njournal:\n{}",
+        c.journal()
+    );
+    assert_eq!(owned(&lab), "", "left after dpkg -r:\n{out}");
+    assert_eq!(
+        eth1_rp_filter(&lab),
+        rp_before,
+        "rp_filter not restored:\n{out}"
+    );
     drop(c);
     lab.destroy().unwrap();
+}
+
+/// `net.ipv4.conf.eth1.rp_filter` of the lab's server.
+fn eth1_rp_filter(lab: &uplink_lab::Lab) -> String {
+    lab.exec(
+        &lab.server_ns(),
+        &["cat", "/proc/sys/net/ipv4/conf/eth1/rp_filter"],
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+/// Every route (any table) and rule with protocol 85 in the lab's server.
+fn owned(lab: &uplink_lab::Lab) -> String {
+    let ns = lab.server_ns();
+    let mut out = String::new();
+    for fam in ["-4", "-6"] {
+        out += &lab
+            .ip(&ns, &[fam, "route", "show", "table", "all", "proto", "85"])
+            .unwrap();
+        let rules = lab.ip(&ns, &[fam, "rule", "show"]).unwrap();
+        for l in rules.lines().filter(|l| l.contains("proto 85")) {
+            out += l;
+            out += "\n";
+        }
+    }
+    out
 }
 
 /// A process this test started (indirectly, under strace): SIGKILLed on drop
