@@ -128,18 +128,18 @@ pub fn uplink_sysctls_recorded(
 /// [`Originals`].
 pub const ORIGINALS_FILE: &str = "sysctl-originals";
 
-/// Where the kernel names this boot (a random UUID per boot).
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
-
 /// The values uplinkd's sysctls had before uplinkd first changed them in
 /// this boot: one line per sysctl, `<path under /proc/sys> <original>
-/// <uplinkd's value>`, after a `boot <boot_id>` line.
+/// <uplinkd's value>`.
 ///
 /// Written once per sysctl and boot: an entry is never overwritten, so a
 /// restarted agent (which finds uplinkd's own values in place, and so does
-/// not record them anyway) never loses the original. A file from another
-/// boot (when the directory is not on a tmpfs) is ignored: a reboot reset
-/// every sysctl.
+/// not record them anyway) never loses the original. "Per boot" because the
+/// file lives in /run (a tmpfs), as the sysctls live in the kernel: both
+/// are gone after a reboot. No boot id is written into it: a service with
+/// its own /proc (ProtectProc=) and a shell in a systemd-nspawn container
+/// read different boot ids (nspawn mounts its own over the kernel's), and
+/// the cleanup would have ignored the agent's file.
 #[derive(Debug, Clone)]
 pub struct Originals {
     path: PathBuf,
@@ -165,15 +165,14 @@ impl Originals {
         &self.path
     }
 
-    /// The recorded originals of this boot (none when the file is absent or
-    /// from another boot).
+    /// The recorded originals (none when the file is absent).
     pub fn read(&self) -> std::io::Result<Vec<Original>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(parse_originals(&text, &boot_id()))
+        Ok(parse_originals(&text))
     }
 
     /// Add `path`'s original unless it is recorded already.
@@ -187,9 +186,8 @@ impl Originals {
             original: original.into(),
             set: set.into(),
         });
-        let mut text = format!(
-            "# sysctls before uplinkd changed them; uplinkd --cleanup restores them\nboot {}\n",
-            boot_id()
+        let mut text = String::from(
+            "# sysctls before uplinkd changed them; uplinkd --cleanup restores them\n",
         );
         for o in &all {
             text += &format!("{} {} {}\n", o.path, o.original, o.set);
@@ -211,21 +209,10 @@ impl Originals {
     }
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string(BOOT_ID)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn parse_originals(text: &str, boot: &str) -> Vec<Original> {
-    let mut lines = text
-        .lines()
+fn parse_originals(text: &str) -> Vec<Original> {
+    text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    if lines.next() != Some(&*format!("boot {boot}")) {
-        return Vec::new();
-    }
-    lines
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let (path, original, set) = (w.next()?, w.next()?, w.next()?);
@@ -255,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn originals_are_recorded_once_and_only_for_this_boot() {
+    fn originals_are_recorded_once() {
         let dir = tempfile::tempdir().unwrap();
         let o = Originals::new(dir.path().join(ORIGINALS_FILE));
         assert!(o.read().unwrap().is_empty());
@@ -267,10 +254,8 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].original, "1");
         assert_eq!(all[1].path, "net/ipv4/conf/eth1/rp_filter");
-        // Another boot's file is ignored.
         let text = std::fs::read_to_string(o.path()).unwrap();
-        assert_eq!(parse_originals(&text, &boot_id()).len(), 2);
-        assert!(parse_originals(&text, "another-boot").is_empty());
+        assert_eq!(parse_originals(&text).len(), 2);
         o.remove().unwrap();
         o.remove().unwrap();
         assert!(o.read().unwrap().is_empty());
