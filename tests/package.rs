@@ -1049,6 +1049,11 @@ impl Container {
             .arg(format!("--network-namespace-path=/run/netns/{netns}"))
             // nspawn's own bounding set lacks CAP_NET_ADMIN unless asked.
             .args(["--capability=CAP_NET_ADMIN", "--register=no", "--keep-unit"])
+            // /proc/sys/net writable, as root finds it on a server (nspawn
+            // mounts all of /proc/sys read-only, also with a network
+            // namespace of its own): the package's removal puts the
+            // sysctls back. It is the lab's namespace, not the host's.
+            .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
             .args(["--quiet", "--boot"])
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
