@@ -236,3 +236,68 @@ fn cleanup_leaves_the_host_as_before_the_first_start_and_keeps_what_others_made(
         "the second cleanup changed the host"
     );
 }
+
+/// Without a configuration file (a purge may run after it is gone): the
+/// default socket's directory and table_base, and proto 85 finds the
+/// routes and rules. Run in a network namespace of its own, with a tmpfs
+/// over /run in a mount namespace of its own (the default socket's place).
+#[test]
+fn cleanup_works_without_a_configuration_file() {
+    let script = r#"
+        set -e
+        mount -t tmpfs uplinkd-test /run
+        ip link set lo up
+        ip addr add 198.18.0.1/24 dev lo
+        ip route add 198.18.10.0/24 via 198.18.0.1 proto 85 metric 10
+        ip route add default via 198.18.0.1 table 1000 proto 85
+        ip route add default via 198.18.0.1 table 1000 metric 5 proto static
+        ip route add default via 198.18.0.1 table 999 proto 85
+        ip rule add fwmark 0x3e8 lookup 1000 priority 1000 proto 85
+        ip rule add fwmark 0x3e8 lookup 1000 priority 1001 proto static
+        "$1" --cleanup --config /nonexistent/uplinkd.toml
+        echo "== left"
+        ip route show table all proto 85
+        ip route show table 1000
+        ip rule show
+    "#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            BIN,
+        ])
+        .output()
+        .expect("run unshare");
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (said, left) = stdout.split_once("== left").expect(&text);
+    for want in [
+        "removed ipv4 rule 1000: fwmark 0x3e8 lookup 1000 proto uplinkd",
+        "removed ipv4 default via 198.18.0.1 dev lo table 1000 metric 0 proto uplinkd",
+        "removed ipv4 198.18.10.0/24 via 198.18.0.1 dev lo table main metric 10 proto uplinkd",
+        "removed 2 route(s) and 1 rule(s), restored 0 sysctl(s)",
+    ] {
+        assert!(said.contains(want), "no {want:?} in\n{text}");
+    }
+    // Kept: proto 85 outside uplinkd's tables, and another owner's route
+    // and rule in and for table 1000.
+    for want in [
+        // (listed by `ip route show table all proto 85`, which omits the proto)
+        "default via 198.18.0.1 dev lo table 999",
+        "default via 198.18.0.1 dev lo proto static metric 5",
+        "fwmark 0x3e8 lookup 1000 proto static",
+    ] {
+        assert!(left.contains(want), "{want:?} did not survive:\n{text}");
+    }
+    assert!(
+        !left.contains("priority 1000") && !left.contains("1000:\tfrom all fwmark"),
+        "{text}"
+    );
+}
