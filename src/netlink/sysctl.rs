@@ -106,11 +106,12 @@ pub fn uplink_sysctls_recorded(
         if i == 2 && !Path::new(PROC_SYS).join(path).exists() {
             continue;
         }
-        let current = get_sysctl(path)?;
-        if current == *value {
+        // Unreadable (no such interface): the write below says so.
+        let current = get_sysctl(path).ok();
+        if current.as_deref() == Some(*value) {
             continue;
         }
-        if let Some(o) = originals {
+        if let (Some(o), Some(current)) = (originals, current) {
             if let Err(e) = o.record(path, &current, value) {
                 // Failover matters more than a clean uninstall: set it anyway.
                 tracing::warn!(
