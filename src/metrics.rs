@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Config, Family as AddrFamily};
 use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
-use crate::status::{Change, EventRecord, Status, UplinkState};
+use crate::status::{Change, EventRecord, GatewayMode, Status, UplinkState};
 
 /// Content type of what [`Metrics::encode`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -210,6 +210,18 @@ pub struct Metrics {
     /// 1 while another owner's default route wins over ours: traffic is
     /// not where the status says, which no other gauge shows.
     competing: Family<CompetingLabels, Gauge>,
+    gateway_probe_mode: Family<ProbeModeLabels, Gauge>,
+    gateway_redirects: Family<UplinkFamilyLabels, Counter>,
+}
+
+/// How a gateway is probed: `mode` is echo, icmp or trying; `setting` the
+/// configured `gateway_probe` (auto, echo, icmp).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeModeLabels {
+    uplink: String,
+    family: String,
+    mode: String,
+    setting: String,
 }
 
 impl Metrics {
@@ -248,7 +260,19 @@ impl Metrics {
             probe_index: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             competing: Family::default(),
+            gateway_probe_mode: Family::default(),
+            gateway_redirects: Family::default(),
         };
+        reg.register(
+            "gateway_probe_mode",
+            "1 for how the uplink's gateway is probed now (mode: echo = forwarding-plane echo, icmp = pings to the router itself, trying = auto finding out), 0 for the other modes; setting is the configured gateway_probe",
+            m.gateway_probe_mode.clone(),
+        );
+        reg.register(
+            "gateway_redirects",
+            "ICMP redirects the gateway answered forwarding-plane echoes with (the router should not send redirects on that interface)",
+            m.gateway_redirects.clone(),
+        );
         reg.register(
             "build",
             "Build of the running agent (value is always 1)",
@@ -483,6 +507,7 @@ impl Metrics {
         self.uplink_damped.clear();
         self.uplink_flaps.clear();
         self.gateway_reachable.clear();
+        self.gateway_probe_mode.clear();
         self.transit_reachable.clear();
         self.probe_loss.clear();
         self.probe_srtt.clear();
@@ -621,6 +646,29 @@ impl Metrics {
                         state: state_name(st),
                     })
                     .set(i64::from(u.state == st));
+            }
+            for (fam, gp) in [
+                ("ipv4", &u.gateway_probe.ipv4),
+                ("ipv6", &u.gateway_probe.ipv6),
+            ] {
+                let Some(gp) = gp else { continue };
+                for mode in [GatewayMode::Echo, GatewayMode::Icmp, GatewayMode::Trying] {
+                    self.gateway_probe_mode
+                        .get_or_create(&ProbeModeLabels {
+                            uplink: u.name.clone(),
+                            family: fam.into(),
+                            mode: mode.name().into(),
+                            setting: gp.setting.clone(),
+                        })
+                        .set(i64::from(gp.mode == mode));
+                }
+                let c = self.gateway_redirects.get_or_create(&UplinkFamilyLabels {
+                    uplink: u.name.clone(),
+                    family: fam.into(),
+                });
+                if gp.redirects > c.get() {
+                    c.inc_by(gp.redirects - c.get());
+                }
             }
             for (fam, fs, gw) in [
                 ("ipv4", &u.families.ipv4, &u.gateway.ipv4),

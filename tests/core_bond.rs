@@ -25,6 +25,7 @@ fn member(name: &str, ifname: &str, probe4: Option<&str>) -> UplinkConfig {
         bond: Some("bond0".into()),
         probe_address4: probe4.map(|p| p.parse().unwrap()),
         probe_address6: None,
+        gateway_probe: Default::default(),
     }
 }
 
@@ -62,6 +63,7 @@ targets = ["198.19.0.2"]
             bond: None,
             probe_address4: None,
             probe_address6: None,
+            gateway_probe: Default::default(),
         },
     ];
     cfg

@@ -25,6 +25,7 @@ fn uplink(name: &str, ifname: &str, n: u8) -> UplinkConfig {
         bond: None,
         probe_address4: None,
         probe_address6: None,
+        gateway_probe: Default::default(),
     }
 }
 

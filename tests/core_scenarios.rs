@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use uplinkd::config::*;
 use uplinkd::core::*;
-use uplinkd::status::{Change, Reason, UplinkState};
+use uplinkd::status::{Change, GatewayMode, Reason, UplinkState};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -36,6 +36,7 @@ fn config() -> Config {
                 bond: None,
                 probe_address4: None,
                 probe_address6: None,
+                gateway_probe: Default::default(),
             },
             UplinkConfig {
                 name: "secondary".into(),
@@ -45,6 +46,7 @@ fn config() -> Config {
                 bond: None,
                 probe_address4: None,
                 probe_address6: None,
+                gateway_probe: Default::default(),
             },
         ],
         transits: (1..=4)
@@ -80,6 +82,14 @@ struct Net {
     /// (INCOMPLETE after a long outage) until this instant, when the kernel
     /// solicits again; `Action::RefreshNeighbour` resolves it at once.
     unresolved_until: [[Option<Duration>; 2]; 2],
+    /// (uplink, family index) the router forwards nothing (its CPU still
+    /// answers pings addressed to itself)
+    forwarding_dead: [[bool; 2]; 2],
+    /// (uplink, family index) the router drops packets whose source is
+    /// their destination (the forwarding-plane echo), forwarding the rest
+    echo_dropped: [[bool; 2]; 2],
+    /// (uplink) the router polices pings to itself: this fraction is lost
+    policed: [f64; 2],
 }
 
 struct Sim {
@@ -185,9 +195,13 @@ impl Sim {
                     && !unresolved
                     && !lost
                     && match p.kind {
-                        ProbeKind::Gateway => true,
+                        ProbeKind::Gateway => self.rng.random::<f64>() >= self.net.policed[u],
+                        ProbeKind::Echo => {
+                            !self.net.forwarding_dead[u][fi] && !self.net.echo_dropped[u][fi]
+                        }
                         ProbeKind::Transit(t) => {
-                            !self.net.upstream_dead[u][fi]
+                            !self.net.forwarding_dead[u][fi]
+                                && !self.net.upstream_dead[u][fi]
                                 && !self.net.transit_dead[t]
                                 && !self.net.transit_dead_through[u][t]
                         }
@@ -1356,4 +1370,150 @@ fn first_decision_away_from_an_adopted_dead_route_flushes_its_neighbours() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// gateway_probe: the forwarding-plane echo and the choice of mode
+// ---------------------------------------------------------------------------
+
+fn config_probing(setting: GatewayProbe) -> Config {
+    let mut c = config();
+    for u in &mut c.uplinks {
+        u.gateway_probe = setting;
+    }
+    c
+}
+
+fn settled_probing(setting: GatewayProbe) -> Sim {
+    let mut s = Sim::new(config_probing(setting));
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(s.route, [Some(0), Some(0)], "initial route on primary");
+    s
+}
+
+fn modes(s: &Sim) -> Vec<GatewayMode> {
+    let st = s.core.status(s.now);
+    st.uplinks
+        .iter()
+        .flat_map(|u| [&u.gateway_probe.ipv4, &u.gateway_probe.ipv6])
+        .map(|g| g.as_ref().unwrap().mode)
+        .collect()
+}
+
+#[test]
+fn icmp_setting_sends_no_echo() {
+    let s = settled_probing(GatewayProbe::Icmp);
+    assert!(modes(&s).iter().all(|m| *m == GatewayMode::Icmp));
+    assert!(!s
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Probe(p) if p.kind == ProbeKind::Echo)));
+}
+
+#[test]
+fn auto_picks_echo_where_it_comes_back_and_says_so() {
+    let s = settled_probing(GatewayProbe::Auto);
+    assert!(
+        modes(&s).iter().all(|m| *m == GatewayMode::Echo),
+        "{:?}",
+        modes(&s)
+    );
+    let said = s
+        .reports()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Change::GatewayProbe {
+                    mode: GatewayMode::Echo,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(said, 4, "one event per uplink and family");
+}
+
+#[test]
+fn auto_falls_back_to_icmp_where_echoes_are_dropped() {
+    let mut s = Sim::new(config_probing(GatewayProbe::Auto));
+    s.net.echo_dropped[0] = [true, true];
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(
+        modes(&s),
+        vec![
+            GatewayMode::Icmp,
+            GatewayMode::Icmp,
+            GatewayMode::Echo,
+            GatewayMode::Echo
+        ]
+    );
+    assert_eq!(s.route, [Some(0), Some(0)], "no failover for it");
+    assert!(s.reports().iter().any(|c| matches!(c,
+        Change::GatewayProbe { uplink, mode: GatewayMode::Icmp, setting, .. }
+            if uplink == "primary" && setting == "auto")));
+}
+
+#[test]
+fn auto_tries_echo_again_when_the_gateway_recovers() {
+    let mut s = Sim::new(config_probing(GatewayProbe::Auto));
+    s.net.echo_dropped[0] = [true, true];
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(modes(&s)[0], GatewayMode::Icmp);
+    // The router dies, and comes back fixed (it loops echoes now).
+    s.net.gw_dead[0] = [true, true];
+    s.net.echo_dropped[0] = [false, false];
+    s.run_for(Duration::from_secs(1));
+    s.net.gw_dead[0] = [false, false];
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(modes(&s)[0], GatewayMode::Echo, "{:?}", s.reports());
+}
+
+#[test]
+fn router_that_stops_forwarding_is_left_fast_for_forwarding() {
+    let mut s = settled_probing(GatewayProbe::Echo);
+    let t0 = s.now;
+    s.net.forwarding_dead[0] = [true, true];
+    s.run_for(ms(500));
+    let (t, to) = *s.switches(Family::V4).last().unwrap();
+    assert_eq!(to, 1);
+    let took = t - t0;
+    assert!(took <= ms(100), "forwarding failover took {took:?}");
+    assert!(s.active_changes().last().unwrap().3.contains("forwarding"));
+    let st = s.core.status(s.now);
+    assert!(st.uplinks[0]
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Forwarding { .. })));
+}
+
+#[test]
+fn echo_mode_ignores_a_router_policing_its_own_pings() {
+    let mut s = settled_probing(GatewayProbe::Echo);
+    s.net.policed = [0.9, 0.9];
+    s.run_for(Duration::from_secs(30));
+    assert_eq!(s.switches(Family::V4).len(), 1, "only the initial choice");
+    assert_eq!(s.switches(Family::V6).len(), 1, "only the initial choice");
+}
+
+#[test]
+fn icmp_mode_fails_over_on_the_same_policing() {
+    // The counterpart of the test above: what echo mode fixes.
+    let mut s = settled_probing(GatewayProbe::Icmp);
+    s.net.policed = [0.9, 0.9];
+    s.run_for(Duration::from_secs(30));
+    assert!(s.switches(Family::V4).len() > 1);
+}
+
+#[test]
+fn echo_mode_pings_the_router_at_most_once_a_second() {
+    let mut s = settled_probing(GatewayProbe::Echo);
+    let from = s.now;
+    s.run_for(Duration::from_secs(10));
+    let pings = s
+        .log
+        .iter()
+        .filter(|(t, a)| *t >= from && matches!(a, Action::Probe(p) if p.kind == ProbeKind::Gateway && p.uplink == 0 && p.family == Family::V4))
+        .count();
+    assert!(pings <= 11, "{pings} pings to the primary's router in 10 s");
 }

@@ -25,6 +25,10 @@ const SYSCTLS: &[&str] = &[
     "net.ipv4.conf.eth1.ignore_routes_with_linkdown",
     "net.ipv6.conf.eth0.ignore_routes_with_linkdown",
     "net.ipv6.conf.eth1.ignore_routes_with_linkdown",
+    "net.ipv4.conf.eth0.accept_redirects",
+    "net.ipv4.conf.eth1.accept_redirects",
+    "net.ipv6.conf.eth0.accept_redirects",
+    "net.ipv6.conf.eth1.accept_redirects",
 ];
 
 /// `ip rule` and `ip route show table all` of both families and the

@@ -268,6 +268,8 @@ fn daemon_works_with_the_units_credentials() {
             "net/ipv6/conf/eth0/ignore_routes_with_linkdown",
             "1",
         ),
+        ("eth0", "net/ipv4/conf/eth0/accept_redirects", "0"),
+        ("eth1", "net/ipv6/conf/eth1/accept_redirects", "0"),
     ] {
         let v = lab
             .exec(&lab.server_ns(), &["cat", &format!("/proc/sys/{key}")])

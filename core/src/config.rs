@@ -122,6 +122,42 @@ pub enum Kind<S> {
     Targets { set: fn(&mut S, Vec<IpAddr>) },
     /// One of [`AgentMode::NAMES`].
     Mode { set: fn(&mut S, AgentMode) },
+    /// One of [`GatewayProbe::NAMES`].
+    GatewayProbe { set: fn(&mut S, GatewayProbe) },
+}
+
+/// How an uplink's gateway is probed (`[[uplink]] gateway_probe`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GatewayProbe {
+    /// Try the forwarding-plane echo at start and whenever the gateway
+    /// recovers; use it where it comes back, ICMP/ARP/ND where it does not.
+    Auto,
+    /// The forwarding-plane echo only (a datagram to our own address in a
+    /// frame to the gateway's MAC), plus a slow ICMP check for diagnosis.
+    Echo,
+    /// ICMP echo requests to the gateway's own address (its CPU answers).
+    #[default]
+    Icmp,
+}
+
+impl GatewayProbe {
+    /// The accepted values, as written in the file.
+    pub const NAMES: [&'static str; 3] = ["auto", "echo", "icmp"];
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayProbe::Auto => "auto",
+            GatewayProbe::Echo => "echo",
+            GatewayProbe::Icmp => "icmp",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<GatewayProbe> {
+        match s {
+            "auto" => Some(GatewayProbe::Auto),
+            "echo" => Some(GatewayProbe::Echo),
+            "icmp" => Some(GatewayProbe::Icmp),
+            _ => None,
+        }
+    }
 }
 
 /// Whether the agent carries out its decisions (`[agent] mode`).
@@ -353,7 +389,7 @@ settings! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UplinkConfig {
     pub name: String,
     pub interface: String,
@@ -370,6 +406,9 @@ pub struct UplinkConfig {
     /// transits are not probed through the member.
     pub probe_address4: Option<Ipv4Addr>,
     pub probe_address6: Option<Ipv6Addr>,
+    /// How the gateway is probed: the forwarding-plane echo, ICMP to the
+    /// router itself, or whichever works (`auto`).
+    pub gateway_probe: GatewayProbe,
 }
 
 impl UplinkConfig {
@@ -491,6 +530,12 @@ impl UplinkConfig {
                 "probe_address6",
                 Kind::Ipv6 {
                     set: |u, v| u.probe_address6 = Some(v),
+                },
+            ),
+            Key::new(
+                "gateway_probe",
+                Kind::GatewayProbe {
+                    set: |u, v| u.gateway_probe = v,
                 },
             ),
         ]

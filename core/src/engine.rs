@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use super::target::Target;
 use super::{Action, Event, Now, ProbeId, ProbeKind, UplinkId};
 use crate::config::{Config, Family};
-use crate::status::{BondStatus, Reason};
+use crate::status::{BondStatus, GatewayMode, Reason};
 
 mod bond;
 mod health;
@@ -33,7 +33,17 @@ mod view;
 /// Health of one uplink for one family.
 #[derive(Debug, Clone)]
 struct UplinkFamily {
+    /// What decides the gateway's verdict: its ICMP echoes, or in echo
+    /// mode the forwarding-plane echoes through it.
     gateway: Target,
+    /// How the gateway is probed now (see `gateway_probe`).
+    mode: GatewayMode,
+    /// Auto, while trying: consecutive echoes that came back / were lost.
+    trial_ok: u32,
+    trial_miss: u32,
+    /// Echo mode: the slow ICMP check of the router itself (at most one
+    /// per second; diagnosis only, never a verdict).
+    check: Target,
     /// Per transit (index into config.transits): its targets of this family.
     transits: Vec<Vec<Target>>,
     /// Fast rounds left in the current burst (suspicion), and when the next is due.
@@ -129,6 +139,10 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             };
         u.gateway(f).map(|gw| UplinkFamily {
             gateway: Target::new(gw, now),
+            mode: initial_mode(u),
+            trial_ok: 0,
+            trial_miss: 0,
+            check: Target::new(gw, now),
             transits: cfg
                 .transits
                 .iter()
@@ -163,6 +177,18 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         damp_level: 0,
         damped_until: None,
         enslaved: None,
+    }
+}
+
+/// How a fresh uplink's gateway is probed: bond members by ARP/ND on
+/// the member (the echo needs the uplink's own address and MAC).
+fn initial_mode(u: &crate::config::UplinkConfig) -> GatewayMode {
+    use crate::config::GatewayProbe;
+    match u.gateway_probe {
+        _ if u.bond.is_some() => GatewayMode::Icmp,
+        GatewayProbe::Icmp => GatewayMode::Icmp,
+        GatewayProbe::Echo => GatewayMode::Echo,
+        GatewayProbe::Auto => GatewayMode::Trying,
     }
 }
 

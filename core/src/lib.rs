@@ -59,7 +59,14 @@ pub struct ProbeId(pub u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeKind {
+    /// ICMP echo to the gateway's own address (its CPU answers); ARP/ND
+    /// through a bond member.
     Gateway,
+    /// Forwarding-plane echo through the gateway: a UDP datagram to the
+    /// uplink's own address in a frame to the gateway's MAC, which the
+    /// router forwards straight back (BFD echo, RFC 5880 §6.4, RFC 5881 §4).
+    /// `target` is the gateway's address; the prober finds the rest.
+    Echo,
     /// Index into `Config::transits`.
     Transit(usize),
 }

@@ -122,6 +122,7 @@ mod tests {
             bond: None,
             probe_address4: None,
             probe_address6: None,
+            gateway_probe: Default::default(),
         };
         Config {
             agent: Default::default(),

@@ -154,6 +154,10 @@ pub enum Reason {
     Carrier,
     /// The gateway of this family stopped answering.
     Gateway { family: String },
+    /// The gateway of this family stopped forwarding: its forwarding-plane
+    /// echoes (a datagram to our own address, sent to the gateway's MAC)
+    /// no longer come back, whether or not its CPU still answers pings.
+    Forwarding { family: String },
     /// Too many transits unreachable through this uplink while reachable
     /// through another.
     Quorum {
@@ -196,6 +200,9 @@ pub struct UplinkStatus {
     pub families: PerFamily<Option<FamilyStatus>>,
     /// Gateway probe state per family (null when the uplink has no gateway of that family).
     pub gateway: PerFamily<Option<TargetStatus>>,
+    /// How each family's gateway is probed (null without a gateway).
+    #[serde(default)]
+    pub gateway_probe: PerFamily<Option<GatewayProbeStatus>>,
     /// One entry per transit target of every family, probed through this uplink.
     pub transits: Vec<TransitStatus>,
     /// Set for a bond member: its bond, and what each check proves through it.
@@ -215,6 +222,51 @@ pub struct FamilyStatus {
     /// null while not usable.
     #[serde(default)]
     pub failback_in_ms: Option<u64>,
+}
+
+/// How a gateway is probed now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayMode {
+    /// ICMP echo requests (ARP/ND for bond members) to the router itself.
+    Icmp,
+    /// Forwarding-plane echoes decide; a slow ICMP check is kept for diagnosis.
+    Echo,
+    /// `auto` finding out: echoes on trial while ICMP decides.
+    Trying,
+}
+
+impl GatewayMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayMode::Icmp => "icmp",
+            GatewayMode::Echo => "echo",
+            GatewayMode::Trying => "trying",
+        }
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            GatewayMode::Icmp => "ICMP to the router itself",
+            GatewayMode::Echo => "forwarding-plane echo",
+            GatewayMode::Trying => "ICMP while forwarding-plane echoes are tried",
+        }
+    }
+}
+
+/// How one gateway is probed (per uplink and family).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayProbeStatus {
+    /// The configured `gateway_probe`: "auto", "echo" or "icmp".
+    pub setting: String,
+    pub mode: GatewayMode,
+    /// In echo mode: the slow ICMP check of the router's own address
+    /// (diagnosis only; it never decides a failover while echoes flow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_check: Option<TargetStatus>,
+    /// ICMP redirects the router sent in answer to our echoes (it should
+    /// have redirects off on this interface).
+    #[serde(default)]
+    pub redirects: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +330,16 @@ pub enum Change {
         transit: String,
         target: IpAddr,
         reachable: bool,
+        evidence: String,
+    },
+    /// How an uplink's gateway is probed changed (`gateway_probe`): `mode`
+    /// is "echo" (forwarding plane), "icmp" (the router's own address) or
+    /// "trying" (auto: echoes on trial beside ICMP).
+    GatewayProbe {
+        uplink: String,
+        family: String,
+        mode: GatewayMode,
+        setting: String,
         evidence: String,
     },
     FailStatic {
@@ -345,6 +407,7 @@ impl Change {
             Change::Carrier { .. } => "carrier",
             Change::Gateway { .. } => "gateway",
             Change::Transit { .. } => "transit",
+            Change::GatewayProbe { .. } => "gateway_probe",
             Change::FailStatic { .. } => "fail_static",
             Change::Damped { .. } => "damped",
             Change::Drained { .. } => "drained",
@@ -401,6 +464,16 @@ impl Change {
             } => format!(
                 "{uplink}: {family} gateway {address} {} ({evidence})",
                 state(*reachable, "answers", "does not answer")
+            ),
+            Change::GatewayProbe {
+                uplink,
+                family,
+                mode,
+                setting,
+                evidence,
+            } => format!(
+                "{uplink}: {family} gateway probed by {} (gateway_probe = {setting}; {evidence})",
+                mode.describe()
             ),
             Change::Transit {
                 uplink,
@@ -501,6 +574,9 @@ impl Change {
             Change::Bond { by, .. } => warn_if(by != "agent"),
             Change::CompetingRoute { present, .. } => warn_if(*present),
             Change::Fighting { active, .. } => warn_if(*active),
+            Change::GatewayProbe { mode, setting, .. } => {
+                warn_if(*mode == GatewayMode::Icmp && setting != "icmp")
+            }
             Change::Carrier { .. }
             | Change::Gateway { .. }
             | Change::Transit { .. }
@@ -529,6 +605,7 @@ fn why_moved(reason: &str, from: Option<&str>) -> String {
             "drained" => format!("{from} drained"),
             "carrier" => format!("carrier lost on {from}"),
             "gateway" => format!("gateway not answering through {from}"),
+            "forwarding" => format!("gateway not forwarding through {from}"),
             "quorum" => format!("transit quorum unreachable through {from}"),
             "damped" => format!("{from} held down for flapping"),
             "missing" => format!("{from}'s interface is missing"),

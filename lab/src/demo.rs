@@ -698,6 +698,9 @@ pub fn summary_with(s: &Status, rtt: bool) -> String {
             .map(|r| match r {
                 uplinkd_core::status::Reason::Carrier => "carrier".to_string(),
                 uplinkd_core::status::Reason::Gateway { family } => format!("gateway {family}"),
+                uplinkd_core::status::Reason::Forwarding { family } => {
+                    format!("forwarding {family}")
+                }
                 uplinkd_core::status::Reason::Quorum { family, .. } => format!("quorum {family}"),
                 uplinkd_core::status::Reason::QuorumEverywhere { family, .. } => {
                     format!("quorum {family} everywhere")

@@ -44,7 +44,8 @@ fn shape_of<S>(kind: &Kind<S>) -> Shape {
         | Kind::Interface { .. }
         | Kind::Ipv4 { .. }
         | Kind::Ipv6 { .. }
-        | Kind::Mode { .. } => Shape::Str,
+        | Kind::Mode { .. }
+        | Kind::GatewayProbe { .. } => Shape::Str,
         Kind::Count { .. } | Kind::Quorum { .. } => Shape::Int,
         Kind::Bool { .. } => Shape::Bool,
         Kind::Commands { .. } | Kind::Targets { .. } => Shape::StrList,

@@ -309,6 +309,7 @@ fn uplinks(r: &mut Report<'_>, entries: &[(Range<usize>, &DeTable<'_>)]) -> Vec<
             bond: None,
             probe_address4: None,
             probe_address6: None,
+            gateway_probe: Default::default(),
         };
         let s = read_section(r, Some(table), &p, &UplinkConfig::keys(), start, 0);
         let name_ok = checked_name(r, "uplink", &p, &s, table_span.clone(), i, &mut seen_names);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
-use uplinkd_core::config::{AgentMode, Key, Kind};
+use uplinkd_core::config::{AgentMode, GatewayProbe, Key, Kind};
 
 use super::keys::join;
 use super::report::{quote, shorten, Report};
@@ -161,6 +161,14 @@ fn read_value<S>(
             None => {
                 let names = AgentMode::NAMES.join("\" or \"");
                 r.add(key, Some(span), format!("must be \"{names}\""));
+                return None;
+            }
+        },
+        Kind::GatewayProbe { set } => match GatewayProbe::from_name(text(v)?) {
+            Some(m) => set(out, m),
+            None => {
+                let names = GatewayProbe::NAMES.join("\", \"");
+                r.add(key, Some(span), format!("must be one of \"{names}\""));
                 return None;
             }
         },

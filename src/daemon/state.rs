@@ -29,7 +29,7 @@ use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
-use crate::probe::Prober;
+use crate::probe::{EchoProber, Prober};
 use crate::probe::{MemberProber, MemberSpec};
 use crate::status::{Change, CompetingRoute, EventRecord, Level};
 use crate::task::AbortOnDrop;
@@ -101,6 +101,8 @@ pub(super) struct Daemon {
     prober: Prober,
     /// Probers replaced by a reload, polled until their probes are answered.
     retired_probers: Vec<Prober>,
+    /// Forwarding-plane echoes through the routed uplinks' gateways.
+    echo: EchoProber,
     /// Probes through bond members (ARP/NS on the member itself).
     members: MemberProber,
     /// To the bond actuator: (bond, member to make active).
@@ -299,6 +301,7 @@ impl Daemon {
             now,
             core: Core::new((*cfg).clone(), now),
             prober: Prober::new(probe_uplinks(&layout)),
+            echo: EchoProber::new(probe_uplinks(&layout)),
             cfg,
             layout,
             carrier,
@@ -389,8 +392,9 @@ impl Daemon {
         if let Some(r) = self.retries.next() {
             wake = wake.min(self.clock.ceil(r));
         }
-        let others_in_flight =
-            self.members.in_flight() > 0 || self.retired_probers.iter().any(|p| p.in_flight() > 0);
+        let others_in_flight = self.members.in_flight() > 0
+            || self.echo.in_flight() > 0
+            || self.retired_probers.iter().any(|p| p.in_flight() > 0);
         let in_flight = others_in_flight || self.prober.in_flight() > 0;
         let (watching, deadline) = match in_flight && !others_in_flight && self.core.decided() {
             true => reply_checks(
@@ -465,6 +469,7 @@ impl Daemon {
             old.poll(now, &mut self.outcomes);
         }
         self.retired_probers.retain(|p| p.in_flight() > 0);
+        self.echo.poll(now, &mut self.outcomes);
         self.members
             .poll(self.clock.instant_at(at), &mut self.outcomes);
         for (id, outcome) in self.outcomes.drain(..) {
@@ -682,6 +687,9 @@ impl Daemon {
         self.verify_all();
         let new_probe = probe_uplinks(&self.layout);
         if new_probe != probe_uplinks(&old_layout) {
+            // Echoes in flight through the old layout are dropped: the
+            // core forgets probes of a changed uplink anyway.
+            self.echo = EchoProber::new(new_probe.clone());
             let old = std::mem::replace(&mut self.prober, Prober::new(new_probe));
             if old.in_flight() > 0 {
                 self.retired_probers.push(old);
@@ -723,7 +731,18 @@ impl Daemon {
         self.begin(at);
         match req {
             ApiRequest::Status(reply) => {
-                let _ = reply.send(self.core.status(self.now));
+                let mut status = self.core.status(self.now);
+                for (i, u) in status.uplinks.iter_mut().enumerate() {
+                    for (f, gp) in [
+                        (Family::V4, &mut u.gateway_probe.ipv4),
+                        (Family::V6, &mut u.gateway_probe.ipv6),
+                    ] {
+                        if let Some(gp) = gp {
+                            gp.redirects = self.echo.redirects(i, f);
+                        }
+                    }
+                }
+                let _ = reply.send(status);
             }
             ApiRequest::Drain {
                 uplink,
@@ -799,6 +818,8 @@ impl Daemon {
                 if u.bond.is_some() {
                     let gw = u.gateway(req.family);
                     self.members.send(&u.interface, gw, req)
+                } else if req.kind == crate::core::ProbeKind::Echo {
+                    self.echo.send(self.clock.instant(self.now), req)
                 } else {
                     self.prober.send(self.clock.instant(self.now), req)
                 }

@@ -58,17 +58,23 @@ pub fn get_sysctl(path_under_proc_sys: &str) -> Result<String, NetlinkError> {
 /// - `net.ipv4.conf.<if>.ignore_routes_with_linkdown = 1` and the IPv6 one:
 ///   routes through an interface without carrier are skipped, so the kernel
 ///   falls back on its own before we act (Documentation/networking/ip-sysctl.rst).
-pub fn uplink_sysctl_values(ifname: &str) -> [(String, &'static str); 3] {
+/// - `net.ipv4.conf.<if>.accept_redirects = 0` and the IPv6 one: the
+///   forwarding-plane echo (`gateway_probe`) is hairpinned by the router,
+///   which may answer it with an ICMP redirect; a managed uplink never lets
+///   a redirect change its routes (the agent counts them instead).
+pub fn uplink_sysctl_values(ifname: &str) -> [(String, &'static str); 5] {
     [
         (format!("net/ipv4/conf/{ifname}/rp_filter"), "2"),
         (
             format!("net/ipv4/conf/{ifname}/ignore_routes_with_linkdown"),
             "1",
         ),
+        (format!("net/ipv4/conf/{ifname}/accept_redirects"), "0"),
         (
             format!("net/ipv6/conf/{ifname}/ignore_routes_with_linkdown"),
             "1",
         ),
+        (format!("net/ipv6/conf/{ifname}/accept_redirects"), "0"),
     ]
 }
 
@@ -100,10 +106,10 @@ pub fn uplink_sysctls_recorded(
             reason: "not a valid interface name".into(),
         });
     }
-    for (i, (path, value)) in uplink_sysctl_values(ifname).iter().enumerate() {
+    for (path, value) in uplink_sysctl_values(ifname).iter() {
         // Absent when the kernel has no IPv6 or IPv6 is disabled on this
         // interface: then there is nothing to set.
-        if i == 2 && !Path::new(PROC_SYS).join(path).exists() {
+        if path.starts_with("net/ipv6/") && !Path::new(PROC_SYS).join(path).exists() {
             continue;
         }
         // Unreadable (no such interface): the write below says so.

@@ -249,6 +249,11 @@ impl MemberProber {
             probe6: None,
         });
         let (what, frame): (What, Vec<u8>) = match (req.kind, req.target) {
+            (ProbeKind::Echo, _) => {
+                return Err(format!(
+                    "forwarding-plane echo via {member}: not available on bond members (their gateway is probed by ARP/ND)"
+                ))
+            }
             (ProbeKind::Gateway, IpAddr::V4(gw)) => {
                 let dst = m.gw4.get(&gw).copied().unwrap_or([0xff; 6]);
                 (What::Arp(gw), arp_probe_frame(src, dst, gw).to_vec())
@@ -725,7 +730,7 @@ fn open_lazily(
 /// `accept`: (PACKET_MR_UNICAST or PACKET_MR_MULTICAST, address) the member
 /// must receive although they are not its own (the probe MAC: bonding gives
 /// every member the bond's MAC; the solicited-node group of a probe address).
-fn open_packet(
+pub(super) fn open_packet(
     member: &str,
     ifindex: u32,
     proto: u16,
@@ -810,7 +815,7 @@ fn open_packet(
 }
 
 /// One non-blocking `recvmsg`: the frame's length and kernel receive time.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<i64>)>> {
+pub(super) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<i64>)>> {
     let mut addr = MaybeUninit::<libc::sockaddr_ll>::zeroed();
     let Some(r) = recv_timestamped(fd, buf, &mut addr)? else {
         return Ok(None);

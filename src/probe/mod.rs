@@ -93,9 +93,11 @@ use tracing::{debug, info, warn};
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
+pub mod echo;
 pub mod member;
 pub mod packet;
 mod reflect;
+pub use echo::EchoProber;
 pub use member::{MemberProber, MemberSpec};
 
 use packet::{

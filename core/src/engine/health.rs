@@ -26,9 +26,18 @@
 //! Losing a family is a flap of that family (damping counts them per
 //! family, see `count_flaps`).
 
-use super::Core;
-use crate::config::Family;
-use crate::status::{Change, Reason, UplinkState};
+use super::{Core, InFlight};
+use crate::config::{Family, GatewayProbe};
+use crate::status::{Change, GatewayMode, Reason, UplinkState};
+use crate::target::Target;
+
+/// Auto: this many consecutive forwarding-plane echoes back make echo the
+/// gateway probe (a few rounds: one lucky datagram proves little).
+pub(crate) const ECHO_TRIAL_OK: u32 = 3;
+/// Auto: this many consecutive echoes lost while the gateway answers ICMP
+/// fall back to ICMP (about half a second at the default 48 ms rounds; a
+/// slow start of the neighbour entry costs a few).
+pub(crate) const ECHO_TRIAL_MISS: u32 = 10;
 use crate::{Action, CarrierSource, Now, ProbeId, ProbeKind, ProbeOutcome, UplinkId};
 
 impl Core {
@@ -81,25 +90,34 @@ impl Core {
         outcome: ProbeOutcome,
         out: &mut Vec<Action>,
     ) {
-        let Some(fl) = self.in_flight.remove(&id) else {
+        let Some(mut fl) = self.in_flight.remove(&id) else {
             return; // unknown or already forgotten (e.g. after a config change)
         };
+        if self.gateway_mode_probe(now, &fl, &outcome, out) {
+            return;
+        }
+        // What is left decides the gateway's verdict: its ICMP echoes, or
+        // in echo mode its forwarding-plane echoes.
+        if fl.kind == ProbeKind::Echo {
+            fl.kind = ProbeKind::Gateway;
+        }
         let p = self.cfg.probe.clone();
         let uplink_name = self.name(fl.uplink);
         let transit_name = match fl.kind {
             ProbeKind::Transit(t) => self.cfg.transits[t].name.clone(),
-            ProbeKind::Gateway => String::new(),
+            ProbeKind::Gateway | ProbeKind::Echo => String::new(),
         };
         let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
             return;
         };
         let target = match fl.kind {
-            ProbeKind::Gateway => &mut f.gateway,
+            ProbeKind::Gateway | ProbeKind::Echo => &mut f.gateway,
             ProbeKind::Transit(t) => match f.transits.get_mut(t).and_then(|v| v.get_mut(fl.slot)) {
                 Some(t) => t,
                 None => return,
             },
         };
+        let mut recovered = false;
         match outcome {
             ProbeOutcome::Reply { rtt } => {
                 target.reply(now, fl.sent_at, rtt);
@@ -110,16 +128,17 @@ impl Core {
                     return;
                 };
                 let target = match fl.kind {
-                    ProbeKind::Gateway => &mut f.gateway,
+                    ProbeKind::Gateway | ProbeKind::Echo => &mut f.gateway,
                     ProbeKind::Transit(t) => &mut f.transits[t][fl.slot],
                 };
                 let rise = match fl.kind {
-                    ProbeKind::Gateway => p.gateway_rise,
+                    ProbeKind::Gateway | ProbeKind::Echo => p.gateway_rise,
                     ProbeKind::Transit(_) => p.transit_rise,
                 };
                 // With no history, one reply is enough; a dead target must prove itself.
                 let needed = if target.verdict.is_none() { 1 } else { rise };
                 if target.verdict != Some(true) && target.consecutive_ok >= needed {
+                    recovered = target.verdict == Some(false) && fl.kind == ProbeKind::Gateway;
                     target.set_verdict(now, true);
                     if let ProbeKind::Gateway = fl.kind {
                         // The far targets missed while the gateway was not
@@ -130,12 +149,12 @@ impl Core {
                         }
                     }
                     let target = match fl.kind {
-                        ProbeKind::Gateway => &mut f.gateway,
+                        ProbeKind::Gateway | ProbeKind::Echo => &mut f.gateway,
                         ProbeKind::Transit(t) => &mut f.transits[t][fl.slot],
                     };
                     let evidence = format!("{} consecutive replies", target.consecutive_ok);
                     out.push(Action::Report(match fl.kind {
-                        ProbeKind::Gateway => Change::Gateway {
+                        ProbeKind::Gateway | ProbeKind::Echo => Change::Gateway {
                             uplink: uplink_name,
                             family: fl.family.name().into(),
                             address: target.addr,
@@ -184,6 +203,114 @@ impl Core {
                 }
                 // Gateway verdicts are time-based: see `gateway_verdicts`.
             }
+        }
+        if recovered {
+            self.retry_echo(now, fl.uplink, fl.family, out);
+        }
+    }
+
+    /// Auto, ICMP mode: a gateway that recovers may be another router now
+    /// (or the same with its filters changed): find out again whether it
+    /// loops echoes.
+    fn retry_echo(&mut self, _now: Now, uplink: UplinkId, family: Family, out: &mut Vec<Action>) {
+        let c = &self.cfg.uplinks[uplink];
+        if c.gateway_probe != GatewayProbe::Auto || c.bond.is_some() {
+            return;
+        }
+        let name = c.name.clone();
+        let Some(f) = self.uplinks[uplink].fams[family.index()].as_mut() else {
+            return;
+        };
+        if f.mode != GatewayMode::Icmp {
+            return;
+        }
+        f.mode = GatewayMode::Trying;
+        f.trial_ok = 0;
+        f.trial_miss = 0;
+        out.push(Action::Report(Change::GatewayProbe {
+            uplink: name,
+            family: family.name().into(),
+            mode: GatewayMode::Trying,
+            setting: GatewayProbe::Auto.name().into(),
+            evidence: "the gateway recovered: trying forwarding-plane echoes again".into(),
+        }));
+    }
+
+    /// The probes that do not feed the gateway's verdict: echoes on trial
+    /// (auto), and the slow ICMP check in echo mode. True when `fl` was one.
+    fn gateway_mode_probe(
+        &mut self,
+        now: Now,
+        fl: &InFlight,
+        outcome: &ProbeOutcome,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if matches!(fl.kind, ProbeKind::Transit(_)) {
+            return false;
+        }
+        let c = &self.cfg.uplinks[fl.uplink];
+        let setting = c.gateway_probe.name();
+        let name = c.name.clone();
+        let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+            return true;
+        };
+        let ok = matches!(outcome, ProbeOutcome::Reply { .. });
+        match (fl.kind, f.mode) {
+            (ProbeKind::Gateway, GatewayMode::Echo) => {
+                match outcome {
+                    ProbeOutcome::Reply { rtt } => f.check.reply(now, fl.sent_at, *rtt),
+                    _ => f.check.miss(fl.sent_at),
+                }
+                f.check.verdict = Some(f.check.consecutive_miss == 0);
+                true
+            }
+            (ProbeKind::Echo, GatewayMode::Icmp) => true,
+            (ProbeKind::Echo, GatewayMode::Trying) => {
+                if ok {
+                    f.trial_ok += 1;
+                    f.trial_miss = 0;
+                } else if f.gateway.verdict == Some(true) {
+                    // Only a gateway known alive can be blamed for not
+                    // looping echoes (before, its MAC may not even be known).
+                    f.trial_miss += 1;
+                    f.trial_ok = 0;
+                } else {
+                    f.trial_miss = 0;
+                    f.trial_ok = 0;
+                }
+                let to = if f.trial_ok >= ECHO_TRIAL_OK {
+                    Some((
+                        GatewayMode::Echo,
+                        format!("{} forwarding-plane echoes came back", f.trial_ok),
+                    ))
+                } else if f.trial_miss >= ECHO_TRIAL_MISS && f.gateway.verdict == Some(true) {
+                    Some((
+                        GatewayMode::Icmp,
+                        format!(
+                            "{} forwarding-plane echoes lost while the gateway answers ICMP: it drops packets whose source is their destination, does not hairpin, or filters by uRPF",
+                            f.trial_miss
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((mode, evidence)) = to {
+                    f.mode = mode;
+                    if mode == GatewayMode::Echo {
+                        // The verdict carries over; the ICMP check starts afresh.
+                        f.check = Target::new(f.gateway.addr, now);
+                    }
+                    out.push(Action::Report(Change::GatewayProbe {
+                        uplink: name,
+                        family: fl.family.name().into(),
+                        mode,
+                        setting: setting.into(),
+                        evidence,
+                    }));
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -272,8 +399,10 @@ impl Core {
                     });
                 }
                 if f.gateway.verdict == Some(false) {
-                    reasons.push(Reason::Gateway {
-                        family: family.name().into(),
+                    let family = family.name().into();
+                    reasons.push(match f.mode {
+                        GatewayMode::Echo => Reason::Forwarding { family },
+                        _ => Reason::Gateway { family },
                     });
                 }
                 if quorum_down.len() >= k {

@@ -37,6 +37,7 @@ fn same_uplink(a: &UplinkConfig, b: &UplinkConfig) -> bool {
         && a.interface == b.interface
         && a.gateway4 == b.gateway4
         && a.gateway6 == b.gateway6
+        && a.gateway_probe == b.gateway_probe
         && a.bond == b.bond
 }
 
@@ -309,6 +310,7 @@ impl Core {
                 let uplink = *old_to_new.get(&fl.uplink)?;
                 let kind = match fl.kind {
                     ProbeKind::Gateway => ProbeKind::Gateway,
+                    ProbeKind::Echo => ProbeKind::Echo,
                     ProbeKind::Transit(t) => ProbeKind::Transit(*transit_old_to_new.get(&t)?),
                 };
                 Some((id, InFlight { uplink, kind, ..fl }))
@@ -376,6 +378,7 @@ mod tests {
             bond: None,
             probe_address4: None,
             probe_address6: None,
+            gateway_probe: Default::default(),
         };
         Config {
             agent: AgentConfig {

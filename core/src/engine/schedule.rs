@@ -25,11 +25,19 @@ use std::time::Duration;
 
 use super::{Core, InFlight, Target};
 use crate::config::Family;
+use crate::status::GatewayMode;
 use crate::{Action, Now, ProbeId, ProbeKind, ProbeRequest, UplinkId};
 
 /// A suspected transit probe: unanswered for longer than this (or 4 × srtt,
 /// whichever is larger) starts the fast probing before its timeout expires.
 const OVERDUE_MIN: Duration = Duration::from_millis(10);
+
+/// Echo mode: the slow ICMP check of the router's own address, at most one
+/// per second per family (the control-plane budget of issue 13).
+pub(super) const ICMP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Its timeout: a router's CPU that polices pings may answer late; the
+/// check decides nothing, so it can wait.
+const ICMP_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Core {
     pub(super) fn schedule_probes(&mut self, now: Now, out: &mut Vec<Action>) {
@@ -142,7 +150,33 @@ impl Core {
                     } else {
                         next_round(now, every, p.gateway_interval)
                     };
-                    reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
+                    // Echo mode: the forwarding-plane echo takes the
+                    // gateway probe's place; trying (auto): it rides along.
+                    match f.mode {
+                        GatewayMode::Icmp => {
+                            reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout))
+                        }
+                        GatewayMode::Echo => {
+                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout))
+                        }
+                        GatewayMode::Trying => {
+                            reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
+                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout));
+                        }
+                    }
+                }
+                // Echo mode: the router's own address gets one ICMP echo a
+                // second (the control-plane budget), for diagnosis only.
+                if f.mode == GatewayMode::Echo && f.check.next_at <= now {
+                    let c = &mut f.check;
+                    c.sent(now);
+                    c.next_at = next_round(now, ICMP_CHECK_INTERVAL, p.gateway_interval);
+                    reqs.push((
+                        ProbeKind::Gateway,
+                        0usize,
+                        c.addr,
+                        p.gateway_timeout.max(ICMP_CHECK_TIMEOUT),
+                    ));
                 }
                 if trigger {
                     f.burst_left = p.transit_fall;
@@ -270,10 +304,17 @@ impl Core {
                 let Some(f) = f else { continue };
                 let family = Family::ALL[fi];
                 consider(f.gateway.next_at);
+                let gateway_kind = match f.mode {
+                    GatewayMode::Echo => {
+                        consider(f.check.next_at);
+                        ProbeKind::Echo
+                    }
+                    _ => ProbeKind::Gateway,
+                };
                 if let Some(&sent) = f.gateway.in_flight.first() {
                     let t = sent + p.gateway_timeout / 2;
                     match f.gateway.steady() {
-                        true if t > after => check(i, family, ProbeKind::Gateway, t),
+                        true if t > after => check(i, family, gateway_kind, t),
                         _ => consider(t),
                     }
                 }

@@ -249,6 +249,7 @@ impl Core {
             .map(|r| match r {
                 Reason::Carrier => "carrier",
                 Reason::Gateway { .. } => "gateway",
+                Reason::Forwarding { .. } => "forwarding",
                 Reason::Quorum { .. } => "quorum",
                 Reason::QuorumEverywhere { .. } => "quorum_everywhere",
                 Reason::Damped { .. } => "damped",

@@ -148,6 +148,14 @@ impl Core {
                 ipv4: u.fams[0].as_ref().map(|f| f.gateway.status(now)),
                 ipv6: u.fams[1].as_ref().map(|f| f.gateway.status(now)),
             },
+            gateway_probe: PerFamily {
+                ipv4: u.fams[0]
+                    .as_ref()
+                    .map(|f| probe_status(&self.cfg.uplinks[i], f, now)),
+                ipv6: u.fams[1]
+                    .as_ref()
+                    .map(|f| probe_status(&self.cfg.uplinks[i], f, now)),
+            },
             transits,
             bond: self.member_status(i),
         }
@@ -217,5 +225,20 @@ impl Core {
             active,
             checks,
         })
+    }
+}
+
+/// How a family's gateway is probed, for the status.
+fn probe_status(
+    c: &crate::config::UplinkConfig,
+    f: &super::UplinkFamily,
+    now: crate::Now,
+) -> crate::status::GatewayProbeStatus {
+    crate::status::GatewayProbeStatus {
+        setting: c.gateway_probe.name().into(),
+        mode: f.mode,
+        icmp_check: (f.mode == crate::status::GatewayMode::Echo && f.check.first_sent.is_some())
+            .then(|| f.check.status(now)),
+        redirects: 0,
     }
 }

@@ -202,6 +202,9 @@ fn reason_text(r: &Reason, uplink: &str) -> String {
     match r {
         Reason::Carrier => "no carrier (cable, switch port, or interface down)".into(),
         Reason::Gateway { family } => format!("the {family} gateway stopped answering"),
+        Reason::Forwarding { family } => format!(
+            "the {family} gateway stopped forwarding (its forwarding-plane echoes are lost)"
+        ),
         Reason::Quorum {
             family,
             unreachable,
@@ -576,6 +579,7 @@ pub mod fixture {
                 ipv4: Some(target(&format!("198.18.{n}.1"), 0.25)),
                 ipv6: Some(target(&format!("2001:db8:{n}::1"), 0.5)),
             },
+            gateway_probe: Default::default(),
             transits,
             bond: None,
         }

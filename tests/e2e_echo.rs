@@ -1,0 +1,245 @@
+//! End-to-end: the forwarding-plane echo as the gateway probe
+//! (`gateway_probe`), with the real daemon in the lab. The lab's routers are
+//! Linux namespaces; nft rules in a router's namespace make it stop
+//! forwarding, police what is addressed to itself, or drop src = dst packets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use uplink_lab::{Lab, Uplink};
+use uplinkd::config::Family;
+use uplinkd::status::{GatewayMode, Reason, Status};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+/// Both uplinks with `gateway_probe = setting`.
+fn overrides(setting: &str) -> String {
+    let mut s = String::new();
+    for u in Uplink::ALL {
+        s += &format!(
+            "[[uplink]]\nname = \"{}\"\ninterface = \"{}\"\ngateway4 = \"{}\"\ngateway6 = \"{}\"\ngateway_probe = \"{setting}\"\n",
+            u.name(),
+            u.interface(),
+            u.gateway(Family::V4),
+            u.gateway(Family::V6),
+        );
+    }
+    s
+}
+
+/// Run `nft <command>` in `uplink`'s router namespace.
+fn nft(lab: &Lab, uplink: Uplink, command: &str) {
+    lab.exec(&lab.router_ns(uplink), &["nft", command])
+        .unwrap_or_else(|e| panic!("nft {command}: {e}"));
+}
+
+fn metrics_text(a: &Agent) -> String {
+    a.client().metrics().expect("metrics")
+}
+
+fn mode(s: &Status, uplink: usize, f: Family) -> Option<GatewayMode> {
+    let gp = match f {
+        Family::V4 => &s.uplinks[uplink].gateway_probe.ipv4,
+        Family::V6 => &s.uplinks[uplink].gateway_probe.ipv6,
+    };
+    gp.as_ref().map(|g| g.mode)
+}
+
+fn all_echo(s: &Status) -> bool {
+    (0..2).all(|u| {
+        Family::ALL
+            .iter()
+            .all(|f| mode(s, u, *f) == Some(GatewayMode::Echo))
+    })
+}
+
+/// Settled on the primary with every gateway probed by echoes.
+fn settled_echo(lab: &Lab, setting: &str) -> Agent {
+    let a = settled(lab, &overrides(setting));
+    a.wait_for("echo mode everywhere", S(10), all_echo);
+    a
+}
+
+#[test]
+fn auto_uses_echo_on_a_router_that_loops_it() {
+    let lab = lab();
+    let a = settled_echo(&lab, "auto");
+    let s = a.status().unwrap();
+    let gp = s.uplinks[0].gateway_probe.ipv4.as_ref().unwrap();
+    assert_eq!(gp.setting, "auto");
+    let text = metrics_text(&a);
+    assert!(
+        text.contains("uplinkd_gateway_probe_mode{uplink=\"primary\",family=\"ipv4\",mode=\"echo\",setting=\"auto\"} 1"),
+        "{text}"
+    );
+    // The server never accepts the redirects a hairpinning router sends.
+    let v = lab
+        .exec(
+            &lab.server_ns(),
+            &["sysctl", "-n", "net.ipv4.conf.eth0.accept_redirects"],
+        )
+        .unwrap();
+    assert_eq!(v.trim(), "0");
+}
+
+/// (a) The router stops forwarding but its CPU still answers pings: the
+/// echoes find it, and the reason names the forwarding.
+#[test]
+fn router_that_stops_forwarding_but_answers_pings_is_left() {
+    let lab = lab();
+    let a = settled_echo(&lab, "echo");
+    nft(&lab, Uplink::Primary, "add table inet echotest");
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add chain inet echotest fwd { type filter hook forward priority 0; policy drop; }",
+    );
+    for f in Family::ALL {
+        wait_route(&lab, &a, f, Uplink::Secondary, S(5));
+    }
+    let s = a.wait_for("forwarding reason", S(5), |s| {
+        s.uplinks[0]
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::Forwarding { .. }))
+    });
+    // It still answers pings (the slow ICMP check says so).
+    let check = a.wait_for("icmp check answered", S(5), |s| {
+        s.uplinks[0]
+            .gateway_probe
+            .ipv4
+            .as_ref()
+            .and_then(|g| g.icmp_check.as_ref())
+            .and_then(|c| c.reachable)
+            == Some(true)
+    });
+    drop(check);
+    assert!(
+        a.switches(Family::V4)
+            .iter()
+            .any(|(_, to, r)| to.as_deref() == Some("secondary") && r.contains("forwarding")),
+        "{:?}\n{s:?}",
+        a.switches(Family::V4)
+    );
+}
+
+/// (b) The router polices pings and neighbour solicitations addressed to
+/// itself down to 1/s while forwarding everything: no switch in echo mode.
+#[test]
+fn router_policing_its_own_pings_causes_no_switch() {
+    let lab = lab();
+    let a = settled_echo(&lab, "auto");
+    nft(&lab, Uplink::Primary, "add table inet echotest");
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add chain inet echotest input { type filter hook input priority 0; policy accept; }",
+    );
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add rule inet echotest input meta l4proto icmp icmp type echo-request limit rate over 1/second drop",
+    );
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add rule inet echotest input meta l4proto ipv6-icmp icmpv6 type echo-request limit rate over 1/second drop",
+    );
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add rule inet echotest input meta l4proto ipv6-icmp icmpv6 type nd-neighbor-solicit limit rate over 1/second drop",
+    );
+    let start = Instant::now();
+    while start.elapsed() < S(20) {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = a.status().unwrap();
+        assert_eq!(
+            s.active.ipv4.as_deref(),
+            Some("primary"),
+            "{s:?}\n{}",
+            a.log_text()
+        );
+        assert_eq!(
+            s.active.ipv6.as_deref(),
+            Some("primary"),
+            "{s:?}\n{}",
+            a.log_text()
+        );
+    }
+    assert_eq!(a.switches(Family::V4).len(), 1, "only the initial choice");
+    assert_eq!(a.switches(Family::V6).len(), 1, "only the initial choice");
+}
+
+/// (c) A router that drops packets whose source is their destination:
+/// auto falls back to ICMP, says so, and does not fail over.
+#[test]
+fn router_dropping_src_eq_dst_makes_auto_fall_back_to_icmp() {
+    let lab = lab();
+    let u = Uplink::Primary;
+    nft(&lab, u, "add table inet echotest");
+    nft(
+        &lab,
+        u,
+        "add chain inet echotest pre { type filter hook prerouting priority -300; policy accept; }",
+    );
+    let (a4, a6) = (u.server_addr(Family::V4), u.server_addr(Family::V6));
+    nft(
+        &lab,
+        u,
+        &format!("add rule inet echotest pre ip saddr {a4} ip daddr {a4} drop"),
+    );
+    nft(
+        &lab,
+        u,
+        &format!("add rule inet echotest pre ip6 saddr {a6} ip6 daddr {a6} drop"),
+    );
+    let a = settled(&lab, &overrides("auto"));
+    let s = a.wait_for("primary fell back to icmp", S(10), |s| {
+        Family::ALL
+            .iter()
+            .all(|f| mode(s, 0, *f) == Some(GatewayMode::Icmp))
+            && Family::ALL
+                .iter()
+                .all(|f| mode(s, 1, *f) == Some(GatewayMode::Echo))
+    });
+    assert_eq!(s.active.ipv4.as_deref(), Some("primary"));
+    assert_eq!(s.active.ipv6.as_deref(), Some("primary"));
+    let log = a.log_text();
+    assert!(log.contains("gateway_probe"), "the log says so:\n{log}");
+    let text = metrics_text(&a);
+    assert!(
+        text.contains("uplinkd_gateway_probe_mode{uplink=\"primary\",family=\"ipv4\",mode=\"icmp\",setting=\"auto\"} 1"),
+        "{text}"
+    );
+}
+
+/// (d) Only IPv6 breaks on the echo path: only IPv6 moves.
+#[test]
+fn ipv6_alone_broken_on_the_echo_path_moves_only_ipv6() {
+    let lab = lab();
+    let a = settled_echo(&lab, "echo");
+    nft(&lab, Uplink::Primary, "add table inet echotest");
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add chain inet echotest fwd { type filter hook forward priority 0; policy accept; }",
+    );
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add rule inet echotest fwd meta nfproto ipv6 udp dport 3785 drop",
+    );
+    wait_route(&lab, &a, Family::V6, Uplink::Secondary, S(5));
+    let s = a.wait_for("v6 on secondary", S(5), |s| {
+        s.active.ipv6.as_deref() == Some("secondary")
+    });
+    assert_eq!(s.active.ipv4.as_deref(), Some("primary"));
+    assert!(s.uplinks[0]
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Forwarding { family } if family == "ipv6")));
+    assert!(route_via(&lab, Family::V4, Uplink::Primary));
+}
