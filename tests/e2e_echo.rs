@@ -94,7 +94,7 @@ fn router_that_stops_forwarding_but_answers_pings_is_left() {
     nft(
         &lab,
         Uplink::Primary,
-        "add chain inet echotest fwd { type filter hook forward priority 0; policy drop; }",
+        "add chain inet echotest fchain { type filter hook forward priority 0; policy drop; }",
     );
     for f in Family::ALL {
         wait_route(&lab, &a, f, Uplink::Secondary, S(5));
@@ -225,12 +225,12 @@ fn ipv6_alone_broken_on_the_echo_path_moves_only_ipv6() {
     nft(
         &lab,
         Uplink::Primary,
-        "add chain inet echotest fwd { type filter hook forward priority 0; policy accept; }",
+        "add chain inet echotest fchain { type filter hook forward priority 0; policy accept; }",
     );
     nft(
         &lab,
         Uplink::Primary,
-        "add rule inet echotest fwd meta nfproto ipv6 udp dport 3785 drop",
+        "add rule inet echotest fchain meta nfproto ipv6 udp dport 3785 drop",
     );
     wait_route(&lab, &a, Family::V6, Uplink::Secondary, S(5));
     let s = a.wait_for("v6 on secondary", S(5), |s| {
