@@ -56,6 +56,7 @@ const KEYS: &[&str] = &[
     "uplink.bond",
     "uplink.probe_address4",
     "uplink.probe_address6",
+    "uplink.gateway_probe",
     "transit.name",
     "transit.targets",
     "hooks.on_active_change",
@@ -282,6 +283,7 @@ fn key_list_matches_parser() {
             // Only bond members have a probe address.
             "uplink.probe_address4" => "\"192.0.2.77\"\nbond = \"bond1\"",
             "uplink.probe_address6" => "\"2001:db8:1::77\"\nbond = \"bond1\"",
+            "uplink.gateway_probe" => r#""echo""#,
             "transit.name" => r#""t1""#,
             "transit.targets" => r#"["198.51.100.77"]"#,
             _ => sample(key),

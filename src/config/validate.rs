@@ -341,6 +341,13 @@ fn uplinks(r: &mut Report<'_>, entries: &[(Range<usize>, &DeTable<'_>)]) -> Vec<
                 bond_ok = false;
             }
         }
+        if u.bond.is_some() && u.gateway_probe == uplinkd_core::config::GatewayProbe::Echo {
+            r.add(
+                format!("{p}.gateway_probe"),
+                s.span("gateway_probe"),
+                "a bond member's gateway is probed by ARP/ND on the member; the forwarding-plane echo is for routed uplinks (use \"auto\" or \"icmp\")",
+            );
+        }
         for (key, gateway) in [
             ("probe_address4", "gateway4"),
             ("probe_address6", "gateway6"),
