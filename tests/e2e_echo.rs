@@ -243,3 +243,82 @@ fn ipv6_alone_broken_on_the_echo_path_moves_only_ipv6() {
         .any(|r| matches!(r, Reason::Forwarding { family } if family == "ipv6")));
     assert!(route_via(&lab, Family::V4, Uplink::Primary));
 }
+
+/// A forger on the router's link that sees our echoes: for each one it
+/// sends back (1) the frame itself, turned around at layer 2 with its TTL
+/// untouched (255: a reflection, right token), and (2) a copy with the
+/// expected TTL 254 but a wrong token. Python, on a packet socket; ends
+/// after `seconds`.
+const FORGER: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[2])
+def fix4(ip):
+    ip = bytearray(ip); ip[10:12] = b'\0\0'
+    c = sum(struct.unpack('!10H', bytes(ip[:20])))
+    while c >> 16: c = (c & 0xffff) + (c >> 16)
+    ip[10:12] = struct.pack('!H', ~c & 0xffff); return bytes(ip)
+while time.time() < end:
+    try:
+        f, a = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    if a[2] == socket.PACKET_OUTGOING: continue
+    et = f[12:14]; back = f[6:12] + f[0:6] + et
+    if et == b'\x08\x00' and f[23] == 17 and f[26:30] == f[30:34] and f[36:38] == b'\x0e\xc9':
+        ip = f[14:34]; udp = f[34:]
+        s.send(back + ip + udp)
+        ip2 = bytearray(ip); ip2[8] = 254
+        udp2 = bytearray(udp); udp2[6:8] = b'\0\0'; udp2[8] ^= 0xff
+        s.send(back + fix4(bytes(ip2)) + bytes(udp2))
+    elif et == b'\x86\xdd' and f[20] == 17 and f[22:38] == f[38:54] and f[56:58] == b'\x0e\xc9':
+        ip = f[14:54]; udp = f[54:]
+        s.send(back + ip + udp)
+        ip2 = bytearray(ip); ip2[7] = 254
+        udp2 = bytearray(udp); udp2[8] ^= 0xff
+        s.send(back + bytes(ip2) + bytes(udp2))
+"#;
+
+/// (e) Echo replies forged by another host on the link (reflected with the
+/// wrong TTL, or with the right TTL and a wrong token) never keep a router
+/// that stopped forwarding looking alive.
+#[test]
+fn forged_echoes_never_keep_a_dead_path_up() {
+    let lab = lab();
+    let a = settled_echo(&lab, "echo");
+    let ns = lab.router_ns(Uplink::Primary);
+    let mut forger = lab
+        .spawn(
+            &ns,
+            &["python3", "-c", FORGER, uplink_lab::ROUTER_DOWNLINK, "30"],
+        )
+        .unwrap();
+    // Let it start forging before the router stops forwarding.
+    std::thread::sleep(Duration::from_millis(500));
+    nft(&lab, Uplink::Primary, "add table inet echotest");
+    nft(
+        &lab,
+        Uplink::Primary,
+        "add chain inet echotest fchain { type filter hook forward priority 0; policy drop; }",
+    );
+    for f in Family::ALL {
+        wait_route(&lab, &a, f, Uplink::Secondary, S(5));
+    }
+    let s = a.status().unwrap();
+    assert!(
+        s.uplinks[0]
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::Forwarding { .. })),
+        "{s:?}"
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("arrival TTL is not 254"),
+        "the reflected echoes reached the agent and were refused:\n{log}"
+    );
+    forger.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = forger.terminate(S(2));
+}
