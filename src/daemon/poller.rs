@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use super::actuation::Ifindexes;
 use super::clock::Clock;
 use crate::config::{Config, Family};
+use crate::core::ProbeKind;
 use crate::core::{CarrierSource, Core, Event};
 use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
 use crate::netlink::NetlinkError;
-use crate::probe::Prober;
+use crate::probe::{EchoProber, Prober};
 
 /// The managed interfaces, sorted, each once.
 pub(super) fn interfaces(cfg: &Config) -> Vec<String> {
@@ -136,6 +137,7 @@ pub(super) fn carrier_samples(
 pub(super) fn reply_checks(
     core: &Core,
     prober: &Prober,
+    echo: &EchoProber,
     clock: &Clock,
     out: &mut Vec<(RawFd, Duration)>,
 ) -> (bool, Option<Duration>) {
@@ -144,12 +146,16 @@ pub(super) fn reply_checks(
     let mut first_check: Option<Duration> = None;
     let hard = core.reply_checks(&mut |uplink, family, kind, at| {
         first_check = Some(first_check.map_or(at, |c| c.min(at)));
-        match prober.watch_fd(uplink, family, kind) {
+        let fd = match kind {
+            ProbeKind::Echo => echo.watch_fd(uplink, family),
+            _ => prober.watch_fd(uplink, family, kind),
+        };
+        match fd {
             Some(fd) => out.push((fd, clock.mono(clock.ceil(at)).0)),
             None => all = false,
         }
     });
-    if all && out.len() == prober.in_flight() {
+    if all && out.len() == prober.in_flight() + echo.in_flight() {
         (true, hard)
     } else {
         (false, hard.into_iter().chain(first_check).min())

@@ -392,14 +392,15 @@ impl Daemon {
         if let Some(r) = self.retries.next() {
             wake = wake.min(self.clock.ceil(r));
         }
-        let others_in_flight = self.members.in_flight() > 0
-            || self.echo.in_flight() > 0
-            || self.retired_probers.iter().any(|p| p.in_flight() > 0);
-        let in_flight = others_in_flight || self.prober.in_flight() > 0;
+        let others_in_flight =
+            self.members.in_flight() > 0 || self.retired_probers.iter().any(|p| p.in_flight() > 0);
+        let in_flight =
+            others_in_flight || self.prober.in_flight() > 0 || self.echo.in_flight() > 0;
         let (watching, deadline) = match in_flight && !others_in_flight && self.core.decided() {
             true => reply_checks(
                 &self.core,
                 &self.prober,
+                &self.echo,
                 &self.clock,
                 &mut self.watch_entries,
             ),

@@ -117,6 +117,20 @@ impl EchoProber {
                 .sum::<usize>()
     }
 
+    /// The socket whose readiness tells whether the one echo in flight
+    /// through (uplink, family) came back (see `Prober::watch_fd`): `Some`
+    /// only when exactly one is in flight there and no error waits. The
+    /// kernel filter queues only echoes to our address (and the rare
+    /// redirect, which at worst delays noticing a loss by one round).
+    pub fn watch_fd(&self, uplink: UplinkId, family: Family) -> Option<RawFd> {
+        if !self.ready.is_empty() {
+            return None;
+        }
+        let slot = &self.slots.get(uplink)?[family.index()];
+        let sock = slot.sock.as_ref()?;
+        (slot.pending.len() == 1).then(|| sock.fd.as_raw_fd())
+    }
+
     /// Redirects counted per (uplink, family), for status and metrics.
     pub fn redirects(&self, uplink: UplinkId, family: Family) -> u64 {
         self.slots
