@@ -1517,3 +1517,24 @@ fn echo_mode_pings_the_router_at_most_once_a_second() {
         .count();
     assert!(pings <= 11, "{pings} pings to the primary's router in 10 s");
 }
+
+#[test]
+fn echo_mode_names_a_dead_router_gateway_and_a_non_forwarding_one_forwarding() {
+    // Dead as a whole (no echo, no ping): reason gateway, as in ICMP mode.
+    let mut s = settled_probing(GatewayProbe::Echo);
+    let t0 = s.now;
+    s.net.gw_dead[0] = [true, true];
+    s.run_for(ms(500));
+    let (t, to) = *s.switches(Family::V4).last().unwrap();
+    assert_eq!(to, 1);
+    assert!(t - t0 <= ms(100), "dead router left after {:?}", t - t0);
+    assert_eq!(s.active_changes().last().unwrap().3, "gateway");
+    // A ping went to the router at once when the echoes stopped (to tell
+    // the two apart), not only on the once-a-second schedule.
+    let pinged = s.log.iter().any(|(at, a)| {
+        *at > t0
+            && *at <= t
+            && matches!(a, Action::Probe(p) if p.kind == ProbeKind::Gateway && p.uplink == 0)
+    });
+    assert!(pinged);
+}

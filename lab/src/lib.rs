@@ -445,6 +445,7 @@ const NFT_GATEWAY_DEAD: &str = "ul_gateway_dead";
 const NFT_RANDOM_LOSS: &str = "ul_random_loss";
 const NFT_IPV6_BROKEN: &str = "ul_ipv6_broken";
 const NFT_TRANSIT_DEAD: &str = "ul_transit_dead";
+const NFT_FORWARDING_DEAD: &str = "ul_forwarding_dead";
 
 fn family_flag(f: Family) -> &'static str {
     match f {
@@ -1259,6 +1260,30 @@ impl Lab {
         cmd::nft(
             &self.router_ns(uplink),
             &nft_replace_ingress(NFT_GATEWAY_DEAD, ROUTER_DOWNLINK, "drop", &[]),
+        )
+    }
+
+    /// The router stops forwarding while its CPU still answers what is
+    /// addressed to itself (pings, ARP/ND): an nft forward chain that drops
+    /// everything in the router's namespace.
+    pub fn forwarding_dead(&self, uplink: Uplink) -> Result<()> {
+        cmd::nft(
+            &self.router_ns(uplink),
+            &format!(
+                "table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n  }}\n}}\n",
+                t = NFT_FORWARDING_DEAD
+            ),
+        )
+    }
+
+    /// Undoes [`Lab::forwarding_dead`].
+    pub fn forwarding_alive(&self, uplink: Uplink) -> Result<()> {
+        cmd::nft(
+            &self.router_ns(uplink),
+            &format!(
+                "table inet {t}\ndelete table inet {t}\n",
+                t = NFT_FORWARDING_DEAD
+            ),
         )
     }
 

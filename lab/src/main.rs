@@ -67,7 +67,7 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         markdown: Option<std::path::PathBuf>,
         /// Run only these sections (comma-separated): first-decision, idle,
-        /// idle-breakdown, carrier-quiet, carrier-busy, gateway, upstream,
+        /// idle-breakdown, carrier-quiet, carrier-busy, gateway, forwarding, upstream,
         /// failback, drain, false-switches, kernel, frr.
         #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
         only: Vec<String>,

@@ -400,8 +400,15 @@ impl Core {
                 }
                 if f.gateway.verdict == Some(false) {
                     let family = family.name().into();
+                    // Echo mode: the echoes stopped. If the router's CPU
+                    // answered a ping since they did, it is alive but does
+                    // not forward; otherwise it is dead as a whole.
+                    let cpu_answers = f
+                        .check
+                        .last_reply
+                        .is_some_and(|c| f.gateway.last_reply.is_none_or(|g| c > g));
                     reasons.push(match f.mode {
-                        GatewayMode::Echo => Reason::Forwarding { family },
+                        GatewayMode::Echo if cpu_answers => Reason::Forwarding { family },
                         _ => Reason::Gateway { family },
                     });
                 }

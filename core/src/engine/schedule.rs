@@ -166,7 +166,18 @@ impl Core {
                     }
                 }
                 // Echo mode: the router's own address gets one ICMP echo a
-                // second (the control-plane budget), for diagnosis only.
+                // second (the control-plane budget), for diagnosis only; and
+                // one at once when the echoes start missing, so that a
+                // verdict can say whether the router died or only its
+                // forwarding (its CPU still answers): see `judge_health`.
+                if f.mode == GatewayMode::Echo
+                    && g_suspect
+                    && f.check
+                        .last_sent
+                        .is_none_or(|c| f.gateway.last_reply.is_some_and(|r| c < r))
+                {
+                    f.check.next_at = now;
+                }
                 if f.mode == GatewayMode::Echo && f.check.next_at <= now {
                     let c = &mut f.check;
                     c.sent(now);
