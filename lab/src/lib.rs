@@ -1326,7 +1326,8 @@ impl Lab {
 
     /// Drops `percent` % (0..=100, resolution 0.01) of the ICMP/ICMPv6 echo
     /// requests arriving from the server on `uplink`'s router, whether
-    /// addressed to the router or forwarded; never ARP/ND or other traffic.
+    /// addressed to the router or forwarded, and of its forwarding-plane
+    /// echoes (UDP to port 3785); never ARP/ND or other traffic.
     /// Calling it again replaces the percentage.
     pub fn random_loss(&self, uplink: Uplink, percent: f64) -> Result<()> {
         if !(0.0..=100.0).contains(&percent) || percent.is_nan() {
@@ -1343,9 +1344,16 @@ impl Lab {
         };
         let v4 = format!("meta protocol ip meta l4proto icmp icmp type echo-request {chance}drop");
         let v6 = format!("meta protocol ip6 meta l4proto 58 icmpv6 type echo-request {chance}drop");
+        // The forwarding-plane echoes (UDP to the BFD echo port 3785).
+        let echo = format!("meta l4proto udp udp dport 3785 {chance}drop");
         cmd::nft(
             &self.router_ns(uplink),
-            &nft_replace_ingress(NFT_RANDOM_LOSS, ROUTER_DOWNLINK, "accept", &[&v4, &v6]),
+            &nft_replace_ingress(
+                NFT_RANDOM_LOSS,
+                ROUTER_DOWNLINK,
+                "accept",
+                &[&v4, &v6, &echo],
+            ),
         )
     }
 
