@@ -131,12 +131,12 @@ pub enum Kind<S> {
 pub enum GatewayProbe {
     /// Try the forwarding-plane echo at start and whenever the gateway
     /// recovers; use it where it comes back, ICMP/ARP/ND where it does not.
+    #[default]
     Auto,
     /// The forwarding-plane echo only (a datagram to our own address in a
     /// frame to the gateway's MAC), plus a slow ICMP check for diagnosis.
     Echo,
     /// ICMP echo requests to the gateway's own address (its CPU answers).
-    #[default]
     Icmp,
 }
 

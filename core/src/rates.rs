@@ -122,7 +122,11 @@ mod tests {
             bond: None,
             probe_address4: None,
             probe_address6: None,
-            gateway_probe: Default::default(),
+            // The rates priced here are the probes' rounds; in echo mode
+            // (auto's choice where the router loops echoes) the same rounds
+            // carry forwarding-plane echoes through the gateway, and the
+            // router itself gets 1 ping/s (README: control-plane budget).
+            gateway_probe: crate::config::GatewayProbe::Icmp,
         };
         Config {
             agent: Default::default(),
