@@ -74,6 +74,24 @@ fn auto_uses_echo_on_a_router_that_loops_it() {
         text.contains("uplinkd_gateway_probe_mode{uplink=\"primary\",family=\"ipv4\",mode=\"echo\",setting=\"auto\"} 1"),
         "{text}"
     );
+    // A Linux router answers hairpinned echoes with ICMP redirects (and
+    // still forwards them): counted in status and metrics.
+    let s = a.wait_for("redirects counted", S(10), |s| {
+        s.uplinks[0]
+            .gateway_probe
+            .ipv4
+            .as_ref()
+            .is_some_and(|g| g.redirects > 0)
+    });
+    let n = s.uplinks[0].gateway_probe.ipv4.as_ref().unwrap().redirects;
+    let text = metrics_text(&a);
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("uplinkd_gateway_redirects_total{uplink=\"primary\",family=\"ipv4\"}")
+            && !l.ends_with(" 0")),
+        "{n} redirects in status; metrics:\n{text}"
+    );
+    assert!(a.log_text().contains("ICMP redirects"), "warned once");
     // The server never accepts the redirects a hairpinning router sends.
     let v = lab
         .exec(
