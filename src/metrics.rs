@@ -212,6 +212,9 @@ pub struct Metrics {
     competing: Family<CompetingLabels, Gauge>,
     gateway_probe_mode: Family<ProbeModeLabels, Gauge>,
     gateway_redirects: Family<UplinkFamilyLabels, Counter>,
+    /// Uplinks with a `gateway_redirects` series: a reload removes those of
+    /// the uplinks it removes (a counter cannot be cleared for the others).
+    redirect_uplinks: Mutex<Vec<String>>,
 }
 
 /// How a gateway is probed: `mode` is echo, icmp or trying; `setting` the
@@ -262,6 +265,7 @@ impl Metrics {
             competing: Family::default(),
             gateway_probe_mode: Family::default(),
             gateway_redirects: Family::default(),
+            redirect_uplinks: Mutex::new(Vec::new()),
         };
         reg.register(
             "gateway_probe_mode",
@@ -508,6 +512,18 @@ impl Metrics {
         self.uplink_flaps.clear();
         self.gateway_reachable.clear();
         self.gateway_probe_mode.clear();
+        self.redirect_uplinks.lock().unwrap().retain(|name| {
+            let kept = cfg.uplinks.iter().any(|u| &u.name == name);
+            if !kept {
+                for family in ["ipv4", "ipv6"] {
+                    self.gateway_redirects.remove(&UplinkFamilyLabels {
+                        uplink: name.clone(),
+                        family: family.into(),
+                    });
+                }
+            }
+            kept
+        });
         self.transit_reachable.clear();
         self.probe_loss.clear();
         self.probe_srtt.clear();
@@ -661,6 +677,12 @@ impl Metrics {
                             setting: gp.setting.clone(),
                         })
                         .set(i64::from(gp.mode == mode));
+                }
+                {
+                    let mut seen = self.redirect_uplinks.lock().unwrap();
+                    if !seen.contains(&u.name) {
+                        seen.push(u.name.clone());
+                    }
                 }
                 let c = self.gateway_redirects.get_or_create(&UplinkFamilyLabels {
                     uplink: u.name.clone(),

@@ -103,6 +103,8 @@ pub(super) struct Daemon {
     retired_probers: Vec<Prober>,
     /// Forwarding-plane echoes through the routed uplinks' gateways.
     echo: EchoProber,
+    /// Echo probers replaced by a reload, polled until their echoes are reported.
+    retired_echo: Vec<EchoProber>,
     /// Probes through bond members (ARP/NS on the member itself).
     members: MemberProber,
     /// To the bond actuator: (bond, member to make active).
@@ -302,6 +304,7 @@ impl Daemon {
             core: Core::new((*cfg).clone(), now),
             prober: Prober::new(probe_uplinks(&layout)),
             echo: EchoProber::new(probe_uplinks(&layout)),
+            retired_echo: Vec::new(),
             cfg,
             layout,
             carrier,
@@ -392,8 +395,9 @@ impl Daemon {
         if let Some(r) = self.retries.next() {
             wake = wake.min(self.clock.ceil(r));
         }
-        let others_in_flight =
-            self.members.in_flight() > 0 || self.retired_probers.iter().any(|p| p.in_flight() > 0);
+        let others_in_flight = self.members.in_flight() > 0
+            || self.retired_probers.iter().any(|p| p.in_flight() > 0)
+            || self.retired_echo.iter().any(|p| p.in_flight() > 0);
         let in_flight =
             others_in_flight || self.prober.in_flight() > 0 || self.echo.in_flight() > 0;
         let (watching, deadline) = match in_flight && !others_in_flight && self.core.decided() {
@@ -471,6 +475,10 @@ impl Daemon {
         }
         self.retired_probers.retain(|p| p.in_flight() > 0);
         self.echo.poll(now, &mut self.outcomes);
+        for old in &mut self.retired_echo {
+            old.poll(now, &mut self.outcomes);
+        }
+        self.retired_echo.retain(|p| p.in_flight() > 0);
         self.members
             .poll(self.clock.instant_at(at), &mut self.outcomes);
         for (id, outcome) in self.outcomes.drain(..) {
@@ -688,9 +696,10 @@ impl Daemon {
         self.verify_all();
         let new_probe = probe_uplinks(&self.layout);
         if new_probe != probe_uplinks(&old_layout) {
-            // Echoes in flight through the old layout are dropped: the
-            // core forgets probes of a changed uplink anyway.
-            self.echo = EchoProber::new(new_probe.clone());
+            let old = std::mem::replace(&mut self.echo, EchoProber::new(new_probe.clone()));
+            if old.in_flight() > 0 {
+                self.retired_echo.push(old);
+            }
             let old = std::mem::replace(&mut self.prober, Prober::new(new_probe));
             if old.in_flight() > 0 {
                 self.retired_probers.push(old);
