@@ -794,6 +794,35 @@ fn probe_addresses_only_on_bond_members_and_unique() {
     assert!(e.message.contains("gateway of its family"), "{e}");
 }
 
+#[test]
+fn gateway_probe_values_and_bond_members() {
+    let bad = format!(
+        "{}\n[[uplink]]\nname = \"third\"\ninterface = \"eth2\"\ngateway4 = \"192.0.2.9\"\ngateway_probe = \"bfd\"\n",
+        minimal()
+    );
+    let errs = errors(&bad);
+    let e = error_for(&errs, "uplink[2].gateway_probe");
+    assert!(e.message.contains("\"auto\", \"echo\", \"icmp\""), "{e}");
+    let member = format!(
+        "{}\n[[uplink]]\nname = \"m1\"\ninterface = \"eth2\"\nbond = \"bond0\"\ngateway4 = \"192.0.2.9\"\ngateway_probe = \"echo\"\n",
+        minimal()
+    );
+    let errs = errors(&member);
+    let e = error_for(&errs, "uplink[2].gateway_probe");
+    assert!(e.message.contains("bond member"), "{e}");
+    let routed = format!(
+        "{}\n[[uplink]]\nname = \"third\"\ninterface = \"eth2\"\ngateway4 = \"192.0.2.9\"\ngateway_probe = \"icmp\"\n",
+        minimal()
+    );
+    let c = config::parse(&routed, "test.toml").unwrap();
+    assert_eq!(c.uplinks[2].gateway_probe, config::GatewayProbe::Icmp);
+    assert_eq!(
+        c.uplinks[0].gateway_probe,
+        config::GatewayProbe::Auto,
+        "the default"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Ranges and host checks: what `uplinkd --check` accepts, the daemon runs
 // (start and reload use the same parser).
