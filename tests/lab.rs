@@ -685,6 +685,14 @@ fn demo_runs_end_to_end() {
     );
     for (step, (title, to)) in report.steps.iter().zip(expected) {
         assert_eq!(step.expect, to, "{title}");
+        // The TCP connections opened before the first failure (from the
+        // service address) still deliver after every step.
+        assert_eq!(step.tcp.len(), 2, "{title}: {:?}", step.tcp);
+        assert!(
+            step.tcp.iter().all(|t| t.delivering),
+            "{title}: {:?}",
+            step.tcp
+        );
         for f in Family::ALL {
             let sw = step
                 .switches

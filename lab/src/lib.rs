@@ -1363,11 +1363,35 @@ impl Lab {
     }
 
     /// Undoes [`Lab::carrier_down`].
+    ///
+    /// The router announces the service address through the link again only
+    /// once the link transmits, as a BFD session would come up: until the
+    /// kernel's linkwatch has run for the device (up to ~1 s on a busy
+    /// host) a veth whose carrier is already on still drops what it is
+    /// given (its qdisc is not active yet). Bounded by 3 s; after that the
+    /// route is added anyway.
     pub fn carrier_up(&self, uplink: Uplink) -> Result<()> {
         let node = Node::Router(uplink);
+        let near: Vec<String> = Family::ALL
+            .iter()
+            .flat_map(|f| self.service_near_lines(uplink, *f, "replace"))
+            .collect();
         let mut l = vec![format!("link set {ROUTER_DOWNLINK} up")];
-        l.extend(self.route_lines(node));
-        cmd::ip_batch(&self.ns(node), &l)
+        l.extend(
+            self.route_lines(node)
+                .into_iter()
+                .filter(|r| !near.contains(r)),
+        );
+        cmd::ip_batch(&self.ns(node), &l)?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let link = self.link(&self.ns(node), ROUTER_DOWNLINK)?;
+            if link.carrier() && link.operstate == "UP" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cmd::ip_batch(&self.ns(node), &near)
     }
 
     /// The router stops answering and forwarding everything from the server
