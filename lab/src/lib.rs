@@ -55,6 +55,7 @@ pub mod bench;
 pub mod bond;
 mod cmd;
 pub mod demo;
+pub mod echo;
 pub mod netns;
 mod noise;
 pub mod ping;
@@ -70,6 +71,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use echo::{EchoReport, EchoSpec, EchoStream};
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
