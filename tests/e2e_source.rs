@@ -242,6 +242,80 @@ fn a_service_address_removed_while_running_is_reported_and_restored() {
     assert!(a.switches(Family::V4).len() <= 1 && a.switches(Family::V6).len() <= 1);
 }
 
+fn wait_log(a: &Agent, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + S(10);
+    loop {
+        let log = a.log_text();
+        if log.matches(needle).count() >= count {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {count} x {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A reload sets, changes or removes the source: the routes follow; a
+/// source that is not on the host is refused and nothing changes.
+#[test]
+fn a_reload_sets_the_source_and_refuses_one_not_on_the_host() {
+    let lab = Lab::build(&uplink_lab::LabSpec {
+        service_source: false,
+        ..uplink_lab::LabSpec::default()
+    })
+    .unwrap();
+    let mut a = settled(&lab, "");
+    for f in Family::ALL {
+        wait_routes_with(&lab, &a, f, None);
+    }
+    let hup = |a: &mut Agent| {
+        a.child
+            .as_mut()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGHUP)
+    };
+    let with = |extra: &str| lab.config_toml(extra);
+    // Not on the host: refused, naming the key; routes unchanged.
+    std::fs::write(
+        a.config_path(),
+        with("[agent]\nsource4 = \"198.18.0.99\"\n"),
+    )
+    .unwrap();
+    hup(&mut a);
+    let log = wait_log(&a, "reload refused", 1);
+    assert!(
+        log.contains("agent.source4: service address 198.18.0.99 is not an address of this host"),
+        "{log}"
+    );
+    wait_routes_with(&lab, &a, Family::V4, None);
+    // On the host: applied, the routes carry it.
+    std::fs::write(
+        a.config_path(),
+        with(&format!(
+            "[agent]\nsource4 = \"{}\"\nsource6 = \"{}\"\n",
+            service(Family::V4),
+            service(Family::V6)
+        )),
+    )
+    .unwrap();
+    hup(&mut a);
+    let log = wait_log(&a, "reload applied", 1);
+    assert!(log.contains("agent.source4 unset -> 198.18.0.1"), "{log}");
+    for f in Family::ALL {
+        wait_routes_with(&lab, &a, f, Some(service(f)));
+    }
+    // Removed again: the routes lose it.
+    std::fs::write(a.config_path(), with("")).unwrap();
+    hup(&mut a);
+    wait_log(&a, "reload applied", 2);
+    for f in Family::ALL {
+        wait_routes_with(&lab, &a, f, None);
+    }
+    assert!(a.switches(Family::V4).len() <= 1);
+}
+
 #[test]
 fn start_is_refused_without_the_service_address() {
     let lab = lab();
