@@ -68,21 +68,30 @@ pub struct TcpFlow {
 impl TcpFlow {
     /// Connect and start writing; returns once the connection is up.
     pub fn start(lab: &Lab, spec: &TcpSpec) -> Result<TcpFlow, LabError> {
+        Self::start_in(&lab.server_ns(), &lab.inet_ns(), sink(spec.family), spec)
+    }
+
+    /// [`TcpFlow::start`] between any two namespaces: the client in
+    /// `client_ns`, the listener on `sink_addr` in `sink_ns`.
+    pub fn start_in(
+        client_ns: &str,
+        sink_ns: &str,
+        sink_addr: IpAddr,
+        spec: &TcpSpec,
+    ) -> Result<TcpFlow, LabError> {
         let io = |what: &str, source: std::io::Error| LabError::Io {
             what: what.to_string(),
             source,
         };
-        let sink_addr = sink(spec.family);
-        let listener = netns::in_netns(&lab.inet_ns(), || {
-            TcpListener::bind(SocketAddr::new(sink_addr, 0))
-        })?
-        .map_err(|e| io("bind the TCP sink", e))?;
+        let listener =
+            netns::in_netns(sink_ns, || TcpListener::bind(SocketAddr::new(sink_addr, 0)))?
+                .map_err(|e| io("bind the TCP sink", e))?;
         let port = listener
             .local_addr()
             .map_err(|e| io("TCP sink address", e))?
             .port();
         let bind = spec.bind;
-        let client = netns::in_netns(&lab.server_ns(), move || -> std::io::Result<TcpStream> {
+        let client = netns::in_netns(client_ns, move || -> std::io::Result<TcpStream> {
             let dst = SocketAddr::new(sink_addr, port);
             match bind {
                 None => TcpStream::connect_timeout(&dst, Duration::from_secs(5)),
