@@ -579,10 +579,17 @@ impl Metrics {
     /// Refresh the gauges that describe the current state from a snapshot.
     pub fn update_from_status(&self, s: &Status) {
         for (fam, src) in [("ipv4", &s.source.ipv4), ("ipv6", &s.source.ipv6)] {
-            if let Some(src) = src {
-                self.source_present
-                    .get_or_create(&FamilyLabels { family: fam.into() })
-                    .set(i64::from(src.present));
+            let labels = FamilyLabels { family: fam.into() };
+            match src {
+                Some(src) => {
+                    self.source_present
+                        .get_or_create(&labels)
+                        .set(i64::from(src.present));
+                }
+                // Not configured (any more, after a reload): no series.
+                None => {
+                    self.source_present.remove(&labels);
+                }
             }
         }
         for b in &s.bonds {

@@ -306,13 +306,20 @@ fn a_reload_sets_the_source_and_refuses_one_not_on_the_host() {
     for f in Family::ALL {
         wait_routes_with(&lab, &a, f, Some(service(f)));
     }
-    // Removed again: the routes lose it.
+    let m = a.client().metrics().unwrap();
+    assert!(
+        m.contains("uplinkd_source_address_present{family=\"ipv4\"} 1"),
+        "{m}"
+    );
+    // Removed again: the routes lose it, and the metric its series.
     std::fs::write(a.config_path(), with("")).unwrap();
     hup(&mut a);
     wait_log(&a, "reload applied", 2);
     for f in Family::ALL {
         wait_routes_with(&lab, &a, f, None);
     }
+    let m = a.client().metrics().unwrap();
+    assert!(!m.contains("uplinkd_source_address_present{"), "{m}");
     assert!(a.switches(Family::V4).len() <= 1);
 }
 
