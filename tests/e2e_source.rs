@@ -23,7 +23,7 @@ fn our_routes(lab: &Lab, f: Family) -> Vec<(u32, Option<std::net::IpAddr>)> {
     lab.default_routes(f)
         .unwrap()
         .into_iter()
-        .filter(|r| r.protocol.as_deref() == Some("85"))
+        .filter(|r| matches!(r.protocol.as_deref(), Some("85" | "uplinkd")))
         .map(|r| (r.metric, r.prefsrc))
         .collect()
 }
