@@ -28,6 +28,16 @@ pub struct UplinkdArgs {
     /// when there is one.
     #[arg(long, requires = "check")]
     pub live: bool,
+    /// Remove everything uplinkd made on this host and exit: every route
+    /// with protocol 85 (proto uplinkd) in the main table and in tables
+    /// agent.table_base and up, every rule with protocol 85, both families,
+    /// and the per-uplink sysctls put back to their values before uplinkd
+    /// first changed them in this boot. Nothing of another owner is
+    /// touched. Refused (exit 1) while uplinkd runs. Works without the
+    /// configuration file (then with the default socket and table_base).
+    /// Prints what it removed; a second run finds nothing.
+    #[arg(long, conflicts_with = "check")]
+    pub cleanup: bool,
 }
 
 #[derive(Parser, Debug)]

@@ -9,6 +9,7 @@ pub use uplinkd_core as core;
 pub use uplinkd_core::{proto, status};
 
 pub mod api;
+pub mod cleanup;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -723,3 +723,53 @@ fn documented_probe_rates_are_the_ones_the_defaults_send() {
         assert!(config.contains(&want), "config/uplinkd.toml does not say: {want}");
     }
 }
+
+/// README and uplinkd(8) say what uplinkd changes on the host, each sysctl
+/// it sets (as the code names them) and the file it records their old
+/// values in, and how `uplinkd --cleanup` removes it all.
+#[test]
+fn what_uplinkd_changes_on_the_host_and_its_cleanup_are_documented() {
+    let readme = read(repo("README.md"));
+    let section = readme
+        .split("### What uplinkd changes on your host")
+        .nth(1)
+        .expect("README section What uplinkd changes on your host")
+        .split("\n#")
+        .next()
+        .unwrap();
+    let page = man_text("packaging/man/uplinkd.8");
+    let man = page
+        .split("WHAT UPLINKD CHANGES ON YOUR HOST")
+        .nth(1)
+        .expect("uplinkd(8) section WHAT UPLINKD CHANGES ON YOUR HOST");
+    let man = man.split("\nMONITORING").next().unwrap();
+    // The rendered page hyphenates and breaks lines: compare words.
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (section, man) = (words(section), words(man));
+    for (path, value) in uplinkd::netlink::sysctl::uplink_sysctl_values("IF") {
+        let key = path.rsplit('/').next().unwrap();
+        for (what, text) in [("README", &section), ("uplinkd(8)", &man)] {
+            assert!(text.contains(key), "{what} does not name the sysctl {key}");
+        }
+        assert!(
+            section.contains(&format!("→ {value}")),
+            "README does not say uplinkd sets {key} to {value}"
+        );
+    }
+    let originals = uplinkd::netlink::sysctl::ORIGINALS_FILE;
+    for (what, text) in [("README", &section), ("uplinkd(8)", &man)] {
+        for want in [
+            "uplinkd --cleanup",
+            originals,
+            "proto",
+            "rt_protos.d/uplinkd.conf",
+            "table_base",
+        ] {
+            assert!(text.contains(want), "{what} does not say {want:?}");
+        }
+    }
+    assert!(
+        !section.contains("no cleanup command"),
+        "README still says there is no cleanup command"
+    );
+}

@@ -570,10 +570,13 @@ impl CleanRoot {
         self.dir.path().join(p.trim_start_matches('/'))
     }
 
-    /// `chroot ROOT args...`, without a terminal (dpkg must not ask).
+    /// `chroot ROOT args...`, without a terminal (dpkg must not ask), in a
+    /// network namespace of its own: the package's removal runs
+    /// `uplinkd --cleanup`, which must never see the host's routes.
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("chroot");
-        c.arg(self.dir.path())
+        let mut c = Command::new("unshare");
+        c.args(["--net", "chroot"])
+            .arg(self.dir.path())
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
@@ -651,10 +654,11 @@ fn repack_with_changed_conffile(deb: &Path, version: &str, append: &str, dir: &P
 
 /// Every file of the .deb but the unit (whose directory depends on the
 /// cargo-deb version): a file that appears or goes away is a decision.
-const PACKAGED_FILES: [&str; 17] = [
+const PACKAGED_FILES: [&str; 18] = [
     "/usr/sbin/uplinkd",
     "/usr/bin/uplinkctl",
     "/etc/uplinkd/uplinkd.toml",
+    "/etc/iproute2/rt_protos.d/uplinkd.conf",
     "/usr/share/man/man8/uplinkd.8.gz",
     "/usr/share/man/man8/uplinkctl.8.gz",
     "/usr/share/man/man5/uplinkd.toml.5.gz",
@@ -752,7 +756,7 @@ fn debian_package() {
     ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
     assert_eq!(
         read(ctrl.join("conffiles")).trim(),
-        "/etc/uplinkd/uplinkd.toml"
+        "/etc/uplinkd/uplinkd.toml\n/etc/iproute2/rt_protos.d/uplinkd.conf"
     );
     let contents = ok(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
@@ -795,6 +799,7 @@ fn debian_package() {
         ("/usr/sbin/uplinkd", 0o755),
         ("/usr/bin/uplinkctl", 0o755),
         ("/etc/uplinkd/uplinkd.toml", 0o644),
+        ("/etc/iproute2/rt_protos.d/uplinkd.conf", 0o644),
         ("/usr/share/man/man8/uplinkd.8.gz", 0o644),
         ("/usr/share/man/man8/uplinkctl.8.gz", 0o644),
         ("/usr/share/man/man5/uplinkd.toml.5.gz", 0o644),
@@ -819,6 +824,14 @@ fn debian_package() {
     assert_eq!(
         read(root.path("/etc/uplinkd/uplinkd.toml")),
         read(repo("config/uplinkd.toml"))
+    );
+    // ip(8) names protocol 85: the line iproute2 reads from rt_protos.d.
+    let protos = read(root.path("/etc/iproute2/rt_protos.d/uplinkd.conf"));
+    assert!(
+        protos
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["85", "uplinkd"]),
+        "{protos}"
     );
     assert_eq!(read(root.path(unit)), read(repo(UNIT)));
     for (installed, committed) in [
@@ -1036,6 +1049,11 @@ impl Container {
             .arg(format!("--network-namespace-path=/run/netns/{netns}"))
             // nspawn's own bounding set lacks CAP_NET_ADMIN unless asked.
             .args(["--capability=CAP_NET_ADMIN", "--register=no", "--keep-unit"])
+            // /proc/sys/net writable, as root finds it on a server (nspawn
+            // mounts all of /proc/sys read-only, also with a network
+            // namespace of its own): the package's removal puts the
+            // sysctls back. It is the lab's namespace, not the host's.
+            .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
             .args(["--quiet", "--boot"])
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
@@ -1228,6 +1246,7 @@ fn unit_runs_under_systemd() {
     let conf = root.path("/etc/uplinkd/uplinkd.toml");
     std::fs::write(&conf, config("")).unwrap();
 
+    let rp_before = eth1_rp_filter(&lab);
     let log = root.path("/nspawn.log");
     let c = Container::boot(&root, &lab.server_ns(), &log);
     c.ok(&["systemctl", "start", "--no-block", "uplinkd"]);
@@ -1389,13 +1408,76 @@ fn unit_runs_under_systemd() {
         assert!(!journal.contains(bad), "{bad} in the journal:\n{journal}");
     }
 
-    // Stop: the runtime directory goes with it.
+    // ip(8) names the routes "proto uplinkd" with the packaged
+    // rt_protos.d file (the host's ip, which the container lacks, given the
+    // root's file in a mount namespace of its own).
+    let shown = ok(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/iproute2/rt_protos.d && ip -n \"$2\" route show default")
+        .arg("sh")
+        .arg(root.path("/etc/iproute2/rt_protos.d"))
+        .arg(lab.server_ns()));
+    assert!(
+        shown.contains("proto uplinkd"),
+        "ip route does not name uplinkd's routes:\n{shown}"
+    );
+
+    // Stop: the routes and the runtime directory stay (drains, sequence
+    // numbers, the sysctls' values before uplinkd, for the cleanup).
     std::fs::write(&conf, config("")).unwrap();
     c.ok(&["systemctl", "stop", "uplinkd"]);
     assert_eq!(c.show("ActiveState"), "inactive");
-    assert!(!c.ok(&["ls", "/run"]).lines().any(|l| l == "uplinkd"));
+    let run = c.ok(&["ls", "/run/uplinkd"]);
+    assert!(run.lines().any(|l| l == "sysctl-originals"), "{run}");
+    assert!(!owned(&lab).is_empty(), "the routes went with the stop");
+
+    // Removing the package (with the service running again: its removal
+    // stops it) removes every route and rule of uplinkd's and puts the
+    // sysctls back.
+    c.ok(&["systemctl", "start", "uplinkd"]);
+    c.wait_active("after the second start");
+    let out = c.ok(&["dpkg", "-r", "uplinkd"]);
+    assert!(
+        out.contains("removed ipv4 default via") && out.contains("restored "),
+        "the removal did not clean up:\n{out}\njournal:\n{}",
+        c.journal()
+    );
+    assert_eq!(owned(&lab), "", "left after dpkg -r:\n{out}");
+    assert_eq!(
+        eth1_rp_filter(&lab),
+        rp_before,
+        "rp_filter not restored:\n{out}"
+    );
     drop(c);
     lab.destroy().unwrap();
+}
+
+/// `net.ipv4.conf.eth1.rp_filter` of the lab's server.
+fn eth1_rp_filter(lab: &uplink_lab::Lab) -> String {
+    lab.exec(
+        &lab.server_ns(),
+        &["cat", "/proc/sys/net/ipv4/conf/eth1/rp_filter"],
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+/// Every route (any table) and rule with protocol 85 in the lab's server.
+fn owned(lab: &uplink_lab::Lab) -> String {
+    let ns = lab.server_ns();
+    let mut out = String::new();
+    for fam in ["-4", "-6"] {
+        out += &lab
+            .ip(&ns, &[fam, "route", "show", "table", "all", "proto", "85"])
+            .unwrap();
+        let rules = lab.ip(&ns, &[fam, "rule", "show"]).unwrap();
+        for l in rules.lines().filter(|l| l.contains("proto 85")) {
+            out += l;
+            out += "\n";
+        }
+    }
+    out
 }
 
 /// A process this test started (indirectly, under strace): SIGKILLed on drop

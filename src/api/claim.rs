@@ -101,6 +101,56 @@ pub fn claim_socket(socket: &Path) -> Result<Claim, ClaimError> {
     Ok(Claim { _lock: held })
 }
 
+/// For a command that must not run beside an agent (`uplinkd --cleanup`):
+/// an error naming the agent when one holds `socket`'s claim, or accepts
+/// connections on it. Creates nothing: without a lock file no agent ever
+/// ran with this socket. While the returned lock is held (when there is a
+/// lock file), no agent can start with this socket: it would be refused.
+pub fn hold_if_idle(socket: &Path) -> Result<Option<Flock<File>>, ClaimError> {
+    let lock = lock_path(socket);
+    let held = match File::open(&lock) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ClaimError::Io {
+                what: "open the lock file",
+                path: lock,
+                source,
+            })
+        }
+        Ok(file) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Some(l),
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(match text.trim().parse() {
+                    Ok(pid) => ClaimError::Running {
+                        pid,
+                        socket: socket.into(),
+                    },
+                    Err(_) => ClaimError::RunningPidUnknown {
+                        socket: socket.into(),
+                        lock,
+                    },
+                });
+            }
+            Err((_, e)) => {
+                return Err(ClaimError::Io {
+                    what: "lock",
+                    path: lock,
+                    source: e.into(),
+                })
+            }
+        },
+    };
+    if socket_answers(socket) {
+        return Err(ClaimError::InUse {
+            socket: socket.into(),
+            lock,
+        });
+    }
+    Ok(held)
+}
+
 /// Whether something accepts connections on the socket file (a stale
 /// socket, or none, refuses them).
 pub(super) fn socket_answers(socket: &Path) -> bool {
@@ -140,5 +190,21 @@ mod tests {
         let e = claim_socket(&socket).unwrap_err();
         assert!(matches!(e, ClaimError::InUse { .. }), "{e}");
         assert!(e.to_string().contains("accepts connections"), "{e}");
+    }
+
+    #[test]
+    fn hold_if_idle_refuses_beside_a_running_agent_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/uplinkd.sock");
+        assert!(hold_if_idle(&socket).unwrap().is_none());
+        assert!(!dir.path().join("run").exists(), "created something");
+        let claim = claim_socket(&socket).unwrap();
+        let e = hold_if_idle(&socket).unwrap_err();
+        assert!(matches!(e, ClaimError::Running { .. }), "{e}");
+        drop(claim);
+        let held = hold_if_idle(&socket).unwrap();
+        assert!(held.is_some());
+        // While held, an agent cannot start with this socket.
+        assert!(claim_socket(&socket).is_err());
     }
 }

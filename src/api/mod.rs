@@ -48,7 +48,7 @@ use crate::core::UplinkId;
 use crate::metrics::StatusSource;
 use crate::status::Status;
 
-pub use claim::{claim_socket, lock_path, Claim, ClaimError};
+pub use claim::{claim_socket, hold_if_idle, lock_path, Claim, ClaimError};
 pub use events::Events;
 pub use places::{ADMIT_WAIT, MAX_CLIENTS, MAX_SUBSCRIBERS, MAX_WAITING, ROOT_RESERVE};
 pub use server::{serve, Server, MAX_REQUEST};

@@ -220,8 +220,51 @@ fn check_live(path: &Path) -> ExitCode {
     ExitCode::from(EXIT_HOST_PROBLEMS)
 }
 
+/// `--cleanup`: the socket and table_base from the configuration when it
+/// can be read, the defaults otherwise (a package's purge may run it after
+/// the file is gone); see `uplinkd::cleanup`.
+fn cleanup(path: &Path) -> ExitCode {
+    let agent = if path.exists() {
+        match config::load(path) {
+            Ok(c) => c.agent,
+            Err(e) => {
+                let agent = config::AgentConfig::default();
+                eprintln!("{e}");
+                eprintln!(
+                    "uplinkd: --cleanup goes on with the default socket {} and table_base {}",
+                    agent.socket.display(),
+                    agent.table_base
+                );
+                agent
+            }
+        }
+    } else {
+        config::AgentConfig::default()
+    };
+    match uplinkd::cleanup::cleanup(&agent.socket, agent.table_base) {
+        Ok(report) => {
+            println!("{report}");
+            match report.errors.is_empty() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            }
+        }
+        Err(e @ uplinkd::cleanup::CleanupError::Running(_)) => {
+            eprintln!("uplinkd: --cleanup refused: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("uplinkd: --cleanup failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.cleanup {
+        return cleanup(&args.config);
+    }
     let config = match config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

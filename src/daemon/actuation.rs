@@ -376,10 +376,18 @@ async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes, sources:
     // nothing but the agent's own marked probes. Sysctls and the main
     // table's fallback routes change how the host routes: left alone.
     let observe = a.mode == AgentMode::Observe;
+    // Each sysctl's value before the agent first changed it, beside the
+    // socket, for `uplinkd --cleanup`.
+    let originals = sysctl::Originals::new(
+        a.socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/run"))
+            .join(sysctl::ORIGINALS_FILE),
+    );
     for (i, u) in cfg.uplinks.iter().enumerate() {
         let sysctls = match observe {
             true => Ok(()),
-            false => sysctl::uplink_sysctls(&u.interface),
+            false => sysctl::uplink_sysctls_recorded(&u.interface, Some(&originals)),
         };
         if let Err(e) = sysctls {
             debug!(error = %e, uplink = %u.name, "uplink sysctls not set (interface missing?)");

@@ -7,6 +7,10 @@
 //! made; an agent restart (upgrade, crash, reload gone wrong) must not.
 //! Each file is replaced whole (write, then rename), so a crash leaves the
 //! old or the new one, never half of one.
+//!
+//! Beside them, `sysctl-originals` (see `netlink::sysctl::Originals`): the
+//! uplink sysctls' values before the agent first changed them in this boot,
+//! written by the actuation task, read by `uplinkd --cleanup`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

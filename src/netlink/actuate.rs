@@ -30,7 +30,8 @@ use crate::config::Family;
 /// are not interpreted by the kernel and lists the assigned ones (8-18, 42
 /// babel, 99 openr, 186-189, 192 eigrp); FRRouting additionally uses 190-198
 /// and /etc/iproute2/rt_protos lists the same set. 85 is in none of them.
-/// Operators may name it with `echo "85 uplinkd" > /etc/iproute2/rt_protos.d/uplinkd.conf`.
+/// The package names it for ip(8) in /etc/iproute2/rt_protos.d/uplinkd.conf
+/// (packaging/iproute2/uplinkd.conf), so `ip route` prints `proto uplinkd`.
 pub const RTPROT_UPLINKD: u8 = 0x55;
 
 /// The name of a route's rtm_protocol as `ip route` prints it

@@ -9,6 +9,8 @@
 //!   the live `netif_carrier_ok()`.
 //! - [`actuate`]: idempotent route, rule and neighbour changes.
 //! - [`sysctl`]: the per-uplink sysctls.
+//! - [`owned`]: the routes and rules uplinkd made (protocol 85), found and
+//!   removed without its configuration (`uplinkd --cleanup`).
 //! - [`host`]: a read-only dump of links, addresses and main-table routes
 //!   for `uplinkd --check --live`.
 //! - [`bond`]: the bond poller (active member, settings, members) and the
@@ -35,6 +37,7 @@ pub mod bond;
 pub mod carrier;
 pub mod host;
 pub mod monitor;
+pub mod owned;
 mod request;
 pub mod sysctl;
 
@@ -42,7 +45,7 @@ pub use actuate::{Actuator, RTPROT_UPLINKD};
 pub use bond::{read_bond, set_active, spawn_bond_actuator, spawn_bond_poller, BondSample};
 pub use carrier::{spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
 pub use monitor::{spawn_monitor, spawn_monitor_with, MonitorHandle, MonitorOptions};
-pub use sysctl::{set_sysctl, uplink_sysctls};
+pub use sysctl::{set_sysctl, uplink_sysctls, Originals};
 
 /// Default bound on every netlink request (and on the gap between two parts
 /// of a dump answer). The kernel answers in microseconds; 2 s only fires when

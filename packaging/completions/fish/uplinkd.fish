@@ -4,5 +4,6 @@
 complete -c uplinkd -s c -l config -d 'Configuration file' -r -F
 complete -c uplinkd -l check -d 'Validate the configuration (the file and its drop-ins) and exit (0 = valid)'
 complete -c uplinkd -l live -d 'With --check: also check that the configuration fits this host: every uplink\'s interface (and bond) exists, every gateway is on-link through its interface, and no default route uplinkd did not make has a lower metric than agent.route_metric. Every problem is listed; exit status 3 when there is one'
+complete -c uplinkd -l cleanup -d 'Remove everything uplinkd made on this host and exit: every route with protocol 85 (proto uplinkd) in the main table and in tables agent.table_base and up, every rule with protocol 85, both families, and the per-uplink sysctls put back to their values before uplinkd first changed them in this boot. Nothing of another owner is touched. Refused (exit 1) while uplinkd runs. Works without the configuration file (then with the default socket and table_base). Prints what it removed; a second run finds nothing'
 complete -c uplinkd -s h -l help -d 'Print help'
 complete -c uplinkd -s V -l version -d 'Print version'
