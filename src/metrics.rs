@@ -210,6 +210,9 @@ pub struct Metrics {
     /// 1 while another owner's default route wins over ours: traffic is
     /// not where the status says, which no other gauge shows.
     competing: Family<CompetingLabels, Gauge>,
+    /// Per family with a configured service address: 1 while it is on the
+    /// host (the routes carry it as source), 0 while it is missing.
+    source_present: Family<FamilyLabels, Gauge>,
 }
 
 impl Metrics {
@@ -248,6 +251,7 @@ impl Metrics {
             probe_index: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             competing: Family::default(),
+            source_present: Family::default(),
         };
         reg.register(
             "build",
@@ -402,6 +406,11 @@ impl Metrics {
             "competing_default_route",
             "1 while a default route of another owner (by protocol) wins over the managed one",
             m.competing.clone(),
+        );
+        reg.register(
+            "source_address_present",
+            "1 while the service address (agent.source4/source6) is on the host and the default routes carry it as source; 0 while it is missing",
+            m.source_present.clone(),
         );
         let m = Metrics { registry: reg, ..m };
         m.set_probe_targets(cfg);
@@ -569,6 +578,20 @@ impl Metrics {
 
     /// Refresh the gauges that describe the current state from a snapshot.
     pub fn update_from_status(&self, s: &Status) {
+        for (fam, src) in [("ipv4", &s.source.ipv4), ("ipv6", &s.source.ipv6)] {
+            let labels = FamilyLabels { family: fam.into() };
+            match src {
+                Some(src) => {
+                    self.source_present
+                        .get_or_create(&labels)
+                        .set(i64::from(src.present));
+                }
+                // Not configured (any more, after a reload): no series.
+                None => {
+                    self.source_present.remove(&labels);
+                }
+            }
+        }
         for b in &s.bonds {
             self.bond_warnings
                 .get_or_create(&BondLabels {

@@ -1333,6 +1333,69 @@ fn competing_route_is_reported_and_cleared() {
         .any(|(_, a)| matches!(a, Action::RemoveRoute { .. })));
 }
 
+/// The service address leaving and returning: reported once per change
+/// (however often the daemon says so), shown in status with its reason,
+/// and never a reason to move traffic.
+#[test]
+fn a_missing_service_address_is_reported_once_and_moves_nothing() {
+    let mut cfg = config();
+    cfg.agent.source4 = Some("198.18.0.1".parse().unwrap());
+    let mut s = Sim::new(cfg);
+    s.run_for(Duration::from_secs(3));
+    let before = s.route;
+    let src = s.core.status(s.now).source.ipv4.unwrap();
+    assert!(src.present && src.reason.is_none());
+    // No source6 configured: no status, nothing reported.
+    assert!(s.core.status(s.now).source.ipv6.is_none());
+    s.feed(Event::SourceAddress {
+        family: Family::V6,
+        present: false,
+    });
+    for _ in 0..3 {
+        s.feed(Event::SourceAddress {
+            family: Family::V4,
+            present: false,
+        });
+    }
+    let src = s.core.status(s.now).source.ipv4.unwrap();
+    assert!(!src.present);
+    assert_eq!(src.reason.as_deref(), Some("source_missing"));
+    s.run_for(Duration::from_secs(2));
+    for _ in 0..2 {
+        s.feed(Event::SourceAddress {
+            family: Family::V4,
+            present: true,
+        });
+    }
+    assert!(s.core.status(s.now).source.ipv4.unwrap().present);
+    let seen: Vec<_> = s
+        .reports()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::SourceAddress {
+                family, present, ..
+            } => Some((family, present)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("ipv4".to_string(), false), ("ipv4".to_string(), true)]
+    );
+    assert_eq!(s.route, before);
+    let warn = Change::SourceAddress {
+        family: "ipv4".into(),
+        address: "198.18.0.1".parse().unwrap(),
+        present: false,
+    };
+    assert_eq!(warn.level(), uplinkd::status::Level::Warn);
+    assert!(
+        warn.describe().contains("source_missing"),
+        "{}",
+        warn.describe()
+    );
+}
+
 /// The first decision after a restart that moves a family away from an
 /// adopted route via a dead uplink releases what that uplink holds, as a
 /// failover does: a sender blocked behind its unresolved neighbour entry

@@ -667,6 +667,146 @@ fn scenario_bond_without_miimon_is_warned_and_still_fails_over() {
         .any(|e| e["kind"] == "bond" && e["by"] == "agent" && e["to"] == "eth1"));
 }
 
+/// What a packet socket in the gateway's namespace saw of the server's
+/// announcements: gratuitous ARP for the server's IPv4 address and
+/// unsolicited neighbour advertisements for its IPv6 address, with the
+/// source MAC of each.
+#[derive(Debug, Default, Clone)]
+struct Announcements {
+    garp: Vec<[u8; 6]>,
+    unsolicited_na: Vec<[u8; 6]>,
+}
+
+/// Captures every frame arriving in namespace `ns` until `stop` is set.
+fn capture_announcements(
+    ns: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Announcements> {
+    use std::io::Read;
+    const ETH_P_ALL: u16 = 0x0003;
+    let sock = uplink_lab::netns::in_netns(ns, || {
+        socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(i32::from(ETH_P_ALL.to_be()))),
+        )
+    })
+    .unwrap()
+    .expect("packet socket in the gateway's namespace");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let server4: std::net::Ipv4Addr = uplink_lab::bond::SERVER.parse().unwrap();
+    let server6: std::net::Ipv6Addr = uplink_lab::bond::SERVER6.parse().unwrap();
+    std::thread::spawn(move || {
+        let mut sock = sock;
+        let mut seen = Announcements::default();
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = sock.read(&mut buf) else {
+                continue;
+            };
+            let f = &buf[..n];
+            if n < 14 {
+                continue;
+            }
+            let src: [u8; 6] = f[6..12].try_into().unwrap();
+            match u16::from_be_bytes([f[12], f[13]]) {
+                // ARP: sender IP (28..32) = target IP (38..42) = the server.
+                0x0806 if n >= 42 => {
+                    let spa = std::net::Ipv4Addr::new(f[28], f[29], f[30], f[31]);
+                    let tpa = std::net::Ipv4Addr::new(f[38], f[39], f[40], f[41]);
+                    if spa == server4 && tpa == server4 {
+                        seen.garp.push(src);
+                    }
+                }
+                // IPv6, ICMPv6 (58) neighbour advertisement (136) for the
+                // server's address, to all nodes (unsolicited).
+                0x86dd if n >= 14 + 40 + 24 => {
+                    let ip = &f[14..];
+                    let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+                    let target: [u8; 16] = ip[48..64].try_into().unwrap();
+                    if ip[6] == 58
+                        && ip[40] == 136
+                        && std::net::Ipv6Addr::from(target) == server6
+                        && std::net::Ipv6Addr::from(dst)
+                            == "ff02::1".parse::<std::net::Ipv6Addr>().unwrap()
+                    {
+                        seen.unsolicited_na.push(src);
+                    }
+                }
+                _ => {}
+            }
+        }
+        seen
+    })
+}
+
+/// The way back in bond mode: when the agent makes the backup member
+/// active (no miimon: only the agent acts), the bonding driver announces
+/// the server's addresses from the new member (gratuitous ARP, unsolicited
+/// NA: num_grat_arp / num_unsol_na), the switch learns the bond's MAC on
+/// the new port, and a TCP connection opened before keeps delivering.
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_tcp_survives_a_member_switch_made_by_the_agent() {
+    let (lab, a) = settled(0, "");
+    let tcp = uplink_lab::TcpFlow::start_in(
+        &lab.server_ns(),
+        &lab.ns("gw"),
+        uplink_lab::SINK_V4.into(),
+        &uplink_lab::TcpSpec::default(),
+    )
+    .expect("TCP connection to the sink");
+    assert!(tcp.wait_delivered(0, 10_000, S(20)), "TCP not delivering");
+    let mac = lab.bond_mac().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture = capture_announcements(&lab.ns("gw"), stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    tcp.reset_stall();
+    lab.carrier(0, false).unwrap();
+    driver_on(&lab, 1, S(15));
+    a.wait_for("member-b chosen by the agent", S(15), |s| {
+        s.active.ipv4.as_deref() == Some("member-b")
+    });
+    assert!(a
+        .events()
+        .iter()
+        .any(|e| e["kind"] == "bond" && e["by"] == "agent" && e["to"] == "eth1"));
+    let now = tcp.delivered();
+    assert!(
+        tcp.wait_delivered(now, 20_000, S(30)),
+        "the TCP connection delivered nothing after the member switch\n{}",
+        a.timeline()
+    );
+    std::thread::sleep(S(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = capture.join().unwrap();
+    println!(
+        "BOND-RESULT TCP across a member switch made by the agent: longest delivery stall {:.0} ms; announcements seen at the gateway: {} gratuitous ARP, {} unsolicited NA",
+        tcp.longest_stall().as_secs_f64() * 1000.0,
+        seen.garp.len(),
+        seen.unsolicited_na.len()
+    );
+    let bond_mac: Vec<u8> = mac
+        .split(':')
+        .filter_map(|x| u8::from_str_radix(x, 16).ok())
+        .collect();
+    assert!(
+        !seen.garp.is_empty() && seen.garp.iter().all(|m| m[..] == bond_mac[..]),
+        "gratuitous ARP from the bond's MAC after the switch: {seen:?}"
+    );
+    assert!(
+        !seen.unsolicited_na.is_empty(),
+        "unsolicited NA after the switch: {seen:?}"
+    );
+    // The second switch learned the bond's MAC on the new member's port.
+    let ports = lab.fdb_ports("swb", &mac).unwrap();
+    assert!(
+        ports.iter().any(|p| p == "p0"),
+        "swb fdb for {mac}: {ports:?}"
+    );
+}
+
 #[test]
 #[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
 fn scenario_member_removed_and_added_back() {

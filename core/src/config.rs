@@ -118,6 +118,11 @@ pub enum Kind<S> {
     Ipv4 { set: fn(&mut S, Ipv4Addr) },
     /// A unicast IPv6 address.
     Ipv6 { set: fn(&mut S, Ipv6Addr) },
+    /// An optional unicast IPv4 address (absent = None); an IPv6 address
+    /// is refused with a message naming the other family's key.
+    OptIpv4 { set: fn(&mut S, Option<Ipv4Addr>) },
+    /// An optional unicast IPv6 address (absent = None); see `OptIpv4`.
+    OptIpv6 { set: fn(&mut S, Option<Ipv6Addr>) },
     /// A list of unicast addresses, each listed once in the whole file.
     Targets { set: fn(&mut S, Vec<IpAddr>) },
     /// One of [`AgentMode::NAMES`].
@@ -276,6 +281,13 @@ settings! {
         };
         /// "observe": decide and report without changing the host (see config/uplinkd.toml).
         mode: AgentMode = AgentMode::Enforce, Mode {};
+        /// The server's IPv4 service address (on its loopback, routed to it by
+        /// the network through every uplink): the preferred source (RTA_PREFSRC)
+        /// of every IPv4 default route uplinkd installs in the main table, so
+        /// connections use it whichever uplink carries them. None = no src.
+        source4: Option<Ipv4Addr> = None, OptIpv4 {};
+        /// The server's IPv6 service address; see `source4`.
+        source6: Option<Ipv6Addr> = None, OptIpv6 {};
     }
 
     /// Flap damping: an uplink that fails `threshold` times within `window` is
@@ -399,6 +411,16 @@ impl TransitConfig {
             .iter()
             .copied()
             .filter(move |a| Family::of(a) == family)
+    }
+}
+
+impl AgentConfig {
+    /// The service address of `family` (`source4` / `source6`), if set.
+    pub fn source(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.source4.map(IpAddr::V4),
+            Family::V6 => self.source6.map(IpAddr::V6),
+        }
     }
 }
 

@@ -99,6 +99,9 @@ struct FamilyDecision {
     /// Restores of the managed route and the fight with another writer
     /// (see `engine/route.rs`).
     guard: route::RouteGuard,
+    /// The configured service address of this family is missing from the
+    /// host (`Event::SourceAddress`): the routes carry no source meanwhile.
+    source_missing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -271,7 +274,36 @@ impl Core {
             Event::Bond(st) => self.on_bond(st, out),
             Event::Tick => self.route_timers(now, out),
             Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
+            Event::SourceAddress { family, present } => self.on_source(family, present, out),
         }
+    }
+
+    /// The service address of `family` came or went: reported once per change.
+    fn on_source(&mut self, family: Family, present: bool, out: &mut Vec<Action>) {
+        let Some(address) = self.cfg.agent.source(family) else {
+            return;
+        };
+        let d = &mut self.fam[family.index()];
+        if d.source_missing != present {
+            return;
+        }
+        d.source_missing = !present;
+        out.push(Action::Report(crate::status::Change::SourceAddress {
+            family: family.name().into(),
+            address,
+            present,
+        }));
+    }
+
+    /// The service address of `family` as status shows it.
+    pub fn source_status(&self, family: Family) -> Option<crate::status::SourceStatus> {
+        let address = self.cfg.agent.source(family)?;
+        let missing = self.fam[family.index()].source_missing;
+        Some(crate::status::SourceStatus {
+            address,
+            present: !missing,
+            reason: missing.then(|| crate::status::SOURCE_MISSING.to_string()),
+        })
     }
 
     /// What the evidence so far means: each uplink's health first, then

@@ -117,6 +117,11 @@ pub enum Event {
         family: Family,
         route: Option<crate::status::CompetingRoute>,
     },
+    /// Whether the service address of `family` (`agent.source4`/`source6`)
+    /// is a usable local address of the host: while it is not, the daemon
+    /// installs its routes without a preferred source (the kernel refuses
+    /// one that is not local), and the core reports it.
+    SourceAddress { family: Family, present: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,6 +30,11 @@ pub struct Status {
     /// rewriting the managed route while the agent restores it with backoff.
     #[serde(default)]
     pub fighting: PerFamily<Option<String>>,
+    /// Per family, the service address (`agent.source4` / `source6`) the
+    /// default routes carry as their preferred source, and whether it is on
+    /// the host; null when not configured.
+    #[serde(default)]
+    pub source: PerFamily<Option<SourceStatus>>,
     /// "enforce" or "observe" (`[agent] mode`): whether the decisions
     /// above are carried out.
     #[serde(default = "enforce")]
@@ -65,6 +70,22 @@ impl std::fmt::Display for CompetingRoute {
             self.dev, self.metric, self.protocol
         )
     }
+}
+
+/// The reason a service address shows while it is missing from the host.
+pub const SOURCE_MISSING: &str = "source_missing";
+
+/// A configured service address (`agent.source4` / `source6`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub address: IpAddr,
+    /// A usable local address of the host. While false the default routes
+    /// are installed without a preferred source (the kernel refuses a
+    /// source that is not local), and `reason` says so.
+    pub present: bool,
+    /// "source_missing" while `present` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn enforce() -> String {
@@ -333,6 +354,14 @@ pub enum Change {
         active: bool,
         restores: u32,
     },
+    /// The service address of a family (`agent.source4` / `source6`) left
+    /// the host (`present`: false; the routes lose their source until it is
+    /// back) or came back (the source is put back).
+    SourceAddress {
+        family: String,
+        address: IpAddr,
+        present: bool,
+    },
 }
 
 impl Change {
@@ -353,6 +382,7 @@ impl Change {
             Change::Bond { .. } => "bond",
             Change::CompetingRoute { .. } => "competing_route",
             Change::Fighting { .. } => "fighting",
+            Change::SourceAddress { .. } => "source_address",
         }
     }
 
@@ -478,6 +508,18 @@ impl Change {
                     format!("{family}: the fight over the default route with {with} ended after {restores} restore(s)")
                 }
             }
+            Change::SourceAddress {
+                family,
+                address,
+                present: false,
+            } => format!(
+                "{family}: service address {address} (source) is gone from the host; default routes installed without a source until it is back (source_missing)"
+            ),
+            Change::SourceAddress {
+                family, address, ..
+            } => format!(
+                "{family}: service address {address} is back; default routes carry it as their source again"
+            ),
         }
     }
 
@@ -501,6 +543,7 @@ impl Change {
             Change::Bond { by, .. } => warn_if(by != "agent"),
             Change::CompetingRoute { present, .. } => warn_if(*present),
             Change::Fighting { active, .. } => warn_if(*active),
+            Change::SourceAddress { present, .. } => warn_if(!present),
             Change::Carrier { .. }
             | Change::Gateway { .. }
             | Change::Transit { .. }

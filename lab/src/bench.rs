@@ -177,7 +177,7 @@ pub struct VariantResult {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 12] = [
+pub const SECTIONS: [&str; 13] = [
     "first-decision",
     "idle",
     "idle-breakdown",
@@ -188,6 +188,7 @@ pub const SECTIONS: [&str; 12] = [
     "failback",
     "drain",
     "false-switches",
+    "round-trip",
     "kernel",
     "frr",
 ];
@@ -383,6 +384,9 @@ pub struct Results {
     pub not_measured: Vec<String>,
     /// Every target this run missed, with what limits it.
     pub targets_missed: Vec<String>,
+    /// Both directions (`round-trip`): a request/response stream echoed by
+    /// the sink and a TCP connection, per failure and family.
+    pub round_trip: Vec<RoundTripSeries>,
     /// Each daemon variant's own figures (the first is the main binary,
     /// whose figures are also in `first_decision`, `idle` and
     /// `false_switches`); more than one with `--variant`.
@@ -1169,6 +1173,7 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         comparators: Vec::new(),
         not_measured: Vec::new(),
         targets_missed: Vec::new(),
+        round_trip: Vec::new(),
         variants: Vec::new(),
         duration_s: 0.0,
     };
@@ -1218,9 +1223,15 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         Kind::Drain,
         Kind::CarrierBusy,
     ];
-    let need_daemon = ["first-decision", "idle", "idle-breakdown", "false-switches"]
-        .iter()
-        .any(|s| wants(opts, s))
+    let need_daemon = [
+        "first-decision",
+        "idle",
+        "idle-breakdown",
+        "false-switches",
+        "round-trip",
+    ]
+    .iter()
+    .any(|s| wants(opts, s))
         || daemon_kinds.iter().any(|k| wants(opts, k.section()));
     if need_daemon {
         let mut variants = vec![Variant {
@@ -1293,6 +1304,10 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 let v = false_switches(ctx, &lab, d, &variants[vi].label)?;
                 res.variants[vi].false_switches = Some(v);
             }
+        }
+        if wants(opts, "round-trip") {
+            let d = running.switch(ctx, &lab, &variants, 0, res)?;
+            round_trip_series(opts, ctx, &lab, d, res)?;
         }
         running.stop();
         // The main variant's figures where a single run has always put them.
@@ -1538,6 +1553,255 @@ fn daemon_series(
     outcome
 }
 
+/// One round-trip trial: the request/response stream and the TCP
+/// connection through one failure.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTripTrial {
+    /// Longest run of requests that never reached the sink (one way), ms.
+    pub request_outage_ms: f64,
+    /// Longest run of requests whose reply never came back, ms.
+    pub round_trip_outage_ms: f64,
+    /// The TCP connection's longest time without delivery, ms.
+    pub tcp_stall_ms: f64,
+    /// Slots the request sender skipped (late: a loaded host), counted lost.
+    pub skipped: u64,
+    pub sent: u64,
+    pub decision_ms: Option<f64>,
+}
+
+/// All round-trip trials of one (failure, family).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTripSeries {
+    pub kind: Kind,
+    pub title: String,
+    pub family: String,
+    pub trials: Vec<RoundTripTrial>,
+    pub failed: Vec<String>,
+    pub request_ms: Option<Summary>,
+    pub round_trip_ms: Option<Summary>,
+    pub tcp_stall_ms: Option<Summary>,
+}
+
+/// The failures the round trip is measured for.
+const ROUND_TRIP_KINDS: [Kind; 5] = [
+    Kind::CarrierQuiet,
+    Kind::GatewayDead,
+    Kind::UpstreamDead,
+    Kind::Failback,
+    Kind::Drain,
+];
+
+fn round_trip_series(
+    opts: &BenchOpts,
+    ctx: &Ctx,
+    lab: &Lab,
+    d: &mut Uplinkd,
+    res: &mut Results,
+) -> Result<()> {
+    for kind in ROUND_TRIP_KINDS {
+        for f in Family::ALL {
+            let mut s = RoundTripSeries {
+                kind,
+                title: kind.title().to_string(),
+                family: f.name().to_string(),
+                trials: Vec::new(),
+                failed: Vec::new(),
+                request_ms: None,
+                round_trip_ms: None,
+                tcp_stall_ms: None,
+            };
+            for i in 0..opts.trials {
+                ctx.cancel.check()?;
+                match round_trip_trial(ctx, lab, d, kind, f) {
+                    Ok(t) => {
+                        ctx.say(&format!(
+                            "round trip, {} {f} trial {}/{}: request {:.1} ms, round trip {:.1} ms, TCP stall {:.1} ms",
+                            kind.title(),
+                            i + 1,
+                            opts.trials,
+                            t.request_outage_ms,
+                            t.round_trip_outage_ms,
+                            t.tcp_stall_ms
+                        ));
+                        s.trials.push(t);
+                    }
+                    Err(e) => {
+                        if ctx.cancel.is_cancelled() {
+                            return Err(e);
+                        }
+                        ctx.say(&format!(
+                            "round trip, {} {f} trial {} FAILED: {e}",
+                            kind.title(),
+                            i + 1
+                        ));
+                        s.failed.push(e.to_string());
+                        d.check_alive()?;
+                    }
+                }
+            }
+            let col = |g: fn(&RoundTripTrial) -> f64| {
+                summarize(&s.trials.iter().map(g).collect::<Vec<_>>())
+            };
+            s.request_ms = col(|t| t.request_outage_ms);
+            s.round_trip_ms = col(|t| t.round_trip_outage_ms);
+            s.tcp_stall_ms = col(|t| t.tcp_stall_ms);
+            res.round_trip.push(s);
+        }
+    }
+    Ok(())
+}
+
+/// One round-trip trial: like [`uplinkd_trial`], with the echo stream and a
+/// TCP connection (both sourced as the server's routes say: the service
+/// address) instead of the one-way stream.
+fn round_trip_trial(
+    ctx: &Ctx,
+    lab: &Lab,
+    d: &mut Uplinkd,
+    kind: Kind,
+    f: Family,
+) -> Result<RoundTripTrial> {
+    baseline(ctx, lab, d)?;
+    if kind == Kind::CarrierQuiet {
+        ctx.cancel.sleep(LINKWATCH_QUIET)?;
+    }
+    if kind == Kind::Failback {
+        lab.carrier_down(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "on the secondary",
+            Duration::from_secs(15),
+            |s| on(s, Uplink::Secondary),
+        )?;
+        lab.carrier_up(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "primary healthy again",
+            Duration::from_secs(30),
+            |s| state(s, Uplink::Primary) == Some(UplinkState::Healthy),
+        )?;
+    }
+    let to = match kind {
+        Kind::Failback => Uplink::Primary,
+        _ => Uplink::Secondary,
+    };
+    let echo = crate::EchoStream::start(
+        lab,
+        &crate::EchoSpec {
+            family: f,
+            rate: RATE,
+            ..crate::EchoSpec::default()
+        },
+    )?;
+    let tcp = crate::TcpFlow::start(
+        lab,
+        &crate::TcpSpec {
+            family: f,
+            ..crate::TcpSpec::default()
+        },
+    )?;
+    let outcome = (|| -> Result<SystemTime> {
+        ctx.cancel.sleep(Duration::from_millis(300))?;
+        tcp.reset_stall();
+        let t = SystemTime::now();
+        match kind {
+            Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
+            Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
+            Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
+            Kind::Drain => d.client().drain(Uplink::Primary.name())?,
+            Kind::Failback => {}
+        }
+        let bound = match kind {
+            Kind::Failback => Duration::from_secs(30),
+            _ => Duration::from_secs(15),
+        };
+        d.wait_for(
+            ctx.cancel,
+            &format!("{f} on the {}", to.name()),
+            bound,
+            |s| active(s, f) == Some(to.name()),
+        )?;
+        Ok(t)
+    })();
+    let result = match outcome {
+        Ok(t) => {
+            // Replies and TCP bytes flow again (bounded), then a margin.
+            let replies = echo.replies_so_far();
+            let bytes = tcp.delivered();
+            wait_until(
+                ctx.cancel,
+                "replies and TCP delivery again",
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                || Ok(echo.replies_so_far() > replies + 100 && tcp.delivered() > bytes + 4096),
+            )?;
+            ctx.cancel.sleep(Duration::from_millis(300))?;
+            let stall = tcp.longest_stall();
+            tcp.stop();
+            let r = echo.stop();
+            let decision = d
+                .wait_switch_event(f, to.name(), t, Duration::from_secs(2))
+                .map(|e| secs_between(t, e.time) * 1000.0);
+            Ok(RoundTripTrial {
+                request_outage_ms: r.request_outage_ms,
+                round_trip_outage_ms: r.round_trip_outage_ms,
+                tcp_stall_ms: ms(stall),
+                skipped: r.skipped,
+                sent: r.sent,
+                decision_ms: decision,
+            })
+        }
+        Err(e) => Err(e),
+    };
+    let undo = match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
+        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
+        Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
+        Kind::Drain => d
+            .client()
+            .undrain(Uplink::Primary.name())
+            .map_err(LabError::from),
+        Kind::Failback => Ok(()),
+    };
+    let t = result?;
+    undo?;
+    Ok(t)
+}
+
+/// The round-trip table (empty without the `round-trip` section).
+fn round_trip_table(res: &Results) -> String {
+    if res.round_trip.is_empty() {
+        return String::new();
+    }
+    let p = |s: &Option<Summary>| s.map_or("-".into(), |s| format!("{:.1} / {:.1}", s.p50, s.max));
+    let mut t = String::new();
+    t.push_str(&format!(
+        "Both directions, with the service address as source (p50 / max ms; request/response at {RATE}/s echoed by the sink; TCP: longest delivery stall)\n\n"
+    ));
+    t.push_str(&format!(
+        "| {:<30} | {:<4} | {:>2} | {:>15} | {:>15} | {:>15} |\n|---|---|---|---|---|---|\n",
+        "failure", "fam", "n", "one way (req.)", "round trip", "TCP stall"
+    ));
+    for s in &res.round_trip {
+        let fam = if s.family == "ipv4" { "v4" } else { "v6" };
+        t.push_str(&format!(
+            "| {:<30} | {:<4} | {:>2} | {:>15} | {:>15} | {:>15} |{}\n",
+            s.title,
+            fam,
+            s.trials.len(),
+            p(&s.request_ms),
+            p(&s.round_trip_ms),
+            p(&s.tcp_stall_ms),
+            if s.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" {} FAILED", s.failed.len())
+            }
+        ));
+    }
+    t
+}
+
 /// Switches made by the running daemon during `WINDOW` of 10 % random loss
 /// on every probe through the primary.
 fn false_switches(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, label: &str) -> Result<Value> {
@@ -1778,6 +2042,11 @@ pub fn comparison(res: &Results) -> Option<String> {
 
 /// The table, to stdout.
 pub fn print_table(res: &Results) {
+    let rt = round_trip_table(res);
+    if !rt.is_empty() {
+        println!();
+        print!("{rt}");
+    }
     println!();
     println!(
         "Outage in ms (min / p50 / p99 / max; {} datagrams/s; network gaps, and raw gaps where the sender was also descheduled)",
@@ -2060,6 +2329,11 @@ pub fn markdown(res: &Results) -> String {
     for t in &res.targets_missed {
         m.push_str(&format!("- {t}\n"));
     }
+    let rt = round_trip_table(res);
+    if !rt.is_empty() {
+        m.push_str("\n## Both directions\n\n");
+        m.push_str(&rt);
+    }
     if !res.not_measured.is_empty() {
         m.push_str("\n## Not measured\n\n");
         for n in &res.not_measured {
@@ -2196,6 +2470,7 @@ mod tests {
             comparators: Vec::new(),
             not_measured: Vec::new(),
             targets_missed: Vec::new(),
+            round_trip: Vec::new(),
             variants: vec![variant("uplinkd", 0.8)],
             duration_s: 0.0,
         };

@@ -16,10 +16,23 @@
 //! | srv eth1–rb   | 198.18.2.0/24     | 2001:db8:2::/64   |
 //! | ra–inet       | 198.18.11.0/24 (.1 inet, .2 router) | 2001:db8:11::/64 |
 //! | rb–inet       | 198.18.12.0/24    | 2001:db8:12::/64  |
+//! | ra–rb (x0)    | 198.18.13.0/24 (.1 ra, .2 rb) | 2001:db8:13::/64 (::1, ::2) |
+//! | srv lo        | 198.18.0.1/32 (service address) | 2001:db8:0:1::1/128 |
 //! | inet–t*i*     | 198.18.10*i*.0/24 (.1 inet, .2 transit) | 2001:db8:10*i*::/64 |
 //!
 //! Each transit is its own namespace, so each can be broken alone. The server
 //! gets no default route (uplinkd installs it) unless [`LabSpec`] asks.
+//!
+//! The way back: the server's service address (on its loopback; the lab
+//! config sets it as `agent.source4`/`source6`) is routed to the server by
+//! both routers, each through its own link to the server (metric
+//! [`SERVICE_METRIC_NEAR`]) and, when that is gone, through the other router
+//! over the link between them (`x0`, metric [`SERVICE_METRIC_FAR`]); inet
+//! prefers the primary's router while its link to it is up. Routers and inet
+//! run with `ignore_routes_with_linkdown=1`, so a route through a link
+//! without carrier is ignored; a dead gateway withdraws its router's near
+//! route (as BFD would). This is what static routes tracked by BFD, or a
+//! BGP session from the host, give a production server.
 //!
 //! Safety: the lab never touches the root namespace. Every link is created
 //! with `ip -n <ns>`, every sysctl is written inside a lab namespace, and
@@ -42,11 +55,13 @@ pub mod bench;
 pub mod bond;
 mod cmd;
 pub mod demo;
+pub mod echo;
 pub mod netns;
 mod noise;
 pub mod ping;
 pub mod signals;
 mod stream;
+pub mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -56,10 +71,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use echo::{EchoReport, EchoSpec, EchoStream};
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
 pub use stream::{Stall, StreamReport, StreamSpec, UdpStream};
+pub use tcp::{TcpFlow, TcpSpec};
 pub use uplinkd_core::config::Family;
 
 /// Temp dirs of labs are `<tmp>/uplink-lab-<prefix without trailing '-'>`.
@@ -73,6 +90,29 @@ pub const ROUTER_UPLINK: &str = "up0";
 pub const TRANSITS: usize = 4;
 /// Their names in the generated config, in order.
 pub const TRANSIT_NAMES: [&str; TRANSITS] = ["transit-a", "transit-b", "transit-c", "transit-d"];
+/// The routers' interface toward each other (in both `ra` and `rb`): how a
+/// router hands the service address to the other when its own link to the
+/// server is gone.
+pub const ROUTER_CROSSLINK: &str = "x0";
+/// The server's service address, on its loopback, routed to it by both
+/// routers: the source of `agent.source4`/`source6` in the lab config.
+pub const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const SERVICE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
+/// Metric of a router's route to the service address through its own link
+/// to the server, and of inet's route to it through the primary's router.
+pub const SERVICE_METRIC_NEAR: u32 = 10;
+/// Metric of the routes through the other router: used only while the
+/// near one is gone (withdrawn, or ignored with its link down).
+pub const SERVICE_METRIC_FAR: u32 = 20;
+
+/// The service address of `family`.
+pub fn service(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(SERVICE_V4),
+        Family::V6 => IpAddr::V6(SERVICE_V6),
+    }
+}
+
 /// The traffic sink, on `inet`'s loopback.
 pub const SINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 pub const SINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfe, 0, 0, 0, 0, 1);
@@ -162,6 +202,21 @@ impl Uplink {
             Uplink::Secondary => "rb",
         }
     }
+    /// The router's address on the link between the routers.
+    pub fn crosslink_addr(self, family: Family) -> IpAddr {
+        let k = self.index() as u8 + 1;
+        match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 13, k)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x13, 0, 0, 0, 0, k as u16)),
+        }
+    }
+    /// The other uplink.
+    pub fn other(self) -> Uplink {
+        match self {
+            Uplink::Primary => Uplink::Secondary,
+            Uplink::Secondary => Uplink::Primary,
+        }
+    }
     /// Router address on its upstream link (inet side is .1 / ::1).
     fn upstream(self, family: Family, host: u8) -> String {
         let k = self.index() + 11;
@@ -222,6 +277,10 @@ pub struct LabSpec {
     /// Ping every target and the sink from both routers, and both gateways
     /// from the server, before returning.
     pub check_reachability: bool,
+    /// The generated config sets `agent.source4`/`source6` to the service
+    /// address (the address and its routes are there either way). Off only
+    /// for a daemon that predates those keys.
+    pub service_source: bool,
 }
 
 impl Default for LabSpec {
@@ -232,6 +291,7 @@ impl Default for LabSpec {
             server_rp_filter: Some(1),
             settle_timeout: Duration::from_secs(10),
             check_reachability: true,
+            service_source: true,
         }
     }
 }
@@ -334,6 +394,8 @@ pub struct RouteInfo {
     pub flags: Vec<String>,
     pub protocol: Option<String>,
     pub nhid: Option<u32>,
+    /// The preferred source (`src`), if the route has one.
+    pub prefsrc: Option<IpAddr>,
 }
 
 /// A process started in a lab namespace: killed (SIGKILL) and reaped on
@@ -498,6 +560,10 @@ fn parse_route(v: &serde_json::Value) -> RouteInfo {
         flags: v.get("flags").map(json_str_list).unwrap_or_default(),
         protocol: v.get("protocol").and_then(|x| x.as_str()).map(String::from),
         nhid: v.get("nhid").and_then(|x| x.as_u64()).map(|x| x as u32),
+        prefsrc: v
+            .get("prefsrc")
+            .and_then(|x| x.as_str())
+            .and_then(|s| s.parse().ok()),
     }
 }
 
@@ -586,6 +652,15 @@ impl Lab {
                     if matches!(node, Node::Router(_) | Node::Inet) {
                         kv.push("net.ipv4.ip_forward=1".into());
                         kv.push("net.ipv6.conf.all.forwarding=1".into());
+                        // A route through a link without carrier is
+                        // ignored: the service address then goes the
+                        // other way (the far route), as a routing
+                        // protocol would withdraw it.
+                        for v in ["ipv4", "ipv6"] {
+                            for c in ["all", "default"] {
+                                kv.push(format!("net.{v}.conf.{c}.ignore_routes_with_linkdown=1"));
+                            }
+                        }
                     }
                 }
             }
@@ -608,6 +683,13 @@ impl Lab {
                     )
                 })
                 .collect::<Vec<_>>(),
+        )?;
+        cmd::ip_batch(
+            &self.ns(Node::Router(Uplink::Primary)),
+            &[format!(
+                "link add {ROUTER_CROSSLINK} type veth peer name {ROUTER_CROSSLINK} netns {}",
+                self.ns(Node::Router(Uplink::Secondary))
+            )],
         )?;
         let mut inet_links: Vec<String> = Uplink::ALL
             .iter()
@@ -659,12 +741,19 @@ impl Lab {
                         format!("{}/64", u.server_addr(Family::V6)),
                     );
                 }
+                l.push(format!("addr add {SERVICE_V4}/32 dev lo"));
+                l.push(format!("addr add {SERVICE_V6}/128 dev lo nodad"));
             }
             Node::Router(u) => {
                 addr(
                     ROUTER_DOWNLINK,
                     format!("{}/24", u.gateway(Family::V4)),
                     format!("{}/64", u.gateway(Family::V6)),
+                );
+                addr(
+                    ROUTER_CROSSLINK,
+                    format!("{}/24", u.crosslink_addr(Family::V4)),
+                    format!("{}/64", u.crosslink_addr(Family::V6)),
                 );
                 addr(
                     ROUTER_UPLINK,
@@ -735,9 +824,30 @@ impl Lab {
                         "route replace default via {} dev {ROUTER_UPLINK}",
                         u.upstream(f, 1)
                     ));
+                    l.extend(self.service_near_lines(u, f, "replace"));
+                    l.push(format!(
+                        "route replace {} via {} dev {ROUTER_CROSSLINK} metric {SERVICE_METRIC_FAR}",
+                        service(f),
+                        u.other().crosslink_addr(f)
+                    ));
                 }
             }
             Node::Inet => {
+                // The service address: through the primary's router while
+                // its link to inet is up, else through the secondary's.
+                for (u, metric) in [
+                    (Uplink::Primary, SERVICE_METRIC_NEAR),
+                    (Uplink::Secondary, SERVICE_METRIC_FAR),
+                ] {
+                    for f in Family::ALL {
+                        l.push(format!(
+                            "route replace {} via {} dev {} metric {metric}",
+                            service(f),
+                            u.upstream(f, 2),
+                            u.role()
+                        ));
+                    }
+                }
                 for u in Uplink::ALL {
                     for f in Family::ALL {
                         l.push(format!(
@@ -773,6 +883,16 @@ impl Lab {
             }
         }
         l
+    }
+
+    /// A router's route to the service address through its own link to the
+    /// server (`verb`: "replace" or "del").
+    fn service_near_lines(&self, u: Uplink, f: Family, verb: &str) -> Vec<String> {
+        vec![format!(
+            "route {verb} {} via {} dev {ROUTER_DOWNLINK} metric {SERVICE_METRIC_NEAR}",
+            service(f),
+            u.server_addr(f)
+        )]
     }
 
     fn verify_same_ifindex(&self) -> Result<()> {
@@ -1245,26 +1365,66 @@ impl Lab {
     }
 
     /// Undoes [`Lab::carrier_down`].
+    ///
+    /// The router announces the service address through the link again only
+    /// once the link transmits, as a BFD session would come up: until the
+    /// kernel's linkwatch has run for the device (up to ~1 s on a busy
+    /// host) a veth whose carrier is already on still drops what it is
+    /// given (its qdisc is not active yet). Bounded by 3 s; after that the
+    /// route is added anyway.
     pub fn carrier_up(&self, uplink: Uplink) -> Result<()> {
         let node = Node::Router(uplink);
+        let near: Vec<String> = Family::ALL
+            .iter()
+            .flat_map(|f| self.service_near_lines(uplink, *f, "replace"))
+            .collect();
         let mut l = vec![format!("link set {ROUTER_DOWNLINK} up")];
-        l.extend(self.route_lines(node));
-        cmd::ip_batch(&self.ns(node), &l)
+        l.extend(
+            self.route_lines(node)
+                .into_iter()
+                .filter(|r| !near.contains(r)),
+        );
+        cmd::ip_batch(&self.ns(node), &l)?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let link = self.link(&self.ns(node), ROUTER_DOWNLINK)?;
+            if link.carrier() && link.operstate == "UP" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cmd::ip_batch(&self.ns(node), &near)
     }
 
     /// The router stops answering and forwarding everything from the server
     /// (ARP/ND included) while the carrier stays up: nft netdev ingress drop
     /// on its downlink.
+    ///
+    /// The router also withdraws its route to the server's service address
+    /// through that link (the other router's takes over), as BFD tracking
+    /// the router's path to the server would: a router that receives
+    /// nothing from the server cannot keep its neighbour entry for it.
     pub fn gateway_dead(&self, uplink: Uplink) -> Result<()> {
         cmd::nft(
             &self.router_ns(uplink),
             &nft_replace_ingress(NFT_GATEWAY_DEAD, ROUTER_DOWNLINK, "drop", &[]),
-        )
+        )?;
+        let l: Vec<String> = Family::ALL
+            .iter()
+            .flat_map(|f| self.service_near_lines(uplink, *f, "del"))
+            .collect();
+        // A route already gone (withdrawn before) is no error.
+        cmd::ip_each_ignoring_errors(&self.router_ns(uplink), &l);
+        Ok(())
     }
 
-    /// Undoes [`Lab::gateway_dead`].
+    /// Undoes [`Lab::gateway_dead`] (and announces the service route again).
     pub fn gateway_alive(&self, uplink: Uplink) -> Result<()> {
-        cmd::nft(&self.router_ns(uplink), &nft_remove(NFT_GATEWAY_DEAD))
+        cmd::nft(&self.router_ns(uplink), &nft_remove(NFT_GATEWAY_DEAD))?;
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &self.route_lines(Node::Router(uplink)),
+        )
     }
 
     /// The router's link to `inet` goes down (inet's end is set admin-down,
@@ -1402,6 +1562,10 @@ impl Lab {
             "socket".into(),
             Value::String(self.socket_path().display().to_string()),
         );
+        if self.spec.service_source {
+            agent.insert("source4".into(), Value::String(SERVICE_V4.to_string()));
+            agent.insert("source6".into(), Value::String(SERVICE_V6.to_string()));
+        }
         base.insert("agent".into(), Value::Table(agent));
         let uplinks = Uplink::ALL
             .iter()

@@ -39,6 +39,10 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    /// A configured service address (`agent.source4`/`source6`) is not on
+    /// the host.
+    #[error("{0}")]
+    Source(String),
     #[error("metrics listener {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,

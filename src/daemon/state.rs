@@ -2,8 +2,10 @@
 //! handled at the instant it happened (see `clock`); `end_turn` then hands
 //! the turn's events to the core and carries out what it decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +13,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::actuation::{
-    actuate_loop, dev_name, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Stale,
-    Work, RT_TABLE_MAIN,
+    actuate_loop, dev_name, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Sources,
+    Stale, Work, RT_TABLE_MAIN,
 };
 use super::clock::{Clock, LoopTimer, Mono};
 use super::persist::RunState;
@@ -115,6 +117,13 @@ pub(super) struct Daemon {
     /// The first full netlink dump is done: route events describe the
     /// kernel from then on.
     dumped: bool,
+    /// The host's usable local addresses, by (ifindex, address), as the
+    /// monitor reports them: where the service addresses are looked for.
+    local: HashSet<(u32, IpAddr)>,
+    /// Per family: the service address is present, shared with the
+    /// actuation task (which gives the main table's routes that source only
+    /// while it is).
+    sources: Sources,
     /// Per family: other owners' default routes in the main table with a
     /// lower metric than ours, by (metric, gateway, oif); the first is
     /// the one the kernel uses, which the core is told about.
@@ -242,6 +251,18 @@ impl Daemon {
         }
 
         let ifindexes: Ifindexes = Default::default();
+        // Every configured service address is present at start, or no start.
+        let sources: Sources = Default::default();
+        if cfg.agent.source4.is_some() || cfg.agent.source6.is_some() {
+            let host = crate::netlink::host::read().await?;
+            let missing = crate::config::live::missing_sources(&cfg, &host);
+            if !missing.is_empty() {
+                return Err(DaemonError::Source(missing.join("; ")));
+            }
+            for f in Family::ALL {
+                sources[f.index()].store(true, Ordering::Relaxed);
+            }
+        }
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let actuator = Actuator::new().await?;
@@ -249,6 +270,7 @@ impl Daemon {
             layout.clone(),
             actuator,
             ifindexes.clone(),
+            sources.clone(),
             work_rx,
             done_tx,
         ))));
@@ -314,6 +336,8 @@ impl Daemon {
             ifindexes,
             usable: HashMap::new(),
             dumped: false,
+            local: HashSet::new(),
+            sources,
             competing: Default::default(),
             resyncing: false,
             retries: Retries::default(),
@@ -528,14 +552,29 @@ impl Daemon {
                     });
                 }
             }
+            NetEvent::Address {
+                ifindex,
+                address,
+                usable,
+            } => {
+                match usable {
+                    true => self.local.insert((ifindex, address)),
+                    false => self.local.remove(&(ifindex, address)),
+                };
+                if self.dumped && !self.resyncing {
+                    self.check_sources();
+                }
+            }
             NetEvent::Resync => {
                 warn!("netlink events were lost (overrun): re-reading links and routes");
                 self.resyncing = true;
                 self.competing = Default::default();
+                self.local.clear();
             }
             NetEvent::DumpDone => {
                 self.dumped = true;
                 self.resyncing = false;
+                self.check_sources();
                 self.verify_all();
                 for f in Family::ALL {
                     self.tell_competing(f);
@@ -544,6 +583,48 @@ impl Daemon {
             NetEvent::Failed { error } => {
                 error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
             }
+        }
+    }
+
+    /// Whether the configured service address of `family` is a usable
+    /// local address now (as the monitor last reported).
+    fn source_here(&self, family: Family) -> Option<bool> {
+        let a = self.cfg.agent.source(family)?;
+        Some(self.local.iter().any(|(_, l)| *l == a))
+    }
+
+    /// The service addresses against the host: a family whose address left
+    /// (or came back) has its main-table routes replaced without (with) the
+    /// source, and the core reports it (status, event, metric, a warning).
+    fn check_sources(&mut self) {
+        for f in Family::ALL {
+            let Some(here) = self.source_here(f) else {
+                continue;
+            };
+            let flag = &self.sources[f.index()];
+            if flag.swap(here, Ordering::Relaxed) != here && !self.observing() {
+                // An IPv4 route whose source leaves is deleted with it (and
+                // without an RTM_DELROUTE): put the managed one back at
+                // once, via the uplink the core chose, without the source.
+                match self.core.active(f) {
+                    Some(uplink) => {
+                        let ticket = self.retries.queued(f);
+                        self.send(Work::SetRoute {
+                            family: f,
+                            uplink,
+                            ticket,
+                        });
+                        self.send(Work::Ensure);
+                    }
+                    None => self.send(Work::Resource { family: f }),
+                }
+                self.verify(f);
+            }
+            // The core reports only changes: telling it every time is cheap.
+            self.events_in.push(Event::SourceAddress {
+                family: f,
+                present: here,
+            });
         }
     }
 
@@ -659,6 +740,21 @@ impl Daemon {
     }
 
     fn reconfigure(&mut self, new: Config) -> Result<String, String> {
+        // A new service address must be on the host already (like at start).
+        let missing: Vec<String> = Family::ALL
+            .iter()
+            .filter_map(|f| {
+                let a = new.agent.source(*f)?;
+                let changed = self.cfg.agent.source(*f) != Some(a);
+                (changed && self.dumped && !self.local.iter().any(|(_, l)| *l == a)).then(|| {
+                    let key = format!("agent.source{}", f.index() * 2 + 4);
+                    format!("{key}: {}", crate::config::live::missing_source_text(*f, a))
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing.join("; "));
+        }
         let (actions, summary) = self.core.reconfigure(self.now, new)?;
         let old_layout = self.layout.clone();
         self.cfg = Arc::new(self.core.config().clone());
@@ -678,6 +774,16 @@ impl Daemon {
                 .collect()
         };
         self.send(Work::Reconfigure(Box::new(self.layout.clone()), stale));
+        // The sources under the new configuration, then every main-table
+        // route replaced with them (a source added, changed or removed).
+        for f in Family::ALL {
+            let here = self.source_here(f).unwrap_or(false);
+            self.sources[f.index()].store(here, Ordering::Relaxed);
+            if old_layout.cfg.agent.source(f) != self.cfg.agent.source(f) {
+                self.send(Work::Resource { family: f });
+            }
+        }
+        self.check_sources();
         self.send(Work::Ensure);
         self.verify_all();
         let new_probe = probe_uplinks(&self.layout);

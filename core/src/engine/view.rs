@@ -45,6 +45,10 @@ impl Core {
                 ipv4: self.fighting(Family::V4),
                 ipv6: self.fighting(Family::V6),
             },
+            source: PerFamily {
+                ipv4: self.source_status(Family::V4),
+                ipv6: self.source_status(Family::V6),
+            },
             mode: self.cfg.agent.mode.name().into(),
             observe: (self.cfg.agent.mode == AgentMode::Observe).then(|| ObserveStatus {
                 would_route: PerFamily {

@@ -146,6 +146,12 @@ fn route_trouble(st: &Status) -> Vec<String> {
                 "WARNING {f}: our default route is being rewritten ({who})"
             ));
         }
+        if let Some(src) = per(&st.source, f).as_ref().filter(|s| !s.present) {
+            out.push(format!(
+                "WARNING {f}: service address {} is missing from the host (source_missing): default routes carry no source until it is back",
+                src.address
+            ));
+        }
     }
     out
 }
@@ -594,6 +600,7 @@ pub mod fixture {
             bonds: vec![],
             competing_route: PerFamily::default(),
             fighting: PerFamily::default(),
+            source: PerFamily::default(),
             mode: "enforce".into(),
             observe: None,
         }
