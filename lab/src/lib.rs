@@ -1602,10 +1602,11 @@ impl Lab {
             })
             .collect();
         base.insert("transit".into(), Value::Array(transits));
-        let over: Table = overrides.parse().map_err(|e| LabError::Parse {
+        let mut over: Table = overrides.parse().map_err(|e| LabError::Parse {
             what: "config overrides".into(),
             detail: format!("{e}"),
         })?;
+        apply_lab_keys(&mut base, &mut over)?;
         merge_toml(&mut base, over);
         toml::to_string(&base).map_err(|e| LabError::Parse {
             what: "generated config".into(),
@@ -1674,6 +1675,43 @@ impl Drop for Lab {
     }
 }
 
+/// Takes the lab's own table `[lab]` out of `over` and applies it to `base`
+/// (it is never written to the daemon's config). Its one key:
+/// `service_source = false` leaves out agent.source4/6, so that a binary
+/// from before the service address (which refuses those keys) runs in the
+/// same lab, e.g. as a bench variant (bench/no-service-source.toml).
+fn apply_lab_keys(base: &mut toml::Table, over: &mut toml::Table) -> Result<()> {
+    use toml::Value;
+    let Some(lab) = over.remove("lab") else {
+        return Ok(());
+    };
+    let bad = |detail: String| LabError::Parse {
+        what: "config overrides".into(),
+        detail,
+    };
+    let Value::Table(lab) = lab else {
+        return Err(bad("lab: expected a table [lab]".into()));
+    };
+    for (key, value) in lab {
+        match (key.as_str(), value) {
+            ("service_source", Value::Boolean(keep)) => {
+                if !keep {
+                    if let Some(Value::Table(agent)) = base.get_mut("agent") {
+                        agent.remove("source4");
+                        agent.remove("source6");
+                    }
+                }
+            }
+            (k, v) => {
+                return Err(bad(format!(
+                    "[lab] {k} = {v}: the only lab key is service_source (a boolean)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1691,6 +1729,26 @@ mod tests {
         assert_eq!(base["agent"]["route_metric"].as_integer(), Some(20));
         assert_eq!(base["policy"]["failback_after"].as_str(), Some("5s"));
         assert_eq!(base["uplink"].as_array().map(|a| a.len()), Some(1));
+    }
+
+    #[test]
+    fn lab_keys_are_the_labs_own() {
+        let base = || -> toml::Table {
+            "[agent]\nsocket = \"a\"\nsource4 = \"198.18.0.1\"\nsource6 = \"2001:db8:0:1::1\"\n"
+                .parse()
+                .unwrap()
+        };
+        let mut b = base();
+        let mut over: toml::Table = "[lab]\nservice_source = false\n".parse().unwrap();
+        apply_lab_keys(&mut b, &mut over).unwrap();
+        assert!(over.is_empty(), "[lab] is never passed to the daemon");
+        assert_eq!(b["agent"].as_table().unwrap().len(), 1, "{b:?}");
+        let mut b = base();
+        let mut over: toml::Table = "[lab]\nservice_source = true\n".parse().unwrap();
+        apply_lab_keys(&mut b, &mut over).unwrap();
+        assert_eq!(b, base());
+        let mut over: toml::Table = "[lab]\nsource = false\n".parse().unwrap();
+        assert!(apply_lab_keys(&mut base(), &mut over).is_err());
     }
 
     #[test]
