@@ -24,7 +24,7 @@ use crate::config::{AgentMode, Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
+use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_KERNEL, RTPROT_UPLINKD};
 use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
@@ -488,6 +488,14 @@ impl Daemon {
         if self.reinstall_needed(&ev) {
             self.send(Work::Ensure);
         }
+        if self.uplink_prefix_added(&ev) {
+            // What the kernel dropped silently with the address (IPv4
+            // routes through a removed subnet go without RTM_DELROUTE):
+            // the tables, rules and fallback routes (above), and the
+            // managed route, which the core checks and puts back.
+            self.send(Work::Ensure);
+            self.verify_all();
+        }
         match ev {
             NetEvent::Link(l) => {
                 if self.cfg.uplinks.iter().any(|u| u.interface == l.name) {
@@ -627,6 +635,38 @@ impl Daemon {
             NetEvent::DumpDone => true,
             _ => false,
         }
+    }
+
+    /// Whether `ev` is an uplink's connected prefix route coming (back): its
+    /// address was added, as a network manager does after removing it
+    /// (`networkctl reconfigure`, ifdown/ifup, a DHCP renewal with a new
+    /// lease). Removing an IPv4 address drops every route through its
+    /// subnet without an event (the probe table's, the fallback, the
+    /// managed route), and none of them could be installed while it was
+    /// missing: everything the agent owns for the uplink is installed
+    /// again. Before the first dump is in, the dump's end does it.
+    fn uplink_prefix_added(&self, ev: &NetEvent) -> bool {
+        let NetEvent::Route {
+            route,
+            removed: false,
+        } = ev
+        else {
+            return false;
+        };
+        if !self.dumped
+            || route.table != RT_TABLE_MAIN
+            || route.dst_len == 0
+            || route.protocol != RTPROT_KERNEL
+            || route.gateway.is_some()
+        {
+            return false;
+        }
+        let Some(oif) = route.oif else { return false };
+        let ifindexes = self.ifindexes.lock().unwrap();
+        self.cfg
+            .uplinks
+            .iter()
+            .any(|u| ifindexes.get(u.route_interface()) == Some(&oif))
     }
 
     /// A result of the actuation task.

@@ -32,6 +32,8 @@ use crate::config::Family;
 /// and /etc/iproute2/rt_protos lists the same set. 85 is in none of them.
 /// Operators may name it with `echo "85 uplinkd" > /etc/iproute2/rt_protos.d/uplinkd.conf`.
 pub const RTPROT_UPLINKD: u8 = 0x55;
+/// rtm_protocol of the routes the kernel adds itself (an address's subnet).
+pub const RTPROT_KERNEL: u8 = 2;
 
 /// The name of a route's rtm_protocol as `ip route` prints it
 /// (include/uapi/linux/rtnetlink.h, /etc/iproute2/rt_protos): who installed it.
