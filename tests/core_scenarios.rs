@@ -1426,3 +1426,56 @@ fn failed_standby_is_flushed_once_healthy_ones_never() {
     );
     assert_eq!(s.route, [Some(0), Some(0)]);
 }
+
+/// A network manager reconfigures the primary (`networkctl reconfigure`):
+/// it removes the addresses and the managed IPv6 route with them, so the
+/// restore is refused (the gateway is not on the link); 12 ms later the
+/// address is back and the route is found missing again. Nobody rewrote
+/// the route after us: it goes back at once, without a fight, and the
+/// absence is reported once.
+#[test]
+fn a_refused_restore_is_not_a_fight() {
+    let mut s = settled();
+    let f = Family::V6;
+    let absent = || Event::DefaultRoute {
+        family: f,
+        via: RouteVia::Absent,
+    };
+    s.route[1] = None;
+    let t0 = s.now;
+    s.feed(absent());
+    assert_eq!(s.switches(f).last(), Some(&(t0, 0)), "restored at once");
+    // The kernel refused it.
+    s.route[1] = None;
+    s.feed(Event::RouteRefused { family: f });
+    s.run_for(ms(12));
+    let t1 = s.now;
+    s.feed(absent());
+    assert_eq!(
+        s.switches(f).last(),
+        Some(&(t1, 0)),
+        "not restored at once the second time: {:?}",
+        s.switches(f)
+    );
+    assert_eq!(s.route[1], Some(0));
+    let reports = s.reports();
+    assert!(
+        !reports.iter().any(|c| matches!(c, Change::Fighting { .. })),
+        "{reports:?}"
+    );
+    let restored = reports
+        .iter()
+        .filter(|c| matches!(c, Change::RouteRestored { .. }))
+        .count();
+    assert_eq!(restored, 1, "{reports:?}");
+
+    // A route that goes in and is rewritten again soon after is a fight.
+    s.run_for(ms(12));
+    s.route[1] = None;
+    s.feed(absent());
+    s.run_for(ms(10));
+    assert!(s
+        .reports()
+        .iter()
+        .any(|c| matches!(c, Change::Fighting { active: true, .. })));
+}

@@ -273,6 +273,7 @@ impl Core {
             Event::Reprobe => self.reprobe(now),
             Event::Bond(st) => self.on_bond(st, out),
             Event::Tick => self.route_timers(now, out),
+            Event::RouteRefused { family } => self.on_refused(family),
             Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
         }
     }

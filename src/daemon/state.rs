@@ -488,13 +488,16 @@ impl Daemon {
         if self.reinstall_needed(&ev) {
             self.send(Work::Ensure);
         }
-        if self.uplink_prefix_added(&ev) {
+        if let Some(family) = self.uplink_prefix_added(&ev) {
             // What the kernel dropped silently with the address (IPv4
             // routes through a removed subnet go without RTM_DELROUTE):
             // the tables, rules and fallback routes (above), and the
-            // managed route, which the core checks and puts back.
+            // managed route of that family, which the core checks and puts
+            // back. Only that family's: a second read queued before the
+            // core's restore would find the route still missing and look
+            // like another writer removing it again.
             self.send(Work::Ensure);
-            self.verify_all();
+            self.verify(family);
         }
         match ev {
             NetEvent::Link(l) => {
@@ -637,7 +640,7 @@ impl Daemon {
         }
     }
 
-    /// Whether `ev` is an uplink's connected prefix route coming (back): its
+    /// The family of `ev` if it is an uplink's connected prefix route coming (back): its
     /// address was added, as a network manager does after removing it
     /// (`networkctl reconfigure`, ifdown/ifup, a DHCP renewal with a new
     /// lease). Removing an IPv4 address drops every route through its
@@ -645,13 +648,13 @@ impl Daemon {
     /// managed route), and none of them could be installed while it was
     /// missing: everything the agent owns for the uplink is installed
     /// again. Before the first dump is in, the dump's end does it.
-    fn uplink_prefix_added(&self, ev: &NetEvent) -> bool {
+    fn uplink_prefix_added(&self, ev: &NetEvent) -> Option<Family> {
         let NetEvent::Route {
             route,
             removed: false,
         } = ev
         else {
-            return false;
+            return None;
         };
         if !self.dumped
             || route.table != RT_TABLE_MAIN
@@ -659,14 +662,15 @@ impl Daemon {
             || route.protocol != RTPROT_KERNEL
             || route.gateway.is_some()
         {
-            return false;
+            return None;
         }
-        let Some(oif) = route.oif else { return false };
+        let oif = route.oif?;
         let ifindexes = self.ifindexes.lock().unwrap();
         self.cfg
             .uplinks
             .iter()
             .any(|u| ifindexes.get(u.route_interface()) == Some(&oif))
+            .then_some(route.family)
     }
 
     /// A result of the actuation task.
@@ -682,7 +686,16 @@ impl Daemon {
             }
             // Read under an older configuration: read again.
             Done::Route { family, .. } => self.verify(family),
-            Done::SetFailed { family, ticket } => self.retries.failed(family, ticket, self.now),
+            Done::SetFailed {
+                family,
+                ticket,
+                refused,
+            } => {
+                self.retries.failed(family, ticket, self.now);
+                if refused {
+                    self.events_in.push(Event::RouteRefused { family });
+                }
+            }
             Done::Barrier => {
                 if let Some(f) = self.on_ready.take() {
                     info!("first decision made and applied for every family: ready");
