@@ -440,3 +440,39 @@ fn routes_come_back_with_an_uplinks_addresses() {
         t.elapsed()
     );
 }
+
+/// A probe rule deleted by someone else (an operator, a network manager
+/// that removes the rules it does not know: networkd's default
+/// ManageForeignRoutingPolicyRules=yes) is put back at once, not at the
+/// periodic re-check (30 s).
+#[test]
+fn a_deleted_probe_rule_comes_back() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    let before = owned(&lab);
+    let ns = lab.server_ns();
+    for f in ["-4", "-6"] {
+        lab.ip(
+            &ns,
+            &[
+                f, "rule", "del", "priority", "1000", "fwmark", "0x3e8", "lookup", "1000",
+            ],
+        )
+        .unwrap();
+    }
+    // (`ip rule del` fails when there is no such rule.)
+    let t = Instant::now();
+    let deadline = t + S(10);
+    while owned(&lab) != before {
+        assert!(
+            Instant::now() < deadline,
+            "rules not back 10 s after their deletion: {:#?}\nlog:\n{}",
+            owned(&lab),
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("probe rules back {:?} after their deletion", t.elapsed());
+    assert!(a.switches(Family::V4).len() <= 1, "no failover");
+    assert!(a.switches(Family::V6).len() <= 1, "no failover");
+}

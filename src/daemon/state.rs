@@ -552,6 +552,8 @@ impl Daemon {
                     self.tell_competing(f);
                 }
             }
+            // Handled by `reinstall_needed` above.
+            NetEvent::RuleRemoved { .. } => {}
             NetEvent::Failed { error } => {
                 error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
             }
@@ -605,7 +607,8 @@ impl Daemon {
     /// uplink's probe table route and rule, the kernel fallback routes, the
     /// sysctls) must be installed again after `ev`: an interface is new,
     /// re-created or came up (the kernel drops routes through a link that
-    /// goes down), one of those routes was removed, or the first dump is in.
+    /// goes down), one of those routes or a probe rule was removed, or the
+    /// first dump is in.
     ///
     /// The daemon decides this, not the core: these are the daemon's own
     /// layout (slots, tables, marks), which the core never sees. What the
@@ -634,6 +637,14 @@ impl Daemon {
                     && route.metric > a.route_metric
                     && route.metric <= a.route_metric + n;
                 route.dst_len == 0 && (probe_table || fallback)
+            }
+            // A probe rule deleted (by an operator, or a network manager
+            // that removes rules it does not know).
+            NetEvent::RuleRemoved { table, protocol } => {
+                let a = &self.cfg.agent;
+                *protocol == RTPROT_UPLINKD
+                    && *table >= a.table_base
+                    && *table < a.table_base + self.layout.table_span()
             }
             NetEvent::DumpDone => true,
             _ => false,

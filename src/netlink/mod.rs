@@ -197,6 +197,9 @@ pub enum NetEvent {
     LinkRemoved { ifindex: u32, name: String },
     /// A route (any table, any prefix; the consumer filters).
     Route { route: RouteInfo, removed: bool },
+    /// A routing policy rule was deleted (RTM_DELRULE): its table (FRA_TABLE,
+    /// else the header's) and protocol (FRA_PROTOCOL, 0 when absent).
+    RuleRemoved { table: u32, protocol: u8 },
     /// Events may have been lost (receive buffer overrun, or a message we
     /// could not decode). Everything known so far may be stale; a full
     /// re-dump follows and ends with `DumpDone`.

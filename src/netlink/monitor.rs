@@ -1,8 +1,9 @@
 //! The event source: link and route changes as [`NetEvent`]s.
 //!
 //! Two sockets, as DESIGN.md asks: a multicast socket subscribed to
-//! RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE (read by our own
-//! loop), and a request socket (an rtnetlink [`Handle`]) for dumps.
+//! RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE, and
+//! RTNLGRP_IPV4_RULE and RTNLGRP_IPV6_RULE for deleted rules (read by our
+//! own loop), and a request socket (an rtnetlink [`Handle`]) for dumps.
 //!
 //! Order of work: subscribe first, then dump links, IPv4 routes and IPv6
 //! routes, so a change racing with the dump is never missed (it shows up as
@@ -32,6 +33,7 @@ use std::time::Duration;
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use netlink_packet_route::route::{RouteFlags, RouteMessage};
+use netlink_packet_route::rule::RuleAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
@@ -47,6 +49,8 @@ use super::{link_info, route_info, NetEvent, NetlinkError, REQUEST_TIMEOUT};
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_RULE: u32 = 19;
 
 /// Dump attempts (with doubling backoff from 100 ms) before the monitor
 /// gives up and reports `NetEvent::Failed`.
@@ -172,11 +176,17 @@ impl Multicast {
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| NetlinkError::io(op, e))?;
         set_recv_buffer(&sock, recv_buffer)
             .map_err(|e| NetlinkError::io("set monitor socket receive buffer", e))?;
-        let groups = [RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE]
-            .iter()
-            .fold(0u32, |acc, g| acc | (1 << (g - 1)));
+        let groups = [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+            RTNLGRP_IPV4_RULE,
+            RTNLGRP_IPV6_RULE,
+        ]
+        .iter()
+        .fold(0u32, |acc, g| acc | (1 << (g - 1)));
         sock.bind(&SocketAddr::new(0, groups))
-            .map_err(|e| NetlinkError::io("subscribe to link and route groups", e))?;
+            .map_err(|e| NetlinkError::io("subscribe to link, route and rule groups", e))?;
         sock.set_non_blocking(true)
             .map_err(|e| NetlinkError::io(op, e))?;
         // SAFETY: `Socket` owns its descriptor, closes it only on drop, and
@@ -324,6 +334,18 @@ fn event_of(msg: RouteNetlinkMessage) -> Option<NetEvent> {
             route,
             removed: true,
         }),
+        RouteNetlinkMessage::DelRule(r) => {
+            let mut table = r.header.table as u32;
+            let mut protocol = 0;
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Table(t) => table = *t,
+                    RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+                    _ => {}
+                }
+            }
+            Some(NetEvent::RuleRemoved { table, protocol })
+        }
         _ => None,
     }
 }
