@@ -476,3 +476,45 @@ fn a_deleted_probe_rule_comes_back() {
     assert!(a.switches(Family::V4).len() <= 1, "no failover");
     assert!(a.switches(Family::V6).len() <= 1, "no failover");
 }
+
+/// The agent is killed between its route change and its neighbour flush:
+/// the primary's gateway died while its entry was unresolved (senders
+/// blocked behind it), the route already goes via the secondary, and the
+/// flush never came. The restarted agent adopts the good route and does not
+/// switch; it must still flush the dead primary's entries once it finds the
+/// primary failed, so the blocked sender resumes (else it waits until the
+/// kernel gives up on the entry, ~3 s).
+#[test]
+fn restart_after_kill_between_route_change_and_flush() {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let ns = lab.server_ns();
+    let (gap, r) = outage(&lab, || {
+        a.kill();
+        lab.gateway_dead(Uplink::Primary).unwrap();
+        lab.ip(&ns, &["neigh", "flush", "dev", "eth0"]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // What the killed agent did before it could flush.
+        let gw = Uplink::Secondary.gateway(Family::V4).to_string();
+        lab.ip(
+            &ns,
+            &[
+                "-4", "route", "replace", "default", "via", &gw, "dev", "eth1", "metric", "10",
+                "proto", "85",
+            ],
+        )
+        .unwrap();
+        a.spawn(&lab);
+        a.wait_for("decided after restart", S(10), |s| s.decided);
+    });
+    eprintln!("outage {gap:?}: {r:?}");
+    assert!(route_via(&lab, Family::V4, Uplink::Secondary));
+    // Only the first run's initial choice: the restarted agent adopted.
+    let moves: Vec<_> = a
+        .switches(Family::V4)
+        .into_iter()
+        .filter(|(from, _, _)| from.is_some())
+        .collect();
+    assert!(moves.is_empty(), "the restarted agent switched: {moves:?}");
+    assert!(gap < Duration::from_millis(1200), "outage {gap:?}: {r:?}");
+}
