@@ -292,11 +292,19 @@ fn fights(c: &Container) -> usize {
 #[test]
 fn unit_lives_with_systemd_networkd() {
     require_root("systemd-nspawn and the lab");
-    assert!(
-        have("systemd-nspawn"),
-        "this test needs systemd-nspawn: bash tests/run-all.sh installs it \
-         (apt-get install systemd-container)"
-    );
+    // Never skipped: a missing tool fails the test (run-all.sh installs them).
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("debootstrap", "debootstrap"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+    ] {
+        assert!(
+            have(tool),
+            "this test needs {tool}: bash tests/run-all.sh installs it \
+             (apt-get install {package})"
+        );
+    }
     // The README recommends these very settings.
     let readme = read(repo("README.md"));
     for line in RECOMMENDED_CONF.lines() {
