@@ -1420,3 +1420,125 @@ fn first_decision_away_from_an_adopted_dead_route_flushes_its_neighbours() {
         }
     }
 }
+
+/// The previous agent was SIGKILLed between its route change (to the
+/// secondary) and its neighbour flush: the restarted agent adopts the good
+/// route via the secondary and never switches, so the failover's flush
+/// never comes. It flushes the failed primary's entries once when it finds
+/// the primary failed, whatever it failed on, and only once.
+#[test]
+fn adopted_route_away_from_a_dead_primary_flushes_its_neighbours_once() {
+    for (gw, upstream) in [(true, false), (false, true)] {
+        let mut s = Sim::with_route(config(), [Some(1), Some(1)]);
+        s.net.gw_dead[0] = [gw, gw];
+        s.net.upstream_dead[0] = [upstream, upstream];
+        s.run_for(Duration::from_secs(10));
+        assert_eq!(s.route, [Some(1), Some(1)], "gw {gw} upstream {upstream}");
+        assert!(s.switches(Family::V4).is_empty(), "no switch");
+        for f in Family::ALL {
+            let flushes: Vec<Duration> = s
+                .log
+                .iter()
+                .filter(|(_, a)| {
+                    matches!(a, Action::FlushNeighbours { uplink: 0, family } if *family == f)
+                })
+                .map(|(t, _)| *t)
+                .collect();
+            assert_eq!(
+                flushes.len(),
+                1,
+                "flushes of the dead primary ({f:?}, gw {gw} upstream {upstream}): {flushes:?}"
+            );
+            eprintln!(
+                "{f:?} gw {gw} upstream {upstream}: flushed at {:?}",
+                flushes[0]
+            );
+        }
+        // The healthy secondary, carrying the traffic, keeps its entries.
+        assert!(!s
+            .log
+            .iter()
+            .any(|(_, a)| matches!(a, Action::FlushNeighbours { uplink: 1, .. })));
+    }
+}
+
+/// A standby that fails while the primary carries is flushed once too
+/// (nothing of the running agent depends on its entries); a healthy one
+/// never is, and the active uplink only when it is left.
+#[test]
+fn failed_standby_is_flushed_once_healthy_ones_never() {
+    let mut s = settled();
+    assert!(!s
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::FlushNeighbours { .. })));
+    s.net.gw_dead[1] = [true, false];
+    s.run_for(Duration::from_secs(5));
+    let flushes: Vec<_> = s
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::FlushNeighbours { .. }))
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(
+        flushes,
+        [Action::FlushNeighbours {
+            uplink: 1,
+            family: Family::V4
+        }]
+    );
+    assert_eq!(s.route, [Some(0), Some(0)]);
+}
+
+/// A network manager reconfigures the primary (`networkctl reconfigure`):
+/// it removes the addresses and the managed IPv6 route with them, so the
+/// restore is refused (the gateway is not on the link); 12 ms later the
+/// address is back and the route is found missing again. Nobody rewrote
+/// the route after us: it goes back at once, without a fight, and the
+/// absence is reported once.
+#[test]
+fn a_refused_restore_is_not_a_fight() {
+    let mut s = settled();
+    let f = Family::V6;
+    let absent = || Event::DefaultRoute {
+        family: f,
+        via: RouteVia::Absent,
+    };
+    s.route[1] = None;
+    let t0 = s.now;
+    s.feed(absent());
+    assert_eq!(s.switches(f).last(), Some(&(t0, 0)), "restored at once");
+    // The kernel refused it.
+    s.route[1] = None;
+    s.feed(Event::RouteRefused { family: f });
+    s.run_for(ms(12));
+    let t1 = s.now;
+    s.feed(absent());
+    assert_eq!(
+        s.switches(f).last(),
+        Some(&(t1, 0)),
+        "not restored at once the second time: {:?}",
+        s.switches(f)
+    );
+    assert_eq!(s.route[1], Some(0));
+    let reports = s.reports();
+    assert!(
+        !reports.iter().any(|c| matches!(c, Change::Fighting { .. })),
+        "{reports:?}"
+    );
+    let restored = reports
+        .iter()
+        .filter(|c| matches!(c, Change::RouteRestored { .. }))
+        .count();
+    assert_eq!(restored, 1, "{reports:?}");
+
+    // A route that goes in and is rewritten again soon after is a fight.
+    s.run_for(ms(12));
+    s.route[1] = None;
+    s.feed(absent());
+    s.run_for(ms(10));
+    assert!(s
+        .reports()
+        .iter()
+        .any(|c| matches!(c, Change::Fighting { active: true, .. })));
+}

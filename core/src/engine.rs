@@ -45,6 +45,8 @@ struct UplinkFamily {
     /// The gateway's neighbour entry was asked to be refreshed since the
     /// gateway was last found dead: once per outage is enough.
     refresh_asked: bool,
+    /// Its neighbour entries were flushed (for this family) since start.
+    flushed: bool,
     usable: Option<bool>,
     /// Since when it has been continuously usable.
     usable_since: Option<Now>,
@@ -150,6 +152,7 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_next: now,
             burst_end: None,
             refresh_asked: false,
+            flushed: false,
             usable: None,
             usable_since: None,
             proven: false,
@@ -273,6 +276,7 @@ impl Core {
             Event::Reprobe => self.reprobe(now),
             Event::Bond(st) => self.on_bond(st, out),
             Event::Tick => self.route_timers(now, out),
+            Event::RouteRefused { family } => self.on_refused(family),
             Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
             Event::SourceAddress { family, present } => self.on_source(family, present, out),
         }
@@ -313,6 +317,7 @@ impl Core {
         self.expire_damping(now);
         for f in Family::ALL {
             self.select(now, f, out);
+            self.flush_failed_standbys(f, out);
         }
     }
 }

@@ -111,6 +111,12 @@ pub enum Event {
     Bond(crate::status::BondStatus),
     /// A deadline passed.
     Tick,
+    /// The kernel refused the latest `SetDefaultRoute` of `family` (its
+    /// gateway is not on the link: the uplink's address is gone, as while a
+    /// network manager reconfigures it). Nothing went in, so the absence
+    /// found next is not another writer's doing: the next restore is made
+    /// at once and is not counted as a fight.
+    RouteRefused { family: Family },
     /// The default route of another owner that wins over the managed one in
     /// this family (the lowest metric among them), or None: there is none.
     CompetingRoute {

@@ -179,10 +179,11 @@ pub(super) enum Done {
         via: RouteVia,
         gen: u64,
     },
-    /// The route change or read with `ticket` failed.
+    /// The route change (`refused`) or read with `ticket` failed.
     SetFailed {
         family: Family,
         ticket: u64,
+        refused: bool,
     },
     Barrier,
 }
@@ -268,7 +269,11 @@ pub(super) async fn actuate_loop(
                     ),
                     Err(e) => {
                         error!(error = %e, "route change failed; will check again");
-                        let _ = done.send(Done::SetFailed { family, ticket });
+                        let _ = done.send(Done::SetFailed {
+                            family,
+                            ticket,
+                            refused: true,
+                        });
                     }
                 }
             }
@@ -310,7 +315,11 @@ pub(super) async fn actuate_loop(
                     }
                     Err(e) => {
                         warn!(error = %e, "route dump failed; will read it again");
-                        let _ = done.send(Done::SetFailed { family, ticket });
+                        let _ = done.send(Done::SetFailed {
+                            family,
+                            ticket,
+                            refused: false,
+                        });
                     }
                 }
             }

@@ -26,7 +26,7 @@ use crate::config::{AgentMode, Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
+use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_KERNEL, RTPROT_UPLINKD};
 use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
@@ -512,6 +512,17 @@ impl Daemon {
         if self.reinstall_needed(&ev) {
             self.send(Work::Ensure);
         }
+        if let Some(family) = self.uplink_prefix_added(&ev) {
+            // What the kernel dropped silently with the address (IPv4
+            // routes through a removed subnet go without RTM_DELROUTE):
+            // the tables, rules and fallback routes (above), and the
+            // managed route of that family, which the core checks and puts
+            // back. Only that family's: a second read queued before the
+            // core's restore would find the route still missing and look
+            // like another writer removing it again.
+            self.send(Work::Ensure);
+            self.verify(family);
+        }
         match ev {
             NetEvent::Link(l) => {
                 if self.cfg.uplinks.iter().any(|u| u.interface == l.name) {
@@ -580,6 +591,8 @@ impl Daemon {
                     self.tell_competing(f);
                 }
             }
+            // Handled by `reinstall_needed` above.
+            NetEvent::RuleRemoved { .. } => {}
             NetEvent::Failed { error } => {
                 error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
             }
@@ -675,7 +688,8 @@ impl Daemon {
     /// uplink's probe table route and rule, the kernel fallback routes, the
     /// sysctls) must be installed again after `ev`: an interface is new,
     /// re-created or came up (the kernel drops routes through a link that
-    /// goes down), one of those routes was removed, or the first dump is in.
+    /// goes down), one of those routes or a probe rule was removed, or the
+    /// first dump is in.
     ///
     /// The daemon decides this, not the core: these are the daemon's own
     /// layout (slots, tables, marks), which the core never sees. What the
@@ -705,9 +719,50 @@ impl Daemon {
                     && route.metric <= a.route_metric + n;
                 route.dst_len == 0 && (probe_table || fallback)
             }
+            // A probe rule deleted (by an operator, or a network manager
+            // that removes rules it does not know).
+            NetEvent::RuleRemoved { table, protocol } => {
+                let a = &self.cfg.agent;
+                *protocol == RTPROT_UPLINKD
+                    && *table >= a.table_base
+                    && *table < a.table_base + self.layout.table_span()
+            }
             NetEvent::DumpDone => true,
             _ => false,
         }
+    }
+
+    /// The family of `ev` if it is an uplink's connected prefix route coming (back): its
+    /// address was added, as a network manager does after removing it
+    /// (`networkctl reconfigure`, ifdown/ifup, a DHCP renewal with a new
+    /// lease). Removing an IPv4 address drops every route through its
+    /// subnet without an event (the probe table's, the fallback, the
+    /// managed route), and none of them could be installed while it was
+    /// missing: everything the agent owns for the uplink is installed
+    /// again. Before the first dump is in, the dump's end does it.
+    fn uplink_prefix_added(&self, ev: &NetEvent) -> Option<Family> {
+        let NetEvent::Route {
+            route,
+            removed: false,
+        } = ev
+        else {
+            return None;
+        };
+        if !self.dumped
+            || route.table != RT_TABLE_MAIN
+            || route.dst_len == 0
+            || route.protocol != RTPROT_KERNEL
+            || route.gateway.is_some()
+        {
+            return None;
+        }
+        let oif = route.oif?;
+        let ifindexes = self.ifindexes.lock().unwrap();
+        self.cfg
+            .uplinks
+            .iter()
+            .any(|u| ifindexes.get(u.route_interface()) == Some(&oif))
+            .then_some(route.family)
     }
 
     /// A result of the actuation task.
@@ -723,7 +778,16 @@ impl Daemon {
             }
             // Read under an older configuration: read again.
             Done::Route { family, .. } => self.verify(family),
-            Done::SetFailed { family, ticket } => self.retries.failed(family, ticket, self.now),
+            Done::SetFailed {
+                family,
+                ticket,
+                refused,
+            } => {
+                self.retries.failed(family, ticket, self.now);
+                if refused {
+                    self.events_in.push(Event::RouteRefused { family });
+                }
+            }
             Done::Barrier => {
                 if let Some(f) = self.on_ready.take() {
                     info!("first decision made and applied for every family: ready");

@@ -33,6 +33,8 @@ use crate::config::Family;
 /// The package names it for ip(8) in /etc/iproute2/rt_protos.d/uplinkd.conf
 /// (packaging/iproute2/uplinkd.conf), so `ip route` prints `proto uplinkd`.
 pub const RTPROT_UPLINKD: u8 = 0x55;
+/// rtm_protocol of the routes the kernel adds itself (an address's subnet).
+pub const RTPROT_KERNEL: u8 = 2;
 
 /// The name of a route's rtm_protocol as `ip route` prints it
 /// (include/uapi/linux/rtnetlink.h, /etc/iproute2/rt_protos): who installed it.

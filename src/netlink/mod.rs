@@ -212,6 +212,9 @@ pub enum NetEvent {
         address: IpAddr,
         usable: bool,
     },
+    /// A routing policy rule was deleted (RTM_DELRULE): its table (FRA_TABLE,
+    /// else the header's) and protocol (FRA_PROTOCOL, 0 when absent).
+    RuleRemoved { table: u32, protocol: u8 },
     /// Events may have been lost (receive buffer overrun, or a message we
     /// could not decode). Everything known so far may be stale; a full
     /// re-dump follows and ends with `DumpDone`.

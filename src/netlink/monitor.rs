@@ -2,8 +2,9 @@
 //!
 //! Two sockets, as DESIGN.md asks: a multicast socket subscribed to
 //! RTNLGRP_LINK, the IPv4/IPv6 address groups (the service addresses of
-//! `agent.source4`/`source6` come and go) and RTNLGRP_IPV4_ROUTE and
-//! RTNLGRP_IPV6_ROUTE (read by our own loop), and a request socket (an
+//! `agent.source4`/`source6` come and go), RTNLGRP_IPV4_ROUTE and
+//! RTNLGRP_IPV6_ROUTE, and RTNLGRP_IPV4_RULE and RTNLGRP_IPV6_RULE for
+//! deleted rules (read by our own loop), and a request socket (an
 //! rtnetlink [`Handle`]) for dumps.
 //!
 //! Order of work: subscribe first, then dump links, addresses, IPv4 routes
@@ -35,6 +36,7 @@ use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use netlink_packet_route::route::{RouteFlags, RouteMessage};
+use netlink_packet_route::rule::RuleAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
@@ -52,6 +54,8 @@ const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_RULE: u32 = 19;
 
 /// Dump attempts (with doubling backoff from 100 ms) before the monitor
 /// gives up and reports `NetEvent::Failed`.
@@ -183,11 +187,14 @@ impl Multicast {
             RTNLGRP_IPV4_ROUTE,
             RTNLGRP_IPV6_IFADDR,
             RTNLGRP_IPV6_ROUTE,
+            RTNLGRP_IPV4_RULE,
+            RTNLGRP_IPV6_RULE,
         ]
         .iter()
         .fold(0u32, |acc, g| acc | (1 << (g - 1)));
-        sock.bind(&SocketAddr::new(0, groups))
-            .map_err(|e| NetlinkError::io("subscribe to link, address and route groups", e))?;
+        sock.bind(&SocketAddr::new(0, groups)).map_err(|e| {
+            NetlinkError::io("subscribe to link, address, route and rule groups", e)
+        })?;
         sock.set_non_blocking(true)
             .map_err(|e| NetlinkError::io(op, e))?;
         // SAFETY: `Socket` owns its descriptor, closes it only on drop, and
@@ -337,6 +344,18 @@ fn event_of(msg: RouteNetlinkMessage) -> Option<NetEvent> {
             route,
             removed: true,
         }),
+        RouteNetlinkMessage::DelRule(r) => {
+            let mut table = r.header.table as u32;
+            let mut protocol = 0;
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Table(t) => table = *t,
+                    RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+                    _ => {}
+                }
+            }
+            Some(NetEvent::RuleRemoved { table, protocol })
+        }
         _ => None,
     }
 }
