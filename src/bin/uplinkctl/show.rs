@@ -578,6 +578,7 @@ pub mod fixture {
             },
             transits,
             bond: None,
+            suspicion: Default::default(),
         }
     }
 
