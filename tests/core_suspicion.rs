@@ -280,6 +280,7 @@ impl Sim {
             } else if s == Some(next) {
                 self.next_sample += SAMPLE;
                 let c = Counters {
+                    at: self.now,
                     tcp: Some(self.tcp),
                     links: vec![(0, self.links[0]), (1, self.links[1])],
                 };

@@ -68,6 +68,9 @@ pub struct LinkCounters {
 /// One reading of the counters, taken at the instant of the event carrying it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// When it was read: the rules' windows are measured between readings
+    /// (the loop may handle a reading a little later).
+    pub at: Now,
     /// None when the files could not be read.
     pub tcp: Option<TcpCounters>,
     /// The interface counters of the uplinks read this time.
@@ -152,15 +155,16 @@ impl Detector {
         *self = Detector::default();
     }
 
-    /// Take one sample at `now`; `own(uplink)` = (probes sent, replies
-    /// received) through that uplink so far. Returns the rules that fired.
+    /// Take one sample (read at `c.at`); `own(uplink)` = (probes sent,
+    /// replies received) through that uplink so far. Returns the rules
+    /// that fired.
     pub fn observe(
         &mut self,
-        now: Now,
         c: Counters,
         own: impl Fn(UplinkId) -> (u64, u64),
         rules: Rules,
     ) -> Vec<Finding> {
+        let now = c.at;
         let entry = Entry {
             at: now,
             tcp: c.tcp,
@@ -321,10 +325,11 @@ mod tests {
                 tcp.out_segs += 100;
             }
             let c = Counters {
+                at: t,
                 tcp: Some(tcp),
                 links: vec![],
             };
-            for f in d.observe(t, c, |_| (0, 0), rules) {
+            for f in d.observe(c, |_| (0, 0), rules) {
                 fired.push((i, f.source));
             }
         }

@@ -81,9 +81,9 @@ impl Core {
             .iter()
             .map(|u| (u.probes_sent, u.replies))
             .collect();
-        let found =
-            self.detector
-                .observe(now, c, |u| own.get(u).copied().unwrap_or_default(), rules);
+        let found = self
+            .detector
+            .observe(c, |u| own.get(u).copied().unwrap_or_default(), rules);
         for Finding {
             source,
             uplink,
