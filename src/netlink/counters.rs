@@ -285,6 +285,12 @@ impl CounterTap {
     }
 }
 
+/// An interface that sent at least this many packets between two readings
+/// and received none wakes the loop: fewer is the agent's own probes, whose
+/// replies fall in the next reading (a gateway probe and its reply
+/// straddle readings every few rounds).
+const LINK_WAKE_TX: u64 = 4;
+
 /// Whether `s` after `last` could change a decision: segments sent and none
 /// received, new timeouts or loss probes, or an interface that sent and
 /// received nothing. The loop takes every reading anyway; this only says
@@ -302,7 +308,9 @@ fn matters(last: &CounterSample, s: &CounterSample) -> bool {
         last.links
             .iter()
             .find(|(n, _)| n == name)
-            .is_some_and(|(_, o)| l.tx_packets > o.tx_packets && l.rx_packets == o.rx_packets)
+            .is_some_and(|(_, o)| {
+                l.tx_packets >= o.tx_packets + LINK_WAKE_TX && l.rx_packets == o.rx_packets
+            })
     })
 }
 
