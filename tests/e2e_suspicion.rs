@@ -261,6 +261,23 @@ fn forged_unreachable_not_quoting_our_packet_is_ignored() {
     let s = a.status().unwrap();
     assert_eq!(active(&s, Family::V4), Some("primary"), "no switch");
     assert!(s.uplinks[0].suspicion.bursts >= 1);
+    // Counted in the metrics too.
+    let m = a.client().metrics().expect("metrics");
+    let sample = |prefix: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{m}"))
+    };
+    assert_eq!(
+        sample("uplinkd_suspicions_total{uplink=\"primary\",source=\"icmp_unreachable\"}"),
+        1
+    );
+    assert_eq!(
+        sample("uplinkd_suspicions_total{uplink=\"primary\",source=\"tcp_stall\"}"),
+        0
+    );
+    assert!(sample("uplinkd_suspicion_burst_probes_total{uplink=\"primary\"}") >= 4);
 }
 
 /// Echo requests from the server counted at transit-a's namespace (both

@@ -626,6 +626,20 @@ mod describe_tests {
             ),
             (active("drained"), "ipv4: primary → secondary (primary drained)", Level::Info),
             (
+                active("quorum+suspicion_tcp_stall"),
+                "ipv4: primary → secondary (transit quorum unreachable through primary, confirmed by a probe burst after a suspicion (tcp_stall))",
+                Level::Warn,
+            ),
+            (
+                Change::Suspicion {
+                    uplink: s("primary"),
+                    source: s("icmp_unreachable"),
+                    evidence: s("destination unreachable from the gateway 198.18.1.1"),
+                },
+                "primary suspected (icmp_unreachable: destination unreachable from the gateway 198.18.1.1); confirming with a probe burst to its transits",
+                Level::Info,
+            ),
+            (
                 Change::ActiveChanged {
                     family: s("ipv6"),
                     from: None,
