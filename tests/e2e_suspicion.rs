@@ -6,86 +6,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use common::*;
-use uplink_lab::{sink, Lab, Uplink};
+use uplink_lab::{Lab, Uplink};
 use uplinkd::config::Family;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-
-/// A paced TCP flow from the server to the sink: 4 segments every 2 ms
-/// (~23 Mbit/s), so that segments keep going out when the path dies.
-struct TcpFlow {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl TcpFlow {
-    fn start(lab: &Lab, family: Family) -> TcpFlow {
-        let listener = lab
-            .in_ns(&lab.inet_ns(), || TcpListener::bind((sink(family), 0)))
-            .unwrap()
-            .expect("listen on the sink");
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let st = stop.clone();
-        listener.set_nonblocking(true).unwrap();
-        threads.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            let deadline = Instant::now() + S(600);
-            let mut conns: Vec<TcpStream> = Vec::new();
-            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if let Ok((c, _)) = listener.accept() {
-                    c.set_nonblocking(true).unwrap();
-                    conns.push(c);
-                }
-                let mut idle = true;
-                for c in &mut conns {
-                    if let Ok(n) = c.read(&mut buf) {
-                        idle &= n == 0;
-                    }
-                }
-                if idle {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }));
-        let st = stop.clone();
-        let server = lab.server_ns();
-        let sock = lab
-            .in_ns(&server, || TcpStream::connect_timeout(&addr, S(5)))
-            .unwrap()
-            .expect("connect to the sink through the primary");
-        threads.push(std::thread::spawn(move || {
-            let mut sock = sock;
-            sock.set_write_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let chunk = vec![0x5au8; 4 * 1448];
-            let deadline = Instant::now() + S(600);
-            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let _ = sock.write(&chunk);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }));
-        TcpFlow { stop, threads }
-    }
-}
-
-impl Drop for TcpFlow {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The logged uplink_health evidence of `uplink` going unhealthy for `family`.
 fn unhealthy_evidence(a: &Agent, uplink: &str, family: Family) -> Vec<String> {
@@ -127,7 +55,7 @@ fn judged(lab: &Lab, overrides: &str) -> Agent {
 fn tcp_flow_through_a_silently_blackholed_upstream_switches_on_suspicion() {
     let lab = lab();
     let a = judged(&lab, "");
-    let _flow = TcpFlow::start(&lab, Family::V4);
+    let _flow = lab.tcp_flow(Family::V4).unwrap();
     std::thread::sleep(S(3));
     let s = a.status().unwrap();
     assert_eq!(
@@ -184,7 +112,7 @@ fn random_tcp_loss_on_a_healthy_path_does_not_switch() {
     let lab = lab();
     let a = judged(&lab, "");
     lab.tcp_loss(Uplink::Primary, 50).unwrap();
-    let flow = TcpFlow::start(&lab, Family::V4);
+    let flow = lab.tcp_flow(Family::V4).unwrap();
     let before = a.switches(Family::V4).len();
     std::thread::sleep(S(20));
     let s = a.status().unwrap();
@@ -280,56 +208,6 @@ fn forged_unreachable_not_quoting_our_packet_is_ignored() {
     assert!(sample("uplinkd_suspicion_burst_probes_total{uplink=\"primary\"}") >= 4);
 }
 
-/// Echo requests from the server counted at transit-a's namespace (both
-/// families, through both uplinks) over `d`.
-fn transit_probes(lab: &Lab, d: Duration) -> u64 {
-    let ns = lab.transit_ns(0);
-    let nft = |args: &[&str]| {
-        let mut v = vec!["nft"];
-        v.extend(args);
-        lab.exec(&ns, &v).expect("nft")
-    };
-    let _ = lab.exec(&ns, &["nft", "delete", "table", "netdev", "ul_count"]);
-    nft(&["add", "table", "netdev", "ul_count"]);
-    nft(&[
-        "add",
-        "chain",
-        "netdev",
-        "ul_count",
-        "c",
-        "{ type filter hook ingress device \"up0\" priority -200; policy accept; }",
-    ]);
-    nft(&[
-        "add",
-        "rule",
-        "netdev",
-        "ul_count",
-        "c",
-        "icmp",
-        "type",
-        "echo-request",
-        "counter",
-    ]);
-    nft(&[
-        "add",
-        "rule",
-        "netdev",
-        "ul_count",
-        "c",
-        "icmpv6",
-        "type",
-        "echo-request",
-        "counter",
-    ]);
-    std::thread::sleep(d);
-    let out = nft(&["list", "table", "netdev", "ul_count"]);
-    nft(&["delete", "table", "netdev", "ul_count"]);
-    out.split("packets ")
-        .skip(1)
-        .filter_map(|x| x.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn steady_transit_probes_are_the_same_with_suspicion_on_and_off() {
     // Two labs side by side, one agent with suspicion on and one with it
@@ -344,9 +222,9 @@ fn steady_transit_probes_are_the_same_with_suspicion_on_and_off() {
             .map(|(lab, overrides)| {
                 sc.spawn(move || {
                     let a = judged(lab, overrides);
-                    let flow = TcpFlow::start(lab, Family::V4);
+                    let flow = lab.tcp_flow(Family::V4).unwrap();
                     std::thread::sleep(S(2));
-                    let n = transit_probes(lab, S(10));
+                    let n = lab.count_transit_probes(0, S(10)).unwrap();
                     drop(flow);
                     let s = a.status().unwrap();
                     (n, s.uplinks[0].suspicion.burst_probes)

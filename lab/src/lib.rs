@@ -1337,6 +1337,41 @@ impl Lab {
         cmd::nft(&self.router_ns(uplink), &text)
     }
 
+    /// A paced TCP flow from the server to the sink (4 segments every 2 ms,
+    /// ~23 Mbit/s) until the guard is dropped: the server's own traffic,
+    /// whose progress passive suspicion watches.
+    pub fn tcp_flow(&self, family: Family) -> Result<TcpFlow> {
+        TcpFlow::start(self, family)
+    }
+
+    /// ICMP/ICMPv6 echo requests arriving at transit `i`'s namespace (from
+    /// every uplink, both families) during `d`: what one server costs a
+    /// transit target.
+    pub fn count_transit_probes(&self, i: usize, d: Duration) -> Result<u64> {
+        let ns = self.transit_ns(i);
+        let table = "ul_probe_count";
+        cmd::nft(
+            &ns,
+            &nft_replace_ingress(
+                table,
+                ROUTER_UPLINK,
+                "accept",
+                &[
+                    "icmp type echo-request counter",
+                    "icmpv6 type echo-request counter",
+                ],
+            ),
+        )?;
+        std::thread::sleep(d);
+        let out = self.exec(&ns, &["nft", "list", "table", "netdev", table]);
+        cmd::nft(&ns, &nft_remove(table))?;
+        Ok(out?
+            .split("packets ")
+            .skip(1)
+            .filter_map(|x| x.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
     /// Transit `i` (0-based) becomes unreachable through every uplink: it
     /// silently drops everything arriving from `inet`.
     pub fn transit_dead(&self, i: usize) -> Result<()> {
@@ -1558,6 +1593,87 @@ impl Drop for Lab {
         for e in self.teardown() {
             eprintln!("uplink-lab: cleanup: {e}");
             tracing::warn!(error = %e, "lab cleanup");
+        }
+    }
+}
+
+/// A paced TCP flow from the server to the sink ([`Lab::tcp_flow`]); stops
+/// (within a few ms) when dropped.
+pub struct TcpFlow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl TcpFlow {
+    fn start(lab: &Lab, family: Family) -> Result<TcpFlow> {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| LabError::Io { what, source }
+        };
+        let listener = lab
+            .in_ns(&lab.inet_ns(), || TcpListener::bind((sink(family), 0)))?
+            .map_err(io("listen on the sink"))?;
+        let addr = listener.local_addr().map_err(io("sink address"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("sink listener"))?;
+        let sock = lab
+            .in_ns(&lab.server_ns(), || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            })?
+            .map_err(io("connect to the sink"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Bounded even if the guard is leaked.
+        let bound = Duration::from_secs(3600);
+        let st = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let deadline = std::time::Instant::now() + bound;
+            let mut conns: Vec<TcpStream> = Vec::new();
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                if let Ok((c, _)) = listener.accept() {
+                    if c.set_nonblocking(true).is_ok() {
+                        conns.push(c);
+                    }
+                }
+                let mut idle = true;
+                for c in &mut conns {
+                    if let Ok(n) = c.read(&mut buf) {
+                        idle &= n == 0;
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let st = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut sock = sock;
+            let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
+            let chunk = vec![0x5au8; 4 * 1448];
+            let deadline = std::time::Instant::now() + bound;
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let _ = sock.write(&chunk);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Ok(TcpFlow {
+            stop,
+            // The writer first: the sink keeps reading until it stops.
+            threads: vec![writer, reader],
+        })
+    }
+}
+
+impl Drop for TcpFlow {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
