@@ -68,6 +68,8 @@ struct Traffic {
     out_per_ms: u32,
     /// Random loss of every segment, both ways (0.02 = 2 %).
     loss: f64,
+    /// Not TCP (e.g. QUIC over UDP): only the interface counters see it.
+    udp: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -206,6 +208,14 @@ impl Sim {
     /// then a loss probe at 80 ms and timeouts doubling from 290 ms (as
     /// measured in the lab, issue 14).
     fn traffic(&mut self) {
+        let tcp_before = self.tcp;
+        self.traffic_tcp();
+        if self.net.traffic.as_ref().is_some_and(|t| t.udp) {
+            self.tcp = tcp_before;
+        }
+    }
+
+    fn traffic_tcp(&mut self) {
         while self.traffic_at + ms(1) <= self.now {
             self.traffic_at += ms(1);
             let t = self.traffic_at;
@@ -343,6 +353,7 @@ fn flow() -> Option<Traffic> {
     Some(Traffic {
         out_per_ms: 10,
         loss: 0.0,
+        udp: false,
     })
 }
 
@@ -464,6 +475,7 @@ fn two_percent_loss_for_ten_minutes_no_burst_storm_no_switch() {
         Some(Traffic {
             out_per_ms: 10,
             loss: 0.02,
+            udp: false,
         }),
     );
     s.run_for(Duration::from_secs(600));
@@ -536,4 +548,36 @@ fn a_one_way_stream_is_not_an_rx_stall() {
         s.run_for(ms(1));
     }
     assert!(s.suspicions().is_empty(), "{:?}", s.suspicions());
+}
+
+#[test]
+fn udp_traffic_stopping_is_an_rx_stall() {
+    // No TCP at all (QUIC, say): the active uplink's interface keeps
+    // sending and stops receiving.
+    let mut s = settled(
+        true,
+        Some(Traffic {
+            out_per_ms: 10,
+            loss: 0.0,
+            udp: true,
+        }),
+    );
+    assert!(s.suspicions().is_empty(), "{:?}", s.suspicions());
+    assert_eq!(s.tcp, TcpCounters::default(), "no TCP counted");
+    let t0 = s.now + ms(5);
+    s.net.upstream_dead[0] = Some(t0);
+    // A UDP sender does not wait for acknowledgements: it keeps sending.
+    for _ in 0..300 {
+        s.links[0].tx_packets += 10;
+        s.run_for(ms(1));
+    }
+    let susp = s.suspicions();
+    assert_eq!(susp.len(), 1, "{susp:?}");
+    assert_eq!(susp[0].2, "rx_stall");
+    let v4 = s
+        .switches()
+        .into_iter()
+        .find(|x| x.0 >= t0 && x.1 == Family::V4)
+        .expect("switched");
+    assert!(v4.0 - t0 < ms(150), "switched after {:?}", v4.0 - t0);
 }

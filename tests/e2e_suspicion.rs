@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use uplink_lab::{Lab, Uplink};
+use uplink_lab::{Lab, StreamSpec, Uplink};
 use uplinkd::config::Family;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -211,7 +211,7 @@ fn forged_unreachable_not_quoting_our_packet_is_ignored() {
 #[test]
 fn steady_transit_probes_are_the_same_with_suspicion_on_and_off() {
     // Two labs side by side, one agent with suspicion on and one with it
-    // off, each with a TCP flow, counted over the same 10 s: the host's
+    // off, each with a TCP flow and a UDP stream, counted over the same 10 s: the host's
     // load (which can delay a reply past its overdue check and start an
     // ordinary burst, on or off) is then the same for both.
     let labs = [lab(), lab()];
@@ -223,9 +223,20 @@ fn steady_transit_probes_are_the_same_with_suspicion_on_and_off() {
                 sc.spawn(move || {
                     let a = judged(lab, overrides);
                     let flow = lab.tcp_flow(Family::V4).unwrap();
+                    // And a one-way UDP stream (the bench's): it sends and
+                    // never receives, which is no stall.
+                    let stream = lab
+                        .udp_stream(&StreamSpec {
+                            family: Family::V4,
+                            rate: 2000,
+                            max_duration: S(30),
+                            ..StreamSpec::default()
+                        })
+                        .unwrap();
                     std::thread::sleep(S(2));
                     let n = lab.count_transit_probes(0, S(10)).unwrap();
                     drop(flow);
+                    stream.stop();
                     let s = a.status().unwrap();
                     (n, s.uplinks[0].suspicion.burst_probes)
                 })

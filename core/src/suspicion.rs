@@ -22,9 +22,9 @@
 //!   received outnumber retransmissions by far (at 2 % loss, ~50 to 1).
 //! - **rx_stall**: the active uplink's interface sent at least `segments`
 //!   packets beyond the agent's own probes over W and received none beyond
-//!   the replies to them, while it received at least `segments / 2` over
-//!   the window before. A one-way stream (nothing ever comes back) never
-//!   fires it.
+//!   one per probe sent (its reply), while it received at least
+//!   `segments / 2` beyond that over the window before. A one-way stream
+//!   (nothing ever comes back) never fires it.
 //! - **icmp_unreachable**: a destination-unreachable from the active
 //!   gateway quoting one of our own packets (validated by the adapter: the
 //!   quoted source is one of our addresses).
@@ -187,9 +187,10 @@ impl Detector {
         }
         self.hist.push_back(entry);
         let w = rules.window;
-        // Keep what two windows back need, plus the sample before them.
+        // Keep three windows: the window before the last one starts at a
+        // sample up to a window before `now - 2 w` (then one older than it).
         while self.hist.len() > MAX_ENTRIES
-            || (self.hist.len() > 2 && self.hist[1].at + w * 2 <= now)
+            || (self.hist.len() > 2 && self.hist[1].at + w * 3 <= now)
         {
             self.hist.pop_front();
         }
@@ -249,21 +250,24 @@ impl Detector {
                 });
             }
         }
-        for &(u, l, sent, got) in &cur.links {
-            let Some(&(_, l1, s1, g1)) = b1.links.iter().find(|x| x.0 == u) else {
+        for &(u, l, sent, _) in &cur.links {
+            let Some(&(_, l1, s1, _)) = b1.links.iter().find(|x| x.0 == u) else {
                 continue;
             };
             let rx = l.rx_packets.saturating_sub(l1.rx_packets);
             let tx = l.tx_packets.saturating_sub(l1.tx_packets);
             let tx_other = tx.saturating_sub(sent.saturating_sub(s1));
-            let rx_other = rx.saturating_sub(got.saturating_sub(g1));
+            // Each probe sent is one packet out and (if answered) one in, within
+            // a round trip: counted when sent, not when its reply is read (the
+            // loop reads replies up to a round late).
+            let rx_other = rx.saturating_sub(sent.saturating_sub(s1));
             let rx_before = b2
                 .as_ref()
                 .and_then(|e| e.links.iter().find(|x| x.0 == u))
-                .map(|&(_, l2, _, g2)| {
+                .map(|&(_, l2, s2, _)| {
                     l1.rx_packets
                         .saturating_sub(l2.rx_packets)
-                        .saturating_sub(g1.saturating_sub(g2))
+                        .saturating_sub(s1.saturating_sub(s2))
                 });
             let stalled = tx_other >= rules.segments as u64 && rx_other == 0;
             let latched = self.rx_stall.contains(&u);
