@@ -339,4 +339,40 @@ mod tests {
         }
         assert_eq!(fired, vec![(52, Source::TcpStall)]);
     }
+
+    /// Many flows timing out at once with nothing coming back is a
+    /// suspicion (once); as many timeouts while acknowledgements keep
+    /// coming (a busy server's ordinary loss) are not.
+    #[test]
+    fn timeouts_count_only_with_nothing_coming_back() {
+        let rules = Rules {
+            window: ms(40),
+            segments: 8,
+            timeouts: 4,
+        };
+        let run = |acks: u64| {
+            let mut d = Detector::default();
+            let mut tcp = TcpCounters::default();
+            let mut fired = Vec::new();
+            for i in 0..40u64 {
+                // Every sample: 2 timeouts, 3 loss probes, 5 retransmissions;
+                // the window sees 3 samples of them.
+                tcp.timeouts += 2;
+                tcp.loss_probes += 3;
+                tcp.retrans_segs += 5;
+                tcp.in_segs += acks;
+                let c = Counters {
+                    at: ms(i * 16),
+                    tcp: Some(tcp),
+                    links: vec![],
+                };
+                for f in d.observe(c, |_| (0, 0), rules) {
+                    fired.push(f.source);
+                }
+            }
+            fired
+        };
+        assert_eq!(run(0), vec![Source::TcpTimeouts]);
+        assert_eq!(run(200), vec![]);
+    }
 }
