@@ -222,6 +222,10 @@ impl Daemon {
         let watch = Arc::new(ReplyWatch::default());
         // Opened here, on the loop's thread: the daemon's namespace.
         let counters = Arc::new(CounterTap::new(counter_interfaces(&cfg), COUNTERS_EVERY));
+        let missing = counters.missing();
+        if cfg.probe.suspicion && !missing.is_empty() {
+            warn!(files = %missing.join(", "), "passive suspicion cannot read these counters; it goes without them");
+        }
         let poller = CarrierPoller::start(
             ifnames,
             cfg.probe.carrier_interval,

@@ -62,6 +62,19 @@ impl CounterReader {
         }
     }
 
+    /// The files that could not be opened (their counters read as absent).
+    pub fn missing(&self) -> Vec<String> {
+        [
+            ("snmp", self.snmp.is_none()),
+            ("netstat", self.netstat.is_none()),
+            ("dev", self.dev.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(n, _)| format!("{PROC_NET}/{n}"))
+        .collect()
+    }
+
     /// Read everything now.
     pub fn read(&mut self, at: Duration) -> CounterSample {
         let mut tcp = None;
@@ -230,6 +243,14 @@ impl CounterTap {
             reads: AtomicU64::new(0),
             read_ns: AtomicU64::new(0),
         }
+    }
+
+    /// The files that could not be opened.
+    pub fn missing(&self) -> Vec<String> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .missing()
     }
 
     /// Read these interfaces' counters from now on (a reload).

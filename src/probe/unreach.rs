@@ -46,8 +46,10 @@ const ICMPV6_FILTER: libc::c_int = 1;
 /// One unreachable per sender per this reaches the loop: a flood costs no
 /// more than this (the core bounds the bursts itself).
 pub const MIN_GAP: Duration = Duration::from_millis(10);
-/// `recv` wakes at least this often to see the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(200);
+/// `recv` wakes at least this often to see the stop flag: the threads'
+/// only wake-ups while no unreachable arrives (one a second each; they end
+/// at most this long after the daemon).
+const STOP_CHECK: Duration = Duration::from_secs(1);
 
 /// The source of the packet quoted by an ICMP destination unreachable
 /// (`icmp`: the ICMP message from its type byte on), if it is one.
