@@ -81,6 +81,12 @@ struct UplinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SuspicionLabels {
+    uplink: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkFamilyLabels {
     uplink: String,
     family: String,
@@ -188,6 +194,8 @@ pub struct Metrics {
     uplink_drained: Family<UplinkLabels, Gauge>,
     uplink_damped: Family<UplinkLabels, GaugeF>,
     uplink_flaps: Family<UplinkLabels, Gauge>,
+    suspicions: Family<SuspicionLabels, Counter>,
+    suspicion_burst_probes: Family<UplinkLabels, Counter>,
     gateway_reachable: Family<TargetLabels, Gauge>,
     transit_reachable: Family<TargetLabels, Gauge>,
     probe_loss: Family<TargetLabels, GaugeF>,
@@ -234,6 +242,8 @@ impl Metrics {
             uplink_drained: Family::default(),
             uplink_damped: Family::default(),
             uplink_flaps: Family::default(),
+            suspicions: Family::default(),
+            suspicion_burst_probes: Family::default(),
             gateway_reachable: Family::default(),
             transit_reachable: Family::default(),
             probe_loss: Family::default(),
@@ -328,6 +338,16 @@ impl Metrics {
             "Remaining flap-damping hold-down of the uplink (0 when not damped)",
             Unit::Seconds,
             m.uplink_damped.clone(),
+        );
+        reg.register(
+            "suspicions",
+            "Passive suspicions raised on the uplink by source (tcp_stall, tcp_timeouts, rx_stall, icmp_unreachable); each starts at most one confirmation burst per suspicion_holdoff",
+            m.suspicions.clone(),
+        );
+        reg.register(
+            "suspicion_burst_probes",
+            "Probes sent by the confirmation bursts that passive suspicions started on the uplink",
+            m.suspicion_burst_probes.clone(),
         );
         reg.register(
             "uplink_flaps",
@@ -629,6 +649,26 @@ impl Metrics {
                 .get_or_create(&ul)
                 .set(i64::from(u.drained));
             self.uplink_flaps.get_or_create(&ul).set(i64::from(u.flaps));
+            // Counted by the core; the counters catch up on each scrape.
+            let catch_up = |c: &Counter, v: u64| {
+                let have = c.get();
+                if v > have {
+                    c.inc_by(v - have);
+                }
+            };
+            for (source, n) in &u.suspicion.by_source {
+                catch_up(
+                    &self.suspicions.get_or_create(&SuspicionLabels {
+                        uplink: u.name.clone(),
+                        source: source.clone(),
+                    }),
+                    *n,
+                );
+            }
+            catch_up(
+                &self.suspicion_burst_probes.get_or_create(&ul),
+                u.suspicion.burst_probes,
+            );
             self.uplink_damped
                 .get_or_create(&ul)
                 .set(u.damped_ms.unwrap_or(0) as f64 / 1000.0);

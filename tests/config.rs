@@ -51,6 +51,12 @@ const KEYS: &[&str] = &[
     "probe.transit_fall",
     "probe.transit_rise",
     "probe.standby_slowdown",
+    "probe.suspicion",
+    "probe.suspicion_window",
+    "probe.suspicion_segments",
+    "probe.suspicion_timeouts",
+    "probe.suspicion_burst_interval",
+    "probe.suspicion_holdoff",
     "uplink.name",
     "uplink.interface",
     "uplink.gateway4",
@@ -164,6 +170,12 @@ fn example_parses_with_documented_defaults() {
             transit_fall: 4,
             transit_rise: 2,
             standby_slowdown: 2,
+            suspicion: true,
+            suspicion_window: ms(40),
+            suspicion_segments: 8,
+            suspicion_timeouts: 4,
+            suspicion_burst_interval: ms(10),
+            suspicion_holdoff: s(1),
         }
     );
     assert_eq!(c.probe, ProbeConfig::default());
@@ -229,6 +241,11 @@ fn sample(key: &str) -> &'static str {
             "7"
         }
         "standby_slowdown" => "3",
+        "suspicion" => "false",
+        "suspicion_segments" | "suspicion_timeouts" => "12",
+        "suspicion_window" => r#""80ms""#,
+        "suspicion_burst_interval" => r#""20ms""#,
+        "suspicion_holdoff" => r#""5s""#,
         "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
         "hold" => r#""2m""#,
         "carrier_interval" | "gateway_timeout" => r#""2ms""#,
@@ -863,7 +880,7 @@ fn every_duration_has_a_documented_range() {
     check("policy", durations(PolicyConfig::keys()));
     check("policy.damping", durations(DampingConfig::keys()));
     check("hooks", durations(config::HooksConfig::keys()));
-    assert_eq!(checked, 8 + 1 + 3 + 1);
+    assert_eq!(checked, 11 + 1 + 3 + 1);
     // A value just outside each range is refused, the bounds accepted.
     for (name, min, max) in durations(ProbeConfig::keys()) {
         let below = min.checked_sub(Duration::from_nanos(1)).unwrap();

@@ -28,6 +28,7 @@ mod reconfigure;
 mod route;
 mod schedule;
 mod selection;
+mod suspect;
 mod view;
 
 /// Health of one uplink for one family.
@@ -42,6 +43,10 @@ struct UplinkFamily {
     /// When the last burst sent its last round: only probes sent after it
     /// can start a new one, so bursts never feed themselves.
     burst_end: Option<Now>,
+    /// The current (or last) burst was started by a passive suspicion: its
+    /// rounds are `suspicion_burst_interval` apart and its probes time out
+    /// after 4 × the target's smoothed RTT; what raised it and its result.
+    suspicion: Option<suspect::SuspectBurst>,
     /// The gateway's neighbour entry was asked to be refreshed since the
     /// gateway was last found dead: once per outage is enough.
     refresh_asked: bool,
@@ -74,6 +79,17 @@ struct Uplink {
     damped_until: Option<Now>,
     /// For a bond member: enslaved to its bond (None until the bond is read).
     enslaved: Option<bool>,
+    /// Probes sent through this uplink and replies received: the rx_stall
+    /// rule discounts them from the interface counters.
+    probes_sent: u64,
+    replies: u64,
+    /// When the last confirmation burst started (one per `suspicion_holdoff`).
+    last_burst: Option<Now>,
+    /// Suspicions by source (index of `suspicion::Source::ALL`), bursts
+    /// started and the probes they sent.
+    suspicions: [u64; 4],
+    bursts: u64,
+    burst_probes: u64,
 }
 
 /// A managed bond: the driver's view and the agent's choice.
@@ -114,6 +130,8 @@ struct InFlight {
     /// Index among the transit's targets of that family.
     slot: usize,
     sent_at: Now,
+    /// Sent by a burst a suspicion started.
+    suspicion: bool,
 }
 
 /// State of uplink `i` of `cfg` with no history, its first probes due from `now`.
@@ -151,6 +169,7 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_left: 0,
             burst_next: now,
             burst_end: None,
+            suspicion: None,
             refresh_asked: false,
             flushed: false,
             usable: None,
@@ -169,6 +188,12 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         damp_level: 0,
         damped_until: None,
         enslaved: None,
+        probes_sent: 0,
+        replies: 0,
+        last_burst: None,
+        suspicions: [0; 4],
+        bursts: 0,
+        burst_probes: 0,
     }
 }
 
@@ -182,6 +207,7 @@ pub struct Core {
     next_probe: u64,
     last_now: Now,
     bonds: Vec<Bond>,
+    detector: crate::suspicion::Detector,
 }
 
 impl Core {
@@ -212,6 +238,7 @@ impl Core {
             next_probe: 1,
             last_now: now,
             bonds,
+            detector: Default::default(),
         }
     }
 
@@ -279,6 +306,8 @@ impl Core {
             Event::RouteRefused { family } => self.on_refused(family),
             Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
             Event::SourceAddress { family, present } => self.on_source(family, present, out),
+            Event::Counters(c) => self.on_counters(now, c, out),
+            Event::Unreachable { family, from } => self.on_unreachable(now, family, from, out),
         }
     }
 

@@ -17,6 +17,7 @@ mod engine;
 pub mod proto;
 pub mod rates;
 pub mod status;
+pub mod suspicion;
 mod target;
 pub use engine::Core;
 
@@ -128,6 +129,13 @@ pub enum Event {
     /// installs its routes without a preferred source (the kernel refuses
     /// one that is not local), and the core reports it.
     SourceAddress { family: Family, present: bool },
+    /// A reading of the namespace's TCP counters and the uplinks' interface
+    /// counters (see [`suspicion`]): the rules may suspect an uplink.
+    Counters(suspicion::Counters),
+    /// An ICMP destination-unreachable from `from` that quotes one of our
+    /// own packets (the adapter validated the quoted source). From the
+    /// active uplink's gateway of `family`, it is a suspicion.
+    Unreachable { family: Family, from: IpAddr },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -222,6 +222,22 @@ pub struct UplinkStatus {
     /// Set for a bond member: its bond, and what each check proves through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bond: Option<BondMemberStatus>,
+    /// Passive suspicions raised on this uplink and the confirmation bursts
+    /// they started (see `[probe] suspicion`).
+    #[serde(default)]
+    pub suspicion: SuspicionStatus,
+}
+
+/// Passive suspicions of one uplink since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SuspicionStatus {
+    /// Suspicions raised, by source (`tcp_stall`, `tcp_timeouts`,
+    /// `rx_stall`, `icmp_unreachable`); every source is listed.
+    pub by_source: std::collections::BTreeMap<String, u64>,
+    /// Confirmation bursts started (at most one per `suspicion_holdoff`).
+    pub bursts: u64,
+    /// Probes those bursts sent.
+    pub burst_probes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,6 +378,14 @@ pub enum Change {
         address: IpAddr,
         present: bool,
     },
+    /// The server's own traffic made an uplink suspect (`source`: tcp_stall,
+    /// tcp_timeouts, rx_stall, icmp_unreachable) and a confirmation burst to
+    /// its transits started; the quorum rules decide on the burst's result.
+    Suspicion {
+        uplink: String,
+        source: String,
+        evidence: String,
+    },
 }
 
 impl Change {
@@ -383,6 +407,7 @@ impl Change {
             Change::CompetingRoute { .. } => "competing_route",
             Change::Fighting { .. } => "fighting",
             Change::SourceAddress { .. } => "source_address",
+            Change::Suspicion { .. } => "suspicion",
         }
     }
 
@@ -496,6 +521,11 @@ impl Change {
                 }
                 (false, _) => format!("{family}: the competing {route} is gone"),
             },
+            Change::Suspicion {
+                uplink,
+                source,
+                evidence,
+            } => format!("{uplink} suspected ({source}: {evidence}); confirming with a probe burst to its transits"),
             Change::Fighting {
                 family,
                 with,
@@ -544,6 +574,7 @@ impl Change {
             Change::CompetingRoute { present, .. } => warn_if(*present),
             Change::Fighting { active, .. } => warn_if(*active),
             Change::SourceAddress { present, .. } => warn_if(!present),
+            Change::Suspicion { .. } => Level::Info,
             Change::Carrier { .. }
             | Change::Gateway { .. }
             | Change::Transit { .. }
@@ -577,6 +608,12 @@ fn why_moved(reason: &str, from: Option<&str>) -> String {
             "missing" => format!("{from}'s interface is missing"),
             "not_in_bond" => format!("{from} left its bond"),
             "no_gateway" => format!("{from} has no gateway of this family"),
+            c if c.starts_with("suspicion_") => {
+                format!(
+                    "confirmed by a probe burst after a suspicion ({})",
+                    &c[10..]
+                )
+            }
             other => other.to_string(),
         })
         .collect();
@@ -631,6 +668,20 @@ mod describe_tests {
                 Level::Info,
             ),
             (active("drained"), "ipv4: primary → secondary (primary drained)", Level::Info),
+            (
+                active("quorum+suspicion_tcp_stall"),
+                "ipv4: primary → secondary (transit quorum unreachable through primary, confirmed by a probe burst after a suspicion (tcp_stall))",
+                Level::Warn,
+            ),
+            (
+                Change::Suspicion {
+                    uplink: s("primary"),
+                    source: s("icmp_unreachable"),
+                    evidence: s("destination unreachable from the gateway 198.18.1.1"),
+                },
+                "primary suspected (icmp_unreachable: destination unreachable from the gateway 198.18.1.1); confirming with a probe burst to its transits",
+                Level::Info,
+            ),
             (
                 Change::ActiveChanged {
                     family: s("ipv6"),

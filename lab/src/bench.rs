@@ -177,7 +177,7 @@ pub struct VariantResult {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 13] = [
+pub const SECTIONS: [&str; 14] = [
     "first-decision",
     "idle",
     "idle-breakdown",
@@ -191,6 +191,7 @@ pub const SECTIONS: [&str; 13] = [
     "round-trip",
     "kernel",
     "frr",
+    "suspicion",
 ];
 
 /// A failure kind.
@@ -203,6 +204,10 @@ pub enum Kind {
     UpstreamDead,
     Failback,
     Drain,
+    /// Dead upstream while the server carries a TCP flow (passive suspicion).
+    UpstreamDeadTcp,
+    /// The router withdrew its upstream and answers with ICMP unreachables.
+    UpstreamWithdrawn,
 }
 
 impl Kind {
@@ -214,6 +219,8 @@ impl Kind {
             Kind::UpstreamDead => "dead upstream, gateway alive",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
+            Kind::UpstreamDeadTcp => "dead upstream with a TCP flow",
+            Kind::UpstreamWithdrawn => "upstream withdrawn (ICMP unreachable)",
         }
     }
     fn section(self) -> &'static str {
@@ -224,6 +231,7 @@ impl Kind {
             Kind::UpstreamDead => "upstream",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
+            Kind::UpstreamDeadTcp | Kind::UpstreamWithdrawn => "suspicion",
         }
     }
     /// The p99 target of the failover requirements, in ms.
@@ -233,6 +241,9 @@ impl Kind {
             Kind::CarrierBusy => 5.0,
             Kind::GatewayDead => 100.0,
             Kind::UpstreamDead => 1000.0,
+            // Issue 14's targets.
+            Kind::UpstreamDeadTcp => 200.0,
+            Kind::UpstreamWithdrawn => 150.0,
             Kind::Failback | Kind::Drain => 0.0,
         }
     }
@@ -391,6 +402,9 @@ pub struct Results {
     /// whose figures are also in `first_decision`, `idle` and
     /// `false_switches`); more than one with `--variant`.
     pub variants: Vec<VariantResult>,
+    /// Steady probes per transit target with passive suspicion off and on
+    /// (section `suspicion`).
+    pub suspicion_probes: Vec<Value>,
     pub duration_s: f64,
 }
 
@@ -546,6 +560,11 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
         _ => (Uplink::Primary, Uplink::Secondary),
     };
     let _ = from;
+    // The server's own TCP traffic next to the UDP stream.
+    let flow = match kind {
+        Kind::UpstreamDeadTcp => Some(lab.tcp_flow(f)?),
+        _ => None,
+    };
     let stream = lab.udp_stream(&spec(f))?;
     let outcome = (|| -> Result<SystemTime> {
         ctx.cancel.sleep(Duration::from_millis(300))?;
@@ -553,7 +572,8 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
         match kind {
             Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
             Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
-            Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
+            Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
+            Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
             Kind::Drain => d.client().drain(Uplink::Primary.name())?,
             Kind::Failback => {}
         }
@@ -592,11 +612,13 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
             Err(e)
         }
     };
+    drop(flow);
     // Undo (also after a failed trial).
     let undo = match kind {
         Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
         Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
-        Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
         Kind::Drain => d
             .client()
             .undrain(Uplink::Primary.name())
@@ -1170,6 +1192,7 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         idle: None,
         idle_breakdown: Vec::new(),
         false_switches: None,
+        suspicion_probes: Vec::new(),
         comparators: Vec::new(),
         not_measured: Vec::new(),
         targets_missed: Vec::new(),
@@ -1320,6 +1343,10 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         lab.destroy()?;
     }
 
+    if wants(opts, "suspicion") {
+        suspicion_section(opts, ctx, bin, res)?;
+    }
+
     if wants(opts, "kernel") {
         ctx.say("building a lab for the kernel's own fallback (no daemon)");
         let lab = Lab::build(&LabSpec::default())?;
@@ -1371,6 +1398,81 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
     }
     Ok(())
 }
+
+/// Passive suspicion (issue 14), off and on in the same run: a dead
+/// upstream with no traffic, with a TCP flow, and withdrawn with ICMP
+/// unreachables; then the steady probes per transit target, counted at
+/// transit-a's namespace over `SUSPICION_PROBE_WINDOW` with a TCP flow.
+fn suspicion_section(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> Result<()> {
+    let base = format!(
+        "[policy]\nfailback_after = \"{BENCH_FAILBACK_AFTER}\"\n[policy.damping]\nthreshold = {BENCH_DAMPING_THRESHOLD}\n"
+    );
+    ctx.say("building the lab for passive suspicion (off and on)");
+    let lab = Lab::build(&LabSpec::default())?;
+    let start = |on: bool| -> Result<Uplinkd> {
+        let mut d = Uplinkd::start(&lab, bin, &format!("{base}[probe]\nsuspicion = {on}\n"))?;
+        if let Err(e) = d.wait_for(
+            ctx.cancel,
+            "the first decision",
+            Duration::from_secs(30),
+            |s| s.decided,
+        ) {
+            d.stop();
+            return Err(e);
+        }
+        Ok(d)
+    };
+    let label = |on: bool| if on { "suspicion on" } else { "suspicion off" };
+    let mut run = || -> Result<()> {
+        for kind in [
+            Kind::UpstreamDead,
+            Kind::UpstreamDeadTcp,
+            Kind::UpstreamWithdrawn,
+        ] {
+            for on in [false, true] {
+                let mut d = start(on)?;
+                let r = daemon_series(opts, ctx, &lab, &mut d, kind, label(on), res);
+                d.stop();
+                r?;
+            }
+        }
+        for on in [false, true] {
+            let mut d = start(on)?;
+            let r = (|| -> Result<Value> {
+                baseline(ctx, &lab, &mut d)?;
+                let flow = lab.tcp_flow(Family::V4)?;
+                ctx.cancel.sleep(Duration::from_secs(2))?;
+                let n = lab.count_transit_probes(0, SUSPICION_PROBE_WINDOW)?;
+                drop(flow);
+                let st = d.client().status()?;
+                let per_s = n as f64 / SUSPICION_PROBE_WINDOW.as_secs_f64();
+                ctx.say(&format!(
+                    "{}: steady echo requests at transit-a (both families, both uplinks, a TCP flow running): {n} in {} s = {per_s:.2}/s; suspicion bursts {}",
+                    label(on),
+                    SUSPICION_PROBE_WINDOW.as_secs(),
+                    st.uplinks[0].suspicion.bursts
+                ));
+                Ok(json!({
+                    "subject": label(on),
+                    "echo_requests": n,
+                    "window_s": SUSPICION_PROBE_WINDOW.as_secs(),
+                    "per_s": per_s,
+                    "suspicion_bursts": st.uplinks[0].suspicion.bursts,
+                    "suspicion_burst_probes": st.uplinks[0].suspicion.burst_probes,
+                }))
+            })();
+            d.stop();
+            res.suspicion_probes.push(r?);
+        }
+        Ok(())
+    };
+    let r = run();
+    lab.destroy()?;
+    r
+}
+
+/// How long the steady probes per transit target are counted.
+const SUSPICION_PROBE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The daemon variant running on the lab: one at a time, since two would
 /// fight over the routes.
@@ -1707,7 +1809,8 @@ fn round_trip_trial(
         match kind {
             Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
             Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
-            Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
+            Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
+            Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
             Kind::Drain => d.client().drain(Uplink::Primary.name())?,
             Kind::Failback => {}
         }
@@ -1756,7 +1859,8 @@ fn round_trip_trial(
     let undo = match kind {
         Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
         Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
-        Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
         Kind::Drain => d
             .client()
             .undrain(Uplink::Primary.name())
@@ -2153,6 +2257,8 @@ fn targets_missed(res: &Results) -> Vec<String> {
             Kind::CarrierQuiet | Kind::CarrierBusy => "detection is bounded by the 4 ms carrier tick (carrier_interval); a longer gap means the daemon (or the stream's receiver) was not scheduled in time on this loaded machine (see load)".into(),
             Kind::GatewayDead => "detection is gateway_dead_after (60 ms) plus at least gateway_min_misses (5) unanswered probes, plus the tick".into(),
             Kind::UpstreamDead => "detection is a transit miss (up to transit_interval = 1 s after the cut), then a burst of transit_fall (4) probes at transit_fast_interval (50 ms) to confirm".into(),
+            Kind::UpstreamDeadTcp => "detection is a TCP stall (suspicion_window, 40 ms, after the last segment received, read every 16 ms), then a burst of transit_fall (4) probes 10 ms apart with timeouts of 4 x srtt (at least 10 ms); with suspicion off, as the dead upstream".into(),
+            Kind::UpstreamWithdrawn => "detection is the router's first unreachable (to a probe or our traffic), then the burst as for a TCP stall; with suspicion off, as the dead upstream".into(),
             Kind::Failback | Kind::Drain => "make-before-break should lose nothing: look at the trials (raw vs network gap) for a sender or receiver descheduled".into(),
         };
         out.push(format!(
@@ -2472,6 +2578,7 @@ mod tests {
             targets_missed: Vec::new(),
             round_trip: Vec::new(),
             variants: vec![variant("uplinkd", 0.8)],
+            suspicion_probes: Vec::new(),
             duration_s: 0.0,
         };
         assert_eq!(comparison(&res), None, "one variant: nothing to compare");

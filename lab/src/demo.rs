@@ -448,9 +448,15 @@ impl Uplinkd {
         sub.set_timeout(Some(Duration::from_millis(100)))?;
         let events = self.events.clone();
         let stop = self.stop.clone();
+        let client = self.client.clone();
         let h = std::thread::Builder::new()
             .name("lab-events".into())
             .spawn(move || {
+                // A daemon restarted on the same lab keeps counting its
+                // sequence numbers (/run/uplinkd): asked for everything
+                // since 0, it answers that the older ones are gone and ends
+                // the stream; then read on from the ones it has.
+                let mut resubscribed = 0;
                 while !stop.load(Ordering::Relaxed) {
                     match sub.next_line() {
                         Ok(Some(StreamLine::Event(r))) => {
@@ -465,6 +471,17 @@ impl Uplinkd {
                             }
                         }
                         // The daemon closes the stream after the notice.
+                        Ok(Some(StreamLine::Missed(m))) if resubscribed < 3 => {
+                            resubscribed += 1;
+                            match client.events(Some(m.last_seq)) {
+                                Ok(s)
+                                    if s.set_timeout(Some(Duration::from_millis(100))).is_ok() =>
+                                {
+                                    sub = s
+                                }
+                                _ => return,
+                            }
+                        }
                         Ok(Some(StreamLine::Missed(_))) => {}
                         Err(e) if e.is_timeout() => {}
                         Err(ClientError::Decode { .. }) => {}

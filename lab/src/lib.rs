@@ -507,6 +507,7 @@ const NFT_GATEWAY_DEAD: &str = "ul_gateway_dead";
 const NFT_RANDOM_LOSS: &str = "ul_random_loss";
 const NFT_IPV6_BROKEN: &str = "ul_ipv6_broken";
 const NFT_TRANSIT_DEAD: &str = "ul_transit_dead";
+const NFT_TCP_LOSS: &str = "ul_tcp_loss";
 
 fn family_flag(f: Family) -> &'static str {
     match f {
@@ -1443,6 +1444,102 @@ impl Lab {
         let mut l = vec![format!("link set {} up", uplink.role())];
         l.extend(self.route_lines(Node::Inet));
         cmd::ip_batch(&self.inet_ns(), &l)
+    }
+
+    /// The router loses its route upstream and says so: its default routes
+    /// become `unreachable`, so every packet from the server towards the
+    /// internet is answered with an ICMP (v6) destination unreachable from
+    /// the router; the gateway itself (and the hairpin) still answers.
+    pub fn upstream_withdrawn(&self, uplink: Uplink) -> Result<()> {
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &[
+                "route replace unreachable 0.0.0.0/0".to_string(),
+                "route replace unreachable ::/0".to_string(),
+            ],
+        )
+    }
+
+    /// Undoes [`Lab::upstream_withdrawn`].
+    pub fn upstream_restored(&self, uplink: Uplink) -> Result<()> {
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &self.route_lines(Node::Router(uplink)),
+        )
+    }
+
+    /// Drops one in `one_in` of the TCP segments (both ways, v4 and v6)
+    /// crossing `uplink`'s router at random (`numgen random mod one_in ==
+    /// 0`): the ordinary loss of a busy server on a healthy path; probes and
+    /// everything else pass. Calling it again replaces the rate.
+    pub fn tcp_loss(&self, uplink: Uplink, one_in: u32) -> Result<()> {
+        if one_in < 2 {
+            return Err(LabError::Invalid(format!(
+                "tcp_loss: one in {one_in} is not random loss"
+            )));
+        }
+        let rule = format!("meta l4proto tcp numgen random mod {one_in} == 0 drop");
+        let ns = self.router_ns(uplink);
+        let mut text = String::new();
+        for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
+            let t = format!("{NFT_TCP_LOSS}_{dev}");
+            text.push_str(&nft_replace_ingress(&t, dev, "accept", &[&rule]));
+        }
+        cmd::nft(&ns, &text)
+    }
+
+    /// Undoes [`Lab::tcp_loss`].
+    pub fn clear_tcp_loss(&self, uplink: Uplink) -> Result<()> {
+        let mut text = String::new();
+        for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
+            text.push_str(&nft_remove(&format!("{NFT_TCP_LOSS}_{dev}")));
+        }
+        cmd::nft(&self.router_ns(uplink), &text)
+    }
+
+    /// A paced TCP flow from the server to the sink (4 segments every 2 ms,
+    /// ~23 Mbit/s) until the guard is dropped: the server's own traffic,
+    /// whose progress passive suspicion watches.
+    pub fn tcp_flow(&self, family: Family) -> Result<TcpFlow> {
+        TcpFlow::start(
+            self,
+            &TcpSpec {
+                family,
+                chunk: 4 * 1448,
+                interval: Duration::from_millis(2),
+                // Bounded even if the guard is leaked.
+                max_duration: Duration::from_secs(3600),
+                ..TcpSpec::default()
+            },
+        )
+    }
+
+    /// ICMP/ICMPv6 echo requests arriving at transit `i`'s namespace (from
+    /// every uplink, both families) during `d`: what one server costs a
+    /// transit target.
+    pub fn count_transit_probes(&self, i: usize, d: Duration) -> Result<u64> {
+        let ns = self.transit_ns(i);
+        let table = "ul_probe_count";
+        cmd::nft(
+            &ns,
+            &nft_replace_ingress(
+                table,
+                ROUTER_UPLINK,
+                "accept",
+                &[
+                    "icmp type echo-request counter",
+                    "icmpv6 type echo-request counter",
+                ],
+            ),
+        )?;
+        std::thread::sleep(d);
+        let out = self.exec(&ns, &["nft", "list", "table", "netdev", table]);
+        cmd::nft(&ns, &nft_remove(table))?;
+        Ok(out?
+            .split("packets ")
+            .skip(1)
+            .filter_map(|x| x.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
     }
 
     /// Transit `i` (0-based) becomes unreachable through every uplink: it

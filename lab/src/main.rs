@@ -68,7 +68,7 @@ enum Cmd {
         markdown: Option<std::path::PathBuf>,
         /// Run only these sections (comma-separated): first-decision, idle,
         /// idle-breakdown, carrier-quiet, carrier-busy, gateway, upstream,
-        /// failback, drain, false-switches, round-trip, kernel, frr.
+        /// failback, drain, false-switches, round-trip, suspicion, kernel, frr.
         #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
         only: Vec<String>,
         /// Install Debian's frr package with apt-get for the FRR comparator

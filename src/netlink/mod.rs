@@ -35,6 +35,7 @@ use crate::config::Family;
 pub mod actuate;
 pub mod bond;
 pub mod carrier;
+pub mod counters;
 pub mod host;
 pub mod monitor;
 pub mod owned;

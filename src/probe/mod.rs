@@ -96,6 +96,7 @@ use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 pub mod member;
 pub mod packet;
 mod reflect;
+pub mod unreach;
 pub use member::{MemberProber, MemberSpec};
 
 use packet::{

@@ -311,6 +311,8 @@ impl Core {
             uplinks.push(u);
         }
         self.uplinks = uplinks;
+        // Its samples name uplinks by their old index.
+        self.detector.clear();
 
         // Probes in flight: kept for kept targets, forgotten otherwise (their
         // outcome is then ignored).

@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use super::{Core, InFlight, Target};
+use super::{suspect, Core, InFlight, Target};
 use crate::config::Family;
 use crate::{Action, Now, ProbeId, ProbeKind, ProbeRequest, UplinkId};
 
@@ -142,18 +142,33 @@ impl Core {
                     } else {
                         next_round(now, every, p.gateway_interval)
                     };
-                    reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
+                    reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout, false));
                 }
                 if trigger {
                     f.burst_left = p.transit_fall;
                     f.burst_next = now;
+                    // A burst of its own, not a suspicion's (see `suspect`).
+                    if let Some(s) = f.suspicion.as_mut() {
+                        s.running = false;
+                    }
                 }
                 let round = f.burst_left > 0 && f.burst_next <= now;
+                // A suspicion's burst: its rounds closer together, its
+                // timeouts from the measured RTT.
+                let suspicion = round && f.suspicion.as_ref().is_some_and(|s| s.running);
                 if round {
                     f.burst_left -= 1;
-                    f.burst_next = now + p.transit_fast_interval;
+                    f.burst_next = now
+                        + if suspicion {
+                            p.suspicion_burst_interval
+                        } else {
+                            p.transit_fast_interval
+                        };
                     if f.burst_left == 0 {
                         f.burst_end = Some(now);
+                        if let Some(s) = f.suspicion.as_mut() {
+                            s.running = false;
+                        }
                     }
                 }
                 let n_targets: usize = f.transits.iter().map(Vec::len).sum();
@@ -191,13 +206,26 @@ impl Core {
                                     p.gateway_interval,
                                 );
                             }
-                            reqs.push((ProbeKind::Transit(t), slot, x.addr, p.transit_timeout));
+                            let timeout = if suspicion {
+                                suspect::burst_timeout(x, p.transit_timeout)
+                            } else {
+                                p.transit_timeout
+                            };
+                            reqs.push((ProbeKind::Transit(t), slot, x.addr, timeout, suspicion));
                         }
                     }
                 }
-                for (kind, slot, target, timeout) in reqs {
+                for (kind, slot, target, timeout, by_suspicion) in reqs {
                     let id = ProbeId(self.next_probe);
                     self.next_probe += 1;
+                    let u = &mut self.uplinks[i];
+                    u.probes_sent += 1;
+                    if by_suspicion {
+                        u.burst_probes += 1;
+                        if let Some(s) = u.fams[fi].as_mut().and_then(|f| f.suspicion.as_mut()) {
+                            s.sent += 1;
+                        }
+                    }
                     self.in_flight.insert(
                         id,
                         InFlight {
@@ -206,6 +234,7 @@ impl Core {
                             kind,
                             slot,
                             sent_at: now,
+                            suspicion: by_suspicion,
                         },
                     );
                     out.push(Action::Probe(ProbeRequest {

@@ -297,10 +297,14 @@ impl Core {
             })
             .collect();
         if codes.is_empty() {
-            "unknown".into()
-        } else {
-            codes.join("+")
+            return "unknown".into();
         }
+        let mut code = codes.join("+");
+        if let Some(s) = self.recent_suspicion(i, fi, &f.reasons) {
+            code.push_str("+suspicion_");
+            code.push_str(s.source.name());
+        }
+        code
     }
 
     fn healthy_for(&self, i: UplinkId, fi: usize, now: Now) -> Duration {

@@ -154,6 +154,15 @@ impl Core {
             },
             transits,
             bond: self.member_status(i),
+            suspicion: crate::status::SuspicionStatus {
+                by_source: crate::suspicion::Source::ALL
+                    .iter()
+                    .zip(u.suspicions)
+                    .map(|(s, n)| (s.name().to_string(), n))
+                    .collect(),
+                bursts: u.bursts,
+                burst_probes: u.burst_probes,
+            },
         }
     }
 

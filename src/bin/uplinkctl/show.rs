@@ -473,6 +473,28 @@ pub fn verbose(st: &Status) -> String {
             "transits",
             &format!("{up} of {} targets reachable", u.transits.len()),
         );
+        // Passive suspicions (`[probe] suspicion`), by source.
+        let raised: Vec<String> = u
+            .suspicion
+            .by_source
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        row(
+            &mut o,
+            "suspicions",
+            &if raised.is_empty() {
+                "none".to_string()
+            } else {
+                format!(
+                    "{}; {} confirmation bursts, {} probes",
+                    raised.join(", "),
+                    u.suspicion.bursts,
+                    u.suspicion.burst_probes
+                )
+            },
+        );
         for t in &u.transits {
             let _ = writeln!(o, "    {}", transit_text(t));
         }
@@ -584,6 +606,7 @@ pub mod fixture {
             },
             transits,
             bond: None,
+            suspicion: Default::default(),
         }
     }
 
@@ -734,6 +757,12 @@ mod tests {
         let mut st = all_healthy();
         fail(&mut st, 0, vec![Reason::Carrier, quorum("ipv4")]);
         on_secondary(&mut st);
+        st.uplinks[0]
+            .suspicion
+            .by_source
+            .insert("tcp_stall".into(), 2);
+        st.uplinks[0].suspicion.bursts = 1;
+        st.uplinks[0].suspicion.burst_probes = 32;
         let v = verbose(&st);
         assert_eq!(v.matches("\nuplink ").count(), 2, "{v}");
         let block = |name: &str| {
@@ -743,7 +772,9 @@ mod tests {
                 .to_string()
         };
         let p = block("primary");
+        assert!(block("secondary").contains("suspicions   none"), "{v}");
         for want in [
+            "suspicions   tcp_stall 2; 1 confirmation bursts, 32 probes",
             "interface    upa",
             "state        unhealthy",
             "carrier      up",
