@@ -28,9 +28,11 @@
 //! both routers, each through its own link to the server (metric
 //! [`SERVICE_METRIC_NEAR`]) and, when that is gone, through the other router
 //! over the link between them (`x0`, metric [`SERVICE_METRIC_FAR`]); inet
-//! prefers the primary's router while its link to it is up. Routers and inet
-//! run with `ignore_routes_with_linkdown=1`, so a route through a link
-//! without carrier is ignored; a dead gateway withdraws its router's near
+//! prefers the primary's router while its link to it is up. Inet, and the
+//! routers on their links to the server and to each other (not upstream: a
+//! dead upstream stays a silent blackhole), run with
+//! `ignore_routes_with_linkdown=1`, so a route through such a link without
+//! carrier is ignored; a dead gateway withdraws its router's near
 //! route (as BFD would). This is what static routes tracked by BFD, or a
 //! BGP session from the host, give a production server.
 //!
@@ -656,9 +658,18 @@ impl Lab {
                         // A route through a link without carrier is
                         // ignored: the service address then goes the
                         // other way (the far route), as a routing
-                        // protocol would withdraw it.
+                        // protocol would withdraw it. On a router only
+                        // for the links created from here on, and its
+                        // uplink is set back to 0 once it exists: a dead
+                        // upstream stays a silent blackhole (the router
+                        // keeps its default route), not a withdrawal
+                        // answered with unreachables.
+                        let confs: &[&str] = match node {
+                            Node::Inet => &["all", "default"],
+                            _ => &["default"],
+                        };
                         for v in ["ipv4", "ipv6"] {
-                            for c in ["all", "default"] {
+                            for c in confs {
                                 kv.push(format!("net.{v}.conf.{c}.ignore_routes_with_linkdown=1"));
                             }
                         }
@@ -710,6 +721,13 @@ impl Lab {
             )
         }));
         cmd::ip_batch(&inet, &inet_links)?;
+        for u in Uplink::ALL {
+            self.sysctls(
+                &self.ns(Node::Router(u)),
+                &["ipv4", "ipv6"]
+                    .map(|v| format!("net.{v}.conf.{ROUTER_UPLINK}.ignore_routes_with_linkdown=0")),
+            )?;
+        }
 
         for node in Node::all() {
             cmd::ip_batch(&self.ns(node), &self.address_lines(node))?;
