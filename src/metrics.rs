@@ -511,6 +511,9 @@ impl Metrics {
         self.uplink_drained.clear();
         self.uplink_damped.clear();
         self.uplink_flaps.clear();
+        // Counters the core counts: rebuilt from its totals (catch-up).
+        self.suspicions.clear();
+        self.suspicion_burst_probes.clear();
         self.gateway_reachable.clear();
         self.transit_reachable.clear();
         self.probe_loss.clear();
