@@ -81,6 +81,12 @@ struct UplinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SuspicionLabels {
+    uplink: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkFamilyLabels {
     uplink: String,
     family: String,
@@ -188,6 +194,8 @@ pub struct Metrics {
     uplink_drained: Family<UplinkLabels, Gauge>,
     uplink_damped: Family<UplinkLabels, GaugeF>,
     uplink_flaps: Family<UplinkLabels, Gauge>,
+    suspicions: Family<SuspicionLabels, Counter>,
+    suspicion_burst_probes: Family<UplinkLabels, Counter>,
     gateway_reachable: Family<TargetLabels, Gauge>,
     transit_reachable: Family<TargetLabels, Gauge>,
     probe_loss: Family<TargetLabels, GaugeF>,
@@ -215,6 +223,9 @@ pub struct Metrics {
     /// Uplinks with a `gateway_redirects` series: a reload removes those of
     /// the uplinks it removes (a counter cannot be cleared for the others).
     redirect_uplinks: Mutex<Vec<String>>,
+    /// Per family with a configured service address: 1 while it is on the
+    /// host (the routes carry it as source), 0 while it is missing.
+    source_present: Family<FamilyLabels, Gauge>,
 }
 
 /// How a gateway is probed: `mode` is echo, icmp or trying; `setting` the
@@ -246,6 +257,8 @@ impl Metrics {
             uplink_drained: Family::default(),
             uplink_damped: Family::default(),
             uplink_flaps: Family::default(),
+            suspicions: Family::default(),
+            suspicion_burst_probes: Family::default(),
             gateway_reachable: Family::default(),
             transit_reachable: Family::default(),
             probe_loss: Family::default(),
@@ -266,6 +279,7 @@ impl Metrics {
             gateway_probe_mode: Family::default(),
             gateway_redirects: Family::default(),
             redirect_uplinks: Mutex::new(Vec::new()),
+            source_present: Family::default(),
         };
         reg.register(
             "gateway_probe_mode",
@@ -354,6 +368,16 @@ impl Metrics {
             m.uplink_damped.clone(),
         );
         reg.register(
+            "suspicions",
+            "Passive suspicions raised on the uplink by source (tcp_stall, tcp_timeouts, rx_stall, icmp_unreachable); each starts at most one confirmation burst per suspicion_holdoff",
+            m.suspicions.clone(),
+        );
+        reg.register(
+            "suspicion_burst_probes",
+            "Probes sent by the confirmation bursts that passive suspicions started on the uplink",
+            m.suspicion_burst_probes.clone(),
+        );
+        reg.register(
             "uplink_flaps",
             "Failures of the uplink counted for damping in the current window",
             m.uplink_flaps.clone(),
@@ -430,6 +454,11 @@ impl Metrics {
             "competing_default_route",
             "1 while a default route of another owner (by protocol) wins over the managed one",
             m.competing.clone(),
+        );
+        reg.register(
+            "source_address_present",
+            "1 while the service address (agent.source4/source6) is on the host and the default routes carry it as source; 0 while it is missing",
+            m.source_present.clone(),
         );
         let m = Metrics { registry: reg, ..m };
         m.set_probe_targets(cfg);
@@ -510,6 +539,9 @@ impl Metrics {
         self.uplink_drained.clear();
         self.uplink_damped.clear();
         self.uplink_flaps.clear();
+        // Counters the core counts: rebuilt from its totals (catch-up).
+        self.suspicions.clear();
+        self.suspicion_burst_probes.clear();
         self.gateway_reachable.clear();
         self.gateway_probe_mode.clear();
         self.redirect_uplinks.lock().unwrap().retain(|name| {
@@ -610,6 +642,20 @@ impl Metrics {
 
     /// Refresh the gauges that describe the current state from a snapshot.
     pub fn update_from_status(&self, s: &Status) {
+        for (fam, src) in [("ipv4", &s.source.ipv4), ("ipv6", &s.source.ipv6)] {
+            let labels = FamilyLabels { family: fam.into() };
+            match src {
+                Some(src) => {
+                    self.source_present
+                        .get_or_create(&labels)
+                        .set(i64::from(src.present));
+                }
+                // Not configured (any more, after a reload): no series.
+                None => {
+                    self.source_present.remove(&labels);
+                }
+            }
+        }
         for b in &s.bonds {
             self.bond_warnings
                 .get_or_create(&BondLabels {
@@ -647,6 +693,26 @@ impl Metrics {
                 .get_or_create(&ul)
                 .set(i64::from(u.drained));
             self.uplink_flaps.get_or_create(&ul).set(i64::from(u.flaps));
+            // Counted by the core; the counters catch up on each scrape.
+            let catch_up = |c: &Counter, v: u64| {
+                let have = c.get();
+                if v > have {
+                    c.inc_by(v - have);
+                }
+            };
+            for (source, n) in &u.suspicion.by_source {
+                catch_up(
+                    &self.suspicions.get_or_create(&SuspicionLabels {
+                        uplink: u.name.clone(),
+                        source: source.clone(),
+                    }),
+                    *n,
+                );
+            }
+            catch_up(
+                &self.suspicion_burst_probes.get_or_create(&ul),
+                u.suspicion.burst_probes,
+            );
             self.uplink_damped
                 .get_or_create(&ul)
                 .set(u.damped_ms.unwrap_or(0) as f64 / 1000.0);

@@ -28,6 +28,8 @@ const KEYS: &[&str] = &[
     "agent.remove_competing_routes",
     "agent.table_base",
     "agent.fwmark_base",
+    "agent.source4",
+    "agent.source6",
     "agent.rule_priority",
     "agent.mode",
     "policy.failback_after",
@@ -49,6 +51,12 @@ const KEYS: &[&str] = &[
     "probe.transit_fall",
     "probe.transit_rise",
     "probe.standby_slowdown",
+    "probe.suspicion",
+    "probe.suspicion_window",
+    "probe.suspicion_segments",
+    "probe.suspicion_timeouts",
+    "probe.suspicion_burst_interval",
+    "probe.suspicion_holdoff",
     "uplink.name",
     "uplink.interface",
     "uplink.gateway4",
@@ -127,6 +135,8 @@ fn example_parses_with_documented_defaults() {
             fwmark_base: 1000,
             rule_priority: 1000,
             mode: uplinkd::config::AgentMode::Enforce,
+            source4: None,
+            source6: None,
         }
     );
     let ms = Duration::from_millis;
@@ -161,6 +171,12 @@ fn example_parses_with_documented_defaults() {
             transit_fall: 4,
             transit_rise: 2,
             standby_slowdown: 2,
+            suspicion: true,
+            suspicion_window: ms(40),
+            suspicion_segments: 8,
+            suspicion_timeouts: 4,
+            suspicion_burst_interval: ms(10),
+            suspicion_holdoff: s(1),
         }
     );
     assert_eq!(c.probe, ProbeConfig::default());
@@ -218,12 +234,19 @@ fn sample(key: &str) -> &'static str {
         "kernel_fallback" => "false",
         "remove_competing_routes" => "true",
         "mode" => r#""observe""#,
+        "source4" => r#""198.18.0.1""#,
+        "source6" => r#""2001:db8:0:1::1""#,
         "quorum" => "1",
         "route_metric" | "table_base" | "fwmark_base" | "rule_priority" => "2000",
         "threshold" | "gateway_min_misses" | "gateway_rise" | "transit_fall" | "transit_rise" => {
             "7"
         }
         "standby_slowdown" => "3",
+        "suspicion" => "false",
+        "suspicion_segments" | "suspicion_timeouts" => "12",
+        "suspicion_window" => r#""80ms""#,
+        "suspicion_burst_interval" => r#""20ms""#,
+        "suspicion_holdoff" => r#""5s""#,
         "window" | "max_hold" | "failback_after" | "transit_interval" => r#""20m""#,
         "hold" => r#""2m""#,
         "carrier_interval" | "gateway_timeout" => r#""2ms""#,
@@ -888,7 +911,7 @@ fn every_duration_has_a_documented_range() {
     check("policy", durations(PolicyConfig::keys()));
     check("policy.damping", durations(DampingConfig::keys()));
     check("hooks", durations(config::HooksConfig::keys()));
-    assert_eq!(checked, 8 + 1 + 3 + 1);
+    assert_eq!(checked, 11 + 1 + 3 + 1);
     // A value just outside each range is refused, the bounds accepted.
     for (name, min, max) in durations(ProbeConfig::keys()) {
         let below = min.checked_sub(Duration::from_nanos(1)).unwrap();
@@ -956,6 +979,83 @@ fn ipv4_mapped_addresses_are_refused() {
     assert!(error_for(&errs, "transit[0].targets[1]")
         .message
         .contains("IPv4-mapped"));
+}
+
+#[test]
+fn a_source_must_be_a_unicast_address_of_its_family() {
+    // Each family's service address in its own key, read as given.
+    let ok = config::parse(
+        &format!(
+            "[agent]\nsource4 = \"198.18.0.1\"\nsource6 = \"2001:db8:0:1::1\"\n{}",
+            minimal()
+        ),
+        "s.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.agent.source4, Some(Ipv4Addr::new(198, 18, 0, 1)));
+    assert_eq!(ok.agent.source6, Some("2001:db8:0:1::1".parse().unwrap()));
+    // The wrong family names the key it belongs in.
+    let text = format!(
+        "[agent]\nsource4 = \"2001:db8:0:1::1\"\nsource6 = \"198.18.0.1\"\n{}",
+        minimal()
+    );
+    let errs = errors(&text);
+    let e = error_for(&errs, "agent.source4");
+    assert!(
+        e.message.contains("is an IPv6 address") && e.message.contains("agent.source6"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(2));
+    let e = error_for(&errs, "agent.source6");
+    assert!(
+        e.message.contains("is an IPv4 address") && e.message.contains("agent.source4"),
+        "{e}"
+    );
+    for (key, value, what) in [
+        ("source4", "0.0.0.0", "unspecified"),
+        ("source4", "224.0.0.1", "multicast"),
+        ("source4", "198.18.0.0/15", "prefix length"),
+        ("source6", "::", "unspecified"),
+        ("source6", "ff02::1", "multicast"),
+        ("source6", "::ffff:198.18.0.1", "IPv4-mapped"),
+        ("source6", "not-an-address", "not an IPv6 address"),
+    ] {
+        let errs = errors(&with_key(&format!("agent.{key}"), &format!("\"{value}\"")));
+        let e = error_for(&errs, &format!("agent.{key}"));
+        assert!(e.message.contains(what), "{key} = {value}: {e}");
+    }
+}
+
+/// `uplinkd --check` (the binary) refuses a source of the wrong family,
+/// naming the key, and exits 2 like any invalid file.
+#[test]
+fn check_refuses_a_source_of_the_wrong_family() {
+    let dir = std::env::temp_dir().join(format!("uplinkd-src-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("u.toml");
+    let bin = env!("CARGO_BIN_EXE_uplinkd");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(bin)
+            .args(["--check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let bad = check(&with_key("agent.source6", r#""198.18.0.1""#));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("agent.source6") && stderr.contains("is an IPv4 address"),
+        "{stderr}"
+    );
+    let good = check(&with_key("agent.source6", r#""2001:db8:0:1::1""#));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

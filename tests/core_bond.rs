@@ -355,3 +355,43 @@ fn a_carrier_flap_is_one_failure_and_the_gateway_answers_before_reuse() {
         Some(true)
     );
 }
+
+/// A standby member's neighbours are the bond's: when it fails while the
+/// active member carries the traffic through the bond, the bond's entries
+/// are not flushed (the active member's traffic uses them). The routed
+/// uplink, a standby on its own interface, is flushed once when it fails.
+#[test]
+fn failed_standby_member_does_not_flush_the_bonds_neighbours() {
+    let mut s = Sim::new(config(false));
+    s.run_for(ms(2000));
+    assert_eq!(s.active().as_deref(), Some("member-a"));
+    let t = s.now;
+    s.net.gw_dead[1] = true;
+    s.run_for(ms(3000));
+    assert_eq!(s.active().as_deref(), Some("member-a"));
+    assert_eq!(s.active, "eth0");
+    let st = s.core.status(s.now);
+    assert!(
+        !st.uplinks[1].reasons.is_empty(),
+        "member-b not found failed"
+    );
+    let flushes: Vec<&Action> = s
+        .since(t)
+        .filter(|a| matches!(a, Action::FlushNeighbours { .. }))
+        .collect();
+    assert!(flushes.is_empty(), "{flushes:?}");
+
+    s.net.gw_dead[2] = true;
+    s.run_for(ms(3000));
+    let flushes: Vec<&Action> = s
+        .since(t)
+        .filter(|a| matches!(a, Action::FlushNeighbours { .. }))
+        .collect();
+    assert_eq!(
+        flushes,
+        [&Action::FlushNeighbours {
+            uplink: 2,
+            family: Family::V4
+        }]
+    );
+}

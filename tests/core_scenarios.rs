@@ -1362,6 +1362,69 @@ fn competing_route_is_reported_and_cleared() {
         .any(|(_, a)| matches!(a, Action::RemoveRoute { .. })));
 }
 
+/// The service address leaving and returning: reported once per change
+/// (however often the daemon says so), shown in status with its reason,
+/// and never a reason to move traffic.
+#[test]
+fn a_missing_service_address_is_reported_once_and_moves_nothing() {
+    let mut cfg = config();
+    cfg.agent.source4 = Some("198.18.0.1".parse().unwrap());
+    let mut s = Sim::new(cfg);
+    s.run_for(Duration::from_secs(3));
+    let before = s.route;
+    let src = s.core.status(s.now).source.ipv4.unwrap();
+    assert!(src.present && src.reason.is_none());
+    // No source6 configured: no status, nothing reported.
+    assert!(s.core.status(s.now).source.ipv6.is_none());
+    s.feed(Event::SourceAddress {
+        family: Family::V6,
+        present: false,
+    });
+    for _ in 0..3 {
+        s.feed(Event::SourceAddress {
+            family: Family::V4,
+            present: false,
+        });
+    }
+    let src = s.core.status(s.now).source.ipv4.unwrap();
+    assert!(!src.present);
+    assert_eq!(src.reason.as_deref(), Some("source_missing"));
+    s.run_for(Duration::from_secs(2));
+    for _ in 0..2 {
+        s.feed(Event::SourceAddress {
+            family: Family::V4,
+            present: true,
+        });
+    }
+    assert!(s.core.status(s.now).source.ipv4.unwrap().present);
+    let seen: Vec<_> = s
+        .reports()
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::SourceAddress {
+                family, present, ..
+            } => Some((family, present)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("ipv4".to_string(), false), ("ipv4".to_string(), true)]
+    );
+    assert_eq!(s.route, before);
+    let warn = Change::SourceAddress {
+        family: "ipv4".into(),
+        address: "198.18.0.1".parse().unwrap(),
+        present: false,
+    };
+    assert_eq!(warn.level(), uplinkd::status::Level::Warn);
+    assert!(
+        warn.describe().contains("source_missing"),
+        "{}",
+        warn.describe()
+    );
+}
+
 /// The first decision after a restart that moves a family away from an
 /// adopted route via a dead uplink releases what that uplink holds, as a
 /// failover does: a sender blocked behind its unresolved neighbour entry
@@ -1552,4 +1615,126 @@ fn echo_mode_names_a_dead_router_gateway_and_a_non_forwarding_one_forwarding() {
             && matches!(a, Action::Probe(p) if p.kind == ProbeKind::Gateway && p.uplink == 0)
     });
     assert!(pinged);
+}
+
+/// The previous agent was SIGKILLed between its route change (to the
+/// secondary) and its neighbour flush: the restarted agent adopts the good
+/// route via the secondary and never switches, so the failover's flush
+/// never comes. It flushes the failed primary's entries once when it finds
+/// the primary failed, whatever it failed on, and only once.
+#[test]
+fn adopted_route_away_from_a_dead_primary_flushes_its_neighbours_once() {
+    for (gw, upstream) in [(true, false), (false, true)] {
+        let mut s = Sim::with_route(config(), [Some(1), Some(1)]);
+        s.net.gw_dead[0] = [gw, gw];
+        s.net.upstream_dead[0] = [upstream, upstream];
+        s.run_for(Duration::from_secs(10));
+        assert_eq!(s.route, [Some(1), Some(1)], "gw {gw} upstream {upstream}");
+        assert!(s.switches(Family::V4).is_empty(), "no switch");
+        for f in Family::ALL {
+            let flushes: Vec<Duration> = s
+                .log
+                .iter()
+                .filter(|(_, a)| {
+                    matches!(a, Action::FlushNeighbours { uplink: 0, family } if *family == f)
+                })
+                .map(|(t, _)| *t)
+                .collect();
+            assert_eq!(
+                flushes.len(),
+                1,
+                "flushes of the dead primary ({f:?}, gw {gw} upstream {upstream}): {flushes:?}"
+            );
+            eprintln!(
+                "{f:?} gw {gw} upstream {upstream}: flushed at {:?}",
+                flushes[0]
+            );
+        }
+        // The healthy secondary, carrying the traffic, keeps its entries.
+        assert!(!s
+            .log
+            .iter()
+            .any(|(_, a)| matches!(a, Action::FlushNeighbours { uplink: 1, .. })));
+    }
+}
+
+/// A standby that fails while the primary carries is flushed once too
+/// (nothing of the running agent depends on its entries); a healthy one
+/// never is, and the active uplink only when it is left.
+#[test]
+fn failed_standby_is_flushed_once_healthy_ones_never() {
+    let mut s = settled();
+    assert!(!s
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::FlushNeighbours { .. })));
+    s.net.gw_dead[1] = [true, false];
+    s.run_for(Duration::from_secs(5));
+    let flushes: Vec<_> = s
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::FlushNeighbours { .. }))
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(
+        flushes,
+        [Action::FlushNeighbours {
+            uplink: 1,
+            family: Family::V4
+        }]
+    );
+    assert_eq!(s.route, [Some(0), Some(0)]);
+}
+
+/// A network manager reconfigures the primary (`networkctl reconfigure`):
+/// it removes the addresses and the managed IPv6 route with them, so the
+/// restore is refused (the gateway is not on the link); 12 ms later the
+/// address is back and the route is found missing again. Nobody rewrote
+/// the route after us: it goes back at once, without a fight, and the
+/// absence is reported once.
+#[test]
+fn a_refused_restore_is_not_a_fight() {
+    let mut s = settled();
+    let f = Family::V6;
+    let absent = || Event::DefaultRoute {
+        family: f,
+        via: RouteVia::Absent,
+    };
+    s.route[1] = None;
+    let t0 = s.now;
+    s.feed(absent());
+    assert_eq!(s.switches(f).last(), Some(&(t0, 0)), "restored at once");
+    // The kernel refused it.
+    s.route[1] = None;
+    s.feed(Event::RouteRefused { family: f });
+    s.run_for(ms(12));
+    let t1 = s.now;
+    s.feed(absent());
+    assert_eq!(
+        s.switches(f).last(),
+        Some(&(t1, 0)),
+        "not restored at once the second time: {:?}",
+        s.switches(f)
+    );
+    assert_eq!(s.route[1], Some(0));
+    let reports = s.reports();
+    assert!(
+        !reports.iter().any(|c| matches!(c, Change::Fighting { .. })),
+        "{reports:?}"
+    );
+    let restored = reports
+        .iter()
+        .filter(|c| matches!(c, Change::RouteRestored { .. }))
+        .count();
+    assert_eq!(restored, 1, "{reports:?}");
+
+    // A route that goes in and is rewritten again soon after is a fight.
+    s.run_for(ms(12));
+    s.route[1] = None;
+    s.feed(absent());
+    s.run_for(ms(10));
+    assert!(s
+        .reports()
+        .iter()
+        .any(|c| matches!(c, Change::Fighting { active: true, .. })));
 }

@@ -316,3 +316,205 @@ fn restart_after_kill_before_failover_gateway_dead_unresolved_neighbour() {
             .unwrap();
     });
 }
+
+/// Everything the agent owns in the server namespace: its routes (proto 85,
+/// every table, both families) and its fwmark rules, one line each, sorted.
+fn owned(lab: &Lab) -> Vec<String> {
+    let ns = lab.server_ns();
+    let mut out = Vec::new();
+    for f in ["-4", "-6"] {
+        let routes = lab
+            .ip(&ns, &[f, "route", "show", "table", "all", "proto", "85"])
+            .unwrap();
+        out.extend(routes.lines().map(|l| format!("{f} {}", l.trim())));
+        let rules = lab.ip(&ns, &[f, "rule", "show"]).unwrap();
+        out.extend(
+            rules
+                .lines()
+                .filter(|l| l.contains("fwmark"))
+                .map(|l| format!("{f} rule {}", l.trim())),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// The managed default route's line in `owned` (main table, `route_metric`).
+fn is_managed(line: &str) -> bool {
+    line.contains(" metric 10") && !line.contains(" table ")
+}
+
+/// A network manager that reconfigures an interface (systemd-networkd's
+/// `networkctl reconfigure`, an ifdown/ifup) removes its addresses and adds
+/// them again; the kernel then drops every IPv4 route through the removed
+/// subnet without a word (no RTM_DELROUTE): the probe table's route, the
+/// kernel fallback route and the managed default route. When the uplink's
+/// connected prefix comes back, the agent installs all of it again, long
+/// before its periodic re-check (30 s).
+#[test]
+fn routes_come_back_with_an_uplinks_addresses() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    let before = owned(&lab);
+    // Both uplinks' probe tables, rules and fallback routes, and the
+    // managed default routes (metric 10), in both families.
+    for want in [
+        "table 1000",
+        "table 1001",
+        "metric 10 ",
+        "metric 11 ",
+        "metric 12 ",
+        "rule 1000:",
+    ] {
+        for f in ["-4", "-6"] {
+            assert!(
+                before
+                    .iter()
+                    .any(|l| l.starts_with(f) && format!("{l} ").contains(want)),
+                "{f} {want:?} missing before: {before:#?}"
+            );
+        }
+    }
+    let ns = lab.server_ns();
+    let addrs = [
+        ("-4", "198.18.1.2/24", "eth0"),
+        ("-6", "2001:db8:1::2/64", "eth0"),
+    ];
+    for (f, addr, dev) in addrs {
+        lab.ip(&ns, &[f, "addr", "del", addr, "dev", dev]).unwrap();
+    }
+    // Without its addresses the primary's probes fail: the agent may move
+    // the traffic meanwhile (that is right); what it owns per uplink must
+    // come back either way.
+    std::thread::sleep(Duration::from_millis(300));
+    let gone: Vec<String> = before
+        .iter()
+        .filter(|l| !owned(&lab).contains(l))
+        .cloned()
+        .collect();
+    assert!(
+        gone.iter().any(|l| l.contains("table 1000")),
+        "removing the addresses did not remove the probe table's route: {gone:#?}"
+    );
+    let t = Instant::now();
+    for (f, addr, dev) in addrs {
+        let mut args = vec![f, "addr", "add", addr, "dev", dev];
+        if f == "-6" {
+            args.push("nodad");
+        }
+        lab.ip(&ns, &args).unwrap();
+    }
+    let per_uplink =
+        |v: &[String]| -> Vec<String> { v.iter().filter(|l| !is_managed(l)).cloned().collect() };
+    let deadline = t + S(10);
+    loop {
+        let now = owned(&lab);
+        // Every table, rule and fallback route as before, and the managed
+        // route of each family on the uplink the agent says is active.
+        let s = a.status().unwrap();
+        let managed_ok = Family::ALL.iter().all(|f| {
+            let (flag, u) = match (f, active(&s, *f)) {
+                (Family::V4, Some("primary")) => ("-4", Uplink::Primary),
+                (Family::V4, _) => ("-4", Uplink::Secondary),
+                (Family::V6, Some("primary")) => ("-6", Uplink::Primary),
+                (Family::V6, _) => ("-6", Uplink::Secondary),
+            };
+            let dev = format!("dev {} ", u.interface());
+            now.iter()
+                .any(|l| l.starts_with(flag) && is_managed(l) && l.contains(&dev))
+        });
+        if per_uplink(&now) == per_uplink(&before) && managed_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back 10 s after the addresses (gone when removed: {gone:#?}):\n\
+             before: {before:#?}\nnow: {now:#?}\nlog:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "{} routes and rules dropped with the addresses; all back {:?} after them",
+        gone.len(),
+        t.elapsed()
+    );
+}
+
+/// A probe rule deleted by someone else (an operator, a network manager
+/// that removes the rules it does not know: networkd's default
+/// ManageForeignRoutingPolicyRules=yes) is put back at once, not at the
+/// periodic re-check (30 s).
+#[test]
+fn a_deleted_probe_rule_comes_back() {
+    let lab = lab();
+    let a = settled(&lab, "");
+    let before = owned(&lab);
+    let ns = lab.server_ns();
+    for f in ["-4", "-6"] {
+        lab.ip(
+            &ns,
+            &[
+                f, "rule", "del", "priority", "1000", "fwmark", "0x3e8", "lookup", "1000",
+            ],
+        )
+        .unwrap();
+    }
+    // (`ip rule del` fails when there is no such rule.)
+    let t = Instant::now();
+    let deadline = t + S(10);
+    while owned(&lab) != before {
+        assert!(
+            Instant::now() < deadline,
+            "rules not back 10 s after their deletion: {:#?}\nlog:\n{}",
+            owned(&lab),
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("probe rules back {:?} after their deletion", t.elapsed());
+    assert!(a.switches(Family::V4).len() <= 1, "no failover");
+    assert!(a.switches(Family::V6).len() <= 1, "no failover");
+}
+
+/// The agent is killed between its route change and its neighbour flush:
+/// the primary's gateway died while its entry was unresolved (senders
+/// blocked behind it), the route already goes via the secondary, and the
+/// flush never came. The restarted agent adopts the good route and does not
+/// switch; it must still flush the dead primary's entries once it finds the
+/// primary failed, so the blocked sender resumes (else it waits until the
+/// kernel gives up on the entry, ~3 s).
+#[test]
+fn restart_after_kill_between_route_change_and_flush() {
+    let lab = lab();
+    let mut a = settled(&lab, "");
+    let ns = lab.server_ns();
+    let (gap, r) = outage(&lab, || {
+        a.kill();
+        lab.gateway_dead(Uplink::Primary).unwrap();
+        lab.ip(&ns, &["neigh", "flush", "dev", "eth0"]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // What the killed agent did before it could flush.
+        let gw = Uplink::Secondary.gateway(Family::V4).to_string();
+        lab.ip(
+            &ns,
+            &[
+                "-4", "route", "replace", "default", "via", &gw, "dev", "eth1", "metric", "10",
+                "proto", "85",
+            ],
+        )
+        .unwrap();
+        a.spawn(&lab);
+        a.wait_for("decided after restart", S(10), |s| s.decided);
+    });
+    eprintln!("outage {gap:?}: {r:?}");
+    assert!(route_via(&lab, Family::V4, Uplink::Secondary));
+    // Only the first run's initial choice: the restarted agent adopted.
+    let moves: Vec<_> = a
+        .switches(Family::V4)
+        .into_iter()
+        .filter(|(from, _, _)| from.is_some())
+        .collect();
+    assert!(moves.is_empty(), "the restarted agent switched: {moves:?}");
+    assert!(gap < Duration::from_millis(1200), "outage {gap:?}: {r:?}");
+}

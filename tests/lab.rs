@@ -233,6 +233,57 @@ fn gateway_dead_and_alive() {
     assert_all_healthy(&lab, "after gateway_alive");
 }
 
+/// The server's service address is reached from the sink while the
+/// primary's router has its link to the server (near route), after that link
+/// lost carrier or its gateway died (handed to the other router over x0),
+/// and after the primary's upstream died (inet's far route).
+#[test]
+fn service_address_is_routed_to_the_server_through_both_routers() {
+    let lab = build(&LabSpec {
+        // The server answers through the secondary whichever way the
+        // request came: loose rp_filter, as uplinkd sets on its uplinks.
+        server_default_route: Some(Uplink::Secondary),
+        server_rp_filter: Some(2),
+        ..LabSpec::default()
+    });
+    let reach = |why: &str| {
+        for f in Family::ALL {
+            let dst = uplink_lab::service(f);
+            let r = lab
+                .ping(&lab.inet_ns(), dst, &PingOpts::timeout(OK_TIMEOUT))
+                .unwrap();
+            assert!(r.is_some(), "{dst} unreachable from the sink: {why}");
+        }
+    };
+    let via_router = |u: Uplink, why: &str| {
+        let out = lab
+            .ip(&lab.router_ns(u), &["-4", "route", "get", "198.18.0.1"])
+            .unwrap();
+        assert!(
+            out.contains(why),
+            "{} route to the service: {out}",
+            u.name()
+        );
+    };
+    reach("all up");
+    via_router(Uplink::Primary, "dev down0");
+    lab.carrier_down(Uplink::Primary).unwrap();
+    via_router(Uplink::Primary, "dev x0");
+    reach("primary's link to the server down");
+    lab.carrier_up(Uplink::Primary).unwrap();
+    lab.wait_carrier(Uplink::Primary, true, OK_TIMEOUT).unwrap();
+    via_router(Uplink::Primary, "dev down0");
+    lab.gateway_dead(Uplink::Primary).unwrap();
+    via_router(Uplink::Primary, "dev x0");
+    reach("primary's gateway dead");
+    lab.gateway_alive(Uplink::Primary).unwrap();
+    via_router(Uplink::Primary, "dev down0");
+    lab.upstream_dead(Uplink::Primary).unwrap();
+    reach("primary's upstream dead");
+    lab.upstream_alive(Uplink::Primary).unwrap();
+    reach("all up again");
+}
+
 #[test]
 fn upstream_dead_and_alive() {
     let lab = build(&LabSpec::default());
@@ -634,6 +685,14 @@ fn demo_runs_end_to_end() {
     );
     for (step, (title, to)) in report.steps.iter().zip(expected) {
         assert_eq!(step.expect, to, "{title}");
+        // The TCP connections opened before the first failure (from the
+        // service address) still deliver after every step.
+        assert_eq!(step.tcp.len(), 2, "{title}: {:?}", step.tcp);
+        assert!(
+            step.tcp.iter().all(|t| t.delivering),
+            "{title}: {:?}",
+            step.tcp
+        );
         for f in Family::ALL {
             let sw = step
                 .switches

@@ -22,6 +22,11 @@
 //!   packaged unit under a real systemd: READY, watchdog pings, the sandbox
 //!   as the kernel sees it, socket permissions, controls, a failover with a
 //!   hook, reload (good and bad file), journal records, stop.
+//! - `networkd::unit_lives_with_systemd_networkd` (tests/package/networkd.rs)
+//!   boots it again with systemd-networkd managing the lab server's uplinks:
+//!   networkd restarted, reloaded and an uplink reconfigured, with its
+//!   default settings and with the README's; uplinkd's routes and rules
+//!   stay or come back, and it does not fail over.
 //!
 //! The package test needs root (dpkg and chroot), cargo-deb (installed here
 //! with `cargo install` when missing), lintian, debootstrap, systemd-analyze,
@@ -516,11 +521,20 @@ struct CleanRoot {
 
 impl CleanRoot {
     fn new() -> CleanRoot {
+        CleanRoot::with(&[])
+    }
+
+    /// A clean root with `extra` packages too (a cache of its own).
+    fn with(extra: &[&str]) -> CleanRoot {
         let cache_dir = repo("target/package");
         std::fs::create_dir_all(&cache_dir).unwrap();
         // What the package depends on beyond minbase (dpkg -i resolves nothing),
         // and systemd, as on a server (systemd-analyze verify --root needs its units).
-        let include = "adduser,init-system-helpers,procps,systemd";
+        let mut include = "adduser,init-system-helpers,procps,systemd".to_string();
+        for p in extra {
+            include.push(',');
+            include.push_str(p);
+        }
         let cache = cache_dir.join(format!(
             "debian-bookworm-minbase-{}.tar",
             include.replace(',', "-")
@@ -1481,6 +1495,10 @@ fn owned(lab: &uplink_lab::Lab) -> String {
     }
     out
 }
+
+/// uplinkd beside a real systemd-networkd.
+#[path = "package/networkd.rs"]
+mod networkd;
 
 /// A process this test started (indirectly, under strace): SIGKILLed on drop
 /// unless it already exited.

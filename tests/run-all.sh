@@ -13,7 +13,8 @@ fi
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
-# The package test (tests/package.rs): lintian, a clean root, the unit checks.
+# The package test (tests/package.rs): lintian, a clean root, the unit checks,
+# and the unit beside systemd-networkd (tests/package/networkd.rs).
 command -v lintian >/dev/null || need+=(lintian)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)

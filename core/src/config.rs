@@ -118,6 +118,11 @@ pub enum Kind<S> {
     Ipv4 { set: fn(&mut S, Ipv4Addr) },
     /// A unicast IPv6 address.
     Ipv6 { set: fn(&mut S, Ipv6Addr) },
+    /// An optional unicast IPv4 address (absent = None); an IPv6 address
+    /// is refused with a message naming the other family's key.
+    OptIpv4 { set: fn(&mut S, Option<Ipv4Addr>) },
+    /// An optional unicast IPv6 address (absent = None); see `OptIpv4`.
+    OptIpv6 { set: fn(&mut S, Option<Ipv6Addr>) },
     /// A list of unicast addresses, each listed once in the whole file.
     Targets { set: fn(&mut S, Vec<IpAddr>) },
     /// One of [`AgentMode::NAMES`].
@@ -312,6 +317,13 @@ settings! {
         };
         /// "observe": decide and report without changing the host (see config/uplinkd.toml).
         mode: AgentMode = AgentMode::Enforce, Mode {};
+        /// The server's IPv4 service address (on its loopback, routed to it by
+        /// the network through every uplink): the preferred source (RTA_PREFSRC)
+        /// of every IPv4 default route uplinkd installs in the main table, so
+        /// connections use it whichever uplink carries them. None = no src.
+        source4: Option<Ipv4Addr> = None, OptIpv4 {};
+        /// The server's IPv6 service address; see `source4`.
+        source6: Option<Ipv6Addr> = None, OptIpv6 {};
     }
 
     /// Flap damping: an uplink that fails `threshold` times within `window` is
@@ -363,6 +375,30 @@ settings! {
         /// gateway and the transits through it, for that family) this many times
         /// less often while all is well; 1 probes it like the active one.
         standby_slowdown: u32 = 2, Count { min: 1, max: 10, why: "" };
+        /// Passive suspicion (core/src/suspicion.rs): the server's own traffic
+        /// (TCP progress and timeouts, the active uplink's receive counter, ICMP
+        /// unreachables from the gateway) starts a confirmation burst to the
+        /// suspected uplink's transits. false = only the probes decide when to
+        /// probe harder (the steady probes are the same either way).
+        suspicion: bool = true, Bool {};
+        /// The window over which progress is judged: TCP segments sent with none
+        /// received over it (when some were received over the window before) is
+        /// a stall. Widened to 4 × the transits' smoothed RTT when that is longer.
+        suspicion_window: Duration = ms(40), Duration { min: ms(8), max: secs(10) };
+        /// Segments (packets, for the receive counter) sent within one window,
+        /// beyond the agent's own probes, with nothing received, before a stall
+        /// is suspected.
+        suspicion_segments: u32 = 8, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// Retransmission timeouts plus tail-loss probes within one window, with
+        /// no more segments received than retransmitted, before a path failure
+        /// is suspected.
+        suspicion_timeouts: u32 = 4, Count { min: 1, max: COUNT_MAX, why: "" };
+        /// Spacing of the rounds of a confirmation burst (`transit_fall` probes
+        /// to each transit target, each with a timeout of 4 × its smoothed RTT,
+        /// at least 10 ms and at most `transit_timeout`).
+        suspicion_burst_interval: Duration = ms(10), Duration { min: ms(1), max: SECOND };
+        /// At most one confirmation burst per uplink within this.
+        suspicion_holdoff: Duration = secs(1), Duration { min: SECOND, max: HOUR };
     }
 
     /// Commands run on state changes, each through `/bin/sh -c`, asynchronously,
@@ -438,6 +474,16 @@ impl TransitConfig {
             .iter()
             .copied()
             .filter(move |a| Family::of(a) == family)
+    }
+}
+
+impl AgentConfig {
+    /// The service address of `family` (`source4` / `source6`), if set.
+    pub fn source(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.source4.map(IpAddr::V4),
+            Family::V6 => self.source6.map(IpAddr::V6),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ mod reconfigure;
 mod route;
 mod schedule;
 mod selection;
+mod suspect;
 mod view;
 
 /// Health of one uplink for one family.
@@ -52,9 +53,15 @@ struct UplinkFamily {
     /// When the last burst sent its last round: only probes sent after it
     /// can start a new one, so bursts never feed themselves.
     burst_end: Option<Now>,
+    /// The current (or last) burst was started by a passive suspicion: its
+    /// rounds are `suspicion_burst_interval` apart and its probes time out
+    /// after 4 × the target's smoothed RTT; what raised it and its result.
+    suspicion: Option<suspect::SuspectBurst>,
     /// The gateway's neighbour entry was asked to be refreshed since the
     /// gateway was last found dead: once per outage is enough.
     refresh_asked: bool,
+    /// Its neighbour entries were flushed (for this family) since start.
+    flushed: bool,
     usable: Option<bool>,
     /// Since when it has been continuously usable.
     usable_since: Option<Now>,
@@ -82,6 +89,17 @@ struct Uplink {
     damped_until: Option<Now>,
     /// For a bond member: enslaved to its bond (None until the bond is read).
     enslaved: Option<bool>,
+    /// Probes sent through this uplink and replies received: the rx_stall
+    /// rule discounts them from the interface counters.
+    probes_sent: u64,
+    replies: u64,
+    /// When the last confirmation burst started (one per `suspicion_holdoff`).
+    last_burst: Option<Now>,
+    /// Suspicions by source (index of `suspicion::Source::ALL`), bursts
+    /// started and the probes they sent.
+    suspicions: [u64; 4],
+    bursts: u64,
+    burst_probes: u64,
 }
 
 /// A managed bond: the driver's view and the agent's choice.
@@ -109,6 +127,9 @@ struct FamilyDecision {
     /// Restores of the managed route and the fight with another writer
     /// (see `engine/route.rs`).
     guard: route::RouteGuard,
+    /// The configured service address of this family is missing from the
+    /// host (`Event::SourceAddress`): the routes carry no source meanwhile.
+    source_missing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +140,8 @@ struct InFlight {
     /// Index among the transit's targets of that family.
     slot: usize,
     sent_at: Now,
+    /// Sent by a burst a suspicion started.
+    suspicion: bool,
 }
 
 /// State of uplink `i` of `cfg` with no history, its first probes due from `now`.
@@ -160,7 +183,9 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             burst_left: 0,
             burst_next: now,
             burst_end: None,
+            suspicion: None,
             refresh_asked: false,
+            flushed: false,
             usable: None,
             usable_since: None,
             proven: false,
@@ -177,6 +202,12 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
         damp_level: 0,
         damped_until: None,
         enslaved: None,
+        probes_sent: 0,
+        replies: 0,
+        last_burst: None,
+        suspicions: [0; 4],
+        bursts: 0,
+        burst_probes: 0,
     }
 }
 
@@ -202,6 +233,7 @@ pub struct Core {
     next_probe: u64,
     last_now: Now,
     bonds: Vec<Bond>,
+    detector: crate::suspicion::Detector,
 }
 
 impl Core {
@@ -232,6 +264,7 @@ impl Core {
             next_probe: 1,
             last_now: now,
             bonds,
+            detector: Default::default(),
         }
     }
 
@@ -296,8 +329,40 @@ impl Core {
             Event::Reprobe => self.reprobe(now),
             Event::Bond(st) => self.on_bond(st, out),
             Event::Tick => self.route_timers(now, out),
+            Event::RouteRefused { family } => self.on_refused(family),
             Event::CompetingRoute { family, route } => self.on_competing(family, route, out),
+            Event::SourceAddress { family, present } => self.on_source(family, present, out),
+            Event::Counters(c) => self.on_counters(now, c, out),
+            Event::Unreachable { family, from } => self.on_unreachable(now, family, from, out),
         }
+    }
+
+    /// The service address of `family` came or went: reported once per change.
+    fn on_source(&mut self, family: Family, present: bool, out: &mut Vec<Action>) {
+        let Some(address) = self.cfg.agent.source(family) else {
+            return;
+        };
+        let d = &mut self.fam[family.index()];
+        if d.source_missing != present {
+            return;
+        }
+        d.source_missing = !present;
+        out.push(Action::Report(crate::status::Change::SourceAddress {
+            family: family.name().into(),
+            address,
+            present,
+        }));
+    }
+
+    /// The service address of `family` as status shows it.
+    pub fn source_status(&self, family: Family) -> Option<crate::status::SourceStatus> {
+        let address = self.cfg.agent.source(family)?;
+        let missing = self.fam[family.index()].source_missing;
+        Some(crate::status::SourceStatus {
+            address,
+            present: !missing,
+            reason: missing.then(|| crate::status::SOURCE_MISSING.to_string()),
+        })
     }
 
     /// What the evidence so far means: each uplink's health first, then
@@ -307,6 +372,7 @@ impl Core {
         self.expire_damping(now);
         for f in Family::ALL {
             self.select(now, f, out);
+            self.flush_failed_standbys(f, out);
         }
     }
 }

@@ -17,6 +17,7 @@ mod engine;
 pub mod proto;
 pub mod rates;
 pub mod status;
+pub mod suspicion;
 mod target;
 pub use engine::Core;
 
@@ -118,12 +119,30 @@ pub enum Event {
     Bond(crate::status::BondStatus),
     /// A deadline passed.
     Tick,
+    /// The kernel refused the latest `SetDefaultRoute` of `family` (its
+    /// gateway is not on the link: the uplink's address is gone, as while a
+    /// network manager reconfigures it). Nothing went in, so the absence
+    /// found next is not another writer's doing: the next restore is made
+    /// at once and is not counted as a fight.
+    RouteRefused { family: Family },
     /// The default route of another owner that wins over the managed one in
     /// this family (the lowest metric among them), or None: there is none.
     CompetingRoute {
         family: Family,
         route: Option<crate::status::CompetingRoute>,
     },
+    /// Whether the service address of `family` (`agent.source4`/`source6`)
+    /// is a usable local address of the host: while it is not, the daemon
+    /// installs its routes without a preferred source (the kernel refuses
+    /// one that is not local), and the core reports it.
+    SourceAddress { family: Family, present: bool },
+    /// A reading of the namespace's TCP counters and the uplinks' interface
+    /// counters (see [`suspicion`]): the rules may suspect an uplink.
+    Counters(suspicion::Counters),
+    /// An ICMP destination-unreachable from `from` that quotes one of our
+    /// own packets (the adapter validated the quoted source). From the
+    /// active uplink's gateway of `family`, it is a suspicion.
+    Unreachable { family: Family, from: IpAddr },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,6 +30,11 @@ pub struct Status {
     /// rewriting the managed route while the agent restores it with backoff.
     #[serde(default)]
     pub fighting: PerFamily<Option<String>>,
+    /// Per family, the service address (`agent.source4` / `source6`) the
+    /// default routes carry as their preferred source, and whether it is on
+    /// the host; null when not configured.
+    #[serde(default)]
+    pub source: PerFamily<Option<SourceStatus>>,
     /// "enforce" or "observe" (`[agent] mode`): whether the decisions
     /// above are carried out.
     #[serde(default = "enforce")]
@@ -65,6 +70,22 @@ impl std::fmt::Display for CompetingRoute {
             self.dev, self.metric, self.protocol
         )
     }
+}
+
+/// The reason a service address shows while it is missing from the host.
+pub const SOURCE_MISSING: &str = "source_missing";
+
+/// A configured service address (`agent.source4` / `source6`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub address: IpAddr,
+    /// A usable local address of the host. While false the default routes
+    /// are installed without a preferred source (the kernel refuses a
+    /// source that is not local), and `reason` says so.
+    pub present: bool,
+    /// "source_missing" while `present` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn enforce() -> String {
@@ -208,6 +229,22 @@ pub struct UplinkStatus {
     /// Set for a bond member: its bond, and what each check proves through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bond: Option<BondMemberStatus>,
+    /// Passive suspicions raised on this uplink and the confirmation bursts
+    /// they started (see `[probe] suspicion`).
+    #[serde(default)]
+    pub suspicion: SuspicionStatus,
+}
+
+/// Passive suspicions of one uplink since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SuspicionStatus {
+    /// Suspicions raised, by source (`tcp_stall`, `tcp_timeouts`,
+    /// `rx_stall`, `icmp_unreachable`); every source is listed.
+    pub by_source: std::collections::BTreeMap<String, u64>,
+    /// Confirmation bursts started (at most one per `suspicion_holdoff`).
+    pub bursts: u64,
+    /// Probes those bursts sent.
+    pub burst_probes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -395,6 +432,22 @@ pub enum Change {
         active: bool,
         restores: u32,
     },
+    /// The service address of a family (`agent.source4` / `source6`) left
+    /// the host (`present`: false; the routes lose their source until it is
+    /// back) or came back (the source is put back).
+    SourceAddress {
+        family: String,
+        address: IpAddr,
+        present: bool,
+    },
+    /// The server's own traffic made an uplink suspect (`source`: tcp_stall,
+    /// tcp_timeouts, rx_stall, icmp_unreachable) and a confirmation burst to
+    /// its transits started; the quorum rules decide on the burst's result.
+    Suspicion {
+        uplink: String,
+        source: String,
+        evidence: String,
+    },
 }
 
 impl Change {
@@ -416,6 +469,8 @@ impl Change {
             Change::Bond { .. } => "bond",
             Change::CompetingRoute { .. } => "competing_route",
             Change::Fighting { .. } => "fighting",
+            Change::SourceAddress { .. } => "source_address",
+            Change::Suspicion { .. } => "suspicion",
         }
     }
 
@@ -539,6 +594,11 @@ impl Change {
                 }
                 (false, _) => format!("{family}: the competing {route} is gone"),
             },
+            Change::Suspicion {
+                uplink,
+                source,
+                evidence,
+            } => format!("{uplink} suspected ({source}: {evidence}); confirming with a probe burst to its transits"),
             Change::Fighting {
                 family,
                 with,
@@ -551,6 +611,18 @@ impl Change {
                     format!("{family}: the fight over the default route with {with} ended after {restores} restore(s)")
                 }
             }
+            Change::SourceAddress {
+                family,
+                address,
+                present: false,
+            } => format!(
+                "{family}: service address {address} (source) is gone from the host; default routes installed without a source until it is back (source_missing)"
+            ),
+            Change::SourceAddress {
+                family, address, ..
+            } => format!(
+                "{family}: service address {address} is back; default routes carry it as their source again"
+            ),
         }
     }
 
@@ -577,6 +649,8 @@ impl Change {
             Change::GatewayProbe { mode, setting, .. } => {
                 warn_if(*mode == GatewayMode::Icmp && setting != "icmp")
             }
+            Change::SourceAddress { present, .. } => warn_if(!present),
+            Change::Suspicion { .. } => Level::Info,
             Change::Carrier { .. }
             | Change::Gateway { .. }
             | Change::Transit { .. }
@@ -611,6 +685,12 @@ fn why_moved(reason: &str, from: Option<&str>) -> String {
             "missing" => format!("{from}'s interface is missing"),
             "not_in_bond" => format!("{from} left its bond"),
             "no_gateway" => format!("{from} has no gateway of this family"),
+            c if c.starts_with("suspicion_") => {
+                format!(
+                    "confirmed by a probe burst after a suspicion ({})",
+                    &c[10..]
+                )
+            }
             other => other.to_string(),
         })
         .collect();
@@ -665,6 +745,20 @@ mod describe_tests {
                 Level::Info,
             ),
             (active("drained"), "ipv4: primary → secondary (primary drained)", Level::Info),
+            (
+                active("quorum+suspicion_tcp_stall"),
+                "ipv4: primary → secondary (transit quorum unreachable through primary, confirmed by a probe burst after a suspicion (tcp_stall))",
+                Level::Warn,
+            ),
+            (
+                Change::Suspicion {
+                    uplink: s("primary"),
+                    source: s("icmp_unreachable"),
+                    evidence: s("destination unreachable from the gateway 198.18.1.1"),
+                },
+                "primary suspected (icmp_unreachable: destination unreachable from the gateway 198.18.1.1); confirming with a probe burst to its transits",
+                Level::Info,
+            ),
             (
                 Change::ActiveChanged {
                     family: s("ipv6"),

@@ -177,7 +177,7 @@ pub struct VariantResult {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 13] = [
+pub const SECTIONS: [&str; 15] = [
     "first-decision",
     "idle",
     "idle-breakdown",
@@ -189,8 +189,10 @@ pub const SECTIONS: [&str; 13] = [
     "failback",
     "drain",
     "false-switches",
+    "round-trip",
     "kernel",
     "frr",
+    "suspicion",
 ];
 
 /// A failure kind.
@@ -204,6 +206,10 @@ pub enum Kind {
     UpstreamDead,
     Failback,
     Drain,
+    /// Dead upstream while the server carries a TCP flow (passive suspicion).
+    UpstreamDeadTcp,
+    /// The router withdrew its upstream and answers with ICMP unreachables.
+    UpstreamWithdrawn,
 }
 
 impl Kind {
@@ -216,6 +222,8 @@ impl Kind {
             Kind::UpstreamDead => "dead upstream, gateway alive",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
+            Kind::UpstreamDeadTcp => "dead upstream with a TCP flow",
+            Kind::UpstreamWithdrawn => "upstream withdrawn (ICMP unreachable)",
         }
     }
     fn section(self) -> &'static str {
@@ -227,6 +235,7 @@ impl Kind {
             Kind::UpstreamDead => "upstream",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
+            Kind::UpstreamDeadTcp | Kind::UpstreamWithdrawn => "suspicion",
         }
     }
     /// The p99 target of the failover requirements, in ms.
@@ -239,6 +248,9 @@ impl Kind {
             // (ICMP mode only sees it through the transit quorum).
             Kind::ForwardingDead => 50.0,
             Kind::UpstreamDead => 1000.0,
+            // Issue 14's targets.
+            Kind::UpstreamDeadTcp => 200.0,
+            Kind::UpstreamWithdrawn => 150.0,
             Kind::Failback | Kind::Drain => 0.0,
         }
     }
@@ -390,10 +402,16 @@ pub struct Results {
     pub not_measured: Vec<String>,
     /// Every target this run missed, with what limits it.
     pub targets_missed: Vec<String>,
+    /// Both directions (`round-trip`): a request/response stream echoed by
+    /// the sink and a TCP connection, per failure and family.
+    pub round_trip: Vec<RoundTripSeries>,
     /// Each daemon variant's own figures (the first is the main binary,
     /// whose figures are also in `first_decision`, `idle` and
     /// `false_switches`); more than one with `--variant`.
     pub variants: Vec<VariantResult>,
+    /// Steady probes per transit target with passive suspicion off and on
+    /// (section `suspicion`).
+    pub suspicion_probes: Vec<Value>,
     pub duration_s: f64,
 }
 
@@ -549,18 +567,16 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
         _ => (Uplink::Primary, Uplink::Secondary),
     };
     let _ = from;
+    // The server's own TCP traffic next to the UDP stream.
+    let flow = match kind {
+        Kind::UpstreamDeadTcp => Some(lab.tcp_flow(f)?),
+        _ => None,
+    };
     let stream = lab.udp_stream(&spec(f))?;
     let outcome = (|| -> Result<SystemTime> {
         ctx.cancel.sleep(Duration::from_millis(300))?;
         let t = SystemTime::now();
-        match kind {
-            Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
-            Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
-            Kind::ForwardingDead => lab.forwarding_dead(Uplink::Primary)?,
-            Kind::UpstreamDead => lab.upstream_dead(Uplink::Primary)?,
-            Kind::Drain => d.client().drain(Uplink::Primary.name())?,
-            Kind::Failback => {}
-        }
+        inject(lab, d, kind)?;
         let bound = match kind {
             Kind::Failback => Duration::from_secs(30),
             _ => Duration::from_secs(15),
@@ -596,18 +612,9 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
             Err(e)
         }
     };
+    drop(flow);
     // Undo (also after a failed trial).
-    let undo = match kind {
-        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
-        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
-        Kind::ForwardingDead => lab.forwarding_alive(Uplink::Primary),
-        Kind::UpstreamDead => lab.upstream_alive(Uplink::Primary),
-        Kind::Drain => d
-            .client()
-            .undrain(Uplink::Primary.name())
-            .map_err(LabError::from),
-        Kind::Failback => Ok(()),
-    };
+    let undo = undo(lab, d, kind);
     let t = result?;
     undo?;
     Ok(t)
@@ -1175,9 +1182,11 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         idle: None,
         idle_breakdown: Vec::new(),
         false_switches: None,
+        suspicion_probes: Vec::new(),
         comparators: Vec::new(),
         not_measured: Vec::new(),
         targets_missed: Vec::new(),
+        round_trip: Vec::new(),
         variants: Vec::new(),
         duration_s: 0.0,
     };
@@ -1228,9 +1237,15 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         Kind::Drain,
         Kind::CarrierBusy,
     ];
-    let need_daemon = ["first-decision", "idle", "idle-breakdown", "false-switches"]
-        .iter()
-        .any(|s| wants(opts, s))
+    let need_daemon = [
+        "first-decision",
+        "idle",
+        "idle-breakdown",
+        "false-switches",
+        "round-trip",
+    ]
+    .iter()
+    .any(|s| wants(opts, s))
         || daemon_kinds.iter().any(|k| wants(opts, k.section()));
     if need_daemon {
         let mut variants = vec![Variant {
@@ -1304,6 +1319,10 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
                 res.variants[vi].false_switches = Some(v);
             }
         }
+        if wants(opts, "round-trip") {
+            let d = running.switch(ctx, &lab, &variants, 0, res)?;
+            round_trip_series(opts, ctx, &lab, d, res)?;
+        }
         running.stop();
         // The main variant's figures where a single run has always put them.
         res.first_decision = res.variants[0].first_decision.clone();
@@ -1313,6 +1332,10 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
             res.idle_breakdown = idle_breakdown(ctx, &lab, bin)?;
         }
         lab.destroy()?;
+    }
+
+    if wants(opts, "suspicion") {
+        suspicion_section(opts, ctx, bin, res)?;
     }
 
     if wants(opts, "kernel") {
@@ -1366,6 +1389,81 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
     }
     Ok(())
 }
+
+/// Passive suspicion (issue 14), off and on in the same run: a dead
+/// upstream with no traffic, with a TCP flow, and withdrawn with ICMP
+/// unreachables; then the steady probes per transit target, counted at
+/// transit-a's namespace over `SUSPICION_PROBE_WINDOW` with a TCP flow.
+fn suspicion_section(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> Result<()> {
+    let base = format!(
+        "[policy]\nfailback_after = \"{BENCH_FAILBACK_AFTER}\"\n[policy.damping]\nthreshold = {BENCH_DAMPING_THRESHOLD}\n"
+    );
+    ctx.say("building the lab for passive suspicion (off and on)");
+    let lab = Lab::build(&LabSpec::default())?;
+    let start = |on: bool| -> Result<Uplinkd> {
+        let mut d = Uplinkd::start(&lab, bin, &format!("{base}[probe]\nsuspicion = {on}\n"))?;
+        if let Err(e) = d.wait_for(
+            ctx.cancel,
+            "the first decision",
+            Duration::from_secs(30),
+            |s| s.decided,
+        ) {
+            d.stop();
+            return Err(e);
+        }
+        Ok(d)
+    };
+    let label = |on: bool| if on { "suspicion on" } else { "suspicion off" };
+    let mut run = || -> Result<()> {
+        for kind in [
+            Kind::UpstreamDead,
+            Kind::UpstreamDeadTcp,
+            Kind::UpstreamWithdrawn,
+        ] {
+            for on in [false, true] {
+                let mut d = start(on)?;
+                let r = daemon_series(opts, ctx, &lab, &mut d, kind, label(on), res);
+                d.stop();
+                r?;
+            }
+        }
+        for on in [false, true] {
+            let mut d = start(on)?;
+            let r = (|| -> Result<Value> {
+                baseline(ctx, &lab, &mut d)?;
+                let flow = lab.tcp_flow(Family::V4)?;
+                ctx.cancel.sleep(Duration::from_secs(2))?;
+                let n = lab.count_transit_probes(0, SUSPICION_PROBE_WINDOW)?;
+                drop(flow);
+                let st = d.client().status()?;
+                let per_s = n as f64 / SUSPICION_PROBE_WINDOW.as_secs_f64();
+                ctx.say(&format!(
+                    "{}: steady echo requests at transit-a (both families, both uplinks, a TCP flow running): {n} in {} s = {per_s:.2}/s; suspicion bursts {}",
+                    label(on),
+                    SUSPICION_PROBE_WINDOW.as_secs(),
+                    st.uplinks[0].suspicion.bursts
+                ));
+                Ok(json!({
+                    "subject": label(on),
+                    "echo_requests": n,
+                    "window_s": SUSPICION_PROBE_WINDOW.as_secs(),
+                    "per_s": per_s,
+                    "suspicion_bursts": st.uplinks[0].suspicion.bursts,
+                    "suspicion_burst_probes": st.uplinks[0].suspicion.burst_probes,
+                }))
+            })();
+            d.stop();
+            res.suspicion_probes.push(r?);
+        }
+        Ok(())
+    };
+    let r = run();
+    lab.destroy()?;
+    r
+}
+
+/// How long the steady probes per transit target are counted.
+const SUSPICION_PROBE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The daemon variant running on the lab: one at a time, since two would
 /// fight over the routes.
@@ -1546,6 +1644,240 @@ fn daemon_series(
         res.series.push(s);
     }
     outcome
+}
+
+/// One round-trip trial: the request/response stream and the TCP
+/// connection through one failure.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTripTrial {
+    /// Longest run of requests that never reached the sink (one way), ms.
+    pub request_outage_ms: f64,
+    /// Longest run of requests whose reply never came back, ms.
+    pub round_trip_outage_ms: f64,
+    /// The TCP connection's longest time without delivery, ms.
+    pub tcp_stall_ms: f64,
+    /// Slots the request sender skipped (late: a loaded host), counted lost.
+    pub skipped: u64,
+    pub sent: u64,
+    pub decision_ms: Option<f64>,
+}
+
+/// All round-trip trials of one (failure, family).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTripSeries {
+    pub kind: Kind,
+    pub title: String,
+    pub family: String,
+    pub trials: Vec<RoundTripTrial>,
+    pub failed: Vec<String>,
+    pub request_ms: Option<Summary>,
+    pub round_trip_ms: Option<Summary>,
+    pub tcp_stall_ms: Option<Summary>,
+}
+
+/// The failures the round trip is measured for.
+const ROUND_TRIP_KINDS: [Kind; 5] = [
+    Kind::CarrierQuiet,
+    Kind::GatewayDead,
+    Kind::UpstreamDead,
+    Kind::Failback,
+    Kind::Drain,
+];
+
+fn round_trip_series(
+    opts: &BenchOpts,
+    ctx: &Ctx,
+    lab: &Lab,
+    d: &mut Uplinkd,
+    res: &mut Results,
+) -> Result<()> {
+    for kind in ROUND_TRIP_KINDS {
+        for f in Family::ALL {
+            let mut s = RoundTripSeries {
+                kind,
+                title: kind.title().to_string(),
+                family: f.name().to_string(),
+                trials: Vec::new(),
+                failed: Vec::new(),
+                request_ms: None,
+                round_trip_ms: None,
+                tcp_stall_ms: None,
+            };
+            for i in 0..opts.trials {
+                ctx.cancel.check()?;
+                match round_trip_trial(ctx, lab, d, kind, f) {
+                    Ok(t) => {
+                        ctx.say(&format!(
+                            "round trip, {} {f} trial {}/{}: request {:.1} ms, round trip {:.1} ms, TCP stall {:.1} ms",
+                            kind.title(),
+                            i + 1,
+                            opts.trials,
+                            t.request_outage_ms,
+                            t.round_trip_outage_ms,
+                            t.tcp_stall_ms
+                        ));
+                        s.trials.push(t);
+                    }
+                    Err(e) => {
+                        if ctx.cancel.is_cancelled() {
+                            return Err(e);
+                        }
+                        ctx.say(&format!(
+                            "round trip, {} {f} trial {} FAILED: {e}",
+                            kind.title(),
+                            i + 1
+                        ));
+                        s.failed.push(e.to_string());
+                        d.check_alive()?;
+                    }
+                }
+            }
+            let col = |g: fn(&RoundTripTrial) -> f64| {
+                summarize(&s.trials.iter().map(g).collect::<Vec<_>>())
+            };
+            s.request_ms = col(|t| t.request_outage_ms);
+            s.round_trip_ms = col(|t| t.round_trip_outage_ms);
+            s.tcp_stall_ms = col(|t| t.tcp_stall_ms);
+            res.round_trip.push(s);
+        }
+    }
+    Ok(())
+}
+
+/// One round-trip trial: like [`uplinkd_trial`], with the echo stream and a
+/// TCP connection (both sourced as the server's routes say: the service
+/// address) instead of the one-way stream.
+fn round_trip_trial(
+    ctx: &Ctx,
+    lab: &Lab,
+    d: &mut Uplinkd,
+    kind: Kind,
+    f: Family,
+) -> Result<RoundTripTrial> {
+    baseline(ctx, lab, d)?;
+    if kind == Kind::CarrierQuiet {
+        ctx.cancel.sleep(LINKWATCH_QUIET)?;
+    }
+    if kind == Kind::Failback {
+        lab.carrier_down(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "on the secondary",
+            Duration::from_secs(15),
+            |s| on(s, Uplink::Secondary),
+        )?;
+        lab.carrier_up(Uplink::Primary)?;
+        d.wait_for(
+            ctx.cancel,
+            "primary healthy again",
+            Duration::from_secs(30),
+            |s| state(s, Uplink::Primary) == Some(UplinkState::Healthy),
+        )?;
+    }
+    let to = match kind {
+        Kind::Failback => Uplink::Primary,
+        _ => Uplink::Secondary,
+    };
+    let echo = crate::EchoStream::start(
+        lab,
+        &crate::EchoSpec {
+            family: f,
+            rate: RATE,
+            ..crate::EchoSpec::default()
+        },
+    )?;
+    let tcp = crate::TcpFlow::start(
+        lab,
+        &crate::TcpSpec {
+            family: f,
+            ..crate::TcpSpec::default()
+        },
+    )?;
+    let outcome = (|| -> Result<SystemTime> {
+        ctx.cancel.sleep(Duration::from_millis(300))?;
+        tcp.reset_stall();
+        let t = SystemTime::now();
+        inject(lab, d, kind)?;
+        let bound = match kind {
+            Kind::Failback => Duration::from_secs(30),
+            _ => Duration::from_secs(15),
+        };
+        d.wait_for(
+            ctx.cancel,
+            &format!("{f} on the {}", to.name()),
+            bound,
+            |s| active(s, f) == Some(to.name()),
+        )?;
+        Ok(t)
+    })();
+    let result = match outcome {
+        Ok(t) => {
+            // Replies and TCP bytes flow again (bounded), then a margin.
+            let replies = echo.replies_so_far();
+            let bytes = tcp.delivered();
+            wait_until(
+                ctx.cancel,
+                "replies and TCP delivery again",
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                || Ok(echo.replies_so_far() > replies + 100 && tcp.delivered() > bytes + 4096),
+            )?;
+            ctx.cancel.sleep(Duration::from_millis(300))?;
+            let stall = tcp.longest_stall();
+            tcp.stop();
+            let r = echo.stop();
+            let decision = d
+                .wait_switch_event(f, to.name(), t, Duration::from_secs(2))
+                .map(|e| secs_between(t, e.time) * 1000.0);
+            Ok(RoundTripTrial {
+                request_outage_ms: r.request_outage_ms,
+                round_trip_outage_ms: r.round_trip_outage_ms,
+                tcp_stall_ms: ms(stall),
+                skipped: r.skipped,
+                sent: r.sent,
+                decision_ms: decision,
+            })
+        }
+        Err(e) => Err(e),
+    };
+    let undo = undo(lab, d, kind);
+    let t = result?;
+    undo?;
+    Ok(t)
+}
+
+/// The round-trip table (empty without the `round-trip` section).
+fn round_trip_table(res: &Results) -> String {
+    if res.round_trip.is_empty() {
+        return String::new();
+    }
+    let p = |s: &Option<Summary>| s.map_or("-".into(), |s| format!("{:.1} / {:.1}", s.p50, s.max));
+    let mut t = String::new();
+    t.push_str(&format!(
+        "Both directions, with the service address as source (p50 / max ms; request/response at {RATE}/s echoed by the sink; TCP: longest delivery stall)\n\n"
+    ));
+    t.push_str(&format!(
+        "| {:<30} | {:<4} | {:>2} | {:>15} | {:>15} | {:>15} |\n|---|---|---|---|---|---|\n",
+        "failure", "fam", "n", "one way (req.)", "round trip", "TCP stall"
+    ));
+    for s in &res.round_trip {
+        let fam = if s.family == "ipv4" { "v4" } else { "v6" };
+        t.push_str(&format!(
+            "| {:<30} | {:<4} | {:>2} | {:>15} | {:>15} | {:>15} |{}\n",
+            s.title,
+            fam,
+            s.trials.len(),
+            p(&s.request_ms),
+            p(&s.round_trip_ms),
+            p(&s.tcp_stall_ms),
+            if s.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" {} FAILED", s.failed.len())
+            }
+        ));
+    }
+    t
 }
 
 /// Switches made by the running daemon during `WINDOW` of 10 % random loss
@@ -1788,6 +2120,11 @@ pub fn comparison(res: &Results) -> Option<String> {
 
 /// The table, to stdout.
 pub fn print_table(res: &Results) {
+    let rt = round_trip_table(res);
+    if !rt.is_empty() {
+        println!();
+        print!("{rt}");
+    }
     println!();
     println!(
         "Outage in ms (min / p50 / p99 / max; {} datagrams/s; network gaps, and raw gaps where the sender was also descheduled)",
@@ -1895,6 +2232,8 @@ fn targets_missed(res: &Results) -> Vec<String> {
             Kind::GatewayDead => "detection is gateway_dead_after (60 ms) plus at least gateway_min_misses (5) unanswered probes, plus the tick".into(),
             Kind::ForwardingDead => "with gateway_probe = echo: as a dead gateway (the echoes stop); with icmp: only the transit quorum sees it (a transit miss, then the burst)".into(),
             Kind::UpstreamDead => "detection is a transit miss (up to transit_interval = 1 s after the cut), then a burst of transit_fall (4) probes at transit_fast_interval (50 ms) to confirm".into(),
+            Kind::UpstreamDeadTcp => "detection is a TCP stall (suspicion_window, 40 ms, after the last segment received, read every 16 ms), then a burst of transit_fall (4) probes 10 ms apart with timeouts of 4 x srtt (at least 10 ms); with suspicion off, as the dead upstream".into(),
+            Kind::UpstreamWithdrawn => "detection is the router's first unreachable (to a probe or our traffic), then the burst as for a TCP stall; with suspicion off, as the dead upstream".into(),
             Kind::Failback | Kind::Drain => "make-before-break should lose nothing: look at the trials (raw vs network gap) for a sender or receiver descheduled".into(),
         };
         out.push(format!(
@@ -2071,6 +2410,11 @@ pub fn markdown(res: &Results) -> String {
     for t in &res.targets_missed {
         m.push_str(&format!("- {t}\n"));
     }
+    let rt = round_trip_table(res);
+    if !rt.is_empty() {
+        m.push_str("\n## Both directions\n\n");
+        m.push_str(&rt);
+    }
     if !res.not_measured.is_empty() {
         m.push_str("\n## Not measured\n\n");
         for n in &res.not_measured {
@@ -2207,7 +2551,9 @@ mod tests {
             comparators: Vec::new(),
             not_measured: Vec::new(),
             targets_missed: Vec::new(),
+            round_trip: Vec::new(),
             variants: vec![variant("uplinkd", 0.8)],
+            suspicion_probes: Vec::new(),
             duration_s: 0.0,
         };
         assert_eq!(comparison(&res), None, "one variant: nothing to compare");
@@ -2227,5 +2573,35 @@ mod tests {
             "{c}"
         );
         assert!(!c.contains("false switches"), "no figure, no row: {c}");
+    }
+}
+
+/// Breaks the primary the way `kind` says (the trials' fault).
+fn inject(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
+    match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
+        Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
+        Kind::ForwardingDead => lab.forwarding_dead(Uplink::Primary)?,
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
+        Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
+        Kind::Drain => d.client().drain(Uplink::Primary.name())?,
+        Kind::Failback => {}
+    }
+    Ok(())
+}
+
+/// Undoes [`inject`] (also after a failed trial).
+fn undo(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
+    match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
+        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
+        Kind::ForwardingDead => lab.forwarding_alive(Uplink::Primary),
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
+        Kind::Drain => d
+            .client()
+            .undrain(Uplink::Primary.name())
+            .map_err(LabError::from),
+        Kind::Failback => Ok(()),
     }
 }

@@ -149,6 +149,14 @@ pub(crate) fn ip_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
     run("ip", &["-n", ns, "-batch", "-"], Some(&input)).map(|_| ())
 }
 
+/// Runs each of `lines` with `ip -n ns`, one by one, ignoring failures:
+/// for deletions of what may already be gone.
+pub(crate) fn ip_each_ignoring_errors(ns: &str, lines: &[String]) {
+    for l in lines {
+        let _ = ip_batch(ns, std::slice::from_ref(l));
+    }
+}
+
 /// Runs `nft -f -` inside `ns` with `ruleset`.
 pub(crate) fn nft(ns: &str, ruleset: &str) -> Result<(), LabError> {
     run(

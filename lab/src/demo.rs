@@ -448,9 +448,15 @@ impl Uplinkd {
         sub.set_timeout(Some(Duration::from_millis(100)))?;
         let events = self.events.clone();
         let stop = self.stop.clone();
+        let client = self.client.clone();
         let h = std::thread::Builder::new()
             .name("lab-events".into())
             .spawn(move || {
+                // A daemon restarted on the same lab keeps counting its
+                // sequence numbers (/run/uplinkd): asked for everything
+                // since 0, it answers that the older ones are gone and ends
+                // the stream; then read on from the ones it has.
+                let mut resubscribed = 0;
                 while !stop.load(Ordering::Relaxed) {
                     match sub.next_line() {
                         Ok(Some(StreamLine::Event(r))) => {
@@ -465,6 +471,17 @@ impl Uplinkd {
                             }
                         }
                         // The daemon closes the stream after the notice.
+                        Ok(Some(StreamLine::Missed(m))) if resubscribed < 3 => {
+                            resubscribed += 1;
+                            match client.events(Some(m.last_seq)) {
+                                Ok(s)
+                                    if s.set_timeout(Some(Duration::from_millis(100))).is_ok() =>
+                                {
+                                    sub = s
+                                }
+                                _ => return,
+                            }
+                        }
                         Ok(Some(StreamLine::Missed(_))) => {}
                         Err(e) if e.is_timeout() => {}
                         Err(ClientError::Decode { .. }) => {}
@@ -947,6 +964,21 @@ pub struct StepOutage {
     pub sent: u64,
 }
 
+/// The TCP connection of one family (opened before the first failure, from
+/// the service address) during a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTcp {
+    pub family: Family,
+    /// It delivered new bytes after the step (within [`TCP_DEADLINE`]).
+    pub delivering: bool,
+    /// The longest time without delivery during the step, in ms.
+    pub stall_ms: f64,
+}
+
+/// How long a step waits for the TCP connections to deliver again after
+/// the streams flow.
+pub const TCP_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What one step of the demo did and measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoStep {
@@ -963,6 +995,8 @@ pub struct DemoStep {
     pub switches_while_static: Option<usize>,
     /// One per family (IPv4, IPv6).
     pub outages: Vec<StepOutage>,
+    /// The TCP connection of each family, opened before the first step.
+    pub tcp: Vec<StepTcp>,
     /// What happened, in words.
     pub text: String,
     pub note: String,
@@ -982,6 +1016,9 @@ pub struct DemoReport {
 struct Demo<'a> {
     lab: &'a Lab,
     d: Uplinkd,
+    /// One TCP connection per family from the server to the sink, opened
+    /// before the first failure and kept through every step.
+    tcp: Vec<(Family, crate::TcpFlow)>,
     cancel: &'a Cancel,
     console: Arc<Console>,
     t0: SystemTime,
@@ -1024,12 +1061,29 @@ impl Demo<'_> {
                 ..StreamSpec::default()
             })?);
         }
+        for (_, t) in &self.tcp {
+            t.reset_stall();
+        }
         self.cancel.sleep(Duration::from_millis(300))?;
         let o = act(self)?;
         for s in &streams {
             wait_flowing(self.cancel, s, Duration::from_secs(8))?;
         }
         self.cancel.sleep(Duration::from_millis(300))?;
+        // The TCP connections deliver again: new bytes after the step.
+        let tcp: Vec<StepTcp> = self
+            .tcp
+            .iter()
+            .map(|(family, t)| {
+                let now = t.delivered();
+                let delivering = t.wait_delivered(now, 4096, TCP_DEADLINE);
+                StepTcp {
+                    family: *family,
+                    delivering,
+                    stall_ms: ms(t.longest_stall()),
+                }
+            })
+            .collect();
         let outages: Vec<StepOutage> = streams
             .into_iter()
             .zip(Family::ALL)
@@ -1057,7 +1111,22 @@ impl Demo<'_> {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        self.console.say(&format!("   {}; {line}", o.text));
+        let tcp_line = tcp
+            .iter()
+            .map(|t| match t.delivering {
+                true => format!(
+                    "{} delivering (longest stall {})",
+                    fam_short(t.family),
+                    human_ms(t.stall_ms)
+                ),
+                false => format!("{} STOPPED", fam_short(t.family)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.console.say(&format!(
+            "   {}; {line}; TCP opened before the first failure: {tcp_line}",
+            o.text
+        ));
         self.results.push(DemoStep {
             title: title.to_string(),
             expect: o.expect,
@@ -1065,6 +1134,7 @@ impl Demo<'_> {
             fail_static: o.fail_static,
             switches_while_static: o.switches_while_static,
             outages,
+            tcp,
             text: o.text,
             note: note.to_string(),
         });
@@ -1166,6 +1236,7 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
         lab: &lab,
         t0: d.spawned_wall,
         d,
+        tcp: Vec::new(),
         cancel,
         console: console.clone(),
         marks: Vec::new(),
@@ -1197,6 +1268,21 @@ pub fn run_demo(opts: &DemoOpts, cancel: &Cancel) -> Result<DemoReport> {
         console.say(&format!(
             "both uplinks healthy, every transit reachable through both; each step below runs a paced UDP stream (IPv4 and IPv6, {DEMO_RATE} datagrams/s each) from the server to the sink; outage = longest run of lost datagrams"
         ));
+        for f in Family::ALL {
+            let t = crate::TcpFlow::start(
+                &lab,
+                &crate::TcpSpec {
+                    family: f,
+                    ..crate::TcpSpec::default()
+                },
+            )?;
+            console.say(&format!(
+                "TCP connection {} -> sink opened ({}: the service address the routes carry as source); it must keep delivering after every step",
+                t.local_addr(),
+                fam_short(f)
+            ));
+            demo.tcp.push((f, t));
+        }
 
         // 1. Carrier loss, and failback.
         demo.measured("primary carrier loss", "", |d| {
@@ -1521,11 +1607,16 @@ fn print_results(results: &[DemoStep]) {
         return;
     }
     println!();
-    println!("Outage per step (longest run of lost datagrams of a 10,000/s stream; network gaps, sender stalls from CPU contention excluded):");
+    println!("Outage per step (longest run of lost datagrams of a 10,000/s stream; network gaps, sender stalls from CPU contention excluded), and the TCP connections opened before the first failure (longest delivery stall, or STOPPED):");
     println!(
-        "  {:<52} {:>9} {:>9}  what uplinkd did",
-        "step", "IPv4", "IPv6"
+        "  {:<52} {:>9} {:>9} {:>11} {:>11}  what uplinkd did",
+        "step", "IPv4", "IPv6", "TCP v4", "TCP v6"
     );
+    let tcp_cell = |r: &DemoStep, f: Family| match r.tcp.iter().find(|t| t.family == f) {
+        Some(t) if t.delivering => human_ms(t.stall_ms),
+        Some(_) => "STOPPED".into(),
+        None => "-".into(),
+    };
     let cell = |o: Option<&StepOutage>| match o {
         Some(o) if (o.raw_ms - o.outage_ms).abs() > 0.05 => {
             format!("{}*", human_ms(o.outage_ms))
@@ -1538,10 +1629,12 @@ fn print_results(results: &[DemoStep]) {
     }
     for r in results {
         println!(
-            "  {:<52} {:>9} {:>9}  {}{}",
+            "  {:<52} {:>9} {:>9} {:>11} {:>11}  {}{}",
             r.title,
             cell(of(r, Family::V4)),
             cell(of(r, Family::V6)),
+            tcp_cell(r, Family::V4),
+            tcp_cell(r, Family::V6),
             r.text,
             if r.note.is_empty() {
                 String::new()

@@ -16,10 +16,25 @@
 //! | srv eth1–rb   | 198.18.2.0/24     | 2001:db8:2::/64   |
 //! | ra–inet       | 198.18.11.0/24 (.1 inet, .2 router) | 2001:db8:11::/64 |
 //! | rb–inet       | 198.18.12.0/24    | 2001:db8:12::/64  |
+//! | ra–rb (x0)    | 198.18.13.0/24 (.1 ra, .2 rb) | 2001:db8:13::/64 (::1, ::2) |
+//! | srv lo        | 198.18.0.1/32 (service address) | 2001:db8:0:1::1/128 |
 //! | inet–t*i*     | 198.18.10*i*.0/24 (.1 inet, .2 transit) | 2001:db8:10*i*::/64 |
 //!
 //! Each transit is its own namespace, so each can be broken alone. The server
 //! gets no default route (uplinkd installs it) unless [`LabSpec`] asks.
+//!
+//! The way back: the server's service address (on its loopback; the lab
+//! config sets it as `agent.source4`/`source6`) is routed to the server by
+//! both routers, each through its own link to the server (metric
+//! [`SERVICE_METRIC_NEAR`]) and, when that is gone, through the other router
+//! over the link between them (`x0`, metric [`SERVICE_METRIC_FAR`]); inet
+//! prefers the primary's router while its link to it is up. Inet, and the
+//! routers on their links to the server and to each other (not upstream: a
+//! dead upstream stays a silent blackhole), run with
+//! `ignore_routes_with_linkdown=1`, so a route through such a link without
+//! carrier is ignored; a dead gateway withdraws its router's near
+//! route (as BFD would). This is what static routes tracked by BFD, or a
+//! BGP session from the host, give a production server.
 //!
 //! Safety: the lab never touches the root namespace. Every link is created
 //! with `ip -n <ns>`, every sysctl is written inside a lab namespace, and
@@ -42,11 +57,13 @@ pub mod bench;
 pub mod bond;
 mod cmd;
 pub mod demo;
+pub mod echo;
 pub mod netns;
 mod noise;
 pub mod ping;
 pub mod signals;
 mod stream;
+pub mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -56,10 +73,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use echo::{EchoReport, EchoSpec, EchoStream};
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
 pub use stream::{Stall, StreamReport, StreamSpec, UdpStream};
+pub use tcp::{TcpFlow, TcpSpec};
 pub use uplinkd_core::config::Family;
 
 /// Temp dirs of labs are `<tmp>/uplink-lab-<prefix without trailing '-'>`.
@@ -73,6 +92,29 @@ pub const ROUTER_UPLINK: &str = "up0";
 pub const TRANSITS: usize = 4;
 /// Their names in the generated config, in order.
 pub const TRANSIT_NAMES: [&str; TRANSITS] = ["transit-a", "transit-b", "transit-c", "transit-d"];
+/// The routers' interface toward each other (in both `ra` and `rb`): how a
+/// router hands the service address to the other when its own link to the
+/// server is gone.
+pub const ROUTER_CROSSLINK: &str = "x0";
+/// The server's service address, on its loopback, routed to it by both
+/// routers: the source of `agent.source4`/`source6` in the lab config.
+pub const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const SERVICE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
+/// Metric of a router's route to the service address through its own link
+/// to the server, and of inet's route to it through the primary's router.
+pub const SERVICE_METRIC_NEAR: u32 = 10;
+/// Metric of the routes through the other router: used only while the
+/// near one is gone (withdrawn, or ignored with its link down).
+pub const SERVICE_METRIC_FAR: u32 = 20;
+
+/// The service address of `family`.
+pub fn service(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(SERVICE_V4),
+        Family::V6 => IpAddr::V6(SERVICE_V6),
+    }
+}
+
 /// The traffic sink, on `inet`'s loopback.
 pub const SINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 pub const SINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfe, 0, 0, 0, 0, 1);
@@ -162,6 +204,21 @@ impl Uplink {
             Uplink::Secondary => "rb",
         }
     }
+    /// The router's address on the link between the routers.
+    pub fn crosslink_addr(self, family: Family) -> IpAddr {
+        let k = self.index() as u8 + 1;
+        match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 13, k)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x13, 0, 0, 0, 0, k as u16)),
+        }
+    }
+    /// The other uplink.
+    pub fn other(self) -> Uplink {
+        match self {
+            Uplink::Primary => Uplink::Secondary,
+            Uplink::Secondary => Uplink::Primary,
+        }
+    }
     /// Router address on its upstream link (inet side is .1 / ::1).
     fn upstream(self, family: Family, host: u8) -> String {
         let k = self.index() + 11;
@@ -222,6 +279,10 @@ pub struct LabSpec {
     /// Ping every target and the sink from both routers, and both gateways
     /// from the server, before returning.
     pub check_reachability: bool,
+    /// The generated config sets `agent.source4`/`source6` to the service
+    /// address (the address and its routes are there either way). Off only
+    /// for a daemon that predates those keys.
+    pub service_source: bool,
 }
 
 impl Default for LabSpec {
@@ -232,6 +293,7 @@ impl Default for LabSpec {
             server_rp_filter: Some(1),
             settle_timeout: Duration::from_secs(10),
             check_reachability: true,
+            service_source: true,
         }
     }
 }
@@ -334,6 +396,8 @@ pub struct RouteInfo {
     pub flags: Vec<String>,
     pub protocol: Option<String>,
     pub nhid: Option<u32>,
+    /// The preferred source (`src`), if the route has one.
+    pub prefsrc: Option<IpAddr>,
 }
 
 /// A process started in a lab namespace: killed (SIGKILL) and reaped on
@@ -446,6 +510,7 @@ const NFT_RANDOM_LOSS: &str = "ul_random_loss";
 const NFT_IPV6_BROKEN: &str = "ul_ipv6_broken";
 const NFT_TRANSIT_DEAD: &str = "ul_transit_dead";
 const NFT_FORWARDING_DEAD: &str = "ul_forwarding_dead";
+const NFT_TCP_LOSS: &str = "ul_tcp_loss";
 
 fn family_flag(f: Family) -> &'static str {
     match f {
@@ -499,6 +564,10 @@ fn parse_route(v: &serde_json::Value) -> RouteInfo {
         flags: v.get("flags").map(json_str_list).unwrap_or_default(),
         protocol: v.get("protocol").and_then(|x| x.as_str()).map(String::from),
         nhid: v.get("nhid").and_then(|x| x.as_u64()).map(|x| x as u32),
+        prefsrc: v
+            .get("prefsrc")
+            .and_then(|x| x.as_str())
+            .and_then(|s| s.parse().ok()),
     }
 }
 
@@ -587,6 +656,24 @@ impl Lab {
                     if matches!(node, Node::Router(_) | Node::Inet) {
                         kv.push("net.ipv4.ip_forward=1".into());
                         kv.push("net.ipv6.conf.all.forwarding=1".into());
+                        // A route through a link without carrier is
+                        // ignored: the service address then goes the
+                        // other way (the far route), as a routing
+                        // protocol would withdraw it. On a router only
+                        // for the links created from here on, and its
+                        // uplink is set back to 0 once it exists: a dead
+                        // upstream stays a silent blackhole (the router
+                        // keeps its default route), not a withdrawal
+                        // answered with unreachables.
+                        let confs: &[&str] = match node {
+                            Node::Inet => &["all", "default"],
+                            _ => &["default"],
+                        };
+                        for v in ["ipv4", "ipv6"] {
+                            for c in confs {
+                                kv.push(format!("net.{v}.conf.{c}.ignore_routes_with_linkdown=1"));
+                            }
+                        }
                     }
                 }
             }
@@ -610,6 +697,13 @@ impl Lab {
                 })
                 .collect::<Vec<_>>(),
         )?;
+        cmd::ip_batch(
+            &self.ns(Node::Router(Uplink::Primary)),
+            &[format!(
+                "link add {ROUTER_CROSSLINK} type veth peer name {ROUTER_CROSSLINK} netns {}",
+                self.ns(Node::Router(Uplink::Secondary))
+            )],
+        )?;
         let mut inet_links: Vec<String> = Uplink::ALL
             .iter()
             .map(|u| {
@@ -628,6 +722,13 @@ impl Lab {
             )
         }));
         cmd::ip_batch(&inet, &inet_links)?;
+        for u in Uplink::ALL {
+            self.sysctls(
+                &self.ns(Node::Router(u)),
+                &["ipv4", "ipv6"]
+                    .map(|v| format!("net.{v}.conf.{ROUTER_UPLINK}.ignore_routes_with_linkdown=0")),
+            )?;
+        }
 
         for node in Node::all() {
             cmd::ip_batch(&self.ns(node), &self.address_lines(node))?;
@@ -660,12 +761,19 @@ impl Lab {
                         format!("{}/64", u.server_addr(Family::V6)),
                     );
                 }
+                l.push(format!("addr add {SERVICE_V4}/32 dev lo"));
+                l.push(format!("addr add {SERVICE_V6}/128 dev lo nodad"));
             }
             Node::Router(u) => {
                 addr(
                     ROUTER_DOWNLINK,
                     format!("{}/24", u.gateway(Family::V4)),
                     format!("{}/64", u.gateway(Family::V6)),
+                );
+                addr(
+                    ROUTER_CROSSLINK,
+                    format!("{}/24", u.crosslink_addr(Family::V4)),
+                    format!("{}/64", u.crosslink_addr(Family::V6)),
                 );
                 addr(
                     ROUTER_UPLINK,
@@ -736,9 +844,30 @@ impl Lab {
                         "route replace default via {} dev {ROUTER_UPLINK}",
                         u.upstream(f, 1)
                     ));
+                    l.extend(self.service_near_lines(u, f, "replace"));
+                    l.push(format!(
+                        "route replace {} via {} dev {ROUTER_CROSSLINK} metric {SERVICE_METRIC_FAR}",
+                        service(f),
+                        u.other().crosslink_addr(f)
+                    ));
                 }
             }
             Node::Inet => {
+                // The service address: through the primary's router while
+                // its link to inet is up, else through the secondary's.
+                for (u, metric) in [
+                    (Uplink::Primary, SERVICE_METRIC_NEAR),
+                    (Uplink::Secondary, SERVICE_METRIC_FAR),
+                ] {
+                    for f in Family::ALL {
+                        l.push(format!(
+                            "route replace {} via {} dev {} metric {metric}",
+                            service(f),
+                            u.upstream(f, 2),
+                            u.role()
+                        ));
+                    }
+                }
                 for u in Uplink::ALL {
                     for f in Family::ALL {
                         l.push(format!(
@@ -774,6 +903,16 @@ impl Lab {
             }
         }
         l
+    }
+
+    /// A router's route to the service address through its own link to the
+    /// server (`verb`: "replace" or "del").
+    fn service_near_lines(&self, u: Uplink, f: Family, verb: &str) -> Vec<String> {
+        vec![format!(
+            "route {verb} {} via {} dev {ROUTER_DOWNLINK} metric {SERVICE_METRIC_NEAR}",
+            service(f),
+            u.server_addr(f)
+        )]
     }
 
     fn verify_same_ifindex(&self) -> Result<()> {
@@ -1246,21 +1385,57 @@ impl Lab {
     }
 
     /// Undoes [`Lab::carrier_down`].
+    ///
+    /// The router announces the service address through the link again only
+    /// once the link transmits, as a BFD session would come up: until the
+    /// kernel's linkwatch has run for the device (up to ~1 s on a busy
+    /// host) a veth whose carrier is already on still drops what it is
+    /// given (its qdisc is not active yet). Bounded by 3 s; after that the
+    /// route is added anyway.
     pub fn carrier_up(&self, uplink: Uplink) -> Result<()> {
         let node = Node::Router(uplink);
+        let near: Vec<String> = Family::ALL
+            .iter()
+            .flat_map(|f| self.service_near_lines(uplink, *f, "replace"))
+            .collect();
         let mut l = vec![format!("link set {ROUTER_DOWNLINK} up")];
-        l.extend(self.route_lines(node));
-        cmd::ip_batch(&self.ns(node), &l)
+        l.extend(
+            self.route_lines(node)
+                .into_iter()
+                .filter(|r| !near.contains(r)),
+        );
+        cmd::ip_batch(&self.ns(node), &l)?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let link = self.link(&self.ns(node), ROUTER_DOWNLINK)?;
+            if link.carrier() && link.operstate == "UP" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cmd::ip_batch(&self.ns(node), &near)
     }
 
     /// The router stops answering and forwarding everything from the server
     /// (ARP/ND included) while the carrier stays up: nft netdev ingress drop
     /// on its downlink.
+    ///
+    /// The router also withdraws its route to the server's service address
+    /// through that link (the other router's takes over), as BFD tracking
+    /// the router's path to the server would: a router that receives
+    /// nothing from the server cannot keep its neighbour entry for it.
     pub fn gateway_dead(&self, uplink: Uplink) -> Result<()> {
         cmd::nft(
             &self.router_ns(uplink),
             &nft_replace_ingress(NFT_GATEWAY_DEAD, ROUTER_DOWNLINK, "drop", &[]),
-        )
+        )?;
+        let l: Vec<String> = Family::ALL
+            .iter()
+            .flat_map(|f| self.service_near_lines(uplink, *f, "del"))
+            .collect();
+        // A route already gone (withdrawn before) is no error.
+        cmd::ip_each_ignoring_errors(&self.router_ns(uplink), &l);
+        Ok(())
     }
 
     /// The router stops forwarding while its CPU still answers what is
@@ -1287,9 +1462,13 @@ impl Lab {
         )
     }
 
-    /// Undoes [`Lab::gateway_dead`].
+    /// Undoes [`Lab::gateway_dead`] (and announces the service route again).
     pub fn gateway_alive(&self, uplink: Uplink) -> Result<()> {
-        cmd::nft(&self.router_ns(uplink), &nft_remove(NFT_GATEWAY_DEAD))
+        cmd::nft(&self.router_ns(uplink), &nft_remove(NFT_GATEWAY_DEAD))?;
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &self.route_lines(Node::Router(uplink)),
+        )
     }
 
     /// The router's link to `inet` goes down (inet's end is set admin-down,
@@ -1308,6 +1487,102 @@ impl Lab {
         let mut l = vec![format!("link set {} up", uplink.role())];
         l.extend(self.route_lines(Node::Inet));
         cmd::ip_batch(&self.inet_ns(), &l)
+    }
+
+    /// The router loses its route upstream and says so: its default routes
+    /// become `unreachable`, so every packet from the server towards the
+    /// internet is answered with an ICMP (v6) destination unreachable from
+    /// the router; the gateway itself (and the hairpin) still answers.
+    pub fn upstream_withdrawn(&self, uplink: Uplink) -> Result<()> {
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &[
+                "route replace unreachable 0.0.0.0/0".to_string(),
+                "route replace unreachable ::/0".to_string(),
+            ],
+        )
+    }
+
+    /// Undoes [`Lab::upstream_withdrawn`].
+    pub fn upstream_restored(&self, uplink: Uplink) -> Result<()> {
+        cmd::ip_batch(
+            &self.router_ns(uplink),
+            &self.route_lines(Node::Router(uplink)),
+        )
+    }
+
+    /// Drops one in `one_in` of the TCP segments (both ways, v4 and v6)
+    /// crossing `uplink`'s router at random (`numgen random mod one_in ==
+    /// 0`): the ordinary loss of a busy server on a healthy path; probes and
+    /// everything else pass. Calling it again replaces the rate.
+    pub fn tcp_loss(&self, uplink: Uplink, one_in: u32) -> Result<()> {
+        if one_in < 2 {
+            return Err(LabError::Invalid(format!(
+                "tcp_loss: one in {one_in} is not random loss"
+            )));
+        }
+        let rule = format!("meta l4proto tcp numgen random mod {one_in} == 0 drop");
+        let ns = self.router_ns(uplink);
+        let mut text = String::new();
+        for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
+            let t = format!("{NFT_TCP_LOSS}_{dev}");
+            text.push_str(&nft_replace_ingress(&t, dev, "accept", &[&rule]));
+        }
+        cmd::nft(&ns, &text)
+    }
+
+    /// Undoes [`Lab::tcp_loss`].
+    pub fn clear_tcp_loss(&self, uplink: Uplink) -> Result<()> {
+        let mut text = String::new();
+        for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
+            text.push_str(&nft_remove(&format!("{NFT_TCP_LOSS}_{dev}")));
+        }
+        cmd::nft(&self.router_ns(uplink), &text)
+    }
+
+    /// A paced TCP flow from the server to the sink (4 segments every 2 ms,
+    /// ~23 Mbit/s) until the guard is dropped: the server's own traffic,
+    /// whose progress passive suspicion watches.
+    pub fn tcp_flow(&self, family: Family) -> Result<TcpFlow> {
+        TcpFlow::start(
+            self,
+            &TcpSpec {
+                family,
+                chunk: 4 * 1448,
+                interval: Duration::from_millis(2),
+                // Bounded even if the guard is leaked.
+                max_duration: Duration::from_secs(3600),
+                ..TcpSpec::default()
+            },
+        )
+    }
+
+    /// ICMP/ICMPv6 echo requests arriving at transit `i`'s namespace (from
+    /// every uplink, both families) during `d`: what one server costs a
+    /// transit target.
+    pub fn count_transit_probes(&self, i: usize, d: Duration) -> Result<u64> {
+        let ns = self.transit_ns(i);
+        let table = "ul_probe_count";
+        cmd::nft(
+            &ns,
+            &nft_replace_ingress(
+                table,
+                ROUTER_UPLINK,
+                "accept",
+                &[
+                    "icmp type echo-request counter",
+                    "icmpv6 type echo-request counter",
+                ],
+            ),
+        )?;
+        std::thread::sleep(d);
+        let out = self.exec(&ns, &["nft", "list", "table", "netdev", table]);
+        cmd::nft(&ns, &nft_remove(table))?;
+        Ok(out?
+            .split("packets ")
+            .skip(1)
+            .filter_map(|x| x.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
     }
 
     /// Transit `i` (0-based) becomes unreachable through every uplink: it
@@ -1435,6 +1710,10 @@ impl Lab {
             "socket".into(),
             Value::String(self.socket_path().display().to_string()),
         );
+        if self.spec.service_source {
+            agent.insert("source4".into(), Value::String(SERVICE_V4.to_string()));
+            agent.insert("source6".into(), Value::String(SERVICE_V6.to_string()));
+        }
         base.insert("agent".into(), Value::Table(agent));
         let uplinks = Uplink::ALL
             .iter()
@@ -1471,10 +1750,11 @@ impl Lab {
             })
             .collect();
         base.insert("transit".into(), Value::Array(transits));
-        let over: Table = overrides.parse().map_err(|e| LabError::Parse {
+        let mut over: Table = overrides.parse().map_err(|e| LabError::Parse {
             what: "config overrides".into(),
             detail: format!("{e}"),
         })?;
+        apply_lab_keys(&mut base, &mut over)?;
         merge_toml(&mut base, over);
         toml::to_string(&base).map_err(|e| LabError::Parse {
             what: "generated config".into(),
@@ -1543,6 +1823,43 @@ impl Drop for Lab {
     }
 }
 
+/// Takes the lab's own table `[lab]` out of `over` and applies it to `base`
+/// (it is never written to the daemon's config). Its one key:
+/// `service_source = false` leaves out agent.source4/6, so that a binary
+/// from before the service address (which refuses those keys) runs in the
+/// same lab, e.g. as a bench variant (bench/no-service-source.toml).
+fn apply_lab_keys(base: &mut toml::Table, over: &mut toml::Table) -> Result<()> {
+    use toml::Value;
+    let Some(lab) = over.remove("lab") else {
+        return Ok(());
+    };
+    let bad = |detail: String| LabError::Parse {
+        what: "config overrides".into(),
+        detail,
+    };
+    let Value::Table(lab) = lab else {
+        return Err(bad("lab: expected a table [lab]".into()));
+    };
+    for (key, value) in lab {
+        match (key.as_str(), value) {
+            ("service_source", Value::Boolean(keep)) => {
+                if !keep {
+                    if let Some(Value::Table(agent)) = base.get_mut("agent") {
+                        agent.remove("source4");
+                        agent.remove("source6");
+                    }
+                }
+            }
+            (k, v) => {
+                return Err(bad(format!(
+                    "[lab] {k} = {v}: the only lab key is service_source (a boolean)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1560,6 +1877,26 @@ mod tests {
         assert_eq!(base["agent"]["route_metric"].as_integer(), Some(20));
         assert_eq!(base["policy"]["failback_after"].as_str(), Some("5s"));
         assert_eq!(base["uplink"].as_array().map(|a| a.len()), Some(1));
+    }
+
+    #[test]
+    fn lab_keys_are_the_labs_own() {
+        let base = || -> toml::Table {
+            "[agent]\nsocket = \"a\"\nsource4 = \"198.18.0.1\"\nsource6 = \"2001:db8:0:1::1\"\n"
+                .parse()
+                .unwrap()
+        };
+        let mut b = base();
+        let mut over: toml::Table = "[lab]\nservice_source = false\n".parse().unwrap();
+        apply_lab_keys(&mut b, &mut over).unwrap();
+        assert!(over.is_empty(), "[lab] is never passed to the daemon");
+        assert_eq!(b["agent"].as_table().unwrap().len(), 1, "{b:?}");
+        let mut b = base();
+        let mut over: toml::Table = "[lab]\nservice_source = true\n".parse().unwrap();
+        apply_lab_keys(&mut b, &mut over).unwrap();
+        assert_eq!(b, base());
+        let mut over: toml::Table = "[lab]\nsource = false\n".parse().unwrap();
+        assert!(apply_lab_keys(&mut base(), &mut over).is_err());
     }
 
     #[test]

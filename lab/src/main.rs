@@ -68,7 +68,7 @@ enum Cmd {
         markdown: Option<std::path::PathBuf>,
         /// Run only these sections (comma-separated): first-decision, idle,
         /// idle-breakdown, carrier-quiet, carrier-busy, gateway, forwarding, upstream,
-        /// failback, drain, false-switches, kernel, frr.
+        /// failback, drain, false-switches, round-trip, suspicion, kernel, frr.
         #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
         only: Vec<String>,
         /// Install Debian's frr package with apt-get for the FRR comparator
@@ -84,7 +84,9 @@ enum Cmd {
         /// LABEL=BINARY, or LABEL=BINARY+OVERRIDES.toml to run it with extra
         /// config (or LABEL=+OVERRIDES.toml for the main binary with another
         /// config). Repeatable. Sections run variant after variant, each
-        /// failure kind for every variant before the next kind.
+        /// failure kind for every variant before the next kind. A binary
+        /// from before agent.source4/source6 needs
+        /// +bench/no-service-source.toml.
         #[arg(long, value_name = "LABEL=BINARY[+TOML]")]
         variant: Vec<String>,
     },

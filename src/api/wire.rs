@@ -276,6 +276,7 @@ mod tests {
             bonds: Vec::new(),
             competing_route: PerFamily::default(),
             fighting: PerFamily::default(),
+            source: PerFamily::default(),
             mode: "enforce".into(),
             observe: None,
         };

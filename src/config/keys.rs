@@ -44,6 +44,8 @@ fn shape_of<S>(kind: &Kind<S>) -> Shape {
         | Kind::Interface { .. }
         | Kind::Ipv4 { .. }
         | Kind::Ipv6 { .. }
+        | Kind::OptIpv4 { .. }
+        | Kind::OptIpv6 { .. }
         | Kind::Mode { .. }
         | Kind::GatewayProbe { .. } => Shape::Str,
         Kind::Count { .. } | Kind::Quorum { .. } => Shape::Int,

@@ -331,15 +331,43 @@ fn protocol_name(p: u8) -> String {
 
 /// The service addresses `agent.source4` / `agent.source6` must be present
 /// on the host (an address of some interface in `host.addresses`), each
-/// problem placed at its key like the gateways'. Those keys do not exist
-/// yet: when they are added to `AgentConfig`, check them here. Nothing is
-/// checked until then.
-fn service_addresses(
-    _config: &Config,
-    _origins: &Origins,
-    _host: &Host,
-    _out: &mut Vec<ConfigError>,
-) {
+/// problem placed at its key like the gateways'.
+fn service_addresses(config: &Config, origins: &Origins, host: &Host, out: &mut Vec<ConfigError>) {
+    for f in Family::ALL {
+        let Some(a) = config.agent.source(f) else {
+            continue;
+        };
+        if !host.addresses.iter().any(|x| x.address == a) {
+            let key = match f {
+                Family::V4 => "agent.source4",
+                Family::V6 => "agent.source6",
+            };
+            out.push(origins.error(key, missing_source_text(f, a)));
+        }
+    }
+}
+
+/// Why a service address that is not on the host cannot be a source.
+pub fn missing_source_text(family: Family, address: IpAddr) -> String {
+    let (key, len) = match family {
+        Family::V4 => ("source4", 32),
+        Family::V6 => ("source6", 128),
+    };
+    format!(
+        "service address {address} is not an address of this host; the kernel refuses a route source that is not local. Add it first (e.g. `ip address add {address}/{len} dev lo`, made permanent in the network configuration) or fix agent.{key}"
+    )
+}
+
+/// The service addresses of `config` that `host` lacks, each as
+/// [`missing_source_text`] says it (the daemon refuses to start with any).
+pub fn missing_sources(config: &Config, host: &Host) -> Vec<String> {
+    Family::ALL
+        .iter()
+        .filter_map(|f| {
+            let a = config.agent.source(*f)?;
+            (!host.addresses.iter().any(|x| x.address == a)).then(|| missing_source_text(*f, a))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -408,6 +436,23 @@ mod tests {
                 "u.toml:4:12: uplink[0].gateway4: uplink \"r\": gateway4 198.18.3.1 is not on-link through eth2: no ipv4 address of eth2 has a prefix containing it (eth2 has no ipv4 address) and no route through eth2 covers it; fix the gateway, give eth2 an address in the gateway's subnet, or add an on-link route (`ip route add 198.18.3.1/32 dev eth2`)",
             ]
         );
+    }
+
+    #[test]
+    fn a_service_address_must_be_on_the_host() {
+        let text = "[agent]\nsource4 = \"198.18.3.2\"\nsource6 = \"2001:db8:0:1::1\"\n[[uplink]]\nname = \"a\"\ninterface = \"eth2\"\nbond = \"bond0\"\ngateway4 = \"198.18.3.1\"\n[[transit]]\nname = \"t\"\ntargets = [\"198.19.0.1\"]\n";
+        let (config, origins) = super::super::parse_files(&[("u.toml", text)]).unwrap();
+        let found: Vec<String> = check(&config, &origins, &bonded_host())
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        // 198.18.3.2 is the bond's address; 2001:db8:0:1::1 is nowhere.
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("u.toml:3:11: agent.source6: service address 2001:db8:0:1::1 is not an address of this host"),
+            "{found:?}"
+        );
+        assert_eq!(missing_sources(&config, &bonded_host()).len(), 1);
     }
 
     #[test]

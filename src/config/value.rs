@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
-use uplinkd_core::config::{AgentMode, GatewayProbe, Key, Kind};
+use uplinkd_core::config::{AgentMode, Family, GatewayProbe, Key, Kind};
 
 use super::keys::join;
 use super::report::{quote, shorten, Report};
@@ -156,6 +156,8 @@ fn read_value<S>(
         Kind::Interface { set } => set(out, checked(r, key, v, ifname_problem)?),
         Kind::Ipv4 { set } => set(out, address(r, key, v, "an IPv4 address")?),
         Kind::Ipv6 { set } => set(out, address(r, key, v, "an IPv6 address")?),
+        Kind::OptIpv4 { set } => set(out, Some(one_family(r, key, v, Family::V4)?)),
+        Kind::OptIpv6 { set } => set(out, Some(one_family(r, key, v, Family::V6)?)),
         Kind::Mode { set } => match AgentMode::from_name(text(v)?) {
             Some(m) => set(out, m),
             None => {
@@ -494,6 +496,48 @@ fn unicast_problem(addr: IpAddr) -> Option<&'static str> {
             "is an IPv4-mapped IPv6 address (write the IPv4 address, as gateway4 or an IPv4 target)",
         ),
         _ => None,
+    }
+}
+
+/// A unicast address of `family` for a key that has a twin of the other
+/// family (`source4` / `source6`): an address of the other family is
+/// refused with a message naming the key it belongs in.
+fn one_family<T: std::str::FromStr + Into<IpAddr> + Copy>(
+    r: &mut Report<'_>,
+    key: &str,
+    v: &Spanned<DeValue<'_>>,
+    family: Family,
+) -> Option<T> {
+    let raw = text(v)?;
+    if let Ok(other) = raw.trim().parse::<IpAddr>() {
+        if Family::of(&other) != family {
+            let twin = match key.strip_suffix(['4', '6']) {
+                Some(stem) => format!("{stem}{}", if family == Family::V4 { 6 } else { 4 }),
+                None => "the other family's key".into(),
+            };
+            r.add(
+                key,
+                Some(v.span()),
+                format!(
+                    "{other} is an {} address; {key} takes an {} address (put this one in {twin})",
+                    pretty(Family::of(&other)),
+                    pretty(family)
+                ),
+            );
+            return None;
+        }
+    }
+    let what = match family {
+        Family::V4 => "an IPv4 address",
+        Family::V6 => "an IPv6 address",
+    };
+    address(r, key, v, what)
+}
+
+fn pretty(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
     }
 }
 

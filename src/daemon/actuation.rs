@@ -4,6 +4,7 @@
 //! `retry`), so a later change never queues behind a retry.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -54,6 +55,62 @@ pub(super) enum Work {
     Barrier,
     /// Delete another owner's default route (`agent.remove_competing_routes`).
     DeleteRoute(RouteInfo),
+    /// The service address of `family` came or went (see [`Sources`]):
+    /// replace the managed default route and the kernel fallback routes
+    /// with the same ones carrying the source, or none while it is missing.
+    Resource {
+        family: Family,
+    },
+}
+
+/// Per family (`Family::index`): whether the configured service address
+/// (`agent.source4`/`source6`) is a usable local address, as the loop last
+/// saw it; shared with the actuation task, which gives the routes of the
+/// main table that source only while it is (the kernel refuses a
+/// preferred source that is not local, and an IPv4 route whose source
+/// leaves is deleted with it).
+pub(super) type Sources = Arc<[std::sync::atomic::AtomicBool; 2]>;
+
+/// The preferred source of `family`'s main-table default routes now.
+fn source_of(cfg: &Config, sources: &Sources, family: Family) -> Option<IpAddr> {
+    cfg.agent
+        .source(family)
+        .filter(|_| sources[family.index()].load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Replace a main-table default route with `source` as its preferred
+/// source; if the kernel refuses that source (it left the host before the
+/// loop heard of it), install the route without one: a route without a
+/// source beats no route. The loop puts the source back when the address
+/// returns.
+#[allow(clippy::too_many_arguments)]
+async fn replace_main(
+    act: &Actuator,
+    family: Family,
+    gw: IpAddr,
+    idx: u32,
+    metric: u32,
+    source: Option<IpAddr>,
+) -> Result<(), NetlinkError> {
+    let r = act
+        .replace_default_route_from(
+            family,
+            gw,
+            idx,
+            metric,
+            RT_TABLE_MAIN,
+            RTPROT_UPLINKD,
+            source,
+        )
+        .await;
+    match (r, source) {
+        (Err(e), Some(_)) => {
+            warn!(error = %e, "source refused; installing the route without it");
+            act.replace_default_route(family, gw, idx, metric, RT_TABLE_MAIN, RTPROT_UPLINKD)
+                .await
+        }
+        (r, _) => r,
+    }
 }
 
 /// The configuration the actuation task works with, and each uplink's slot:
@@ -122,10 +179,11 @@ pub(super) enum Done {
         via: RouteVia,
         gen: u64,
     },
-    /// The route change or read with `ticket` failed.
+    /// The route change (`refused`) or read with `ticket` failed.
     SetFailed {
         family: Family,
         ticket: u64,
+        refused: bool,
     },
     Barrier,
 }
@@ -171,6 +229,7 @@ pub(super) async fn actuate_loop(
     mut layout: Layout,
     act: Actuator,
     ifindexes: Ifindexes,
+    sources: Sources,
     mut rx: mpsc::UnboundedReceiver<Work>,
     done: mpsc::UnboundedSender<Done>,
 ) {
@@ -191,15 +250,8 @@ pub(super) async fn actuate_loop(
                 let t0 = std::time::Instant::now();
                 let res = match idx {
                     Some(idx) => {
-                        act.replace_default_route(
-                            family,
-                            gw,
-                            idx,
-                            metric,
-                            RT_TABLE_MAIN,
-                            RTPROT_UPLINKD,
-                        )
-                        .await
+                        let src = source_of(&cfg, &sources, family);
+                        replace_main(&act, family, gw, idx, metric, src).await
                     }
                     None => Err(NetlinkError::Invalid {
                         op: format!(
@@ -217,7 +269,11 @@ pub(super) async fn actuate_loop(
                     ),
                     Err(e) => {
                         error!(error = %e, "route change failed; will check again");
-                        let _ = done.send(Done::SetFailed { family, ticket });
+                        let _ = done.send(Done::SetFailed {
+                            family,
+                            ticket,
+                            refused: true,
+                        });
                     }
                 }
             }
@@ -259,11 +315,38 @@ pub(super) async fn actuate_loop(
                     }
                     Err(e) => {
                         warn!(error = %e, "route dump failed; will read it again");
-                        let _ = done.send(Done::SetFailed { family, ticket });
+                        let _ = done.send(Done::SetFailed {
+                            family,
+                            ticket,
+                            refused: false,
+                        });
                     }
                 }
             }
-            Work::Ensure => ensure(&layout, &act, &ifindexes).await,
+            Work::Ensure => ensure(&layout, &act, &ifindexes, &sources).await,
+            Work::Resource { family } => {
+                if cfg.agent.mode == AgentMode::Observe {
+                    continue;
+                }
+                let src = source_of(&cfg, &sources, family);
+                match act.default_routes(family, RT_TABLE_MAIN).await {
+                    Ok(routes) => {
+                        // The managed route as it is (any uplink: the loop's
+                        // own changes are queued in order before this).
+                        let ours = routes.iter().find(|r| {
+                            r.metric == metric && r.protocol == RTPROT_UPLINKD && r.dst_len == 0
+                        });
+                        if let Some((gw, idx)) = ours.and_then(|r| Some((r.gateway?, r.oif?))) {
+                            match replace_main(&act, family, gw, idx, metric, src).await {
+                                Ok(()) => info!(%family, source = ?src, "default route source set"),
+                                Err(e) => warn!(error = %e, "default route source not set"),
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "route dump failed; source not set"),
+                }
+                ensure(&layout, &act, &ifindexes, &sources).await;
+            }
             Work::Reconfigure(new, stale) => {
                 layout = *new;
                 remove_stale(&layout, &act, &stale).await;
@@ -295,7 +378,7 @@ async fn ifindex(act: &Actuator, map: &Ifindexes, name: &str) -> Option<u32> {
 }
 
 /// Install what the agent needs besides the active route; idempotent.
-async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
+async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes, sources: &Sources) {
     let cfg = &layout.cfg;
     let a = &cfg.agent;
     // Observe mode installs only the probe tables and rules: they route
@@ -324,6 +407,9 @@ async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
         };
         for f in Family::ALL {
             let Some(gw) = u.gateway(f) else { continue };
+            // The probe tables keep the uplink's own address as source (no
+            // src): a probe must leave from the address of the uplink it
+            // tests, so that its reply comes back through that uplink.
             let mut results: Vec<(String, Result<(), NetlinkError>)> = vec![
                 (
                     "probe table route".into(),
@@ -344,17 +430,10 @@ async fn ensure(layout: &Layout, act: &Actuator, ifindexes: &Ifindexes) {
                 ),
             ];
             if a.kernel_fallback && !observe {
+                let src = source_of(cfg, sources, f);
                 results.push((
                     "kernel fallback route".into(),
-                    act.replace_default_route(
-                        f,
-                        gw,
-                        idx,
-                        a.route_metric + 1 + i as u32,
-                        RT_TABLE_MAIN,
-                        RTPROT_UPLINKD,
-                    )
-                    .await,
+                    replace_main(act, f, gw, idx, a.route_metric + 1 + i as u32, src).await,
                 ));
             }
             for (what, r) in results {

@@ -71,6 +71,13 @@ impl Clock {
         t
     }
 
+    /// The core's time of a reading taken at `at`, as it is (not snapped,
+    /// not held monotonic with other inputs): the counter readings carry
+    /// their own instants, which the suspicion rules measure windows by.
+    pub fn reading(&self, at: Mono) -> Now {
+        at.0.saturating_sub(self.zero.0)
+    }
+
     /// A new grid (a reload changed the carrier interval).
     pub fn set_grid(&mut self, grid: Duration) {
         self.grid = grid;

@@ -39,6 +39,10 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    /// A configured service address (`agent.source4`/`source6`) is not on
+    /// the host.
+    #[error("{0}")]
+    Source(String),
     #[error("metrics listener {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -86,6 +90,8 @@ pub async fn run(
             Some(s) = inputs.carrier.recv() => daemon.on_carrier(s, &mut inputs.carrier),
             _ = inputs.timer.wait(plan.wake) => daemon.on_timer(Mono::now()),
             _ = inputs.watch.missing(), if plan.watching => daemon.on_timer(Mono::now()),
+            _ = inputs.counters.woken() => daemon.on_counters(Mono::now()),
+            Some(u) = inputs.unreach.recv() => daemon.on_unreachable(u),
             Some(b) = inputs.bond.recv() => daemon.on_bond(b, Mono::now()),
             Some(ev) = inputs.net.recv() => daemon.on_net(ev, Mono::now()),
             Some(d) = inputs.done.recv() => daemon.on_done(d, Mono::now()),

@@ -15,6 +15,7 @@ use crate::config::{Config, Family};
 use crate::core::ProbeKind;
 use crate::core::{CarrierSource, Core, Event};
 use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
+use crate::netlink::counters::{CounterSample, CounterTap};
 use crate::netlink::NetlinkError;
 use crate::probe::{EchoProber, Prober};
 
@@ -51,6 +52,7 @@ impl CarrierPoller {
         interfaces: Vec<String>,
         every: Duration,
         watch: &Arc<ReplyWatch>,
+        counters: &Arc<CounterTap>,
         tx: mpsc::UnboundedSender<CarrierSample>,
     ) -> Result<Self, NetlinkError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -60,6 +62,7 @@ impl CarrierPoller {
             every,
             (hot.clone(), COLD_EVERY),
             Some(watch.clone()),
+            Some(counters.clone()),
             tx,
             stop.clone(),
         )?;
@@ -159,5 +162,43 @@ pub(super) fn reply_checks(
         (true, hard)
     } else {
         (false, hard.into_iter().chain(first_check).min())
+    }
+}
+
+/// The counters are read every this many carrier ticks (16 ms with the
+/// default 4 ms): often enough for the suspicion window (40 ms), and the
+/// cost stays small (see `CounterTap::cost`, logged at exit).
+pub(super) const COUNTERS_EVERY: u32 = 4;
+
+/// The interfaces whose packet counters the suspicion rules read: each
+/// uplink's own (a bond member's, for a member).
+pub(super) fn counter_interfaces(cfg: &Config) -> Vec<String> {
+    interfaces(cfg)
+}
+
+/// Counter readings into core events, naming the uplinks by index.
+pub(super) fn counter_samples(
+    cfg: &Config,
+    clock: &Clock,
+    samples: &mut Vec<CounterSample>,
+    events_in: &mut Vec<Event>,
+) {
+    for s in samples.drain(..) {
+        let links = s
+            .links
+            .iter()
+            .flat_map(|(name, l)| {
+                cfg.uplinks
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, u)| u.interface == *name)
+                    .map(move |(i, _)| (i, *l))
+            })
+            .collect();
+        events_in.push(Event::Counters(crate::core::suspicion::Counters {
+            at: clock.reading(super::clock::Mono(s.at)),
+            tcp: s.tcp,
+            links,
+        }));
     }
 }

@@ -2,8 +2,10 @@
 //! handled at the instant it happened (see `clock`); `end_turn` then hands
 //! the turn's events to the core and carries out what it decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +13,26 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::actuation::{
-    actuate_loop, dev_name, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Stale,
-    Work, RT_TABLE_MAIN,
+    actuate_loop, dev_name, probe_uplinks, relayout, route_via, Done, Ifindexes, Layout, Sources,
+    Stale, Work, RT_TABLE_MAIN,
 };
 use super::clock::{Clock, LoopTimer, Mono};
 use super::persist::RunState;
-use super::poller::{carrier_samples, interfaces, reply_checks, CarrierPoller};
+use super::poller::{
+    carrier_samples, counter_interfaces, counter_samples, interfaces, reply_checks, CarrierPoller,
+    COUNTERS_EVERY,
+};
+use crate::netlink::counters::{CounterSample, CounterTap};
+use crate::probe::unreach::Unreachable;
+
+/// Sets the flag when dropped: threads watching it end.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 use super::retry::Retries;
 use super::{DaemonError, ReloadRequest, RunOptions, StatusFn};
 use crate::api::{self, ApiRequest};
@@ -24,7 +40,7 @@ use crate::config::{AgentMode, Config, Family};
 use crate::core::{Action, CarrierSource, Core, Event, Now, ProbeId, ProbeOutcome, UplinkId};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_UPLINKD};
+use crate::netlink::actuate::{protocol_name, Actuator, RTPROT_KERNEL, RTPROT_UPLINKD};
 use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
@@ -52,6 +68,8 @@ pub(super) struct Inputs {
     pub net: mpsc::UnboundedReceiver<NetEvent>,
     /// Managed bonds as the bond poller reads them.
     pub bond: mpsc::UnboundedReceiver<BondSample>,
+    /// ICMP unreachables quoting our packets (see `probe::unreach`).
+    pub unreach: mpsc::UnboundedReceiver<Unreachable>,
     /// Results of the actuation task.
     pub done: mpsc::UnboundedReceiver<Done>,
     /// Requests of the socket API and the metrics listener.
@@ -63,6 +81,8 @@ pub(super) struct Inputs {
     /// Reply checks the poller thread makes while the loop sleeps; wakes
     /// the loop when a reply is missing.
     pub watch: Arc<ReplyWatch>,
+    /// Counter readings for passive suspicion; woken when one could matter.
+    pub counters: Arc<CounterTap>,
 }
 
 /// When the loop wakes next, unless an input comes first.
@@ -95,6 +115,11 @@ pub(super) struct Daemon {
     watch: Arc<ReplyWatch>,
     /// The reply checks handed to the poller (reused every turn).
     watch_entries: Vec<(RawFd, Duration)>,
+    /// Shared with the poller thread, which reads the counters every few ticks.
+    counters: Arc<CounterTap>,
+    counter_samples: Vec<CounterSample>,
+    /// Stops the unreachable listeners when the daemon ends.
+    _unreach_stop: StopOnDrop,
     /// The reply watch was set for this turn: cleared once awake.
     watching: bool,
     /// Probes through the routed uplinks.
@@ -119,6 +144,13 @@ pub(super) struct Daemon {
     /// The first full netlink dump is done: route events describe the
     /// kernel from then on.
     dumped: bool,
+    /// The host's usable local addresses, by (ifindex, address), as the
+    /// monitor reports them: where the service addresses are looked for.
+    local: HashSet<(u32, IpAddr)>,
+    /// Per family: the service address is present, shared with the
+    /// actuation task (which gives the main table's routes that source only
+    /// while it is).
+    sources: Sources,
     /// Per family: other owners' default routes in the main table with a
     /// lower metric than ours, by (metric, gateway, oif); the first is
     /// the one the kernel uses, which the core is told about.
@@ -200,12 +232,30 @@ impl Daemon {
         // Reply checks the poller makes for this loop while it sleeps (see
         // `ReplyWatch`): a probe round is then one wake-up, not two.
         let watch = Arc::new(ReplyWatch::default());
+        // Opened here, on the loop's thread: the daemon's namespace.
+        let counters = Arc::new(CounterTap::new(counter_interfaces(&cfg), COUNTERS_EVERY));
+        let missing = counters.missing();
+        if cfg.probe.suspicion && !missing.is_empty() {
+            warn!(files = %missing.join(", "), "passive suspicion cannot read these counters; it goes without them");
+        }
         let poller = CarrierPoller::start(
             ifnames,
             cfg.probe.carrier_interval,
             &watch,
+            &counters,
             carrier_tx.clone(),
         )?;
+
+        // ICMP unreachables quoting our packets, read by threads started
+        // here (the daemon's namespace).
+        let (unreach_tx, unreach_rx) = mpsc::unbounded_channel();
+        let unreach_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        if cfg.probe.suspicion {
+            for (f, e) in crate::probe::unreach::spawn_listeners(unreach_tx, unreach_stop.0.clone())
+            {
+                warn!(family = f.name(), error = %e, "ICMP unreachables not watched (passive suspicion goes without them)");
+            }
+        }
 
         let mut tasks = Vec::new();
         // Bond members: their bonds polled, the active member set, their
@@ -246,6 +296,18 @@ impl Daemon {
         }
 
         let ifindexes: Ifindexes = Default::default();
+        // Every configured service address is present at start, or no start.
+        let sources: Sources = Default::default();
+        if cfg.agent.source4.is_some() || cfg.agent.source6.is_some() {
+            let host = crate::netlink::host::read().await?;
+            let missing = crate::config::live::missing_sources(&cfg, &host);
+            if !missing.is_empty() {
+                return Err(DaemonError::Source(missing.join("; ")));
+            }
+            for f in Family::ALL {
+                sources[f.index()].store(true, Ordering::Relaxed);
+            }
+        }
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let actuator = Actuator::new().await?;
@@ -253,6 +315,7 @@ impl Daemon {
             layout.clone(),
             actuator,
             ifindexes.clone(),
+            sources.clone(),
             work_rx,
             done_tx,
         ))));
@@ -297,6 +360,8 @@ impl Daemon {
             reload: opts.reload.take(),
             timer,
             watch: watch.clone(),
+            counters: counters.clone(),
+            unreach: unreach_rx,
         };
         let mut daemon = Daemon {
             clock,
@@ -312,6 +377,9 @@ impl Daemon {
             poller,
             watch,
             watch_entries: Vec::new(),
+            counters,
+            counter_samples: Vec::new(),
+            _unreach_stop: unreach_stop,
             watching: false,
             retired_probers: Vec::new(),
             members,
@@ -320,6 +388,8 @@ impl Daemon {
             ifindexes,
             usable: HashMap::new(),
             dumped: false,
+            local: HashSet::new(),
+            sources,
             competing: Default::default(),
             resyncing: false,
             retries: Retries::default(),
@@ -452,6 +522,26 @@ impl Daemon {
         );
     }
 
+    /// An ICMP unreachable quoting one of our packets. The probes' replies
+    /// are read on the same turn (see `on_counters`).
+    pub fn on_unreachable(&mut self, u: Unreachable) {
+        self.on_timer(Mono::now());
+        self.events_in.push(Event::Unreachable {
+            family: u.family,
+            from: u.from,
+        });
+    }
+
+    /// A counter reading that could matter (see `CounterTap`): taken with
+    /// the others at the end of the turn. The probes' replies are read on
+    /// this turn as on a timer's: the loop may have been sleeping past the
+    /// replies' checks (the reply watch), and a core that judged at this
+    /// instant without them would take them for overdue and start a burst
+    /// (measured: 62 echo requests at a transit in 10 s instead of 30).
+    pub fn on_counters(&mut self, at: Mono) {
+        self.on_timer(at);
+    }
+
     /// The timer, or the poller's reply watch: read the probes' replies,
     /// expire the unanswered, and tell the core if a deadline of its passed.
     pub fn on_timer(&mut self, at: Mono) {
@@ -462,6 +552,7 @@ impl Daemon {
                 interfaces(&self.cfg),
                 self.clock.grid(),
                 &self.watch,
+                &self.counters,
                 self.carrier_tx.clone(),
             ) {
                 Ok(p) => self.poller = p,
@@ -501,6 +592,17 @@ impl Daemon {
         self.begin(at);
         if self.reinstall_needed(&ev) {
             self.send(Work::Ensure);
+        }
+        if let Some(family) = self.uplink_prefix_added(&ev) {
+            // What the kernel dropped silently with the address (IPv4
+            // routes through a removed subnet go without RTM_DELROUTE):
+            // the tables, rules and fallback routes (above), and the
+            // managed route of that family, which the core checks and puts
+            // back. Only that family's: a second read queued before the
+            // core's restore would find the route still missing and look
+            // like another writer removing it again.
+            self.send(Work::Ensure);
+            self.verify(family);
         }
         match ev {
             NetEvent::Link(l) => {
@@ -542,22 +644,81 @@ impl Daemon {
                     });
                 }
             }
+            NetEvent::Address {
+                ifindex,
+                address,
+                usable,
+            } => {
+                match usable {
+                    true => self.local.insert((ifindex, address)),
+                    false => self.local.remove(&(ifindex, address)),
+                };
+                if self.dumped && !self.resyncing {
+                    self.check_sources();
+                }
+            }
             NetEvent::Resync => {
                 warn!("netlink events were lost (overrun): re-reading links and routes");
                 self.resyncing = true;
                 self.competing = Default::default();
+                self.local.clear();
             }
             NetEvent::DumpDone => {
                 self.dumped = true;
                 self.resyncing = false;
+                self.check_sources();
                 self.verify_all();
                 for f in Family::ALL {
                     self.tell_competing(f);
                 }
             }
+            // Handled by `reinstall_needed` above.
+            NetEvent::RuleRemoved { .. } => {}
             NetEvent::Failed { error } => {
                 error!(%error, "netlink monitor failed; relying on the carrier poll and periodic checks");
             }
+        }
+    }
+
+    /// Whether the configured service address of `family` is a usable
+    /// local address now (as the monitor last reported).
+    fn source_here(&self, family: Family) -> Option<bool> {
+        let a = self.cfg.agent.source(family)?;
+        Some(self.local.iter().any(|(_, l)| *l == a))
+    }
+
+    /// The service addresses against the host: a family whose address left
+    /// (or came back) has its main-table routes replaced without (with) the
+    /// source, and the core reports it (status, event, metric, a warning).
+    fn check_sources(&mut self) {
+        for f in Family::ALL {
+            let Some(here) = self.source_here(f) else {
+                continue;
+            };
+            let flag = &self.sources[f.index()];
+            if flag.swap(here, Ordering::Relaxed) != here && !self.observing() {
+                // An IPv4 route whose source leaves is deleted with it (and
+                // without an RTM_DELROUTE): put the managed one back at
+                // once, via the uplink the core chose, without the source.
+                match self.core.active(f) {
+                    Some(uplink) => {
+                        let ticket = self.retries.queued(f);
+                        self.send(Work::SetRoute {
+                            family: f,
+                            uplink,
+                            ticket,
+                        });
+                        self.send(Work::Ensure);
+                    }
+                    None => self.send(Work::Resource { family: f }),
+                }
+                self.verify(f);
+            }
+            // The core reports only changes: telling it every time is cheap.
+            self.events_in.push(Event::SourceAddress {
+                family: f,
+                present: here,
+            });
         }
     }
 
@@ -608,7 +769,8 @@ impl Daemon {
     /// uplink's probe table route and rule, the kernel fallback routes, the
     /// sysctls) must be installed again after `ev`: an interface is new,
     /// re-created or came up (the kernel drops routes through a link that
-    /// goes down), one of those routes was removed, or the first dump is in.
+    /// goes down), one of those routes or a probe rule was removed, or the
+    /// first dump is in.
     ///
     /// The daemon decides this, not the core: these are the daemon's own
     /// layout (slots, tables, marks), which the core never sees. What the
@@ -638,9 +800,50 @@ impl Daemon {
                     && route.metric <= a.route_metric + n;
                 route.dst_len == 0 && (probe_table || fallback)
             }
+            // A probe rule deleted (by an operator, or a network manager
+            // that removes rules it does not know).
+            NetEvent::RuleRemoved { table, protocol } => {
+                let a = &self.cfg.agent;
+                *protocol == RTPROT_UPLINKD
+                    && *table >= a.table_base
+                    && *table < a.table_base + self.layout.table_span()
+            }
             NetEvent::DumpDone => true,
             _ => false,
         }
+    }
+
+    /// The family of `ev` if it is an uplink's connected prefix route coming (back): its
+    /// address was added, as a network manager does after removing it
+    /// (`networkctl reconfigure`, ifdown/ifup, a DHCP renewal with a new
+    /// lease). Removing an IPv4 address drops every route through its
+    /// subnet without an event (the probe table's, the fallback, the
+    /// managed route), and none of them could be installed while it was
+    /// missing: everything the agent owns for the uplink is installed
+    /// again. Before the first dump is in, the dump's end does it.
+    fn uplink_prefix_added(&self, ev: &NetEvent) -> Option<Family> {
+        let NetEvent::Route {
+            route,
+            removed: false,
+        } = ev
+        else {
+            return None;
+        };
+        if !self.dumped
+            || route.table != RT_TABLE_MAIN
+            || route.dst_len == 0
+            || route.protocol != RTPROT_KERNEL
+            || route.gateway.is_some()
+        {
+            return None;
+        }
+        let oif = route.oif?;
+        let ifindexes = self.ifindexes.lock().unwrap();
+        self.cfg
+            .uplinks
+            .iter()
+            .any(|u| ifindexes.get(u.route_interface()) == Some(&oif))
+            .then_some(route.family)
     }
 
     /// A result of the actuation task.
@@ -656,7 +859,16 @@ impl Daemon {
             }
             // Read under an older configuration: read again.
             Done::Route { family, .. } => self.verify(family),
-            Done::SetFailed { family, ticket } => self.retries.failed(family, ticket, self.now),
+            Done::SetFailed {
+                family,
+                ticket,
+                refused,
+            } => {
+                self.retries.failed(family, ticket, self.now);
+                if refused {
+                    self.events_in.push(Event::RouteRefused { family });
+                }
+            }
             Done::Barrier => {
                 if let Some(f) = self.on_ready.take() {
                     info!("first decision made and applied for every family: ready");
@@ -673,6 +885,21 @@ impl Daemon {
     }
 
     fn reconfigure(&mut self, new: Config) -> Result<String, String> {
+        // A new service address must be on the host already (like at start).
+        let missing: Vec<String> = Family::ALL
+            .iter()
+            .filter_map(|f| {
+                let a = new.agent.source(*f)?;
+                let changed = self.cfg.agent.source(*f) != Some(a);
+                (changed && self.dumped && !self.local.iter().any(|(_, l)| *l == a)).then(|| {
+                    let key = format!("agent.source{}", f.index() * 2 + 4);
+                    format!("{key}: {}", crate::config::live::missing_source_text(*f, a))
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing.join("; "));
+        }
         let (actions, summary) = self.core.reconfigure(self.now, new)?;
         let old_layout = self.layout.clone();
         self.cfg = Arc::new(self.core.config().clone());
@@ -692,6 +919,16 @@ impl Daemon {
                 .collect()
         };
         self.send(Work::Reconfigure(Box::new(self.layout.clone()), stale));
+        // The sources under the new configuration, then every main-table
+        // route replaced with them (a source added, changed or removed).
+        for f in Family::ALL {
+            let here = self.source_here(f).unwrap_or(false);
+            self.sources[f.index()].store(here, Ordering::Relaxed);
+            if old_layout.cfg.agent.source(f) != self.cfg.agent.source(f) {
+                self.send(Work::Resource { family: f });
+            }
+        }
+        self.check_sources();
         self.send(Work::Ensure);
         self.verify_all();
         let new_probe = probe_uplinks(&self.layout);
@@ -712,7 +949,14 @@ impl Daemon {
         }
         let grid = self.cfg.probe.carrier_interval;
         if names != self.poller.interfaces || grid != self.clock.grid() {
-            match CarrierPoller::start(names, grid, &self.watch, self.carrier_tx.clone()) {
+            self.counters.set_interfaces(counter_interfaces(&self.cfg));
+            match CarrierPoller::start(
+                names,
+                grid,
+                &self.watch,
+                &self.counters,
+                self.carrier_tx.clone(),
+            ) {
                 Ok(p) => self.poller = p,
                 Err(e) => error!(error = %e, "carrier poller not renewed"),
             }
@@ -797,6 +1041,15 @@ impl Daemon {
                 &mut self.events_in,
             );
         }
+        // The counter readings since the last turn, in order, each at its
+        // own instant.
+        self.counters.take(&mut self.counter_samples);
+        counter_samples(
+            &self.cfg,
+            &self.clock,
+            &mut self.counter_samples,
+            &mut self.events_in,
+        );
         if !self.events_in.is_empty() || !self.pre_actions.is_empty() {
             for ev in &self.events_in {
                 if let Event::ProbeDone { id, outcome } = ev {

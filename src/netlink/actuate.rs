@@ -33,6 +33,8 @@ use crate::config::Family;
 /// The package names it for ip(8) in /etc/iproute2/rt_protos.d/uplinkd.conf
 /// (packaging/iproute2/uplinkd.conf), so `ip route` prints `proto uplinkd`.
 pub const RTPROT_UPLINKD: u8 = 0x55;
+/// rtm_protocol of the routes the kernel adds itself (an address's subnet).
+pub const RTPROT_KERNEL: u8 = 2;
 
 /// The name of a route's rtm_protocol as `ip route` prints it
 /// (include/uapi/linux/rtnetlink.h, /etc/iproute2/rt_protos): who installed it.
@@ -178,11 +180,39 @@ impl Actuator {
         table: u32,
         protocol: u8,
     ) -> Result<(), NetlinkError> {
+        self.replace_default_route_from(family, gateway, ifindex, metric, table, protocol, None)
+            .await
+    }
+
+    /// [`Self::replace_default_route`] with a preferred source
+    /// (RTA_PREFSRC, `ip route ... src`): the address new connections
+    /// leaving by this route take. The kernel refuses a source that is not
+    /// a local address of the host (EINVAL).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replace_default_route_from(
+        &self,
+        family: Family,
+        gateway: IpAddr,
+        ifindex: u32,
+        metric: u32,
+        table: u32,
+        protocol: u8,
+        source: Option<IpAddr>,
+    ) -> Result<(), NetlinkError> {
+        let src = source.map_or(String::new(), |s| format!(" src {s}"));
         let describe = |dev: &str| {
             format!(
-                "replace {family} default route via {gateway} {dev} metric {metric} table {table}"
+                "replace {family} default route via {gateway} {dev}{src} metric {metric} table {table}"
             )
         };
+        if let Some(s) = source {
+            if crate::config::Family::of(&s) != family {
+                return Err(NetlinkError::Invalid {
+                    op: describe(&format!("ifindex {ifindex}")),
+                    reason: format!("source is not an {family} address"),
+                });
+            }
+        }
         check_route_args(family, metric, table, || {
             describe(&format!("ifindex {ifindex}"))
         })?;
@@ -199,6 +229,10 @@ impl Actuator {
         msg.attributes
             .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         msg.attributes.push(RouteAttribute::Oif(ifindex));
+        if let Some(s) = source {
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(s)));
+        }
         let result = request::ack(
             &self.handle,
             RouteNetlinkMessage::NewRoute(msg),

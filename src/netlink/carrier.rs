@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::counters::CounterTap;
 use super::NetlinkError;
 
 /// One observation of an interface, sent when it differs from the last one.
@@ -105,19 +106,21 @@ pub fn spawn_carrier_poller(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
     let all = Arc::new(AtomicU64::new(u64::MAX));
-    spawn_carrier_poller_hot(interfaces, interval, (all, 1), None, tx, stop)
+    spawn_carrier_poller_hot(interfaces, interval, (all, 1), None, None, tx, stop)
 }
 
 /// [`spawn_carrier_poller`], reading every `interval` only the "hot"
 /// interfaces: bit `i` of `hot.0` set for `interfaces[i]` (those carrying
 /// traffic; the caller updates it at any time). The others are read every
 /// `hot.1`-th poll. Interfaces past the 64th are always hot. With `watch`,
-/// each poll also runs [`ReplyWatch::check`] at the poll's grid time.
+/// each poll also runs [`ReplyWatch::check`] at the poll's grid time; with
+/// `counters`, [`CounterTap::tick`] (it reads every few polls).
 pub fn spawn_carrier_poller_hot(
     interfaces: Vec<String>,
     interval: Duration,
     hot: (Arc<AtomicU64>, u32),
     watch: Option<Arc<ReplyWatch>>,
+    counters: Option<Arc<CounterTap>>,
     tx: UnboundedSender<CarrierSample>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
@@ -132,7 +135,16 @@ pub fn spawn_carrier_poller_hot(
     let reader = CarrierReader::new(interfaces)?;
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(reader, interval, hot, watch.as_deref(), &stop, tx))
+        .spawn(move || {
+            run(
+                reader,
+                interval,
+                hot,
+                (watch.as_deref(), counters.as_deref()),
+                &stop,
+                tx,
+            )
+        })
         .map_err(|e| NetlinkError::io("spawn carrier poller thread", e))
 }
 
@@ -140,7 +152,7 @@ fn run(
     mut reader: CarrierReader,
     interval: Duration,
     (hot, cold_every): (Arc<AtomicU64>, u32),
-    watch: Option<&ReplyWatch>,
+    (watch, counters): (Option<&ReplyWatch>, Option<&CounterTap>),
     stop: &AtomicBool,
     tx: UnboundedSender<CarrierSample>,
 ) {
@@ -164,6 +176,9 @@ fn run(
             if tx.send(s).is_err() {
                 return;
             }
+        }
+        if let Some(c) = counters {
+            c.tick(polls, next);
         }
         if let Some(w) = watch {
             w.check(next);

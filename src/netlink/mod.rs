@@ -23,6 +23,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{ErrorMessage, NLM_F_ACK_TLVS, NLM_F_CAPPED};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, State};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
@@ -32,6 +35,7 @@ use crate::config::Family;
 pub mod actuate;
 pub mod bond;
 pub mod carrier;
+pub mod counters;
 pub mod host;
 pub mod monitor;
 pub mod owned;
@@ -200,11 +204,24 @@ pub enum NetEvent {
     LinkRemoved { ifindex: u32, name: String },
     /// A route (any table, any prefix; the consumer filters).
     Route { route: RouteInfo, removed: bool },
+    /// A local address of an interface (dump entry, RTM_NEWADDR or
+    /// RTM_DELADDR). `usable`: it exists and may be a route's preferred
+    /// source (an IPv6 address still in duplicate address detection, or
+    /// that failed it, may not: the kernel refuses it as RTA_PREFSRC).
+    Address {
+        ifindex: u32,
+        address: IpAddr,
+        usable: bool,
+    },
+    /// A routing policy rule was deleted (RTM_DELRULE): its table (FRA_TABLE,
+    /// else the header's) and protocol (FRA_PROTOCOL, 0 when absent).
+    RuleRemoved { table: u32, protocol: u8 },
     /// Events may have been lost (receive buffer overrun, or a message we
     /// could not decode). Everything known so far may be stale; a full
     /// re-dump follows and ends with `DumpDone`.
     Resync,
-    /// A complete dump of links and routes (v4 and v6) was just delivered.
+    /// A complete dump of links, addresses and routes (v4 and v6) was just
+    /// delivered.
     DumpDone,
     /// The monitor stopped for good (its socket failed); no more events
     /// will come from it. The text says why.
@@ -249,6 +266,38 @@ pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
         carrier: admin_up && carrier,
         oper_up,
     }
+}
+
+/// The local address an address message is about, with whether it is
+/// usable as a preferred source (see [`NetEvent::Address`]); `removed`
+/// for RTM_DELADDR.
+pub(crate) fn address_event(msg: &AddressMessage, removed: bool) -> Option<NetEvent> {
+    family_of(msg.header.family)?;
+    let mut local = None;
+    let mut prefix = None;
+    let mut flags = AddressFlags::empty();
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(a) => local = Some(*a),
+            AddressAttribute::Address(a) => prefix = Some(*a),
+            AddressAttribute::Flags(f) => flags = *f,
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is the local address (IFA_ADDRESS the peer's on a
+    // point-to-point link); IPv6 sends only IFA_ADDRESS.
+    let address = local.or(prefix)?;
+    let not_yet = AddressFlags::Tentative | AddressFlags::Dadfailed;
+    // The header's 8-bit flags too: IFA_FLAGS is absent on old kernels.
+    let header_not_yet = msg
+        .header
+        .flags
+        .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
+    Some(NetEvent::Address {
+        ifindex: msg.header.index,
+        address,
+        usable: !removed && !flags.intersects(not_yet) && !header_not_yet,
+    })
 }
 
 pub(crate) fn route_info(msg: &RouteMessage) -> Option<RouteInfo> {

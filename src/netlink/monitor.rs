@@ -1,11 +1,14 @@
 //! The event source: link and route changes as [`NetEvent`]s.
 //!
 //! Two sockets, as DESIGN.md asks: a multicast socket subscribed to
-//! RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE and RTNLGRP_IPV6_ROUTE (read by our own
-//! loop), and a request socket (an rtnetlink [`Handle`]) for dumps.
+//! RTNLGRP_LINK, the IPv4/IPv6 address groups (the service addresses of
+//! `agent.source4`/`source6` come and go), RTNLGRP_IPV4_ROUTE and
+//! RTNLGRP_IPV6_ROUTE, and RTNLGRP_IPV4_RULE and RTNLGRP_IPV6_RULE for
+//! deleted rules (read by our own loop), and a request socket (an
+//! rtnetlink [`Handle`]) for dumps.
 //!
-//! Order of work: subscribe first, then dump links, IPv4 routes and IPv6
-//! routes, so a change racing with the dump is never missed (it shows up as
+//! Order of work: subscribe first, then dump links, addresses, IPv4 routes
+//! and IPv6 routes, so a change racing with the dump is never missed (it shows up as
 //! an event after the dump). While a dump runs, multicast events are read
 //! and held back, then delivered after `DumpDone`; a held-back event may be
 //! older than the dump, but it is always followed by any newer one, so the
@@ -30,8 +33,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use netlink_packet_route::route::{RouteFlags, RouteMessage};
+use netlink_packet_route::rule::RuleAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
@@ -41,12 +46,16 @@ use tokio::io::Interest;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::request::Dump;
-use super::{link_info, route_info, NetEvent, NetlinkError, REQUEST_TIMEOUT};
+use super::{address_event, link_info, route_info, NetEvent, NetlinkError, REQUEST_TIMEOUT};
 
 // include/uapi/linux/rtnetlink.h, enum rtnetlink_groups.
 const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_RULE: u32 = 19;
 
 /// Dump attempts (with doubling backoff from 100 ms) before the monitor
 /// gives up and reports `NetEvent::Failed`.
@@ -172,11 +181,20 @@ impl Multicast {
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| NetlinkError::io(op, e))?;
         set_recv_buffer(&sock, recv_buffer)
             .map_err(|e| NetlinkError::io("set monitor socket receive buffer", e))?;
-        let groups = [RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE]
-            .iter()
-            .fold(0u32, |acc, g| acc | (1 << (g - 1)));
-        sock.bind(&SocketAddr::new(0, groups))
-            .map_err(|e| NetlinkError::io("subscribe to link and route groups", e))?;
+        let groups = [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
+            RTNLGRP_IPV4_RULE,
+            RTNLGRP_IPV6_RULE,
+        ]
+        .iter()
+        .fold(0u32, |acc, g| acc | (1 << (g - 1)));
+        sock.bind(&SocketAddr::new(0, groups)).map_err(|e| {
+            NetlinkError::io("subscribe to link, address, route and rule groups", e)
+        })?;
         sock.set_non_blocking(true)
             .map_err(|e| NetlinkError::io(op, e))?;
         // SAFETY: `Socket` owns its descriptor, closes it only on drop, and
@@ -316,6 +334,8 @@ fn event_of(msg: RouteNetlinkMessage) -> Option<NetEvent> {
             // IPv6 route-cache exceptions (PMTU, redirects): not routes.
             None
         }
+        RouteNetlinkMessage::NewAddress(a) => address_event(&a, false),
+        RouteNetlinkMessage::DelAddress(a) => address_event(&a, true),
         RouteNetlinkMessage::NewRoute(r) => route_info(&r).map(|route| NetEvent::Route {
             route,
             removed: false,
@@ -324,6 +344,18 @@ fn event_of(msg: RouteNetlinkMessage) -> Option<NetEvent> {
             route,
             removed: true,
         }),
+        RouteNetlinkMessage::DelRule(r) => {
+            let mut table = r.header.table as u32;
+            let mut protocol = 0;
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Table(t) => table = *t,
+                    RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+                    _ => {}
+                }
+            }
+            Some(NetEvent::RuleRemoved { table, protocol })
+        }
         _ => None,
     }
 }
@@ -443,6 +475,10 @@ impl Monitor {
         v6.header.address_family = AddressFamily::Inet6;
         let requests = [
             ("dump links", RouteNetlinkMessage::GetLink(link_req)),
+            (
+                "dump addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            ),
             ("dump ipv4 routes", RouteNetlinkMessage::GetRoute(v4)),
             ("dump ipv6 routes", RouteNetlinkMessage::GetRoute(v6)),
         ];

@@ -98,6 +98,7 @@ pub mod member;
 pub mod packet;
 mod reflect;
 pub use echo::EchoProber;
+pub mod unreach;
 pub use member::{MemberProber, MemberSpec};
 
 use packet::{

@@ -107,9 +107,21 @@ impl Core {
             ProbeKind::Transit(t) => self.cfg.transits[t].name.clone(),
             ProbeKind::Gateway | ProbeKind::Echo => String::new(),
         };
-        let Some(f) = self.uplinks[fl.uplink].fams[fl.family.index()].as_mut() else {
+        let u = &mut self.uplinks[fl.uplink];
+        if matches!(outcome, ProbeOutcome::Reply { .. }) {
+            u.replies += 1;
+        }
+        let Some(f) = u.fams[fl.family.index()].as_mut() else {
             return;
         };
+        if fl.suspicion {
+            if let Some(s) = f.suspicion.as_mut() {
+                match outcome {
+                    ProbeOutcome::Reply { .. } => s.replied += 1,
+                    _ => s.missed += 1,
+                }
+            }
+        }
         let target = match fl.kind {
             ProbeKind::Gateway | ProbeKind::Echo => &mut f.gateway,
             ProbeKind::Transit(t) => match f.transits.get_mut(t).and_then(|v| v.get_mut(fl.slot)) {
@@ -594,6 +606,9 @@ impl Core {
                 "unreachable here but reachable elsewhere: {}",
                 quorum_down.join(", ")
             ));
+        }
+        if let Some(s) = self.recent_suspicion(i, fi, reasons) {
+            parts.push(self.suspicion_evidence(s));
         }
         for r in reasons {
             if let Reason::QuorumEverywhere { unreachable, .. } = r {

@@ -110,6 +110,17 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         d(q.failback_after),
     );
     field("policy.quorum", p.quorum.to_string(), q.quorum.to_string());
+    let src = |a: Option<std::net::IpAddr>| a.map_or("unset".to_string(), |a| a.to_string());
+    for f in crate::config::Family::ALL {
+        field(
+            &format!(
+                "agent.source{}",
+                if f == crate::config::Family::V4 { 4 } else { 6 }
+            ),
+            src(old.agent.source(f)),
+            src(new.agent.source(f)),
+        );
+    }
     field(
         "policy.damping",
         format!("{:?}", p.damping),
@@ -301,6 +312,8 @@ impl Core {
             uplinks.push(u);
         }
         self.uplinks = uplinks;
+        // Its samples name uplinks by their old index.
+        self.detector.clear();
 
         // Probes in flight: kept for kept targets, forgotten otherwise (their
         // outcome is then ignored).

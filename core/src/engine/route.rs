@@ -54,6 +54,9 @@ pub(super) struct RouteGuard {
     restores: u32,
     /// The competing default route last reported.
     competing: Option<CompetingRoute>,
+    /// The kernel refused the last change: the restores until the route is
+    /// seen in place again are not reported one by one (the first was).
+    refused: bool,
 }
 
 impl Core {
@@ -85,6 +88,7 @@ impl Core {
         let d = &mut self.fam[family.index()];
         if same {
             d.verify_pending = false;
+            d.guard.refused = false;
             return;
         }
         if !authoritative {
@@ -153,6 +157,7 @@ impl Core {
             family,
             uplink: active,
         });
+        let found = found.filter(|_| !g.refused);
         match (&g.fighting, found) {
             (Some(_), _) | (None, None) => g.restores += 1,
             (None, Some(found)) => out.push(Action::Report(Change::RouteRestored {
@@ -161,6 +166,14 @@ impl Core {
                 found,
             })),
         }
+    }
+
+    /// The kernel refused the latest route change of `family`: the route
+    /// was not put in, so nobody changed it after us (see `Event::RouteRefused`).
+    pub(super) fn on_refused(&mut self, family: Family) {
+        let g = &mut self.fam[family.index()].guard;
+        g.last_restore = None;
+        g.refused = true;
     }
 
     /// A deadline passed: a restore whose backoff is over, a fight that

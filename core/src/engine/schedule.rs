@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use super::{Core, InFlight, Target};
+use super::{suspect, Core, InFlight, Target};
 use crate::config::Family;
 use crate::status::GatewayMode;
 use crate::{Action, Now, ProbeId, ProbeKind, ProbeRequest, UplinkId};
@@ -153,15 +153,25 @@ impl Core {
                     // Echo mode: the forwarding-plane echo takes the
                     // gateway probe's place; trying (auto): it rides along.
                     match f.mode {
-                        GatewayMode::Icmp => {
-                            reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout))
-                        }
+                        GatewayMode::Icmp => reqs.push((
+                            ProbeKind::Gateway,
+                            0usize,
+                            g.addr,
+                            p.gateway_timeout,
+                            false,
+                        )),
                         GatewayMode::Echo => {
-                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout))
+                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false))
                         }
                         GatewayMode::Trying => {
-                            reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout));
-                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout));
+                            reqs.push((
+                                ProbeKind::Gateway,
+                                0usize,
+                                g.addr,
+                                p.gateway_timeout,
+                                false,
+                            ));
+                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false));
                         }
                     }
                 }
@@ -187,18 +197,34 @@ impl Core {
                         0usize,
                         c.addr,
                         p.gateway_timeout.max(ICMP_CHECK_TIMEOUT),
+                        false,
                     ));
                 }
                 if trigger {
                     f.burst_left = p.transit_fall;
                     f.burst_next = now;
+                    // A burst of its own, not a suspicion's (see `suspect`).
+                    if let Some(s) = f.suspicion.as_mut() {
+                        s.running = false;
+                    }
                 }
                 let round = f.burst_left > 0 && f.burst_next <= now;
+                // A suspicion's burst: its rounds closer together, its
+                // timeouts from the measured RTT.
+                let suspicion = round && f.suspicion.as_ref().is_some_and(|s| s.running);
                 if round {
                     f.burst_left -= 1;
-                    f.burst_next = now + p.transit_fast_interval;
+                    f.burst_next = now
+                        + if suspicion {
+                            p.suspicion_burst_interval
+                        } else {
+                            p.transit_fast_interval
+                        };
                     if f.burst_left == 0 {
                         f.burst_end = Some(now);
+                        if let Some(s) = f.suspicion.as_mut() {
+                            s.running = false;
+                        }
                     }
                 }
                 let n_targets: usize = f.transits.iter().map(Vec::len).sum();
@@ -236,13 +262,26 @@ impl Core {
                                     p.gateway_interval,
                                 );
                             }
-                            reqs.push((ProbeKind::Transit(t), slot, x.addr, p.transit_timeout));
+                            let timeout = if suspicion {
+                                suspect::burst_timeout(x, p.transit_timeout)
+                            } else {
+                                p.transit_timeout
+                            };
+                            reqs.push((ProbeKind::Transit(t), slot, x.addr, timeout, suspicion));
                         }
                     }
                 }
-                for (kind, slot, target, timeout) in reqs {
+                for (kind, slot, target, timeout, by_suspicion) in reqs {
                     let id = ProbeId(self.next_probe);
                     self.next_probe += 1;
+                    let u = &mut self.uplinks[i];
+                    u.probes_sent += 1;
+                    if by_suspicion {
+                        u.burst_probes += 1;
+                        if let Some(s) = u.fams[fi].as_mut().and_then(|f| f.suspicion.as_mut()) {
+                            s.sent += 1;
+                        }
+                    }
                     self.in_flight.insert(
                         id,
                         InFlight {
@@ -251,6 +290,7 @@ impl Core {
                             kind,
                             slot,
                             sent_at: now,
+                            suspicion: by_suspicion,
                         },
                     );
                     out.push(Action::Probe(ProbeRequest {

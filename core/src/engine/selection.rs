@@ -138,6 +138,9 @@ impl Core {
                             .is_some_and(|f| f.usable == Some(false));
                     if failed {
                         out.push(Action::FlushNeighbours { uplink: c, family });
+                        if let Some(f) = self.uplinks[c].fams[fi].as_mut() {
+                            f.flushed = true;
+                        }
                     }
                 }
                 if was_static && usable {
@@ -186,6 +189,42 @@ impl Core {
                         evidence: format!("{evidence}; keeping current routes"),
                     }));
                 }
+            }
+        }
+    }
+
+    /// Flush, once, the neighbour entries of a failed uplink that carries
+    /// nothing and was never flushed since start. A failover flushes the
+    /// uplink it leaves (above); this covers the uplink that was left by a
+    /// previous run: killed between its route change and its flush, that
+    /// run left senders blocked behind the dead gateway's unresolved entry,
+    /// and the restarted agent adopts the good route and never switches.
+    /// Not an uplink whose interface carries the family's route (a standby
+    /// member of the bond in use: its neighbours are the bond's, and the
+    /// active member's traffic goes through them).
+    pub(super) fn flush_failed_standbys(&mut self, family: Family, out: &mut Vec<Action>) {
+        let fi = family.index();
+        if !self.family_configured(family) || !self.fam[fi].decided {
+            return;
+        }
+        let active = self.fam[fi].active;
+        for i in 0..self.uplinks.len() {
+            if Some(i) == active {
+                continue;
+            }
+            if let Some(a) = active {
+                let (x, y) = (&self.cfg.uplinks[i], &self.cfg.uplinks[a]);
+                if x.route_interface() == y.route_interface() {
+                    continue;
+                }
+            }
+            let carrier_lost = self.uplinks[i].carrier == Some(false);
+            let Some(f) = self.uplinks[i].fams[fi].as_mut() else {
+                continue;
+            };
+            if !f.flushed && (carrier_lost || f.usable == Some(false)) {
+                f.flushed = true;
+                out.push(Action::FlushNeighbours { uplink: i, family });
             }
         }
     }
@@ -259,10 +298,14 @@ impl Core {
             })
             .collect();
         if codes.is_empty() {
-            "unknown".into()
-        } else {
-            codes.join("+")
+            return "unknown".into();
         }
+        let mut code = codes.join("+");
+        if let Some(s) = self.recent_suspicion(i, fi, &f.reasons) {
+            code.push_str("+suspicion_");
+            code.push_str(s.source.name());
+        }
+        code
     }
 
     fn healthy_for(&self, i: UplinkId, fi: usize, now: Now) -> Duration {

@@ -45,6 +45,10 @@ impl Core {
                 ipv4: self.fighting(Family::V4),
                 ipv6: self.fighting(Family::V6),
             },
+            source: PerFamily {
+                ipv4: self.source_status(Family::V4),
+                ipv6: self.source_status(Family::V6),
+            },
             mode: self.cfg.agent.mode.name().into(),
             observe: (self.cfg.agent.mode == AgentMode::Observe).then(|| ObserveStatus {
                 would_route: PerFamily {
@@ -158,6 +162,15 @@ impl Core {
             },
             transits,
             bond: self.member_status(i),
+            suspicion: crate::status::SuspicionStatus {
+                by_source: crate::suspicion::Source::ALL
+                    .iter()
+                    .zip(u.suspicions)
+                    .map(|(s, n)| (s.name().to_string(), n))
+                    .collect(),
+                bursts: u.bursts,
+                burst_probes: u.burst_probes,
+            },
         }
     }
 

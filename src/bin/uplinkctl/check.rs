@@ -259,6 +259,15 @@ pub fn evaluate(st: &Status, since_switch: &PerFamily<Option<f64>>, limits: &Lim
             raise(Level::Warning);
             problems.push(format!("{f} route rewritten by {who}"));
         }
+        // The service address is gone: new connections take an uplink's
+        // own address, which does not survive that uplink.
+        if let Some(src) = per(&st.source, f).as_ref().filter(|s| !s.present) {
+            raise(Level::Warning);
+            problems.push(format!(
+                "{f} service address {} missing (source_missing)",
+                src.address
+            ));
+        }
     }
     for b in st.bonds.iter().filter(|b| !b.warnings.is_empty()) {
         raise(Level::Warning);
@@ -423,6 +432,27 @@ mod tests {
         assert_eq!(r.level, Level::Warning, "{r:?}");
         assert!(
             r.text.contains("ipv6 route rewritten by route via"),
+            "{}",
+            r.text
+        );
+    }
+
+    #[test]
+    fn a_missing_service_address_warns() {
+        let mut st = all_healthy();
+        st.source.ipv6 = Some(uplinkd::status::SourceStatus {
+            address: "2001:db8:0:1::1".parse().unwrap(),
+            present: true,
+            reason: None,
+        });
+        let r = evaluate(&st, &since(3600.0, 3600.0), &Limits::default());
+        assert_eq!(r.level, Level::Ok, "{r:?}");
+        st.source.ipv6.as_mut().unwrap().present = false;
+        let r = evaluate(&st, &since(3600.0, 3600.0), &Limits::default());
+        assert_eq!(r.level, Level::Warning, "{r:?}");
+        assert!(
+            r.text
+                .contains("ipv6 service address 2001:db8:0:1::1 missing (source_missing)"),
             "{}",
             r.text
         );

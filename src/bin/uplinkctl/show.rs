@@ -146,6 +146,12 @@ fn route_trouble(st: &Status) -> Vec<String> {
                 "WARNING {f}: our default route is being rewritten ({who})"
             ));
         }
+        if let Some(src) = per(&st.source, f).as_ref().filter(|s| !s.present) {
+            out.push(format!(
+                "WARNING {f}: service address {} is missing from the host (source_missing): default routes carry no source until it is back",
+                src.address
+            ));
+        }
     }
     out
 }
@@ -470,6 +476,28 @@ pub fn verbose(st: &Status) -> String {
             "transits",
             &format!("{up} of {} targets reachable", u.transits.len()),
         );
+        // Passive suspicions (`[probe] suspicion`), by source.
+        let raised: Vec<String> = u
+            .suspicion
+            .by_source
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        row(
+            &mut o,
+            "suspicions",
+            &if raised.is_empty() {
+                "none".to_string()
+            } else {
+                format!(
+                    "{}; {} confirmation bursts, {} probes",
+                    raised.join(", "),
+                    u.suspicion.bursts,
+                    u.suspicion.burst_probes
+                )
+            },
+        );
         for t in &u.transits {
             let _ = writeln!(o, "    {}", transit_text(t));
         }
@@ -582,6 +610,7 @@ pub mod fixture {
             gateway_probe: Default::default(),
             transits,
             bond: None,
+            suspicion: Default::default(),
         }
     }
 
@@ -598,6 +627,7 @@ pub mod fixture {
             bonds: vec![],
             competing_route: PerFamily::default(),
             fighting: PerFamily::default(),
+            source: PerFamily::default(),
             mode: "enforce".into(),
             observe: None,
         }
@@ -731,6 +761,12 @@ mod tests {
         let mut st = all_healthy();
         fail(&mut st, 0, vec![Reason::Carrier, quorum("ipv4")]);
         on_secondary(&mut st);
+        st.uplinks[0]
+            .suspicion
+            .by_source
+            .insert("tcp_stall".into(), 2);
+        st.uplinks[0].suspicion.bursts = 1;
+        st.uplinks[0].suspicion.burst_probes = 32;
         let v = verbose(&st);
         assert_eq!(v.matches("\nuplink ").count(), 2, "{v}");
         let block = |name: &str| {
@@ -740,7 +776,9 @@ mod tests {
                 .to_string()
         };
         let p = block("primary");
+        assert!(block("secondary").contains("suspicions   none"), "{v}");
         for want in [
+            "suspicions   tcp_stall 2; 1 confirmation bursts, 32 probes",
             "interface    upa",
             "state        unhealthy",
             "carrier      up",

@@ -1,0 +1,397 @@
+//! The counters passive suspicion reads (see `uplinkd_core::suspicion`):
+//! the namespace's TCP counters (`/proc/net/snmp` Tcp, `/proc/net/netstat`
+//! TcpExt) and the uplinks' packet counters (`/proc/net/dev`).
+//!
+//! Cheap by construction: the three files are opened once, from the
+//! calling thread's network namespace (`/proc/thread-self/net/...`: a
+//! `/proc/net` file opened from a thread belongs to that thread's namespace,
+//! and stays so while open), and re-read with `pread` at offset 0 (a
+//! seq_file regenerates its text on a read from the start) into buffers
+//! allocated once. Read by the carrier poller thread every few of its ticks
+//! ([`CounterTap::tick`]): no wake-up of its own. The samples wait in a
+//! buffer the loop drains on each turn; the loop is woken early only when a
+//! sample could matter (nothing received since the last sample while
+//! something was sent, or new retransmission timeouts): in the steady
+//! state, busy or idle, the counters add no wake-up of the loop.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::core::suspicion::{LinkCounters, TcpCounters};
+
+/// One reading, sent to the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSample {
+    /// When it was read (CLOCK_MONOTONIC).
+    pub at: Duration,
+    pub tcp: Option<TcpCounters>,
+    /// (interface, counters) of the interfaces asked for that exist.
+    pub links: Vec<(String, LinkCounters)>,
+}
+
+/// The open files and their buffers.
+#[derive(Debug)]
+pub struct CounterReader {
+    snmp: Option<File>,
+    netstat: Option<File>,
+    dev: Option<File>,
+    buf: Vec<u8>,
+    interfaces: Vec<String>,
+    /// RetransSegs at the last read of netstat, and what it said then.
+    ext: Option<(u64, u64, u64)>,
+}
+
+/// The files, relative to `/proc/thread-self/net` (see the module docs).
+const PROC_NET: &str = "/proc/thread-self/net";
+
+impl CounterReader {
+    /// Open the files from the calling thread's namespace. A file that
+    /// cannot be opened is left out (its counters read as absent).
+    pub fn new(interfaces: Vec<String>) -> CounterReader {
+        let open = |name: &str| File::open(format!("{PROC_NET}/{name}")).ok();
+        CounterReader {
+            snmp: open("snmp"),
+            netstat: open("netstat"),
+            dev: open("dev"),
+            buf: Vec::with_capacity(16 << 10),
+            interfaces,
+            ext: None,
+        }
+    }
+
+    /// The files that could not be opened (their counters read as absent).
+    pub fn missing(&self) -> Vec<String> {
+        [
+            ("snmp", self.snmp.is_none()),
+            ("netstat", self.netstat.is_none()),
+            ("dev", self.dev.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(n, _)| format!("{PROC_NET}/{n}"))
+        .collect()
+    }
+
+    /// Read everything now.
+    pub fn read(&mut self, at: Duration) -> CounterSample {
+        let mut tcp = None;
+        if let Some(f) = &self.snmp {
+            if pread_all(f, &mut self.buf).is_ok() {
+                tcp = parse_snmp_tcp(&self.buf);
+            }
+        }
+        if let (Some(t), Some(f)) = (tcp.as_mut(), &self.netstat) {
+            // The costly file (TcpExt sums ~120 per-CPU counters: ~50 µs
+            // here, the rest together ~40 µs), read only when a segment was
+            // retransmitted since the last reading: a timeout always
+            // retransmits, and so does a loss probe but for one sending new
+            // data, which waits for the next retransmission to be counted.
+            match self.ext {
+                Some((retrans, lp, to)) if retrans == t.retrans_segs => {
+                    (t.loss_probes, t.timeouts) = (lp, to);
+                }
+                _ => {
+                    if pread_all(f, &mut self.buf).is_ok() {
+                        if let Some((lp, to)) = parse_netstat_tcpext(&self.buf) {
+                            t.loss_probes = lp;
+                            t.timeouts = to;
+                            self.ext = Some((t.retrans_segs, lp, to));
+                        }
+                    }
+                }
+            }
+        }
+        let mut links = Vec::new();
+        if let Some(f) = &self.dev {
+            if pread_all(f, &mut self.buf).is_ok() {
+                parse_dev(&self.buf, &self.interfaces, &mut links);
+            }
+        }
+        CounterSample { at, tcp, links }
+    }
+}
+
+/// The whole file from offset 0 into `buf`.
+fn pread_all(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    let mut off = 0u64;
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 << 10);
+        }
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        let n = f.read_at(&mut buf[len..], off);
+        match n {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(());
+            }
+            Ok(n) => {
+                buf.truncate(len + n);
+                off += n as u64;
+            }
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        }
+        if buf.len() > 1 << 20 {
+            return Ok(()); // a runaway file: what was read
+        }
+    }
+}
+
+/// The values of the `prefix` section of a snmp-style file (a header line
+/// of names, then a line of values, both starting with `prefix`), by name.
+fn section<'a>(text: &'a str, prefix: &str) -> Option<(Vec<&'a str>, Vec<&'a str>)> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names: Vec<&str> = lines.next()?.split_whitespace().skip(1).collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().skip(1).collect();
+    Some((names, values))
+}
+
+fn value(names: &[&str], values: &[&str], name: &str) -> Option<u64> {
+    let i = names.iter().position(|n| *n == name)?;
+    values.get(i)?.parse().ok()
+}
+
+/// `/proc/net/snmp`: the Tcp line's InSegs, OutSegs and RetransSegs.
+pub fn parse_snmp_tcp(buf: &[u8]) -> Option<TcpCounters> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let (n, v) = section(text, "Tcp:")?;
+    Some(TcpCounters {
+        in_segs: value(&n, &v, "InSegs")?,
+        out_segs: value(&n, &v, "OutSegs")?,
+        retrans_segs: value(&n, &v, "RetransSegs")?,
+        loss_probes: 0,
+        timeouts: 0,
+    })
+}
+
+/// `/proc/net/netstat`: TcpExt's TCPLossProbes and TCPTimeouts.
+pub fn parse_netstat_tcpext(buf: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let (n, v) = section(text, "TcpExt:")?;
+    Some((
+        value(&n, &v, "TCPLossProbes").unwrap_or(0),
+        value(&n, &v, "TCPTimeouts")?,
+    ))
+}
+
+/// `/proc/net/dev`: rx and tx packets of each of `interfaces` present.
+pub fn parse_dev(buf: &[u8], interfaces: &[String], out: &mut Vec<(String, LinkCounters)>) {
+    let Ok(text) = std::str::from_utf8(buf) else {
+        return;
+    };
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if !interfaces.iter().any(|i| i == name) {
+            continue;
+        }
+        // rx: bytes packets errs drop fifo frame compressed multicast;
+        // tx: bytes packets ...
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() >= 10 {
+            out.push((
+                name.to_string(),
+                LinkCounters {
+                    rx_packets: f[1],
+                    tx_packets: f[9],
+                },
+            ));
+        }
+    }
+}
+
+/// Counter readings handed from the poller thread to the loop.
+#[derive(Debug)]
+pub struct CounterTap {
+    reader: Mutex<CounterReader>,
+    /// Read every this many poller ticks.
+    every: u64,
+    samples: Mutex<Vec<CounterSample>>,
+    /// Woken when a sample could matter (see the module docs).
+    wake: tokio::sync::Notify,
+    /// Cost: readings and the time spent in them.
+    reads: AtomicU64,
+    read_ns: AtomicU64,
+}
+
+/// Readings kept while the loop does not take them (it takes them on every
+/// turn; this only bounds memory if it stalls).
+const MAX_PENDING: usize = 1024;
+
+impl CounterTap {
+    /// Open the files from the calling thread's namespace.
+    pub fn new(interfaces: Vec<String>, every: u32) -> CounterTap {
+        CounterTap {
+            reader: Mutex::new(CounterReader::new(interfaces)),
+            every: u64::from(every.max(1)),
+            samples: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            reads: AtomicU64::new(0),
+            read_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The files that could not be opened.
+    pub fn missing(&self) -> Vec<String> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .missing()
+    }
+
+    /// Read these interfaces' counters from now on (a reload).
+    pub fn set_interfaces(&self, interfaces: Vec<String>) {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interfaces = interfaces;
+    }
+
+    /// Called by the poller on each tick `polls` at `at` (CLOCK_MONOTONIC).
+    pub fn tick(&self, polls: u64, at: Duration) {
+        if polls % self.every != 0 {
+            return;
+        }
+        let t = Instant::now();
+        let s = self
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(at);
+        self.read_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let wake = q.last().is_some_and(|last| matters(last, &s));
+        if q.len() >= MAX_PENDING {
+            q.remove(0);
+        }
+        q.push(s);
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The readings taken since the last call, oldest first.
+    pub fn take(&self, out: &mut Vec<CounterSample>) {
+        let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        out.append(&mut q);
+    }
+
+    /// Resolves when a reading could matter.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// (readings, mean cost of one) so far.
+    pub fn cost(&self) -> (u64, Duration) {
+        let n = self.reads.load(Ordering::Relaxed);
+        let ns = self.read_ns.load(Ordering::Relaxed);
+        (n, Duration::from_nanos(ns.checked_div(n).unwrap_or(0)))
+    }
+}
+
+/// An interface that sent at least this many packets between two readings
+/// and received none wakes the loop: fewer is the agent's own probes, whose
+/// replies fall in the next reading (a gateway probe and its reply
+/// straddle readings every few rounds).
+const LINK_WAKE_TX: u64 = 4;
+
+/// Whether `s` after `last` could change a decision: segments sent and none
+/// received, new timeouts or loss probes, or an interface that sent and
+/// received nothing. The loop takes every reading anyway; this only says
+/// whether it must do so now.
+fn matters(last: &CounterSample, s: &CounterSample) -> bool {
+    if let (Some(a), Some(b)) = (last.tcp, s.tcp) {
+        if (b.out_segs > a.out_segs && b.in_segs == a.in_segs)
+            || b.timeouts > a.timeouts
+            || b.loss_probes > a.loss_probes
+        {
+            return true;
+        }
+    }
+    s.links.iter().any(|(name, l)| {
+        last.links
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, o)| {
+                l.tx_packets >= o.tx_packets + LINK_WAKE_TX && l.rx_packets == o.rx_packets
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_kernels_files() {
+        let snmp = b"Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\nTcp: 1 200 120000 -1 10 2 0 0 1 1234 5678 9 0 3 0\nUdp: InDatagrams\nUdp: 5\n";
+        let t = parse_snmp_tcp(snmp).unwrap();
+        assert_eq!((t.in_segs, t.out_segs, t.retrans_segs), (1234, 5678, 9));
+        let netstat = b"TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes\nTcpExt: 0 7 11\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_netstat_tcpext(netstat), Some((11, 7)));
+        let dev = b"Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:    100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  upa: 5000      40    0    0    0     0          0         0     7000      55    0    0    0     0       0          0\n";
+        let mut out = Vec::new();
+        parse_dev(dev, &["upa".into(), "upb".into()], &mut out);
+        assert_eq!(
+            out,
+            vec![(
+                "upa".to_string(),
+                LinkCounters {
+                    rx_packets: 40,
+                    tx_packets: 55
+                }
+            )]
+        );
+    }
+
+    /// Prints the cost of one reading (`--nocapture`); asserts only that
+    /// the tap reads on every `every`-th tick and keeps what it read.
+    #[test]
+    fn the_tap_reads_every_few_ticks_and_measures_its_cost() {
+        let tap = CounterTap::new(vec!["lo".into()], 4);
+        for i in 0..4000u64 {
+            tap.tick(i, Duration::from_millis(4 * i));
+        }
+        let mut got = Vec::new();
+        tap.take(&mut got);
+        assert_eq!(got.len(), 1000);
+        let (n, mean) = tap.cost();
+        assert_eq!(n, 1000);
+        eprintln!("one reading (snmp + dev, netstat when retransmitting): {mean:?} (mean of {n})");
+        let mut r = CounterReader::new(vec!["lo".into()]);
+        let t = Instant::now();
+        for i in 0..1000u64 {
+            r.ext = None;
+            r.read(Duration::from_millis(i));
+        }
+        eprintln!("one reading with netstat: {:?}", t.elapsed() / 1000);
+    }
+
+    #[test]
+    fn reads_this_namespace() {
+        let mut r = CounterReader::new(vec!["lo".into()]);
+        let s = r.read(Duration::ZERO);
+        assert!(
+            s.tcp.is_some(),
+            "Tcp counters of /proc/thread-self/net/snmp"
+        );
+        assert_eq!(s.links.len(), 1, "lo in /proc/thread-self/net/dev");
+    }
+}
