@@ -2470,6 +2470,36 @@ fn series_table(res: &Results) -> String {
     m
 }
 
+/// Breaks the primary the way `kind` says (the trials' fault).
+fn inject(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
+    match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
+        Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
+        Kind::ForwardingDead => lab.forwarding_dead(Uplink::Primary)?,
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
+        Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
+        Kind::Drain => d.client().drain(Uplink::Primary.name())?,
+        Kind::Failback => {}
+    }
+    Ok(())
+}
+
+/// Undoes [`inject`] (also after a failed trial).
+fn undo(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
+    match kind {
+        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
+        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
+        Kind::ForwardingDead => lab.forwarding_alive(Uplink::Primary),
+        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
+        Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
+        Kind::Drain => d
+            .client()
+            .undrain(Uplink::Primary.name())
+            .map_err(LabError::from),
+        Kind::Failback => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2573,35 +2603,5 @@ mod tests {
             "{c}"
         );
         assert!(!c.contains("false switches"), "no figure, no row: {c}");
-    }
-}
-
-/// Breaks the primary the way `kind` says (the trials' fault).
-fn inject(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
-    match kind {
-        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
-        Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
-        Kind::ForwardingDead => lab.forwarding_dead(Uplink::Primary)?,
-        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
-        Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
-        Kind::Drain => d.client().drain(Uplink::Primary.name())?,
-        Kind::Failback => {}
-    }
-    Ok(())
-}
-
-/// Undoes [`inject`] (also after a failed trial).
-fn undo(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
-    match kind {
-        Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
-        Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
-        Kind::ForwardingDead => lab.forwarding_alive(Uplink::Primary),
-        Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
-        Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
-        Kind::Drain => d
-            .client()
-            .undrain(Uplink::Primary.name())
-            .map_err(LabError::from),
-        Kind::Failback => Ok(()),
     }
 }
