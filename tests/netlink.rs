@@ -618,7 +618,7 @@ fn carrier_poller_reads_cold_interfaces_seldom() {
             Duration::from_millis(2),
             (hot.clone(), 100_000),
             None,
-            None,
+            Vec::new(),
             tx,
             stop.clone(),
         )

@@ -45,6 +45,14 @@ struct UplinkFamily {
     /// Echo mode: the slow ICMP check of the router itself (at most one
     /// per second; diagnosis only, never a verdict).
     check: Target,
+    /// Echo mode: the echo stream last asked of the adapter (None: none
+    /// running, or one to be asked afresh).
+    stream: Option<crate::echo::EchoSpec>,
+    /// The next stream asked must be judged afresh (the carrier came back).
+    stream_fresh: bool,
+    /// Echo mode: the stream is late or stopped (the router is pinged
+    /// once, to tell a dead router from one that stopped forwarding).
+    echo_trouble: bool,
     /// Per transit (index into config.transits): its targets of this family.
     transits: Vec<Vec<Target>>,
     /// Fast rounds left in the current burst (suspicion), and when the next is due.
@@ -166,6 +174,9 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             trial_ok: 0,
             trial_miss: 0,
             check: Target::new(gw, now),
+            stream: None,
+            stream_fresh: false,
+            echo_trouble: false,
             transits: cfg
                 .transits
                 .iter()
@@ -334,6 +345,12 @@ impl Core {
             Event::SourceAddress { family, present } => self.on_source(family, present, out),
             Event::Counters(c) => self.on_counters(now, c, out),
             Event::Unreachable { family, from } => self.on_unreachable(now, family, from, out),
+            Event::Echo {
+                uplink,
+                family,
+                news,
+                last_back,
+            } => self.on_echo(now, uplink, family, news, last_back, out),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::config::Family;
 use crate::status::Change;
 
 pub mod config;
+pub mod echo;
 mod engine;
 pub mod proto;
 pub mod rates;
@@ -139,6 +140,15 @@ pub enum Event {
     /// A reading of the namespace's TCP counters and the uplinks' interface
     /// counters (see [`suspicion`]): the rules may suspect an uplink.
     Counters(suspicion::Counters),
+    /// Echo mode: the forwarding-plane echo stream through `uplink`'s
+    /// gateway of `family` changed (see [`echo`]); `last_back` is when the
+    /// newest echo came back, if one did.
+    Echo {
+        uplink: UplinkId,
+        family: Family,
+        news: echo::EchoNews,
+        last_back: Option<Now>,
+    },
     /// An ICMP destination-unreachable from `from` that quotes one of our
     /// own packets (the adapter validated the quoted source). From the
     /// active uplink's gateway of `family`, it is a suspicion.
@@ -149,6 +159,18 @@ pub enum Event {
 pub enum Action {
     /// Send this probe; answer with `Event::ProbeDone`.
     Probe(ProbeRequest),
+    /// Run the forwarding-plane echo stream through `uplink`'s gateway of
+    /// `family` (`gateway`) as `spec` says, replacing any before; `None`
+    /// stops it. Answered with `Event::Echo` on changes only.
+    EchoStream {
+        uplink: UplinkId,
+        family: Family,
+        gateway: IpAddr,
+        spec: Option<echo::EchoSpec>,
+        /// Judge it afresh, as a new stream, even if one runs (the core
+        /// forgot its verdict: the carrier came back).
+        fresh: bool,
+    },
     /// Replace the managed default route of `family` so it goes via `uplink`.
     SetDefaultRoute { family: Family, uplink: UplinkId },
     /// Drop the uplink's neighbour entries of this family so senders blocked

@@ -138,6 +138,14 @@ impl Target {
         self.miss_since = None;
     }
 
+    /// [`Self::new_run`], and the probes sent before `now` that are still
+    /// in flight do not start one either when they time out (they were
+    /// lost while the gateway was not known alive).
+    pub fn new_run_from(&mut self, now: Now) {
+        self.new_run();
+        self.last_replied_sent = Some(self.last_replied_sent.map_or(now, |t| t.max(now)));
+    }
+
     pub fn set_verdict(&mut self, now: Now, reachable: bool) -> bool {
         if self.verdict == Some(reachable) {
             return false;

@@ -91,6 +91,7 @@ pub async fn run(
             _ = inputs.timer.wait(plan.wake) => daemon.on_timer(Mono::now()),
             _ = inputs.watch.missing(), if plan.watching => daemon.on_timer(Mono::now()),
             _ = inputs.counters.woken() => daemon.on_counters(Mono::now()),
+            _ = inputs.echo.woken() => daemon.on_echo(Mono::now()),
             Some(u) = inputs.unreach.recv() => daemon.on_unreachable(u),
             Some(b) = inputs.bond.recv() => daemon.on_bond(b, Mono::now()),
             Some(ev) = inputs.net.recv() => daemon.on_net(ev, Mono::now()),

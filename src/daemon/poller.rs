@@ -14,9 +14,10 @@ use super::clock::Clock;
 use crate::config::{Config, Family};
 use crate::core::ProbeKind;
 use crate::core::{CarrierSource, Core, Event};
-use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
+use crate::netlink::carrier::{spawn_carrier_poller_hot, CarrierSample, ReplyWatch, TickHook};
 use crate::netlink::counters::{CounterSample, CounterTap};
 use crate::netlink::NetlinkError;
+use crate::probe::echo_stream::EchoStreams;
 use crate::probe::{EchoProber, Prober};
 
 /// The managed interfaces, sorted, each once.
@@ -53,6 +54,7 @@ impl CarrierPoller {
         every: Duration,
         watch: &Arc<ReplyWatch>,
         counters: &Arc<CounterTap>,
+        echo: &Arc<EchoStreams>,
         tx: mpsc::UnboundedSender<CarrierSample>,
     ) -> Result<Self, NetlinkError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -62,7 +64,7 @@ impl CarrierPoller {
             every,
             (hot.clone(), COLD_EVERY),
             Some(watch.clone()),
-            Some(counters.clone()),
+            vec![counters.clone() as Arc<dyn TickHook>, echo.clone()],
             tx,
             stop.clone(),
         )?;

@@ -45,6 +45,7 @@ use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
+use crate::probe::echo_stream::{EchoStreams, StreamNews};
 use crate::probe::{EchoProber, Prober};
 use crate::probe::{MemberProber, MemberSpec};
 use crate::status::{Change, CompetingRoute, EventRecord, Level};
@@ -83,6 +84,8 @@ pub(super) struct Inputs {
     pub watch: Arc<ReplyWatch>,
     /// Counter readings for passive suspicion; woken when one could matter.
     pub counters: Arc<CounterTap>,
+    /// The forwarding-plane echo streams; woken when one changes.
+    pub echo: Arc<EchoStreams>,
 }
 
 /// When the loop wakes next, unless an input comes first.
@@ -118,6 +121,9 @@ pub(super) struct Daemon {
     /// Shared with the poller thread, which reads the counters every few ticks.
     counters: Arc<CounterTap>,
     counter_samples: Vec<CounterSample>,
+    /// Shared with the poller thread, which runs them on its tick.
+    streams: Arc<EchoStreams>,
+    stream_news: Vec<StreamNews>,
     /// Stops the unreachable listeners when the daemon ends.
     _unreach_stop: StopOnDrop,
     /// The reply watch was set for this turn: cleared once awake.
@@ -238,11 +244,16 @@ impl Daemon {
         if cfg.probe.suspicion && !missing.is_empty() {
             warn!(files = %missing.join(", "), "passive suspicion cannot read these counters; it goes without them");
         }
+        // The forwarding-plane echo streams ride the same tick (see
+        // `probe::echo_stream`); their sockets are opened by the thread,
+        // which is in this namespace.
+        let streams = Arc::new(EchoStreams::new(cfg.probe.carrier_interval));
         let poller = CarrierPoller::start(
             ifnames,
             cfg.probe.carrier_interval,
             &watch,
             &counters,
+            &streams,
             carrier_tx.clone(),
         )?;
 
@@ -361,6 +372,7 @@ impl Daemon {
             timer,
             watch: watch.clone(),
             counters: counters.clone(),
+            echo: streams.clone(),
             unreach: unreach_rx,
         };
         let mut daemon = Daemon {
@@ -379,6 +391,8 @@ impl Daemon {
             watch_entries: Vec::new(),
             counters,
             counter_samples: Vec::new(),
+            streams,
+            stream_news: Vec::new(),
             _unreach_stop: unreach_stop,
             watching: false,
             retired_probers: Vec::new(),
@@ -542,6 +556,12 @@ impl Daemon {
         self.on_timer(at);
     }
 
+    /// An echo stream changed (see `EchoStreams`): taken at the end of the
+    /// turn; the probes' replies are read on this turn too (as `on_counters`).
+    pub fn on_echo(&mut self, at: Mono) {
+        self.on_timer(at);
+    }
+
     /// The timer, or the poller's reply watch: read the probes' replies,
     /// expire the unanswered, and tell the core if a deadline of its passed.
     pub fn on_timer(&mut self, at: Mono) {
@@ -553,6 +573,7 @@ impl Daemon {
                 self.clock.grid(),
                 &self.watch,
                 &self.counters,
+                &self.streams,
                 self.carrier_tx.clone(),
             ) {
                 Ok(p) => self.poller = p,
@@ -955,12 +976,16 @@ impl Daemon {
                 grid,
                 &self.watch,
                 &self.counters,
+                &self.streams,
                 self.carrier_tx.clone(),
             ) {
                 Ok(p) => self.poller = p,
                 Err(e) => error!(error = %e, "carrier poller not renewed"),
             }
         }
+        // The echo streams name uplinks by index: the core asks again.
+        self.streams.clear();
+        self.streams.set_tick(grid);
         // Read every carrier on this turn: new uplinks learn theirs.
         self.read_carrier = Some(CarrierSource::Poll);
         self.clock.set_grid(grid);
@@ -992,7 +1017,7 @@ impl Daemon {
                         (Family::V6, &mut u.gateway_probe.ipv6),
                     ] {
                         if let Some(gp) = gp {
-                            gp.redirects = self.echo.redirects(i, f);
+                            gp.redirects = self.echo.redirects(i, f) + self.streams.redirects(i, f);
                         }
                     }
                 }
@@ -1050,6 +1075,15 @@ impl Daemon {
             &mut self.counter_samples,
             &mut self.events_in,
         );
+        self.streams.take(&mut self.stream_news);
+        for n in self.stream_news.drain(..) {
+            self.events_in.push(Event::Echo {
+                uplink: n.uplink,
+                family: n.family,
+                news: n.news,
+                last_back: n.last_back.map(|m| self.clock.reading(Mono(m))),
+            });
+        }
         if !self.events_in.is_empty() || !self.pre_actions.is_empty() {
             for ev in &self.events_in {
                 if let Event::ProbeDone { id, outcome } = ev {
@@ -1086,6 +1120,23 @@ impl Daemon {
                 } else {
                     self.prober.send(self.clock.instant(self.now), req)
                 }
+            }
+            Action::EchoStream {
+                uplink,
+                family,
+                gateway,
+                spec,
+                fresh,
+            } => {
+                let Some(u) = self.cfg.uplinks.get(uplink) else {
+                    return;
+                };
+                if spec.is_some() {
+                    // The stream takes over from the trial's socket.
+                    self.echo.close(uplink, family);
+                }
+                self.streams
+                    .set(uplink, family, &u.interface, gateway, spec, fresh);
             }
             Action::SetBondActive { .. } if self.observing() => {}
             Action::SetBondActive { bond, uplink } => {

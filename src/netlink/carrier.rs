@@ -106,21 +106,22 @@ pub fn spawn_carrier_poller(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
     let all = Arc::new(AtomicU64::new(u64::MAX));
-    spawn_carrier_poller_hot(interfaces, interval, (all, 1), None, None, tx, stop)
+    spawn_carrier_poller_hot(interfaces, interval, (all, 1), None, Vec::new(), tx, stop)
 }
 
 /// [`spawn_carrier_poller`], reading every `interval` only the "hot"
 /// interfaces: bit `i` of `hot.0` set for `interfaces[i]` (those carrying
 /// traffic; the caller updates it at any time). The others are read every
 /// `hot.1`-th poll. Interfaces past the 64th are always hot. With `watch`,
-/// each poll also runs [`ReplyWatch::check`] at the poll's grid time; with
-/// `counters`, [`CounterTap::tick`] (it reads every few polls).
+/// each poll also runs [`ReplyWatch::check`] at the poll's grid time; and
+/// each of `hooks` (the counter tap, which reads every few polls; the
+/// forwarding-plane echo streams) at the same time, before the check.
 pub fn spawn_carrier_poller_hot(
     interfaces: Vec<String>,
     interval: Duration,
     hot: (Arc<AtomicU64>, u32),
     watch: Option<Arc<ReplyWatch>>,
-    counters: Option<Arc<CounterTap>>,
+    hooks: Vec<Arc<dyn TickHook>>,
     tx: UnboundedSender<CarrierSample>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, NetlinkError> {
@@ -135,16 +136,7 @@ pub fn spawn_carrier_poller_hot(
     let reader = CarrierReader::new(interfaces)?;
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || {
-            run(
-                reader,
-                interval,
-                hot,
-                (watch.as_deref(), counters.as_deref()),
-                &stop,
-                tx,
-            )
-        })
+        .spawn(move || run(reader, interval, hot, (watch.as_deref(), &hooks), &stop, tx))
         .map_err(|e| NetlinkError::io("spawn carrier poller thread", e))
 }
 
@@ -152,7 +144,7 @@ fn run(
     mut reader: CarrierReader,
     interval: Duration,
     (hot, cold_every): (Arc<AtomicU64>, u32),
-    (watch, counters): (Option<&ReplyWatch>, Option<&CounterTap>),
+    (watch, hooks): (Option<&ReplyWatch>, &[Arc<dyn TickHook>]),
     stop: &AtomicBool,
     tx: UnboundedSender<CarrierSample>,
 ) {
@@ -177,8 +169,8 @@ fn run(
                 return;
             }
         }
-        if let Some(c) = counters {
-            c.tick(polls, next);
+        for h in hooks {
+            h.tick(polls, next);
         }
         if let Some(w) = watch {
             w.check(next);
@@ -194,6 +186,19 @@ fn run(
         sleep_until(next, stop);
     }
     tracing::debug!(polls, cpu = ?thread_cpu_time(), "carrier poller stopped");
+}
+
+/// Work that rides the poller's tick (no thread or wake-up of its own):
+/// called on every poll with the poll count and its grid time
+/// (CLOCK_MONOTONIC).
+pub trait TickHook: Send + Sync {
+    fn tick(&self, polls: u64, at: Duration);
+}
+
+impl TickHook for CounterTap {
+    fn tick(&self, polls: u64, at: Duration) {
+        CounterTap::tick(self, polls, at)
+    }
 }
 
 /// Reply checks that the daemon's loop hands to the poller thread while it

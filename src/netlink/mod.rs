@@ -44,7 +44,9 @@ pub mod sysctl;
 
 pub use actuate::{Actuator, RTPROT_UPLINKD};
 pub use bond::{read_bond, set_active, spawn_bond_actuator, spawn_bond_poller, BondSample};
-pub use carrier::{spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample, ReplyWatch};
+pub use carrier::{
+    spawn_carrier_poller, spawn_carrier_poller_hot, CarrierSample, ReplyWatch, TickHook,
+};
 pub use monitor::{spawn_monitor, spawn_monitor_with, MonitorHandle, MonitorOptions};
 pub use sysctl::{set_sysctl, uplink_sysctls, Originals};
 

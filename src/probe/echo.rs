@@ -78,12 +78,12 @@ struct Slot {
     warned_ttl: bool,
 }
 
-struct Sock {
-    fd: OwnedFd,
-    ifindex: u32,
-    mac: [u8; 6],
-    gw_mac: [u8; 6],
-    addr: IpAddr,
+pub(super) struct Sock {
+    pub(super) fd: OwnedFd,
+    pub(super) ifindex: u32,
+    pub(super) mac: [u8; 6],
+    pub(super) gw_mac: [u8; 6],
+    pub(super) addr: IpAddr,
 }
 
 struct Pending {
@@ -129,6 +129,15 @@ impl EchoProber {
         let slot = &self.slots.get(uplink)?[family.index()];
         let sock = slot.sock.as_ref()?;
         (slot.pending.len() == 1).then(|| sock.fd.as_raw_fd())
+    }
+
+    /// Close the socket of (uplink, family): the echo stream took over
+    /// (each packet socket on the interface gets a copy of every echo).
+    /// Echoes still in flight through it time out (the core ignores them).
+    pub fn close(&mut self, uplink: UplinkId, family: Family) {
+        if let Some(s) = self.slots.get_mut(uplink) {
+            s[family.index()].sock = None;
+        }
     }
 
     /// Redirects counted per (uplink, family), for status and metrics.
@@ -305,7 +314,7 @@ impl EchoProber {
 }
 
 impl Sock {
-    fn open(interface: &str, family: Family, gateway: IpAddr) -> Result<Sock, String> {
+    pub(super) fn open(interface: &str, family: Family, gateway: IpAddr) -> Result<Sock, String> {
         let ifindex = nix::net::if_::if_nametoindex(interface)
             .map_err(|e| format!("interface {interface}: {e}"))?;
         let addr = own_address(interface, family)
@@ -345,7 +354,7 @@ impl Sock {
     }
 }
 
-fn send_frame(
+pub(super) fn send_frame(
     fd: &OwnedFd,
     ifindex: u32,
     gw_mac: [u8; 6],
@@ -380,7 +389,7 @@ fn send_frame(
     Ok(())
 }
 
-fn echo_payload(
+pub(super) fn echo_payload(
     token: &[u8; 8],
     id: ProbeId,
     uplink: UplinkId,
@@ -396,7 +405,7 @@ fn echo_payload(
 }
 
 /// (probe id, uplink, family index, sequence) of one of our payloads.
-fn decode_echo(token: &[u8; 8], p: &[u8]) -> Option<(ProbeId, usize, usize, u32)> {
+pub(super) fn decode_echo(token: &[u8; 8], p: &[u8]) -> Option<(ProbeId, usize, usize, u32)> {
     if p.len() != ECHO_PAYLOAD_LEN {
         return None;
     }
@@ -472,13 +481,13 @@ fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
     }
 }
 
-enum Parsed<'a> {
+pub(super) enum Parsed<'a> {
     Echo { ttl: u8, payload: &'a [u8] },
     Redirect,
 }
 
 /// An echo (UDP from and to `addr`, port [`ECHO_PORT`]) or a redirect to `addr`.
-fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<Parsed<'_>> {
+pub(super) fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<Parsed<'_>> {
     let ip = frame.get(ETH_HEADER_LEN..)?;
     let (src, dst, ttl, proto, l4): (IpAddr, IpAddr, u8, u8, &[u8]) = match family {
         Family::V4 => {

@@ -94,6 +94,7 @@ use crate::config::Family;
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest, UplinkId};
 
 pub mod echo;
+pub mod echo_stream;
 pub mod member;
 pub mod packet;
 mod reflect;

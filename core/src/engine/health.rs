@@ -38,6 +38,7 @@ pub(crate) const ECHO_TRIAL_OK: u32 = 3;
 /// fall back to ICMP (about half a second at the default 48 ms rounds; a
 /// slow start of the neighbour entry costs a few).
 pub(crate) const ECHO_TRIAL_MISS: u32 = 10;
+use crate::echo::EchoNews;
 use crate::{Action, CarrierSource, Now, ProbeId, ProbeKind, ProbeOutcome, UplinkId};
 
 impl Core {
@@ -60,6 +61,10 @@ impl Core {
             // not two, for damping).
             for f in u.fams.iter_mut().flatten() {
                 f.gateway.restart(now);
+                // Echo mode: the stream is judged afresh too (asked again).
+                f.stream = None;
+                f.stream_fresh = true;
+                f.echo_trouble = false;
             }
             // Probing resumes: a gateway dead before has the entry the
             // outage left behind, to be resolved afresh.
@@ -221,6 +226,95 @@ impl Core {
         }
     }
 
+    /// Echo mode: the echo stream through `uplink`'s gateway changed. Late:
+    /// the router is pinged once (see `schedule_probes`); stopped: the
+    /// gateway is down now (its reason, forwarding or gateway, from that
+    /// ping: see `judge_health`); back: alive again.
+    pub(super) fn on_echo(
+        &mut self,
+        now: Now,
+        uplink: UplinkId,
+        family: Family,
+        news: EchoNews,
+        last_back: Option<Now>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(name) = self.cfg.uplinks.get(uplink).map(|u| u.name.clone()) else {
+            return;
+        };
+        let Some(f) = self.uplinks[uplink].fams[family.index()].as_mut() else {
+            return;
+        };
+        // News of a stream no longer asked for (a mode change, a reload).
+        if f.mode != GatewayMode::Echo || f.stream.is_none() {
+            return;
+        }
+        let g = &mut f.gateway;
+        if let Some(b) = last_back {
+            g.last_reply = Some(g.last_reply.map_or(b, |r| r.max(b)));
+        }
+        match news {
+            EchoNews::Late { lost } => {
+                f.echo_trouble = true;
+                g.misses_since_reply = lost;
+                g.consecutive_miss = lost;
+            }
+            EchoNews::Stopped { lost } => {
+                f.echo_trouble = true;
+                g.misses_since_reply = lost;
+                g.consecutive_miss = lost;
+                if g.set_verdict(now, false) {
+                    f.refresh_asked = false;
+                    let silent = g
+                        .last_reply
+                        .map(|r| {
+                            format!(", none back for {} ms", now.saturating_sub(r).as_millis())
+                        })
+                        .unwrap_or_default();
+                    out.push(Action::Report(Change::Gateway {
+                        uplink: name,
+                        family: family.name().into(),
+                        address: g.addr,
+                        reachable: false,
+                        evidence: format!(
+                            "{lost} forwarding-plane echoes in a row unanswered{silent}"
+                        ),
+                    }));
+                }
+            }
+            EchoNews::Back { back } => {
+                f.echo_trouble = false;
+                g.misses_since_reply = 0;
+                g.consecutive_miss = 0;
+                g.consecutive_ok = back;
+                let was_dead = g.verdict == Some(false);
+                if g.set_verdict(now, true) {
+                    // As in `on_probe`: far targets missed while the
+                    // gateway was not known alive start a new run, and
+                    // their probes lost meanwhile (timing out now: the
+                    // stream finds a gateway back within milliseconds)
+                    // start none.
+                    for x in f.transits.iter_mut().flatten() {
+                        x.new_run_from(now);
+                    }
+                    out.push(Action::Report(Change::Gateway {
+                        uplink: name,
+                        family: family.name().into(),
+                        address: f.gateway.addr,
+                        reachable: true,
+                        evidence: format!("{back} forwarding-plane echoes back in a row"),
+                    }));
+                }
+                if was_dead {
+                    // As for a dead gateway's ICMP reply: its other
+                    // family's entry is resolved now, not at the kernel's
+                    // next retry.
+                    self.refresh_dead_gateways(uplink, out);
+                }
+            }
+        }
+    }
+
     /// Auto, ICMP mode: a gateway that recovers may be another router now
     /// (or the same with its filters changed): find out again whether it
     /// loops echoes.
@@ -276,7 +370,9 @@ impl Core {
                 f.check.verdict = Some(f.check.consecutive_miss == 0);
                 true
             }
-            (ProbeKind::Echo, GatewayMode::Icmp) => true,
+            // Round echoes of the trial still in flight when it ended: the
+            // stream decides in echo mode; in ICMP mode they say nothing.
+            (ProbeKind::Echo, GatewayMode::Icmp | GatewayMode::Echo) => true,
             (ProbeKind::Echo, GatewayMode::Trying) => {
                 if ok {
                     f.trial_ok += 1;
@@ -353,6 +449,10 @@ impl Core {
         for (i, u) in self.uplinks.iter_mut().enumerate() {
             for (fi, f) in u.fams.iter_mut().enumerate() {
                 let Some(f) = f else { continue };
+                // Echo mode: the echo stream decides (`on_echo`).
+                if f.mode == GatewayMode::Echo {
+                    continue;
+                }
                 let g = &mut f.gateway;
                 if g.verdict == Some(false) {
                     continue;

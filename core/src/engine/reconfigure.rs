@@ -308,6 +308,10 @@ impl Core {
                     f.burst_left = 0;
                     f.burst_end = Some(now);
                 }
+                // The adapter drops its echo streams on a reload (they name
+                // uplinks by index): asked again, judged afresh.
+                f.stream = None;
+                f.echo_trouble = false;
             }
             uplinks.push(u);
         }

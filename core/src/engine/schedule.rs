@@ -56,7 +56,7 @@ impl Core {
                 self.uplinks
                     .get(a)
                     .and_then(|u| u.fams[fi].as_ref())
-                    .is_some_and(|f| suspect(&f.gateway))
+                    .is_some_and(|f| suspect(&f.gateway) || f.echo_trouble)
             })
         });
         // Per uplink, family and transit: since when it has been missing
@@ -119,10 +119,50 @@ impl Core {
                         1
                     }
                 };
+                let present = self.uplinks[i].present;
+                let carrier = self.uplinks[i].carrier == Some(true);
+                let active = self.fam[fi].active;
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
+                // Echo mode: the echo stream (see `crate::echo`) takes the
+                // rounds' place: fast through the uplink carrying the
+                // family (or any, while none does), slow through a standby.
+                let want = (f.mode == GatewayMode::Echo && present).then(|| {
+                    let every = match active {
+                        // A standby, fast too while the active uplink's
+                        // gateway is in doubt (see `verify`), and while its
+                        // carrier is down (its gateway is judged dead as
+                        // soon as by the rounds of ICMP mode: the far
+                        // probes lost meanwhile then say nothing).
+                        Some(a) if a != i && !verify && carrier => p.gateway_interval,
+                        _ => p.echo_interval,
+                    };
+                    crate::echo::EchoSpec::new(every, &p)
+                });
+                if want != f.stream {
+                    if let (Some(old), Some(new)) = (f.stream, want) {
+                        if new.every < old.every && f.gateway.verdict == Some(true) {
+                            // The adapter reports the next echo back (or
+                            // the stop): until then this gateway has not
+                            // answered since the doubt began, and traffic
+                            // does not move to it (see `select`).
+                            f.gateway.consecutive_miss = f.gateway.consecutive_miss.max(1);
+                        }
+                    }
+                    f.stream = want;
+                    out.push(Action::EchoStream {
+                        uplink: i,
+                        family,
+                        gateway: f.gateway.addr,
+                        spec: want,
+                        fresh: std::mem::take(&mut f.stream_fresh),
+                    });
+                }
+                let echo_mode = f.mode == GatewayMode::Echo;
                 // Gateway: fast while a reply is missing.
                 let g = &mut f.gateway;
-                if slowdown(g.verdict) == 1 {
+                if echo_mode {
+                    // No rounds: the stream runs in the adapter.
+                } else if slowdown(g.verdict) == 1 {
                     // Just made active (or no longer answering): back to
                     // the full rate at once.
                     if let Some(t) = g.last_sent {
@@ -132,13 +172,17 @@ impl Core {
                     }
                 }
                 // A dead gateway is re-probed at the steady rate, not hammered.
-                let g_suspect = suspect(g) || (verify && g.verdict != Some(false));
-                if g_suspect {
+                let g_suspect = if echo_mode {
+                    f.echo_trouble
+                } else {
+                    suspect(g) || (verify && g.verdict != Some(false))
+                };
+                if g_suspect && !echo_mode {
                     g.next_at = g
                         .next_at
                         .min(g.last_sent.map_or(now, |t| t + p.gateway_fast_interval));
                 }
-                if g.next_at <= now {
+                if g.next_at <= now && !echo_mode {
                     g.sent(now);
                     let every = if g_suspect {
                         p.gateway_fast_interval
@@ -160,9 +204,7 @@ impl Core {
                             p.gateway_timeout,
                             false,
                         )),
-                        GatewayMode::Echo => {
-                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false))
-                        }
+                        GatewayMode::Echo => {}
                         GatewayMode::Trying => {
                             reqs.push((
                                 ProbeKind::Gateway,
@@ -354,7 +396,9 @@ impl Core {
             for (fi, f) in u.fams.iter().enumerate() {
                 let Some(f) = f else { continue };
                 let family = Family::ALL[fi];
-                consider(f.gateway.next_at);
+                if f.mode != GatewayMode::Echo {
+                    consider(f.gateway.next_at);
+                }
                 let gateway_kind = match f.mode {
                     GatewayMode::Echo => {
                         consider(f.check.next_at);
@@ -371,7 +415,8 @@ impl Core {
                 }
                 // The dead-after time only decides once enough probes went
                 // unanswered (each of which is an event of its own).
-                if f.gateway.verdict != Some(false)
+                if f.mode != GatewayMode::Echo
+                    && f.gateway.verdict != Some(false)
                     && f.gateway.misses_since_reply >= p.gateway_min_misses
                 {
                     let base = f.gateway.last_reply.or(f.gateway.first_sent);

@@ -1,0 +1,389 @@
+//! The forwarding-plane echo streams, run on the carrier poller's tick.
+//!
+//! In echo mode the gateway is probed by a stream of echoes, not by rounds
+//! of the loop: on every tick of the carrier poller thread (4 ms, the
+//! wake-up it already has) each stream's packet socket is drained without
+//! blocking, the stream is judged ([`EchoRun`], the same pure rule the
+//! core's scenarios run), and its next echoes leave: several per tick
+//! through the uplink carrying the family's traffic (`echo_interval`), one
+//! every `gateway_interval` through a standby. The loop is woken only when
+//! a stream changes ([`EchoNews`]: late, stopped, back): in the steady
+//! state the echoes cost no wake-up of the loop and no thread of their own.
+//!
+//! The frames and their validation are the echo prober's
+//! ([`super::echo`]): src = dst = the uplink's own address, UDP to port
+//! 3785, sent with TTL / hop limit 255 in a frame to the gateway's MAC;
+//! counted only with the per-process token, the stream's identity (uplink,
+//! family) and a sequence number it sent and has not yet counted, arriving
+//! with 254 on the packet socket bound to the uplink it left.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::echo::ARRIVAL_TTL;
+use super::echo::{decode_echo, echo_frame, echo_payload, parse_echo, send_frame, Parsed, Sock};
+use crate::config::Family;
+use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
+use crate::core::{ProbeId, UplinkId};
+
+/// The probe id the stream echoes carry (the core's probe ids start at 1,
+/// so a round echo of the auto trial is never taken for a stream's).
+const STREAM_ID: ProbeId = ProbeId(0);
+/// Without a socket (our address or the gateway's MAC not known yet), one
+/// is opened again at most every this many ticks (48 ms at 4 ms).
+const OPEN_EVERY_TICKS: u64 = 12;
+/// A stream that stopped looks up our address and the gateway's MAC again
+/// (a new router, a renumbered uplink) at most every this many ticks.
+const REOPEN_EVERY_TICKS: u64 = 125;
+/// At most this many frames are read from one socket per tick.
+const MAX_RECV_PER_TICK: usize = 64;
+
+/// What the loop is told: a change of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamNews {
+    pub uplink: UplinkId,
+    pub family: Family,
+    pub news: EchoNews,
+    /// When the newest echo was read back (CLOCK_MONOTONIC), if one was.
+    pub last_back: Option<Duration>,
+}
+
+struct Stream {
+    uplink: UplinkId,
+    family: Family,
+    interface: String,
+    gateway: IpAddr,
+    run: EchoRun,
+    /// Ticks since the stream started.
+    ticks: u64,
+    sock: Option<Sock>,
+    /// The tick of the last attempt to open a socket.
+    opened_at: Option<u64>,
+    last_back: Option<Duration>,
+    redirects: u64,
+    warned_redirect: bool,
+    warned_ttl: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: Vec<Stream>,
+    /// Redirects of streams no longer running, per (uplink, family index).
+    redirects_done: Vec<(UplinkId, usize, u64)>,
+    tick: Duration,
+}
+
+/// The streams, shared by the loop (which sets them as the core asks) and
+/// the carrier poller thread (which runs them); see the module docs.
+pub struct EchoStreams {
+    inner: Mutex<Inner>,
+    news: Mutex<Vec<StreamNews>>,
+    wake: tokio::sync::Notify,
+    token: [u8; 8],
+    /// Cost: ticks with a stream, echoes sent, and the time spent.
+    ticks: AtomicU64,
+    sent: AtomicU64,
+    tick_ns: AtomicU64,
+}
+
+impl EchoStreams {
+    /// Streams run on a tick of `tick` (the carrier interval).
+    pub fn new(tick: Duration) -> EchoStreams {
+        EchoStreams {
+            inner: Mutex::new(Inner {
+                tick,
+                ..Default::default()
+            }),
+            news: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            token: *super::token(),
+            ticks: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            tick_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The poller's tick changed (a reload).
+    pub fn set_tick(&self, tick: Duration) {
+        self.lock().tick = tick;
+    }
+
+    /// Run the stream through `uplink`'s gateway of `family` as `spec`
+    /// says (None: stop it). A running stream to the same gateway keeps
+    /// its judge unless `fresh`.
+    pub fn set(
+        &self,
+        uplink: UplinkId,
+        family: Family,
+        interface: &str,
+        gateway: IpAddr,
+        spec: Option<EchoSpec>,
+        fresh: bool,
+    ) {
+        let mut inner = self.lock();
+        let i = inner
+            .streams
+            .iter()
+            .position(|s| s.uplink == uplink && s.family == family);
+        match (spec, i) {
+            (None, Some(i)) => {
+                let s = inner.streams.swap_remove(i);
+                inner
+                    .redirects_done
+                    .push((uplink, family.index(), s.redirects));
+            }
+            (None, None) => {}
+            (Some(spec), Some(i))
+                if !fresh
+                    && inner.streams[i].gateway == gateway
+                    && inner.streams[i].interface == interface =>
+            {
+                let run = &mut inner.streams[i].run;
+                if spec.every < run.spec.every {
+                    // Made faster: it may carry the traffic soon.
+                    run.verify();
+                }
+                run.spec = spec;
+            }
+            (Some(spec), i) => {
+                let redirects = i.map_or(0, |i| inner.streams[i].redirects);
+                let s = Stream {
+                    uplink,
+                    family,
+                    interface: interface.to_string(),
+                    gateway,
+                    run: EchoRun::new(spec),
+                    ticks: 0,
+                    sock: None,
+                    opened_at: None,
+                    last_back: None,
+                    redirects,
+                    warned_redirect: redirects > 0,
+                    warned_ttl: false,
+                };
+                match i {
+                    Some(i) => inner.streams[i] = s,
+                    None => inner.streams.push(s),
+                }
+            }
+        }
+    }
+
+    /// Stop every stream (a reload: they name uplinks by index).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.streams.clear();
+        inner.redirects_done.clear();
+    }
+
+    /// Redirects the gateway answered this stream's echoes with.
+    pub fn redirects(&self, uplink: UplinkId, family: Family) -> u64 {
+        let inner = self.lock();
+        let running: u64 = inner
+            .streams
+            .iter()
+            .filter(|s| s.uplink == uplink && s.family == family)
+            .map(|s| s.redirects)
+            .sum();
+        let done: u64 = inner
+            .redirects_done
+            .iter()
+            .filter(|r| r.0 == uplink && r.1 == family.index())
+            .map(|r| r.2)
+            .sum();
+        running + done
+    }
+
+    /// The news since the last call, oldest first.
+    pub fn take(&self, out: &mut Vec<StreamNews>) {
+        out.append(&mut self.news.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Resolves when a stream changed.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// (ticks with a stream, echoes sent, mean cost of such a tick).
+    pub fn cost(&self) -> (u64, u64, Duration) {
+        let n = self.ticks.load(Ordering::Relaxed);
+        let ns = self.tick_ns.load(Ordering::Relaxed);
+        (
+            n,
+            self.sent.load(Ordering::Relaxed),
+            Duration::from_nanos(ns.checked_div(n).unwrap_or(0)),
+        )
+    }
+
+    /// One tick of the poller at `at` (CLOCK_MONOTONIC): drain, judge, send.
+    pub fn tick(&self, at: Duration) {
+        let mut inner = self.lock();
+        if inner.streams.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        let tick = inner.tick;
+        let mut news = Vec::new();
+        let mut sent = 0u64;
+        for s in &mut inner.streams {
+            s.drain(&self.token, at);
+            if let Some(n) = s.run.judge() {
+                news.push(StreamNews {
+                    uplink: s.uplink,
+                    family: s.family,
+                    news: n,
+                    last_back: s.last_back,
+                });
+            }
+            let (per_tick, every) = s.run.spec.per_tick(tick);
+            if s.ticks % every == 0 {
+                s.open_if_due();
+                for _ in 0..per_tick {
+                    let seq = s.run.send();
+                    sent += 1;
+                    s.send(&self.token, seq);
+                }
+            }
+            s.ticks += 1;
+        }
+        drop(inner);
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.tick_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if !news.is_empty() {
+            self.news
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut news);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl crate::netlink::carrier::TickHook for EchoStreams {
+    fn tick(&self, _polls: u64, at: Duration) {
+        EchoStreams::tick(self, at)
+    }
+}
+
+impl Stream {
+    /// Open a socket if there is none (at most every `OPEN_EVERY_TICKS`),
+    /// or again after the stream stopped (every `REOPEN_EVERY_TICKS`).
+    fn open_if_due(&mut self) {
+        let every = match (&self.sock, self.run.state) {
+            (None, _) => OPEN_EVERY_TICKS,
+            (Some(_), EchoState::Stopped) => REOPEN_EVERY_TICKS,
+            _ => return,
+        };
+        if self
+            .opened_at
+            .is_some_and(|t| self.ticks < t.saturating_add(every))
+        {
+            return;
+        }
+        self.opened_at = Some(self.ticks);
+        match Sock::open(&self.interface, self.family, self.gateway) {
+            Ok(s) => {
+                debug!(interface = %self.interface, family = %self.family, addr = %s.addr,
+                    gw_mac = ?s.gw_mac, "opened forwarding-plane echo stream socket");
+                self.sock = Some(s);
+            }
+            Err(e) => {
+                if self.sock.take().is_some() || self.ticks == 0 {
+                    debug!(interface = %self.interface, family = %self.family, error = %e,
+                        "forwarding-plane echo stream: no socket (retried)");
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, token: &[u8; 8], seq: u32) {
+        let Some(sock) = self.sock.as_ref() else {
+            return; // counted as sent, and so as lost
+        };
+        let payload = echo_payload(token, STREAM_ID, self.uplink, self.family, seq);
+        let frame = echo_frame(sock.mac, sock.gw_mac, sock.addr, &payload);
+        if let Err(e) = send_frame(&sock.fd, sock.ifindex, sock.gw_mac, self.family, &frame) {
+            debug!(interface = %self.interface, family = %self.family, error = %e,
+                "forwarding-plane echo not sent");
+        }
+    }
+
+    /// Read every frame queued (without blocking) and count the valid echoes.
+    fn drain(&mut self, token: &[u8; 8], at: Duration) {
+        let Some(sock) = self.sock.as_ref() else {
+            return;
+        };
+        let fd = sock.fd.as_raw_fd();
+        let addr = sock.addr;
+        let mut buf = [0u8; 256];
+        for _ in 0..MAX_RECV_PER_TICK {
+            let mut sll = MaybeUninit::<libc::sockaddr_ll>::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: valid fd, buffer and sockaddr_ll of the stated size.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    sll.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            // SAFETY: the kernel wrote a sockaddr_ll (or left zeros).
+            if unsafe { sll.assume_init_ref() }.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let frame = &buf[..(n as usize).min(buf.len())];
+            match parse_echo(frame, self.family, addr) {
+                Some(Parsed::Redirect) => {
+                    self.redirects += 1;
+                    if !self.warned_redirect {
+                        self.warned_redirect = true;
+                        warn!(uplink = self.uplink, family = %self.family,
+                            "the gateway answers forwarding-plane echoes with ICMP redirects: turn redirects off on the router's interface toward this server (Linux: net.ipv4.conf.<if>.send_redirects=0; IPv6 routers: no ipv6 redirects), or set gateway_probe = \"icmp\"; this host does not accept them");
+                    }
+                }
+                Some(Parsed::Echo { ttl, payload }) => {
+                    let Some((id, u, f, seq)) = decode_echo(token, payload) else {
+                        continue; // not our token
+                    };
+                    if id != STREAM_ID || u != self.uplink || f != self.family.index() {
+                        continue;
+                    }
+                    if ttl != ARRIVAL_TTL {
+                        if !self.warned_ttl {
+                            self.warned_ttl = true;
+                            info!(uplink = self.uplink, family = %self.family, ttl,
+                                "forwarding-plane echo rejected: arrival TTL is not 254 (not forwarded exactly once)");
+                        }
+                        continue;
+                    }
+                    if self.run.back(seq) {
+                        self.last_back = Some(at);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
