@@ -101,6 +101,13 @@ pub async fn run(
         }
         daemon.end_turn();
     }
+    let (ticks, echoes, mean) = daemon.echo_cost();
+    info!(
+        ticks,
+        echoes,
+        mean_tick = ?mean,
+        "forwarding-plane echo streams: cost on the carrier poller's tick"
+    );
     info!("uplinkd stopping; routes are left as they are");
     Ok(())
 }

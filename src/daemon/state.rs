@@ -556,6 +556,12 @@ impl Daemon {
         self.on_timer(at);
     }
 
+    /// What the echo streams cost the poller thread: (ticks with a
+    /// stream, echoes sent, mean time of such a tick).
+    pub fn echo_cost(&self) -> (u64, u64, Duration) {
+        self.streams.cost()
+    }
+
     /// An echo stream changed (see `EchoStreams`): taken at the end of the
     /// turn; the probes' replies are read on this turn too (as `on_counters`).
     pub fn on_echo(&mut self, at: Mono) {
@@ -1018,6 +1024,23 @@ impl Daemon {
                     ] {
                         if let Some(gp) = gp {
                             gp.redirects = self.echo.redirects(i, f) + self.streams.redirects(i, f);
+                        }
+                    }
+                    // Echo mode: the gateway's loss and last reply are the
+                    // stream's (the core hears of it only on changes).
+                    let now = crate::netlink::carrier::monotonic_now();
+                    for (f, g) in [
+                        (Family::V4, &mut u.gateway.ipv4),
+                        (Family::V6, &mut u.gateway.ipv6),
+                    ] {
+                        if let (Some(g), Some((loss, back, _, _))) =
+                            (g.as_mut(), self.streams.stats(i, f))
+                        {
+                            g.loss = loss;
+                            if let Some(b) = back {
+                                g.last_reply_ms_ago =
+                                    Some(now.saturating_sub(b).as_millis() as u64);
+                            }
                         }
                     }
                 }

@@ -67,6 +67,13 @@ struct Stream {
     /// The tick of the last attempt to open a socket.
     opened_at: Option<u64>,
     last_back: Option<Duration>,
+    /// Echoes sent at the last sending tick, and those back since.
+    last_batch: u32,
+    back_since: u32,
+    /// Recent loss (moving average over about 64 sending ticks), and totals.
+    loss: f64,
+    sent_total: u64,
+    back_total: u64,
     redirects: u64,
     warned_redirect: bool,
     warned_ttl: bool,
@@ -168,6 +175,11 @@ impl EchoStreams {
                     sock: None,
                     opened_at: None,
                     last_back: None,
+                    last_batch: 0,
+                    back_since: 0,
+                    loss: 0.0,
+                    sent_total: 0,
+                    back_total: 0,
                     redirects,
                     warned_redirect: redirects > 0,
                     warned_ttl: false,
@@ -203,6 +215,21 @@ impl EchoStreams {
             .map(|r| r.2)
             .sum();
         running + done
+    }
+
+    /// (recent loss, when the newest echo came back (CLOCK_MONOTONIC),
+    /// echoes sent, echoes back) of the stream of (uplink, family).
+    pub fn stats(
+        &self,
+        uplink: UplinkId,
+        family: Family,
+    ) -> Option<(f64, Option<Duration>, u64, u64)> {
+        let inner = self.lock();
+        let s = inner
+            .streams
+            .iter()
+            .find(|s| s.uplink == uplink && s.family == family)?;
+        Some((s.loss, s.last_back, s.sent_total, s.back_total))
     }
 
     /// The news since the last call, oldest first.
@@ -248,6 +275,7 @@ impl EchoStreams {
             }
             let (per_tick, every) = s.run.spec.per_tick(tick);
             if s.ticks % every == 0 {
+                s.account(per_tick);
                 s.open_if_due();
                 for _ in 0..per_tick {
                     let seq = s.run.send();
@@ -279,6 +307,18 @@ impl crate::netlink::carrier::TickHook for EchoStreams {
 }
 
 impl Stream {
+    /// Before sending `n`: the last batch's loss into the moving average.
+    fn account(&mut self, n: u32) {
+        if self.last_batch > 0 {
+            let lost = self.last_batch.saturating_sub(self.back_since);
+            let sample = f64::from(lost) / f64::from(self.last_batch);
+            self.loss += (sample - self.loss) / 64.0;
+        }
+        self.last_batch = n;
+        self.back_since = 0;
+        self.sent_total += u64::from(n);
+    }
+
     /// Open a socket if there is none (at most every `OPEN_EVERY_TICKS`),
     /// or again after the stream stopped (every `REOPEN_EVERY_TICKS`).
     fn open_if_due(&mut self) {
@@ -380,6 +420,8 @@ impl Stream {
                     }
                     if self.run.back(seq) {
                         self.last_back = Some(at);
+                        self.back_since += 1;
+                        self.back_total += 1;
                     }
                 }
                 None => {}
