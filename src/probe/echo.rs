@@ -84,6 +84,9 @@ pub(super) struct Sock {
     pub(super) mac: [u8; 6],
     pub(super) gw_mac: [u8; 6],
     pub(super) addr: IpAddr,
+    /// IPv6: a UDP socket on our address and the echo port that drops
+    /// everything (see [`absorber`]).
+    _absorb: Option<OwnedFd>,
 }
 
 struct Pending {
@@ -350,8 +353,30 @@ impl Sock {
             mac,
             gw_mac,
             addr,
+            _absorb: absorber(addr),
         })
     }
+}
+
+/// IPv6 delivers a returning echo locally too (IPv4 drops it as a martian
+/// source first): with no socket on the echo port, the kernel answers each
+/// with an ICMPv6 port unreachable to itself, which costs a wake-up of the
+/// unreachable listener (measured: ~280/s at 500 echoes/s) and of the loop.
+/// A UDP socket bound to our address and the port, whose kernel filter
+/// drops every datagram, takes them silently. None if the port is taken
+/// (a BFD daemon's socket absorbs them just as well) or the address is not
+/// usable yet.
+fn absorber(addr: IpAddr) -> Option<OwnedFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let IpAddr::V6(a) = addr else {
+        return None;
+    };
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    s.set_only_v6(true).ok()?;
+    super::packet::attach_filter(s.as_raw_fd(), &[bpf(0x06, 0, 0, 0)]).ok()?;
+    s.bind(&std::net::SocketAddrV6::new(a, ECHO_PORT, 0, 0).into())
+        .ok()?;
+    Some(s.into())
 }
 
 pub(super) fn send_frame(
