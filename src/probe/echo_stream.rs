@@ -261,11 +261,16 @@ impl EchoStreams {
         }
         let t0 = Instant::now();
         let tick = inner.tick;
+        // Drain and judge every stream first, and tell the loop at once:
+        // nothing below may delay a stop.
         let mut news = Vec::new();
-        let mut sent = 0u64;
         for s in &mut inner.streams {
             s.drain(&self.token, at);
             if let Some(n) = s.run.judge() {
+                if matches!(n, EchoNews::Stopped { .. }) {
+                    // Looked up again only if it stays stopped a while.
+                    s.opened_at = Some(s.ticks);
+                }
                 news.push(StreamNews {
                     uplink: s.uplink,
                     family: s.family,
@@ -273,10 +278,50 @@ impl EchoStreams {
                     last_back: s.last_back,
                 });
             }
+        }
+        if !news.is_empty() {
+            self.news
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut news);
+            self.wake.notify_one();
+        }
+        // Sockets to open, opened without the lock (the loop's `set` must
+        // not wait) and between judging and sending: a lookup of our
+        // address and the gateway's MAC is a netlink dump, which waits for
+        // the kernel's RTNL lock whenever routes or links change anywhere
+        // on the host (measured: 12 ms each while the bench injected a
+        // fault, which held up the stop of the other family's stream).
+        let due: Vec<(UplinkId, Family, String, IpAddr)> = inner
+            .streams
+            .iter_mut()
+            .filter_map(|s| {
+                let due = s.ticks % s.run.spec.per_tick(tick).1 == 0 && s.open_due();
+                due.then(|| (s.uplink, s.family, s.interface.clone(), s.gateway))
+            })
+            .collect();
+        if !due.is_empty() {
+            drop(inner);
+            let opened: Vec<_> = due
+                .into_iter()
+                .map(|(u, f, i, g)| (u, f, g, Sock::open(&i, f, g)))
+                .collect();
+            inner = self.lock();
+            for (u, f, g, r) in opened {
+                if let Some(s) = inner
+                    .streams
+                    .iter_mut()
+                    .find(|s| s.uplink == u && s.family == f && s.gateway == g)
+                {
+                    s.install(r);
+                }
+            }
+        }
+        let mut sent = 0u64;
+        for s in &mut inner.streams {
             let (per_tick, every) = s.run.spec.per_tick(tick);
             if s.ticks % every == 0 {
                 s.account(per_tick);
-                s.open_if_due();
                 for _ in 0..per_tick {
                     let seq = s.run.send();
                     sent += 1;
@@ -290,13 +335,6 @@ impl EchoStreams {
         self.sent.fetch_add(sent, Ordering::Relaxed);
         self.tick_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if !news.is_empty() {
-            self.news
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(&mut news);
-            self.wake.notify_one();
-        }
     }
 }
 
@@ -319,22 +357,27 @@ impl Stream {
         self.sent_total += u64::from(n);
     }
 
-    /// Open a socket if there is none (at most every `OPEN_EVERY_TICKS`),
-    /// or again after the stream stopped (every `REOPEN_EVERY_TICKS`).
-    fn open_if_due(&mut self) {
+    /// A socket is to be opened now: there is none (at most every
+    /// `OPEN_EVERY_TICKS`), or the stream stopped a while ago (every
+    /// `REOPEN_EVERY_TICKS`, counted from the stop).
+    fn open_due(&mut self) -> bool {
         let every = match (&self.sock, self.run.state) {
             (None, _) => OPEN_EVERY_TICKS,
             (Some(_), EchoState::Stopped) => REOPEN_EVERY_TICKS,
-            _ => return,
+            _ => return false,
         };
         if self
             .opened_at
             .is_some_and(|t| self.ticks < t.saturating_add(every))
         {
-            return;
+            return false;
         }
         self.opened_at = Some(self.ticks);
-        match Sock::open(&self.interface, self.family, self.gateway) {
+        true
+    }
+
+    fn install(&mut self, r: Result<Sock, String>) {
+        match r {
             Ok(s) => {
                 debug!(interface = %self.interface, family = %self.family, addr = %s.addr,
                     gw_mac = ?s.gw_mac, "opened forwarding-plane echo stream socket");
