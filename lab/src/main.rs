@@ -54,7 +54,8 @@ enum Cmd {
     },
     /// Measure failover outage (and CPU, RSS, false switches, start-up)
     /// against the kernel's own fallback and FRR; prints a table. A full run
-    /// (20 trials) takes about 35-40 minutes; --trials and --only shorten
+    /// (20 trials) takes about 65 minutes (25 of them the soak rows);
+    /// --trials, --soak and --only shorten
     /// it. Run it on a quiet machine: other work skews every figure.
     Bench {
         /// Trials per failure kind and address family.
