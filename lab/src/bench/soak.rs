@@ -772,7 +772,7 @@ pub fn table(rows: &[SoakRow]) -> String {
                 Some(r) if r.error.is_some() => {
                     format!(
                         "**measurement failed**: {}",
-                        r.error.as_deref().unwrap_or("")
+                        one_line(r.error.as_deref().unwrap_or(""))
                     )
                 }
                 Some(r) => match r.meets_target {
@@ -790,6 +790,15 @@ pub fn table(rows: &[SoakRow]) -> String {
         ));
     }
     t
+}
+
+/// `text` on one line (a table cell), at most 300 characters.
+fn one_line(text: &str) -> String {
+    let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match t.char_indices().nth(300) {
+        Some((i, _)) => format!("{} ...", &t[..i]),
+        None => t,
+    }
 }
 
 /// Every soak row that missed its target or did not measure.
@@ -891,6 +900,13 @@ mod tests {
             t.contains("**measurement failed**: the policer saw nothing"),
             "{t}"
         );
+        let long = SoakRow::failed("policing", "at 5/s", "icmp", &"exited;\nlog:\nline");
+        let t1 = table(&[long]);
+        assert!(
+            t1.contains("**measurement failed**: exited; log: line |"),
+            "{t1}"
+        );
+        assert_eq!(one_line(&"x".repeat(400)).len(), 304);
         let m = missed(&rows);
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(
