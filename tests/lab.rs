@@ -746,3 +746,107 @@ fn demo_runs_end_to_end() {
         assert!(!netns::exists(n), "{n} left behind by the demo");
     }
 }
+
+/// The bench's probe-load and policing rows stand on these: pings to a
+/// router and to a transit are counted where they arrive, the policer lets
+/// a burst and then its rate through (and counts what it dropped), and the
+/// loss rules count their drops.
+#[test]
+fn load_counters_policing_and_loss_counters_count_what_they_see() {
+    use uplink_lab::load::class;
+    let lab = build(&LabSpec {
+        server_default_route: Some(Uplink::Primary),
+        ..LabSpec::default()
+    });
+    add_uplink_tables(&lab);
+    let srv = lab.server_ns();
+    let opts = |f| via(Uplink::Primary, f, Duration::from_millis(300));
+    let spacing = Duration::from_micros(500);
+    lab.start_load_count().unwrap();
+    for f in Family::ALL {
+        let gw = lab
+            .ping_burst(&srv, Uplink::Primary.gateway(f), &opts(f), 200, spacing)
+            .unwrap();
+        assert_eq!(gw, 200, "{f} gateway");
+        let t = lab
+            .ping_burst(&srv, transit_target(0, f), &opts(f), 100, spacing)
+            .unwrap();
+        assert_eq!(t, 100, "{f} transit-a");
+    }
+    let loads = lab.read_load_count().unwrap();
+    let names: Vec<&str> = loads.iter().map(|l| l.node.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ra",
+            "rb",
+            "transit-a",
+            "transit-b",
+            "transit-c",
+            "transit-d"
+        ]
+    );
+    let (ra, rb, ta) = (&loads[0], &loads[1], &loads[2]);
+    assert_eq!(ra.get(class::V4_PINGS).unwrap(), 200, "{ra:?}");
+    assert_eq!(ra.get(class::V6_PINGS).unwrap(), 200, "{ra:?}");
+    assert!(ra.get(class::V4_TO_ROUTER).unwrap() >= 200, "{ra:?}");
+    assert_eq!(rb.get(class::V4_PINGS).unwrap(), 0, "{rb:?}");
+    assert_eq!(ta.get(class::V4_TRANSIT).unwrap(), 100, "{ta:?}");
+    assert_eq!(ta.get(class::V6_TRANSIT).unwrap(), 100, "{ta:?}");
+    assert_eq!(loads[3].get(class::V4_TRANSIT).unwrap(), 0);
+    // Read once: the counting rules are gone.
+    assert!(lab.read_load_count().is_err(), "counters read twice");
+
+    lab.police_self(Uplink::Primary, 5).unwrap();
+    for f in Family::ALL {
+        // 200 pings in 0.1 s: the burst (5) and a packet or so more.
+        let n = lab
+            .ping_burst(&srv, Uplink::Primary.gateway(f), &opts(f), 200, spacing)
+            .unwrap();
+        assert!(n <= 20, "{f}: {n} of 200 answered through a 5/s policer");
+        let other = lab
+            .ping_burst(
+                &srv,
+                Uplink::Secondary.gateway(f),
+                &via(Uplink::Secondary, f, Duration::from_millis(300)),
+                100,
+                spacing,
+            )
+            .unwrap();
+        assert_eq!(other, 100, "{f}: the other router is not policed");
+        // Forwarded traffic is not policed.
+        let t = lab
+            .ping_burst(&srv, transit_target(0, f), &opts(f), 100, spacing)
+            .unwrap();
+        assert_eq!(t, 100, "{f}: forwarding through the policing router");
+    }
+    let c = lab.police_counters(Uplink::Primary).unwrap();
+    assert_eq!(c["seen icmp echo"], 200, "{c:?}");
+    assert_eq!(c["seen icmpv6 echo"], 200, "{c:?}");
+    assert!(c["policed icmp echo"] >= 180, "{c:?}");
+    assert!(
+        c.contains_key("policed arp") && c.contains_key("seen nd"),
+        "{c:?}"
+    );
+    lab.clear_police(Uplink::Primary).unwrap();
+    assert!(lab.police_counters(Uplink::Primary).is_err(), "cleared");
+    let gw = Uplink::Primary.gateway(Family::V4);
+    let n = lab
+        .ping_burst(&srv, gw, &opts(Family::V4), 200, spacing)
+        .unwrap();
+    assert_eq!(n, 200, "policing cleared");
+
+    lab.random_loss(Uplink::Primary, 50.0).unwrap();
+    let n = lab
+        .ping_burst(&srv, gw, &opts(Family::V4), 200, spacing)
+        .unwrap();
+    let (pings, echoes) = lab.loss_dropped(Uplink::Primary).unwrap();
+    assert_eq!(pings, 200 - n as u64, "dropped = not answered");
+    assert_eq!(echoes, 0);
+    lab.clear_loss(Uplink::Primary).unwrap();
+    assert!(lab.loss_dropped(Uplink::Primary).is_err(), "cleared");
+    lab.tcp_loss(Uplink::Primary, 2).unwrap();
+    assert_eq!(lab.tcp_loss_dropped(Uplink::Primary).unwrap(), 0);
+    lab.clear_tcp_loss(Uplink::Primary).unwrap();
+    lab.destroy().unwrap();
+}

@@ -41,6 +41,9 @@ use crate::{
 };
 use uplinkd_core::status::UplinkState;
 
+mod soak;
+pub use soak::{SoakRow, DEFAULT_SOAK, SOAK_SECTIONS};
+
 type Result<T, E = LabError> = std::result::Result<T, E>;
 
 fn invalid(msg: impl Into<String>) -> LabError {
@@ -109,6 +112,10 @@ pub struct BenchOpts {
     /// `LABEL=BINARY`, `LABEL=BINARY+OVERRIDES.toml` or `LABEL=+OVERRIDES.toml`
     /// (the main binary with other config).
     pub variants: Vec<String>,
+    /// Length of the `echo-loss` and `tcp-loss` soaks ([`DEFAULT_SOAK`]
+    /// when None); also caps the `policing` window per rate and the
+    /// `probe-load` window.
+    pub soak: Option<Duration>,
 }
 
 /// One daemon measured in a run: a binary and the config it runs with.
@@ -177,7 +184,7 @@ pub struct VariantResult {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 15] = [
+pub const SECTIONS: [&str; 19] = [
     "first-decision",
     "idle",
     "idle-breakdown",
@@ -193,6 +200,10 @@ pub const SECTIONS: [&str; 15] = [
     "kernel",
     "frr",
     "suspicion",
+    "echo-loss",
+    "policing",
+    "probe-load",
+    "tcp-loss",
 ];
 
 /// A failure kind.
@@ -412,6 +423,9 @@ pub struct Results {
     /// Steady probes per transit target with passive suspicion off and on
     /// (section `suspicion`).
     pub suspicion_probes: Vec<Value>,
+    /// The soak and load rows (`echo-loss`, `policing`, `probe-load`,
+    /// `tcp-loss`), every variant side by side.
+    pub soak: Vec<SoakRow>,
     pub duration_s: f64,
 }
 
@@ -1183,6 +1197,7 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         idle_breakdown: Vec::new(),
         false_switches: None,
         suspicion_probes: Vec::new(),
+        soak: Vec::new(),
         comparators: Vec::new(),
         not_measured: Vec::new(),
         targets_missed: Vec::new(),
@@ -1208,7 +1223,8 @@ pub fn run_bench(opts: &BenchOpts, cancel: &Cancel) -> Result<Results> {
         write_file(p, &markdown(&res))?;
         eprintln!("wrote {}", p.display());
     }
-    outcome.map(|()| res)
+    // A soak row that did not measure fails the run (after the table).
+    outcome.and_then(|()| soak::check(&res.soak)).map(|()| res)
 }
 
 fn write_file(p: &Path, text: &str) -> Result<()> {
@@ -1332,6 +1348,10 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
             res.idle_breakdown = idle_breakdown(ctx, &lab, bin)?;
         }
         lab.destroy()?;
+    }
+
+    if SOAK_SECTIONS.iter().any(|s| wants(opts, s)) {
+        soak::run(opts, ctx, bin, &overrides, res)?;
     }
 
     if wants(opts, "suspicion") {
@@ -2213,6 +2233,10 @@ pub fn print_table(res: &Results) {
     if let Some(c) = comparison(res) {
         println!("\nSide by side, same run:\n{c}");
     }
+    let soak = soak::table(&res.soak);
+    if !soak.is_empty() {
+        println!("\nSoak and load, variants side by side (each in its own lab, at the same time):\n{soak}");
+    }
     for n in &res.not_measured {
         println!("  not measured: {n}");
     }
@@ -2281,6 +2305,7 @@ fn targets_missed(res: &Results) -> Vec<String> {
             out.push(format!("peak RSS {} KiB > 16 MiB", i["vm_hwm_kib"]));
         }
     }
+    out.extend(soak::missed(&res.soak));
     if let Some(fs) = &res.false_switches {
         if fs["switches"].as_u64().unwrap_or(0) > 0 {
             out.push(format!(
@@ -2409,6 +2434,11 @@ pub fn markdown(res: &Results) -> String {
     }
     for t in &res.targets_missed {
         m.push_str(&format!("- {t}\n"));
+    }
+    let soak = soak::table(&res.soak);
+    if !soak.is_empty() {
+        m.push_str("\n## Soak and load (variants side by side)\n\nEvery variant in a lab of its own, all at the same time (lab/src/bench/soak.rs).\n\n");
+        m.push_str(&soak);
     }
     let rt = round_trip_table(res);
     if !rt.is_empty() {
@@ -2584,6 +2614,7 @@ mod tests {
             round_trip: Vec::new(),
             variants: vec![variant("uplinkd", 0.8)],
             suspicion_probes: Vec::new(),
+            soak: Vec::new(),
             duration_s: 0.0,
         };
         assert_eq!(comparison(&res), None, "one variant: nothing to compare");

@@ -58,6 +58,7 @@ pub mod bond;
 mod cmd;
 pub mod demo;
 pub mod echo;
+pub mod load;
 pub mod netns;
 mod noise;
 pub mod ping;
@@ -74,6 +75,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use echo::{EchoReport, EchoSpec, EchoStream};
+pub use load::Load;
 pub use noise::{NoiseGuard, NOISE_DEV};
 pub use ping::PingOpts;
 pub use signals::Termination;
@@ -511,6 +513,10 @@ const NFT_IPV6_BROKEN: &str = "ul_ipv6_broken";
 const NFT_TRANSIT_DEAD: &str = "ul_transit_dead";
 const NFT_FORWARDING_DEAD: &str = "ul_forwarding_dead";
 const NFT_TCP_LOSS: &str = "ul_tcp_loss";
+/// Counter names (rule comments) of the loss rules.
+const TCP_LOSS_COUNTER: &str = "tcp loss";
+const LOSS_PINGS: &str = "echo requests lost";
+const LOSS_ECHOES: &str = "echoes lost";
 
 fn family_flag(f: Family) -> &'static str {
     match f {
@@ -1521,7 +1527,9 @@ impl Lab {
                 "tcp_loss: one in {one_in} is not random loss"
             )));
         }
-        let rule = format!("meta l4proto tcp numgen random mod {one_in} == 0 drop");
+        let rule = format!(
+            "meta l4proto tcp numgen random mod {one_in} == 0 counter drop comment \"{TCP_LOSS_COUNTER}\""
+        );
         let ns = self.router_ns(uplink);
         let mut text = String::new();
         for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
@@ -1529,6 +1537,21 @@ impl Lab {
             text.push_str(&nft_replace_ingress(&t, dev, "accept", &[&rule]));
         }
         cmd::nft(&ns, &text)
+    }
+
+    /// TCP segments [`Lab::tcp_loss`] dropped at `uplink`'s router so far
+    /// (both ways); an error if the loss is not in place.
+    pub fn tcp_loss_dropped(&self, uplink: Uplink) -> Result<u64> {
+        let ns = self.router_ns(uplink);
+        let mut n = 0;
+        for dev in [ROUTER_DOWNLINK, ROUTER_UPLINK] {
+            let t = format!("{NFT_TCP_LOSS}_{dev}");
+            let c = self.nft_counters(&ns, "netdev", &t)?;
+            n += c.get(TCP_LOSS_COUNTER).copied().ok_or_else(|| {
+                LabError::Invalid(format!("{t}: no counter {TCP_LOSS_COUNTER:?}: {c:?}"))
+            })?;
+        }
+        Ok(n)
     }
 
     /// Undoes [`Lab::tcp_loss`].
@@ -1617,10 +1640,12 @@ impl Lab {
         } else {
             format!("numgen random mod 10000 < {basis_points} ")
         };
-        let v4 = format!("meta protocol ip meta l4proto icmp icmp type echo-request {chance}drop");
-        let v6 = format!("meta protocol ip6 meta l4proto 58 icmpv6 type echo-request {chance}drop");
+        let v4 = format!("meta protocol ip meta l4proto icmp icmp type echo-request {chance}counter drop comment \"{LOSS_PINGS}\"");
+        let v6 = format!("meta protocol ip6 meta l4proto 58 icmpv6 type echo-request {chance}counter drop comment \"{LOSS_PINGS}\"");
         // The forwarding-plane echoes (UDP to the BFD echo port 3785).
-        let echo = format!("meta l4proto udp udp dport 3785 {chance}drop");
+        let echo = format!(
+            "meta l4proto udp udp dport 3785 {chance}counter drop comment \"{LOSS_ECHOES}\""
+        );
         cmd::nft(
             &self.router_ns(uplink),
             &nft_replace_ingress(
@@ -1630,6 +1655,19 @@ impl Lab {
                 &[&v4, &v6, &echo],
             ),
         )
+    }
+
+    /// What [`Lab::random_loss`] dropped at `uplink`'s router so far: (echo
+    /// requests, forwarding-plane echoes); an error if the loss is not in
+    /// place.
+    pub fn loss_dropped(&self, uplink: Uplink) -> Result<(u64, u64)> {
+        let c = self.nft_counters(&self.router_ns(uplink), "netdev", NFT_RANDOM_LOSS)?;
+        let get = |k: &str| {
+            c.get(k).copied().ok_or_else(|| {
+                LabError::Invalid(format!("{NFT_RANDOM_LOSS}: no counter {k:?}: {c:?}"))
+            })
+        };
+        Ok((get(LOSS_PINGS)?, get(LOSS_ECHOES)?))
     }
 
     /// Undoes [`Lab::random_loss`].

@@ -54,7 +54,8 @@ enum Cmd {
     },
     /// Measure failover outage (and CPU, RSS, false switches, start-up)
     /// against the kernel's own fallback and FRR; prints a table. A full run
-    /// (20 trials) takes about 35-40 minutes; --trials and --only shorten
+    /// (20 trials) takes about 65 minutes (25 of them the soak rows);
+    /// --trials, --soak and --only shorten
     /// it. Run it on a quiet machine: other work skews every figure.
     Bench {
         /// Trials per failure kind and address family.
@@ -68,7 +69,8 @@ enum Cmd {
         markdown: Option<std::path::PathBuf>,
         /// Run only these sections (comma-separated): first-decision, idle,
         /// idle-breakdown, carrier-quiet, carrier-busy, gateway, forwarding, upstream,
-        /// failback, drain, false-switches, round-trip, suspicion, kernel, frr.
+        /// failback, drain, false-switches, round-trip, suspicion, kernel, frr,
+        /// and the soak rows echo-loss, policing, probe-load, tcp-loss.
         #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
         only: Vec<String>,
         /// Install Debian's frr package with apt-get for the FRR comparator
@@ -89,6 +91,11 @@ enum Cmd {
         /// +bench/no-service-source.toml.
         #[arg(long, value_name = "LABEL=BINARY[+TOML]")]
         variant: Vec<String>,
+        /// Length of the echo-loss and tcp-loss soaks in seconds (default
+        /// 600); also caps policing (60 s per rate) and probe-load (20 s).
+        /// Every variant soaks in a lab of its own, at the same time.
+        #[arg(long, value_name = "SECONDS")]
+        soak: Option<u64>,
     },
 }
 
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
             install_frr,
             uplinkd,
             variant,
+            soak,
         } => with_cancel(term, |c| {
             let opts = lab::bench::BenchOpts {
                 trials,
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
                 uplinkd,
                 only,
                 variants: variant,
+                soak: soak.map(std::time::Duration::from_secs),
             };
             lab::bench::run_bench(&opts, c).map(|_| ()).context("bench")
         }),
