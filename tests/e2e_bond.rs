@@ -1739,3 +1739,152 @@ fn native_member_prober_gateway_and_transit_probes() {
         "nothing for the server's address"
     );
 }
+
+/// The member prober's forwarding-plane echo against a real Linux gateway,
+/// over a plain veth (what a member sends, active or backup): from the
+/// member's probe address to itself, in a frame from the probe MAC to the
+/// gateway's MAC, IPv4 and IPv6. It comes back forwarded once through the
+/// gateway (which resolves the probe address to the probe MAC, answered by
+/// the prober), counted by the gateway's forwarding path; when the gateway
+/// stops forwarding (it still answers ARP / NS) the echoes are lost while
+/// the gateway probes still get their answers.
+#[test]
+fn native_member_prober_forwarding_plane_echo() {
+    use std::net::IpAddr;
+    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::netlink::BondSample;
+    use uplinkd::probe::{MemberProber, MemberSpec};
+
+    if in_vm() {
+        return;
+    }
+    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
+    lab.count_echoes("gw").unwrap();
+    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let p4: std::net::Ipv4Addr = PROBE_ADDRESSES[0].parse().unwrap();
+    let p6: std::net::Ipv6Addr = PROBE_ADDRESSES6[0].parse().unwrap();
+    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
+    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    // Everything the prober does (its sockets are opened lazily, by
+    // interface name) happens in the server's namespace.
+    uplink_lab::netns::in_netns(&lab.server_ns(), || {
+        let mut m = MemberProber::new(vec![MemberSpec {
+            interface: "eth0".into(),
+            probe4: Some(p4),
+            probe6: Some(p6),
+        }]);
+        // As if eth0 were a backup member of a bond with another MAC.
+        m.update(&BondSample {
+            bond: "bond0".into(),
+            present: true,
+            perm_mac: vec![("eth0".into(), perm)],
+            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
+            ..Default::default()
+        });
+        member_echo_checks(&lab, &mut m, perm, gw4, gw6);
+    })
+    .unwrap();
+}
+
+fn member_echo_checks(
+    lab: &BondLab,
+    m: &mut uplinkd::probe::MemberProber,
+    perm: [u8; 6],
+    gw4: std::net::IpAddr,
+    gw6: std::net::IpAddr,
+) {
+    use std::net::IpAddr;
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::config::Family;
+    use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::probe::MemberProber;
+    let mut next = 1u64;
+    // Up to `tries` probes (the first waits for the gateway's MAC and the
+    // gateway's resolution of the probe address); the last outcome.
+    let mut run = |m: &mut MemberProber, kind, gw: IpAddr, tries: u32| {
+        let family = if gw.is_ipv4() { Family::V4 } else { Family::V6 };
+        let mut last = None;
+        for _ in 0..tries {
+            next += 1;
+            let id = ProbeId(next);
+            m.send(
+                "eth0",
+                Some(gw),
+                ProbeRequest {
+                    id,
+                    uplink: 3,
+                    family,
+                    kind,
+                    target: gw,
+                    timeout: Duration::from_millis(500),
+                },
+            );
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            while t0.elapsed() < S(2) {
+                std::thread::sleep(Duration::from_millis(4));
+                m.poll(Instant::now(), &mut out);
+                if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
+                    last = Some(o.clone());
+                    break;
+                }
+            }
+            if matches!(last, Some(ProbeOutcome::Reply { .. })) {
+                break;
+            }
+        }
+        last
+    };
+    let mut outcomes = Vec::new();
+    for (what, gw) in [("echo4", gw4), ("echo6", gw6)] {
+        // The first of a family waits for the gateway's MAC; then 5 in a row.
+        outcomes.push((what, run(m, ProbeKind::Echo, gw, 3)));
+        for _ in 0..5 {
+            outcomes.push((what, run(m, ProbeKind::Echo, gw, 1)));
+        }
+    }
+    for (what, o) in &outcomes {
+        assert!(
+            matches!(o, Some(ProbeOutcome::Reply { .. })),
+            "{what}: {o:?} (all: {outcomes:?})"
+        );
+    }
+    let counts = lab.echo_counts("gw").unwrap();
+    assert!(
+        counts[0][0] >= 6 && counts[0][1] >= 6,
+        "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
+    );
+    // The gateway resolved the probe addresses to the permanent MAC.
+    let mac = perm
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    for a in [PROBE_ADDRESSES[0], PROBE_ADDRESSES6[0]] {
+        let n = lab.gateway_neigh_of(a).unwrap();
+        assert!(n.contains(&mac), "gateway's entry for {a}: {n:?}");
+    }
+    // The gateway stops forwarding: echoes are lost, its ARP / NS answers
+    // still come.
+    lab.forwarding_dead("gw", true).unwrap();
+    let dead = [
+        ("echo4", run(m, ProbeKind::Echo, gw4, 1)),
+        ("echo6", run(m, ProbeKind::Echo, gw6, 1)),
+        ("arp", run(m, ProbeKind::Gateway, gw4, 2)),
+        ("ns", run(m, ProbeKind::Gateway, gw6, 2)),
+    ];
+    for (what, o) in &dead {
+        let want_reply = what.starts_with("arp") || what.starts_with("ns");
+        assert_eq!(
+            matches!(o, Some(ProbeOutcome::Reply { .. })),
+            want_reply,
+            "forwarding dead, {what}: {o:?} (all: {dead:?})"
+        );
+    }
+    lab.forwarding_dead("gw", false).unwrap();
+    assert_eq!(
+        lab.gateway_neigh().unwrap(),
+        "",
+        "nothing for the server's address"
+    );
+}

@@ -46,10 +46,10 @@ pub const ECHO_PORT: u16 = 3785;
 pub const SEND_TTL: u8 = 255;
 pub const ARRIVAL_TTL: u8 = SEND_TTL - 1;
 /// Payload: token ‖ probe id (16 bytes), then uplink (2), family (1), 0 (1), sequence (4).
-const ECHO_PAYLOAD_LEN: usize = PAYLOAD_LEN + 8;
+pub(super) const ECHO_PAYLOAD_LEN: usize = PAYLOAD_LEN + 8;
 const UDP_LEN: usize = 8 + ECHO_PAYLOAD_LEN;
 /// ICMP redirect (RFC 792) and ICMPv6 redirect (RFC 4861 §4.5).
-const ICMP_REDIRECT: u8 = 5;
+pub(super) const ICMP_REDIRECT: u8 = 5;
 const ICMPV6_REDIRECT: u8 = 137;
 /// After this many consecutive lost echoes the socket is reopened, which
 /// looks up our address and the gateway's MAC again (a new router, a
@@ -380,7 +380,7 @@ fn send_frame(
     Ok(())
 }
 
-fn echo_payload(
+pub(super) fn echo_payload(
     token: &[u8; 8],
     id: ProbeId,
     uplink: UplinkId,
@@ -396,7 +396,7 @@ fn echo_payload(
 }
 
 /// (probe id, uplink, family index, sequence) of one of our payloads.
-fn decode_echo(token: &[u8; 8], p: &[u8]) -> Option<(ProbeId, usize, usize, u32)> {
+pub(super) fn decode_echo(token: &[u8; 8], p: &[u8]) -> Option<(ProbeId, usize, usize, u32)> {
     if p.len() != ECHO_PAYLOAD_LEN {
         return None;
     }
@@ -472,13 +472,13 @@ fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
     }
 }
 
-enum Parsed<'a> {
+pub(super) enum Parsed<'a> {
     Echo { ttl: u8, payload: &'a [u8] },
     Redirect,
 }
 
 /// An echo (UDP from and to `addr`, port [`ECHO_PORT`]) or a redirect to `addr`.
-fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<Parsed<'_>> {
+pub(super) fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<Parsed<'_>> {
     let ip = frame.get(ETH_HEADER_LEN..)?;
     let (src, dst, ttl, proto, l4): (IpAddr, IpAddr, u8, u8, &[u8]) = match family {
         Family::V4 => {
@@ -534,7 +534,7 @@ fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<Parsed<'_>> 
 
 /// cBPF: IPv4 or IPv6 to `addr` that is UDP to [`ECHO_PORT`] or an ICMP(v6)
 /// redirect; everything else stays out of the socket.
-fn echo_filter(addr: IpAddr) -> Vec<libc::sock_filter> {
+pub(super) fn echo_filter(addr: IpAddr) -> Vec<libc::sock_filter> {
     const ACCEPT: u32 = 0x0004_0000;
     let port = u32::from(ECHO_PORT);
     match addr {

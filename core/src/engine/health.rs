@@ -226,7 +226,7 @@ impl Core {
     /// loops echoes.
     fn retry_echo(&mut self, _now: Now, uplink: UplinkId, family: Family, out: &mut Vec<Action>) {
         let c = &self.cfg.uplinks[uplink];
-        if c.gateway_probe != GatewayProbe::Auto || c.bond.is_some() {
+        if c.gateway_probe != GatewayProbe::Auto || !c.can_echo(family) {
             return;
         }
         let name = c.name.clone();
