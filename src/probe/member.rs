@@ -1045,6 +1045,76 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_plane_echo_is_ours_and_forwarded_once() {
+        let src = [0x02, 1, 2, 3, 4, 5];
+        let token = [7u8; 8];
+        for addr in ["198.18.1.10", "2001:db8:1::10"] {
+            let addr: IpAddr = addr.parse().unwrap();
+            let family = if addr.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            let ttl_at = 14 + if addr.is_ipv4() { 8 } else { 7 };
+            let payload = echo::echo_payload(&token, ProbeId(42), 1, family, 9);
+            let sent = echo::echo_frame(src, [9; 6], addr, &payload);
+            let mut m = Member {
+                src,
+                ..Default::default()
+            };
+            // As sent (TTL 255): our own frame reflected, or a forger.
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &sent, family, Some(addr), &token),
+                None,
+                "{addr}: TTL 255"
+            );
+            let mut back = sent.clone();
+            back[ttl_at] = ARRIVAL_TTL;
+            if addr.is_ipv4() {
+                // The IPv4 header checksum is not checked; keep it right anyway.
+                back[24..26].copy_from_slice(&[0, 0]);
+                let c = checksum(&back[14..34]);
+                back[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &back, family, Some(addr), &token),
+                Some(Hit::Fwd {
+                    id: ProbeId(42),
+                    uplink: 1,
+                    family: family.index(),
+                    seq: 9
+                }),
+                "{addr}: forwarded once"
+            );
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &back, family, Some(addr), &[0; 8]),
+                None,
+                "{addr}: another token"
+            );
+            let pending = Pending {
+                id: ProbeId(42),
+                what: What::Fwd {
+                    uplink: 1,
+                    family,
+                    seq: 9,
+                },
+                sent: Instant::now(),
+                sent_rt: None,
+                timeout: Duration::from_millis(10),
+            };
+            let hit = |uplink, seq| Hit::Fwd {
+                id: ProbeId(42),
+                uplink,
+                family: family.index(),
+                seq,
+            };
+            assert!(matches_pending(&pending, &hit(1, 9)));
+            assert!(!matches_pending(&pending, &hit(0, 9)), "other uplink");
+            assert!(!matches_pending(&pending, &hit(1, 8)), "other sequence");
+        }
+    }
+
+    #[test]
     fn probe_mac_never_is_the_bond_mac() {
         let bond = [0x52, 0x54, 0, 1, 2, 3];
         assert_ne!(probe_mac(bond, Some(bond)), bond);
