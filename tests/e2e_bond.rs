@@ -1130,6 +1130,41 @@ fn scenario_echo_through_active_and_backup_without_mac_move() {
             .map(|u| (&u.name, &u.gateway_probe))
             .collect::<Vec<_>>()
     );
+    // Reported as for routed uplinks: the gateway_probe event, the metric,
+    // and the redirects this Linux gateway answers hairpinned echoes with.
+    let metrics = a.metrics();
+    let events = a.events();
+    for name in ["member-a", "member-b"] {
+        for fam in ["ipv4", "ipv6"] {
+            assert!(
+                events.iter().any(|e| e["kind"] == "gateway_probe"
+                    && e["uplink"] == name
+                    && e["family"] == fam
+                    && e["mode"] == "echo"),
+                "gateway_probe event for {name} {fam}"
+            );
+            let m = format!(
+                "uplinkd_gateway_probe_mode{{uplink=\"{name}\",family=\"{fam}\",mode=\"echo\",setting=\"auto\"}} 1"
+            );
+            assert!(metrics.contains(&m), "{m} in\n{metrics}");
+        }
+    }
+    let redirects: Vec<u64> = s
+        .uplinks
+        .iter()
+        .map(|u| u.gateway_probe.ipv4.as_ref().map_or(0, |g| g.redirects))
+        .collect();
+    println!("BOND-RESULT redirects the gateway answered members' IPv4 echoes with (member-a, member-b): {redirects:?}");
+    assert!(
+        redirects.iter().all(|&r| r > 0),
+        "redirects counted per member: {redirects:?}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("uplinkd_gateway_redirects_total{uplink=\"member-b\",family=\"ipv4\"}")
+            && !l.ends_with(" 0")),
+        "uplinkd_gateway_redirects_total for member-b in\n{metrics}"
+    );
 }
 
 /// Issue 13: the router behind the active member stops forwarding while it
