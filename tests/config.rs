@@ -838,7 +838,19 @@ fn gateway_probe_values_and_bond_members() {
     );
     let errs = errors(&member);
     let e = error_for(&errs, "uplink[2].gateway_probe");
-    assert!(e.message.contains("bond member"), "{e}");
+    assert!(
+        e.message.contains("bond member") && e.message.contains("set probe_address4"),
+        "{e}"
+    );
+    // With its probe address, a member echoes.
+    let member = format!(
+        "{}\n[[uplink]]\nname = \"m1\"\ninterface = \"eth2\"\nbond = \"bond0\"\ngateway4 = \"192.0.2.9\"\nprobe_address4 = \"192.0.2.10\"\ngateway_probe = \"echo\"\n",
+        minimal()
+    );
+    let c = config::parse(&member, "test.toml").unwrap();
+    assert_eq!(c.uplinks[2].gateway_probe, config::GatewayProbe::Echo);
+    assert!(c.uplinks[2].can_echo(config::Family::V4));
+    assert!(!c.uplinks[2].can_echo(config::Family::V6));
     let routed = format!(
         "{}\n[[uplink]]\nname = \"third\"\ninterface = \"eth2\"\ngateway4 = \"192.0.2.9\"\ngateway_probe = \"icmp\"\n",
         minimal()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use uplinkd::config::*;
 use uplinkd::core::*;
-use uplinkd::status::{BondStatus, Change, Reason};
+use uplinkd::status::{BondStatus, Change, GatewayMode, Reason};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -63,7 +63,10 @@ targets = ["198.19.0.2"]
             bond: None,
             probe_address4: None,
             probe_address6: None,
-            gateway_probe: Default::default(),
+            // ICMP: a routed uplink's echo runs as a stream in the adapter,
+            // which this simulation does not model (tests/core_scenarios.rs
+            // does); the bond members' round echoes are what is tested here.
+            gateway_probe: uplinkd::config::GatewayProbe::Icmp,
         },
     ];
     cfg
@@ -74,6 +77,9 @@ struct Net {
     carrier_down: [bool; 3],
     gw_dead: [bool; 3],
     upstream_dead: [bool; 3],
+    /// The gateway behind the uplink stops forwarding: its forwarding-plane
+    /// echoes are lost, it still answers ARP / pings.
+    fwd_dead: [bool; 3],
 }
 
 struct Sim {
@@ -141,7 +147,14 @@ impl Sim {
                     let u = req.uplink;
                     let ok = !self.net.carrier_down[u]
                         && !self.net.gw_dead[u]
-                        && (req.kind == ProbeKind::Gateway || !self.net.upstream_dead[u]);
+                        && match req.kind {
+                            ProbeKind::Gateway => true,
+                            // The echo comes back from the gateway itself.
+                            ProbeKind::Echo => !self.net.fwd_dead[u],
+                            ProbeKind::Transit(_) => {
+                                !self.net.upstream_dead[u] && !self.net.fwd_dead[u]
+                            }
+                        };
                     let at = self.now + if ok { ms(1) } else { req.timeout };
                     let outcome = if ok {
                         ProbeOutcome::Reply { rtt: ms(1) }
@@ -305,6 +318,50 @@ fn member_upstream_failure_counts_only_with_a_probe_address() {
     assert!(st.uplinks[0].transits.is_empty());
     let checks = &st.uplinks[0].bond.as_ref().unwrap().checks;
     assert!(checks.iter().any(|c| c.check == "transits4" && !c.probed));
+}
+
+/// Issue 13: a member with a probe address is probed by forwarding-plane
+/// echoes (auto finds out), the backup too; one without stays on ARP. A
+/// gateway that stops forwarding behind the active member (it still
+/// answers ARP) moves the bond, with the reason `forwarding`.
+#[test]
+fn members_echo_from_their_probe_address_and_a_forwarding_dead_gateway_moves_the_bond() {
+    let mut s = Sim::new(config(true));
+    s.run_for(ms(3000));
+    assert_eq!(s.active, "eth0");
+    let st = s.core.status(s.now);
+    for i in 0..2 {
+        let gp = st.uplinks[i].gateway_probe.ipv4.as_ref().unwrap();
+        assert_eq!(gp.mode, GatewayMode::Echo, "{}: {gp:?}", st.uplinks[i].name);
+    }
+    assert!(s.log.iter().any(|(_, a)| matches!(a,
+        Action::Probe(r) if r.uplink == 1 && r.kind == ProbeKind::Echo)));
+    s.net.fwd_dead[0] = true;
+    s.run_for(ms(3000));
+    assert_eq!(s.active, "eth1");
+    let st = s.core.status(s.now);
+    assert!(
+        st.uplinks[0]
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::Forwarding { .. })),
+        "{:?}",
+        st.uplinks[0].reasons
+    );
+    assert!(s.log.iter().any(|(_, a)| matches!(a,
+        Action::Report(Change::Bond { to: Some(to), cause, .. })
+            if to == "eth1" && cause.starts_with("forwarding"))));
+
+    // Without probe addresses: ARP only (mode icmp), no echo sent.
+    let mut s = Sim::new(config(false));
+    s.run_for(ms(3000));
+    let st = s.core.status(s.now);
+    for i in 0..2 {
+        let gp = st.uplinks[i].gateway_probe.ipv4.as_ref().unwrap();
+        assert_eq!(gp.mode, GatewayMode::Icmp, "{}: {gp:?}", st.uplinks[i].name);
+    }
+    assert!(!s.log.iter().any(|(_, a)| matches!(a,
+        Action::Probe(r) if r.uplink < 2 && r.kind == ProbeKind::Echo)));
 }
 
 #[test]

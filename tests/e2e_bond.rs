@@ -305,10 +305,11 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(lab: &BondLab, extra: &str, probe_addresses: bool) -> Agent {
+    /// `probes`: whether the members get their IPv4 and IPv6 probe addresses.
+    fn start(lab: &BondLab, extra: &str, probes: (bool, bool)) -> Agent {
         let extra = format!("{extra}\n{VM_PROBE}");
         let config = lab
-            .write_config_with(&extra, probe_addresses)
+            .write_config_probes(&extra, probes.0, probes.1)
             .expect("config");
         let text = std::fs::read_to_string(&config).unwrap();
         let cfg = uplinkd::config::parse(&text, "bond lab").expect("valid config");
@@ -440,9 +441,19 @@ fn settled(miimon: u32, extra: &str) -> (BondLab, Agent) {
 }
 
 fn settled_with(shape: Shape, miimon: u32, extra: &str, probe_addresses: bool) -> (BondLab, Agent) {
+    settled_probes(shape, miimon, extra, (probe_addresses, false))
+}
+
+/// Same, with the members' IPv4 and IPv6 probe addresses as `probes` says.
+fn settled_probes(
+    shape: Shape,
+    miimon: u32,
+    extra: &str,
+    probes: (bool, bool),
+) -> (BondLab, Agent) {
     modprobe();
     let lab = BondLab::build_shape(miimon, shape).expect("bond lab");
-    let a = Agent::start(&lab, extra, probe_addresses);
+    let a = Agent::start(&lab, extra, probes);
     a.wait_for("first decision on member-a", S(60), |s| {
         s.decided && s.active.ipv4.as_deref() == Some("member-a")
     });
@@ -880,37 +891,7 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
         "gateway learned the bond's MAC: {neigh_before}"
     );
     let t0 = Instant::now();
-    let mut checks = 0;
-    // At least 5 s and 5 rounds (one round of `bridge`/`ip` commands can
-    // take a second in the VM), at most 60 s.
-    while (t0.elapsed() < S(5) || checks < 5) && t0.elapsed() < S(60) {
-        // swb's own port p0 leads to the backup member eth1: the bond's
-        // MAC must only ever be learned on swb's inter-switch link.
-        let b = lab.fdb_ports("swb", &mac).unwrap();
-        assert!(
-            !b.iter().any(|p| p == "p0"),
-            "bond MAC learned on the backup port: {b:?}"
-        );
-        let aa = lab.fdb_ports("swa", &mac).unwrap();
-        assert!(
-            !aa.iter().any(|p| p == "isl"),
-            "bond MAC moved toward the backup: {aa:?}"
-        );
-        let n = lab.gateway_neigh().unwrap_or_default();
-        assert!(
-            n.to_lowercase().contains(&mac),
-            "gateway's entry for the server changed: {n}"
-        );
-        let n6 = lab
-            .gateway_neigh_of(uplink_lab::bond::SERVER6)
-            .unwrap_or_default();
-        assert!(
-            n6.to_lowercase().contains(&mac),
-            "gateway's IPv6 entry for the server changed: {n6}"
-        );
-        checks += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let checks = assert_no_mac_move(&lab, &mac, &[]);
     let s = a.status().unwrap();
     let gw = s.uplinks[1].gateway.ipv4.as_ref().unwrap();
     assert_eq!(
@@ -931,6 +912,315 @@ fn scenario_probing_the_backup_is_invisible_to_switches_and_gateway() {
         "BOND-RESULT backup probing: {checks} checks over {:.1} s, bond MAC never on the backup path, gateway neighbour entries (v4, v6) unchanged ({neigh_before:?}, {neigh6_before:?})",
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Watches the switches and the gateway for at least 5 s and 5 rounds (one
+/// round of `bridge`/`ip` commands can take a second in the VM), at most
+/// 60 s: the bond's MAC is never learned on the backup member's path (swb's
+/// port p0 to eth1; swa's inter-switch link), and the gateway's neighbour
+/// entries for the server (v4, v6) stay the bond's MAC. `own`: (probe MAC,
+/// member) pairs whose MAC may only ever be learned on that member's path.
+/// Returns the rounds checked.
+fn assert_no_mac_move(lab: &BondLab, mac: &str, own: &[([u8; 6], usize)]) -> usize {
+    let t0 = Instant::now();
+    let mut checks = 0;
+    let hex = |m: &[u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    while (t0.elapsed() < S(5) || checks < 5) && t0.elapsed() < S(60) {
+        // swb's own port p0 leads to the backup member eth1: the bond's
+        // MAC must only ever be learned on swb's inter-switch link.
+        let b = lab.fdb_ports("swb", mac).unwrap();
+        assert!(
+            !b.iter().any(|p| p == "p0"),
+            "bond MAC learned on the backup port: {b:?}"
+        );
+        let aa = lab.fdb_ports("swa", mac).unwrap();
+        assert!(
+            !aa.iter().any(|p| p == "isl"),
+            "bond MAC moved toward the backup: {aa:?}"
+        );
+        let n = lab.gateway_neigh().unwrap_or_default();
+        assert!(
+            n.to_lowercase().contains(mac),
+            "gateway's entry for the server changed: {n}"
+        );
+        let n6 = lab
+            .gateway_neigh_of(uplink_lab::bond::SERVER6)
+            .unwrap_or_default();
+        assert!(
+            n6.to_lowercase().contains(mac),
+            "gateway's IPv6 entry for the server changed: {n6}"
+        );
+        // A member's probe MAC: on its own port of its own switch, never
+        // on the other member's (eth0 is swa's p0, eth1 swb's p0).
+        for (m, member) in own {
+            let m = hex(m);
+            let (mine, other) = if *member == 0 {
+                ("swa", "swb")
+            } else {
+                ("swb", "swa")
+            };
+            let o = lab.fdb_ports(other, &m).unwrap();
+            assert!(
+                !o.iter().any(|p| p == "p0"),
+                "member {member}'s probe MAC {m} learned on the other member's port ({other}): {o:?}"
+            );
+            let x = lab.fdb_ports(mine, &m).unwrap();
+            assert!(
+                !x.iter().any(|p| p == "isl"),
+                "member {member}'s probe MAC {m} moved off its own port ({mine}): {x:?}"
+            );
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    checks
+}
+
+fn cmd_out(prog: &str, args: &[&str]) -> Result<String, String> {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// The gateway's status mode of both members in `family` is "echo".
+fn members_echo(s: &Status, family: &str) -> bool {
+    s.uplinks.iter().all(|u| {
+        let gp = if family == "ipv4" {
+            &u.gateway_probe.ipv4
+        } else {
+            &u.gateway_probe.ipv6
+        };
+        gp.as_ref()
+            .is_some_and(|g| g.mode == uplinkd::status::GatewayMode::Echo)
+    })
+}
+
+/// Issue 13: forwarding-plane echoes through the active and the backup
+/// member, IPv4 and IPv6 (gateway_probe = auto, the default: the trial
+/// finds the gateway loops them), each from the member's probe address and
+/// probe MAC, counted by the gateway's forwarding path; and no MAC move:
+/// the bond's MAC stays on the active path, each member's probe MAC on its
+/// own port, and the gateway's entries for the server unchanged.
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_echo_through_active_and_backup_without_mac_move() {
+    let (lab, a) = settled_probes(Shape::Switched, 100, "", (true, true));
+    let mac = lab.bond_mac().unwrap();
+    lab.count_echoes("gw").unwrap();
+    a.wait_for("both members echo, IPv4", S(60), |s| {
+        members_echo(s, "ipv4")
+    });
+    let t0 = Instant::now();
+    while !a.status().is_ok_and(|s| members_echo(&s, "ipv6")) && t0.elapsed() < S(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !a.status().is_ok_and(|s| members_echo(&s, "ipv6")) {
+        let diag = [
+            lab.ip("gw", "-6 neigh show dev ga")
+                .map_err(|e| e.to_string()),
+            lab.echo_counts("gw")
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.to_string()),
+            cmd_out("bridge", &["-n", &lab.ns("swb"), "mdb", "show"]),
+            cmd_out(
+                "bridge",
+                &["-n", &lab.ns("swb"), "fdb", "show", "br", "br0"],
+            ),
+            lab.ip("gw", "-6 route show").map_err(|e| e.to_string()),
+            cmd_out(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &lab.ns("gw"),
+                    "sysctl",
+                    "net.ipv6.conf.ga.forwarding",
+                    "net.ipv6.conf.all.forwarding",
+                ],
+            ),
+        ];
+        panic!("IPv6 echoes not looped: {diag:#?}\n{}", a.log_text());
+    }
+    let s = a.wait_for("both members echo, IPv4 and IPv6", S(60), |s| {
+        members_echo(s, "ipv4") && members_echo(s, "ipv6")
+    });
+    for u in &s.uplinks {
+        for g in [&u.gateway.ipv4, &u.gateway.ipv6] {
+            assert_eq!(
+                g.as_ref().and_then(|g| g.reachable),
+                Some(true),
+                "{}: gateway proven by echoes: {g:?}",
+                u.name
+            );
+        }
+    }
+    // The gateway learned the server the ordinary way (a ping from the
+    // bond), so that its entries can be watched.
+    for gw in [uplink_lab::bond::GATEWAY, uplink_lab::bond::GATEWAY6] {
+        let gw: std::net::IpAddr = gw.parse().unwrap();
+        let pinged = (0..3).any(|_| {
+            uplink_lab::netns::in_netns(&lab.server_ns(), || {
+                uplink_lab::ping::ping_here(gw, &uplink_lab::PingOpts::timeout(S(1)))
+            })
+            .is_ok_and(|r| r.is_ok_and(|rtt| rtt.is_some()))
+        });
+        assert!(pinged, "server reaches its gateway {gw}");
+    }
+    lab.count_echoes("gw").unwrap();
+    let t0 = Instant::now();
+    // The probe MACs: eth0 lent its own MAC to the bond, so it echoes from
+    // a locally administered one derived from it; eth1 from its own.
+    let bond: [u8; 6] = parse_mac(&mac);
+    let probe_macs = [
+        uplinkd::probe::member::probe_mac(lab.perm_mac(0), Some(bond)),
+        uplinkd::probe::member::probe_mac(lab.perm_mac(1), Some(bond)),
+    ];
+    assert_eq!(lab.perm_mac(0), bond, "eth0 lent its MAC to the bond");
+    assert_eq!(probe_macs[1], lab.perm_mac(1));
+    let checks = assert_no_mac_move(&lab, &mac, &[(probe_macs[0], 0), (probe_macs[1], 1)]);
+    let counts = lab.echo_counts("gw").unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "BOND-RESULT echo through both members: the gateway forwarded echoes from member-a (active) {} v4 / {} v6, member-b (backup) {} v4 / {} v6 in {secs:.1} s; {checks} MAC checks, bond MAC never on the backup path",
+        counts[0][0], counts[0][1], counts[1][0], counts[1][1]
+    );
+    for (m, c) in counts.iter().enumerate() {
+        assert!(
+            c[0] >= 5 && c[1] >= 5,
+            "echoes from {} forwarded by the gateway (v4, v6): {c:?} in {secs:.1} s",
+            MEMBERS[m]
+        );
+    }
+    // The gateway resolved each probe address to its member's probe MAC,
+    // never to the bond's.
+    for m in 0..2 {
+        let want = probe_macs[m]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        for addr in [
+            uplink_lab::bond::PROBE_ADDRESSES[m],
+            uplink_lab::bond::PROBE_ADDRESSES6[m],
+        ] {
+            let n = lab.gateway_neigh_of(addr).unwrap().to_lowercase();
+            assert!(
+                n.contains(&want) && !n.contains(&mac),
+                "gateway's entry for {addr} ({}): {n:?}, want {want}",
+                MEMBERS[m]
+            );
+        }
+    }
+    // Still echo mode at the end, through both.
+    let s = a.status().unwrap();
+    assert!(
+        members_echo(&s, "ipv4") && members_echo(&s, "ipv6"),
+        "{:?}",
+        s.uplinks
+            .iter()
+            .map(|u| (&u.name, &u.gateway_probe))
+            .collect::<Vec<_>>()
+    );
+    // Reported as for routed uplinks: the gateway_probe event, the metric,
+    // and the redirects this Linux gateway answers hairpinned echoes with.
+    let metrics = a.metrics();
+    let events = a.events();
+    for name in ["member-a", "member-b"] {
+        for fam in ["ipv4", "ipv6"] {
+            assert!(
+                events.iter().any(|e| e["kind"] == "gateway_probe"
+                    && e["uplink"] == name
+                    && e["family"] == fam
+                    && e["mode"] == "echo"),
+                "gateway_probe event for {name} {fam}"
+            );
+            let m = format!(
+                "uplinkd_gateway_probe_mode{{uplink=\"{name}\",family=\"{fam}\",mode=\"echo\",setting=\"auto\"}} 1"
+            );
+            assert!(metrics.contains(&m), "{m} in\n{metrics}");
+        }
+    }
+    let redirects: Vec<u64> = s
+        .uplinks
+        .iter()
+        .map(|u| u.gateway_probe.ipv4.as_ref().map_or(0, |g| g.redirects))
+        .collect();
+    println!("BOND-RESULT redirects the gateway answered members' IPv4 echoes with (member-a, member-b): {redirects:?}");
+    assert!(
+        redirects.iter().all(|&r| r > 0),
+        "redirects counted per member: {redirects:?}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("uplinkd_gateway_redirects_total{uplink=\"member-b\",family=\"ipv4\"}")
+            && !l.ends_with(" 0")),
+        "uplinkd_gateway_redirects_total for member-b in\n{metrics}"
+    );
+}
+
+/// Issue 13: the router behind the active member stops forwarding while it
+/// still answers ARP / ND (its CPU is fine): the echoes through that member
+/// stop, and the agent moves the bond's active member with the reason
+/// naming the gateway's forwarding.
+#[test]
+#[ignore = "needs a bonding driver: run inside the VM tier by vm_tier_runs_bond_scenarios"]
+fn scenario_forwarding_dead_behind_active_member_moves_the_bond() {
+    // IPv4 decides here (the bond's lead family); IPv6 echoes through
+    // members are shown by scenario_echo_through_active_and_backup_*.
+    let (lab, a) = settled_probes(Shape::Anycast, 100, FAILBACK, (true, false));
+    a.wait_for("both members echo (IPv4), all healthy", S(60), |s| {
+        members_echo(s, "ipv4")
+            && s.active.ipv4.as_deref() == Some("member-a")
+            && s.uplinks
+                .iter()
+                .all(|u| u.state == uplinkd::status::UplinkState::Healthy)
+    });
+    driver_on(&lab, 0, S(15));
+    measure(
+        &lab,
+        "router behind the active member stops forwarding (answers ARP/ND)",
+        || lab.forwarding_dead("ra", true).unwrap(),
+        || driver_on(&lab, 1, S(15)),
+    );
+    println!("{}", a.timeline());
+    let s = a.wait_for("member-b chosen", S(15), |s| {
+        s.active.ipv4.as_deref() == Some("member-b")
+    });
+    assert!(s.uplinks[0].carrier, "carrier stayed up");
+    assert!(
+        s.uplinks[0]
+            .reasons
+            .iter()
+            .any(|r| matches!(r, uplinkd::status::Reason::Forwarding { .. })),
+        "member-a's reasons name the gateway's forwarding: {:?}",
+        s.uplinks[0].reasons
+    );
+    let moved = a
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "bond" && e["by"] == "agent" && e["to"] == "eth1");
+    let cause = moved
+        .as_ref()
+        .and_then(|e| e["cause"].as_str().map(String::from))
+        .unwrap_or_default();
+    println!("BOND-RESULT forwarding dead behind the active member: bond moved to eth1 by the agent, cause {cause:?}");
+    assert!(
+        cause.split('+').next() == Some("forwarding"),
+        "the agent moved the bond for the gateway's forwarding: {moved:?}\n{}",
+        a.timeline()
+    );
+    // Forwarding back: failback after failback_after.
+    lab.forwarding_dead("ra", false).unwrap();
+    driver_on(&lab, 0, S(30));
 }
 
 #[test]
@@ -1733,6 +2023,155 @@ fn native_member_prober_gateway_and_transit_probes() {
         n6.contains(&mac),
         "gateway's entry for the v6 probe address: {n6:?}"
     );
+    assert_eq!(
+        lab.gateway_neigh().unwrap(),
+        "",
+        "nothing for the server's address"
+    );
+}
+
+/// The member prober's forwarding-plane echo against a real Linux gateway,
+/// over a plain veth (what a member sends, active or backup): from the
+/// member's probe address to itself, in a frame from the probe MAC to the
+/// gateway's MAC, IPv4 and IPv6. It comes back forwarded once through the
+/// gateway (which resolves the probe address to the probe MAC, answered by
+/// the prober), counted by the gateway's forwarding path; when the gateway
+/// stops forwarding (it still answers ARP / NS) the echoes are lost while
+/// the gateway probes still get their answers.
+#[test]
+fn native_member_prober_forwarding_plane_echo() {
+    use std::net::IpAddr;
+    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::netlink::BondSample;
+    use uplinkd::probe::{MemberProber, MemberSpec};
+
+    if in_vm() {
+        return;
+    }
+    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
+    lab.count_echoes("gw").unwrap();
+    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let p4: std::net::Ipv4Addr = PROBE_ADDRESSES[0].parse().unwrap();
+    let p6: std::net::Ipv6Addr = PROBE_ADDRESSES6[0].parse().unwrap();
+    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
+    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    // Everything the prober does (its sockets are opened lazily, by
+    // interface name) happens in the server's namespace.
+    uplink_lab::netns::in_netns(&lab.server_ns(), || {
+        let mut m = MemberProber::new(vec![MemberSpec {
+            interface: "eth0".into(),
+            probe4: Some(p4),
+            probe6: Some(p6),
+        }]);
+        // As if eth0 were a backup member of a bond with another MAC.
+        m.update(&BondSample {
+            bond: "bond0".into(),
+            present: true,
+            perm_mac: vec![("eth0".into(), perm)],
+            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
+            ..Default::default()
+        });
+        member_echo_checks(&lab, &mut m, perm, gw4, gw6);
+    })
+    .unwrap();
+}
+
+fn member_echo_checks(
+    lab: &BondLab,
+    m: &mut uplinkd::probe::MemberProber,
+    perm: [u8; 6],
+    gw4: std::net::IpAddr,
+    gw6: std::net::IpAddr,
+) {
+    use std::net::IpAddr;
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::config::Family;
+    use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::probe::MemberProber;
+    let mut next = 1u64;
+    // Up to `tries` probes (the first waits for the gateway's MAC and the
+    // gateway's resolution of the probe address); the last outcome.
+    let mut run = |m: &mut MemberProber, kind, gw: IpAddr, tries: u32| {
+        let family = if gw.is_ipv4() { Family::V4 } else { Family::V6 };
+        let mut last = None;
+        for _ in 0..tries {
+            next += 1;
+            let id = ProbeId(next);
+            m.send(
+                "eth0",
+                Some(gw),
+                ProbeRequest {
+                    id,
+                    uplink: 3,
+                    family,
+                    kind,
+                    target: gw,
+                    timeout: Duration::from_millis(500),
+                },
+            );
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            while t0.elapsed() < S(2) {
+                std::thread::sleep(Duration::from_millis(4));
+                m.poll(Instant::now(), &mut out);
+                if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
+                    last = Some(o.clone());
+                    break;
+                }
+            }
+            if matches!(last, Some(ProbeOutcome::Reply { .. })) {
+                break;
+            }
+        }
+        last
+    };
+    let mut outcomes = Vec::new();
+    for (what, gw) in [("echo4", gw4), ("echo6", gw6)] {
+        // The first of a family waits for the gateway's MAC; then 5 in a row.
+        outcomes.push((what, run(m, ProbeKind::Echo, gw, 3)));
+        for _ in 0..5 {
+            outcomes.push((what, run(m, ProbeKind::Echo, gw, 1)));
+        }
+    }
+    for (what, o) in &outcomes {
+        assert!(
+            matches!(o, Some(ProbeOutcome::Reply { .. })),
+            "{what}: {o:?} (all: {outcomes:?})"
+        );
+    }
+    let counts = lab.echo_counts("gw").unwrap();
+    assert!(
+        counts[0][0] >= 6 && counts[0][1] >= 6,
+        "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
+    );
+    // The gateway resolved the probe addresses to the permanent MAC.
+    let mac = perm
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    for a in [PROBE_ADDRESSES[0], PROBE_ADDRESSES6[0]] {
+        let n = lab.gateway_neigh_of(a).unwrap();
+        assert!(n.contains(&mac), "gateway's entry for {a}: {n:?}");
+    }
+    // The gateway stops forwarding: echoes are lost, its ARP / NS answers
+    // still come.
+    lab.forwarding_dead("gw", true).unwrap();
+    let dead = [
+        ("echo4", run(m, ProbeKind::Echo, gw4, 1)),
+        ("echo6", run(m, ProbeKind::Echo, gw6, 1)),
+        ("arp", run(m, ProbeKind::Gateway, gw4, 2)),
+        ("ns", run(m, ProbeKind::Gateway, gw6, 2)),
+    ];
+    for (what, o) in &dead {
+        let want_reply = what.starts_with("arp") || what.starts_with("ns");
+        assert_eq!(
+            matches!(o, Some(ProbeOutcome::Reply { .. })),
+            want_reply,
+            "forwarding dead, {what}: {o:?} (all: {dead:?})"
+        );
+    }
+    lab.forwarding_dead("gw", false).unwrap();
     assert_eq!(
         lab.gateway_neigh().unwrap(),
         "",

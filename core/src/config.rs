@@ -445,10 +445,11 @@ pub struct UplinkConfig {
     /// means making `interface` the bond's active member.
     pub bond: Option<String>,
     /// Bond members only: a dedicated address (never configured on the
-    /// host) from which transit probes are sent through this member, active
-    /// or backup; the agent answers the gateway's ARP / neighbour
-    /// solicitations for it with the member's own MAC. Without it the
-    /// transits are not probed through the member.
+    /// host) from which transit probes and forwarding-plane echoes are sent
+    /// through this member, active or backup; the agent answers the
+    /// gateway's ARP / neighbour solicitations for it with the member's own
+    /// MAC. Without it the transits are not probed through the member, and
+    /// its gateway is probed by ARP / ND only.
     pub probe_address4: Option<Ipv4Addr>,
     pub probe_address6: Option<Ipv6Addr>,
     /// How the gateway is probed: the forwarding-plane echo, ICMP to the
@@ -468,6 +469,18 @@ impl UplinkConfig {
             Family::V4 => self.gateway4.map(IpAddr::V4),
             Family::V6 => self.gateway6.map(IpAddr::V6),
         }
+    }
+
+    /// Whether the forwarding-plane echo can probe this uplink's gateway of
+    /// `family`: a routed uplink echoes from its own address, a bond member
+    /// from its probe address of that family (without one, its gateway is
+    /// probed by ARP / ND).
+    pub fn can_echo(&self, family: Family) -> bool {
+        self.bond.is_none()
+            || match family {
+                Family::V4 => self.probe_address4.is_some(),
+                Family::V6 => self.probe_address6.is_some(),
+            }
     }
 }
 

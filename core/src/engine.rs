@@ -170,7 +170,7 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
             };
         u.gateway(f).map(|gw| UplinkFamily {
             gateway: Target::new(gw, now),
-            mode: initial_mode(u),
+            mode: initial_mode(u, f),
             trial_ok: 0,
             trial_miss: 0,
             check: Target::new(gw, now),
@@ -222,12 +222,13 @@ fn fresh_uplink(cfg: &Config, i: usize, now: Now) -> Uplink {
     }
 }
 
-/// How a fresh uplink's gateway is probed: bond members by ARP/ND on
-/// the member (the echo needs the uplink's own address and MAC).
-fn initial_mode(u: &crate::config::UplinkConfig) -> GatewayMode {
+/// How a fresh uplink's gateway of `family` is probed: a bond member
+/// without a probe address of the family by ARP/ND on the member (the echo
+/// needs an address to echo to: see `UplinkConfig::can_echo`).
+fn initial_mode(u: &crate::config::UplinkConfig, family: Family) -> GatewayMode {
     use crate::config::GatewayProbe;
     match u.gateway_probe {
-        _ if u.bond.is_some() => GatewayMode::Icmp,
+        _ if !u.can_echo(family) => GatewayMode::Icmp,
         GatewayProbe::Icmp => GatewayMode::Icmp,
         GatewayProbe::Echo => GatewayMode::Echo,
         GatewayProbe::Auto => GatewayMode::Trying,

@@ -66,6 +66,12 @@ pub const ROUTED_GATEWAY: &str = "198.18.2.1";
 pub const ROUTED_SERVER: &str = "198.18.2.2";
 pub const SERVER6: &str = "2001:db8:1::2";
 pub const PROBE_ADDRESS6: &str = "2001:db8:1::10";
+/// The members' dedicated IPv6 probe addresses (the first is [`PROBE_ADDRESS6`]).
+pub const PROBE_ADDRESSES6: [&str; 2] = [PROBE_ADDRESS6, "2001:db8:1::11"];
+/// The nft table that counts forwarding-plane echoes on the gateway routers.
+const NFT_ECHO_COUNT: &str = "ul_bond_echo_count";
+/// The nft table that makes a gateway router stop forwarding.
+const NFT_FORWARDING_DEAD: &str = "ul_bond_forwarding_dead";
 pub const TRANSIT6: &str = "2001:db8:ff::1";
 
 pub struct BondLab {
@@ -73,6 +79,8 @@ pub struct BondLab {
     prefix: String,
     dir: PathBuf,
     namespaces: Vec<String>,
+    /// The members' own (permanent) MACs, read before they were enslaved.
+    perm_macs: [[u8; 6]; 2],
 }
 
 impl BondLab {
@@ -94,6 +102,7 @@ impl BondLab {
             prefix,
             dir,
             namespaces: Vec::new(),
+            perm_macs: [[0; 6]; 2],
         };
         let roles: &[&str] = match shape {
             Shape::Switched => &["srv", "swa", "swb", "gw"],
@@ -126,6 +135,8 @@ impl BondLab {
             ip(&gw, &format!("addr add {TRANSIT}/32 dev lo"))?;
             ip(&gw, &format!("addr add {TRANSIT6}/128 dev lo"))?;
             ip(&gw, "link set ga up")?;
+            lab.sysctl("gw", "net.ipv4.ip_forward=1")?;
+            lab.sysctl("gw", "net.ipv6.conf.all.forwarding=1")?;
             // IPv6 on the fresh link (the link-local addresses' DAD) before
             // any neighbour discovery is tried.
             for ns in [&srv, &gw] {
@@ -214,6 +225,10 @@ impl BondLab {
                 ip(&gw, &format!("addr add {TRANSIT}/32 dev lo"))?;
                 ip(&gw, &format!("addr add {GATEWAY6}/64 dev ga nodad"))?;
                 ip(&gw, "link set ga up")?;
+                // A gateway forwards (the members' forwarding-plane echoes
+                // come back through it).
+                lab.sysctl("gw", "net.ipv4.ip_forward=1")?;
+                lab.sysctl("gw", "net.ipv6.conf.all.forwarding=1")?;
             }
             Shape::Anycast => {
                 let core = lab.ns("core");
@@ -269,11 +284,18 @@ impl BondLab {
                         ],
                         None,
                     )?;
+                    lab.sysctl(
+                        if k == 0 { "ra" } else { "rb" },
+                        "net.ipv6.conf.all.forwarding=1",
+                    )?;
                 }
             }
         }
         // Server: the bond (ports must be down to be enslaved; "down" in the
         // same message as "master" is applied after enslaving since 6.1).
+        for (k, m) in MEMBERS.iter().enumerate() {
+            lab.perm_macs[k] = lab.mac_of("srv", m)?;
+        }
         ip(
             &srv,
             &format!("link add {BOND} type bond mode active-backup miimon {miimon}"),
@@ -286,7 +308,105 @@ impl BondLab {
         ip(&srv, &format!("addr add {SERVER}/24 dev {BOND}"))?;
         ip(&srv, &format!("addr add {SERVER6}/64 dev {BOND} nodad"))?;
         ip(&srv, &format!("link set {BOND} up"))?;
+        // The gateway routers' link-local addresses out of DAD: until then
+        // a Linux router sends no neighbour solicitation at all (it has no
+        // source for one), so it cannot resolve a member's IPv6 probe
+        // address and the members' IPv6 echoes are lost (auto then settles
+        // on ND, seen here in the VM). The plain shape waits the same way.
+        let routers: &[(&str, &str)] = match shape {
+            Shape::Anycast => &[("ra", "lan"), ("rb", "lan")],
+            _ => &[("gw", "ga")],
+        };
+        for (role, dev) in routers {
+            lab.wait(
+                &format!("IPv6 ready on {role}'s {dev}"),
+                Duration::from_secs(10),
+                || {
+                    lab.ip(role, &format!("-6 addr show dev {dev} tentative"))
+                        .is_ok_and(|o| o.trim().is_empty())
+                },
+            );
+        }
         Ok(lab)
+    }
+
+    fn sysctl(&self, role: &str, setting: &str) -> Result<()> {
+        cmd::run(
+            "ip",
+            &["netns", "exec", &self.ns(role), "sysctl", "-qw", setting],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// The gateway router behind member `member`: "gw" (one for both) or,
+    /// in [`Shape::Anycast`], "ra" / "rb".
+    pub fn router_of(&self, member: usize) -> &'static str {
+        match (self.shape, member) {
+            (Shape::Anycast, 0) => "ra",
+            (Shape::Anycast, _) => "rb",
+            _ => "gw",
+        }
+    }
+
+    /// Start counting, on router `role`, the forwarding-plane echoes (UDP
+    /// to port 3785) it forwards from each member's probe address, IPv4
+    /// and IPv6 (see [`BondLab::echo_counts`]). Replaces earlier counts.
+    pub fn count_echoes(&self, role: &str) -> Result<()> {
+        let t = NFT_ECHO_COUNT;
+        let mut rules = String::new();
+        for a in PROBE_ADDRESSES {
+            rules += &format!("    ip saddr {a} ip daddr {a} udp dport 3785 counter\n");
+        }
+        for a in PROBE_ADDRESSES6 {
+            rules += &format!("    ip6 saddr {a} ip6 daddr {a} udp dport 3785 counter\n");
+        }
+        cmd::nft(
+            &self.ns(role),
+            &format!(
+                "table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n{rules}  }}\n}}\n"
+            ),
+        )
+    }
+
+    /// The echoes router `role` forwarded since [`BondLab::count_echoes`],
+    /// per member: [[member 0 v4, v6], [member 1 v4, v6]].
+    pub fn echo_counts(&self, role: &str) -> Result<[[u64; 2]; 2]> {
+        let out = cmd::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns(role),
+                "nft",
+                "list",
+                "table",
+                "inet",
+                NFT_ECHO_COUNT,
+            ],
+            None,
+        )?;
+        let count = |a: &str| {
+            out.lines()
+                .find(|l| l.contains(&format!("saddr {a} ")))
+                .and_then(|l| l.split("packets ").nth(1))
+                .and_then(|x| x.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok([0, 1].map(|m| [count(PROBE_ADDRESSES[m]), count(PROBE_ADDRESSES6[m])]))
+    }
+
+    /// Router `role` stops forwarding (`dead`) while it still answers ARP,
+    /// neighbour solicitations and pings itself, or forwards again.
+    pub fn forwarding_dead(&self, role: &str, dead: bool) -> Result<()> {
+        let t = NFT_FORWARDING_DEAD;
+        let mut set = format!("table inet {t}\ndelete table inet {t}\n");
+        if dead {
+            set += &format!(
+                "table inet {t} {{\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n  }}\n}}\n"
+            );
+        }
+        cmd::nft(&self.ns(role), &set)
     }
 
     pub fn ns(&self, role: &str) -> String {
@@ -406,6 +526,12 @@ impl BondLab {
             .to_string())
     }
 
+    /// Member `member`'s permanent MAC (its own, before the bond lent it
+    /// the bond's; eth0 lends its own to the bond).
+    pub fn perm_mac(&self, member: usize) -> [u8; 6] {
+        self.perm_macs[member]
+    }
+
     /// MAC of `dev` in namespace `role`.
     pub fn mac_of(&self, role: &str, dev: &str) -> Result<[u8; 6]> {
         let out = self.ip(role, &format!("-br link show {dev}"))?;
@@ -437,12 +563,22 @@ impl BondLab {
     /// ([`PROBE_ADDRESSES`]) when `probe_addresses`: the transit is then
     /// probed through each member.
     pub fn write_config_with(&self, extra: &str, probe_addresses: bool) -> Result<PathBuf> {
+        self.write_config_probes(extra, probe_addresses, false)
+    }
+
+    /// Same, with the IPv4 and (`probe6`) IPv6 probe addresses of each
+    /// member ([`PROBE_ADDRESSES`], [`PROBE_ADDRESSES6`]): with both, each
+    /// member echoes through its gateway in both families.
+    pub fn write_config_probes(&self, extra: &str, probe4: bool, probe6: bool) -> Result<PathBuf> {
         let pa = |k: usize| {
-            if probe_addresses {
-                format!("probe_address4 = \"{}\"\n", PROBE_ADDRESSES[k])
-            } else {
-                String::new()
+            let mut s = String::new();
+            if probe4 {
+                s += &format!("probe_address4 = \"{}\"\n", PROBE_ADDRESSES[k]);
             }
+            if probe6 {
+                s += &format!("probe_address6 = \"{}\"\n", PROBE_ADDRESSES6[k]);
+            }
+            s
         };
         let (pa0, pa1) = (pa(0), pa(1));
         let routed = if self.shape == Shape::Mixed {

@@ -342,11 +342,36 @@ fn uplinks(r: &mut Report<'_>, entries: &[(Range<usize>, &DeTable<'_>)]) -> Vec<
             }
         }
         if u.bond.is_some() && u.gateway_probe == uplinkd_core::config::GatewayProbe::Echo {
-            r.add(
-                format!("{p}.gateway_probe"),
-                s.span("gateway_probe"),
-                "a bond member's gateway is probed by ARP/ND on the member; the forwarding-plane echo is for routed uplinks (use \"auto\" or \"icmp\")",
-            );
+            // A member echoes from its probe address (its own MAC and
+            // address, never the bond's): one per family with a gateway.
+            let missing: Vec<&str> = [
+                (
+                    "gateway4",
+                    u.gateway4.is_some(),
+                    u.probe_address4.is_some(),
+                    "probe_address4",
+                ),
+                (
+                    "gateway6",
+                    u.gateway6.is_some(),
+                    u.probe_address6.is_some(),
+                    "probe_address6",
+                ),
+            ]
+            .iter()
+            .filter(|(g, has_gw, has_probe, _)| *has_gw && s.has(g) && !has_probe)
+            .map(|(.., key)| *key)
+            .collect();
+            if !missing.is_empty() {
+                r.add(
+                    format!("{p}.gateway_probe"),
+                    s.span("gateway_probe"),
+                    format!(
+                        "a bond member sends forwarding-plane echoes from its own probe address: set {} (an address of the gateway's subnet that no host uses), or use \"auto\" or \"icmp\" (ARP/ND on the member)",
+                        missing.join(" and ")
+                    ),
+                );
+            }
         }
         for (key, gateway) in [
             ("probe_address4", "gateway4"),

@@ -1023,7 +1023,12 @@ impl Daemon {
                         (Family::V6, &mut u.gateway_probe.ipv6),
                     ] {
                         if let Some(gp) = gp {
-                            gp.redirects = self.echo.redirects(i, f) + self.streams.redirects(i, f);
+                            gp.redirects = match self.cfg.uplinks.get(i) {
+                                Some(c) if c.bond.is_some() => {
+                                    self.members.redirects(&c.interface, f)
+                                }
+                                _ => self.echo.redirects(i, f) + self.streams.redirects(i, f),
+                            };
                         }
                     }
                     // Echo mode: the gateway's loss and last reply are the

@@ -46,10 +46,10 @@ pub const ECHO_PORT: u16 = 3785;
 pub const SEND_TTL: u8 = 255;
 pub const ARRIVAL_TTL: u8 = SEND_TTL - 1;
 /// Payload: token ‖ probe id (16 bytes), then uplink (2), family (1), 0 (1), sequence (4).
-const ECHO_PAYLOAD_LEN: usize = PAYLOAD_LEN + 8;
+pub(super) const ECHO_PAYLOAD_LEN: usize = PAYLOAD_LEN + 8;
 const UDP_LEN: usize = 8 + ECHO_PAYLOAD_LEN;
 /// ICMP redirect (RFC 792) and ICMPv6 redirect (RFC 4861 §4.5).
-const ICMP_REDIRECT: u8 = 5;
+pub(super) const ICMP_REDIRECT: u8 = 5;
 const ICMPV6_REDIRECT: u8 = 137;
 /// After this many consecutive lost echoes the socket is reopened, which
 /// looks up our address and the gateway's MAC again (a new router, a
@@ -568,7 +568,7 @@ pub(super) fn parse_echo(frame: &[u8], family: Family, addr: IpAddr) -> Option<P
 
 /// cBPF: IPv4 or IPv6 to `addr` that is UDP to [`ECHO_PORT`] or an ICMP(v6)
 /// redirect; everything else stays out of the socket.
-fn echo_filter(addr: IpAddr) -> Vec<libc::sock_filter> {
+pub(super) fn echo_filter(addr: IpAddr) -> Vec<libc::sock_filter> {
     const ACCEPT: u32 = 0x0004_0000;
     let port = u32::from(ECHO_PORT);
     match addr {

@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
 
+use super::echo::{self, Parsed, ARRIVAL_TTL};
 use super::packet::{
     arp_probe_frame, arp_reply_frame, attach_filter, decode_payload, dst_mac_filter,
     dst_mac_or_solicited_filter, echo4_frame, echo6_frame, encode_payload, link_local, na_frame,
@@ -107,6 +108,13 @@ enum What {
     /// Echo to this target with this sequence number, sent with this TTL /
     /// hop limit (a reply whose arrival TTL follows it is reflected).
     Echo(IpAddr, u16, u8),
+    /// Forwarding-plane echo of the gateway (see [`super::echo`]) from the
+    /// member's probe address to itself, by uplink, family and sequence.
+    Fwd {
+        uplink: usize,
+        family: Family,
+        seq: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +134,14 @@ struct Member {
     arp: Option<OwnedFd>,
     ip4: Option<OwnedFd>,
     ip6: Option<OwnedFd>,
+    /// Forwarding-plane echoes coming back (UDP to the probe address,
+    /// port 3785, and ICMP redirects to it; kernel-filtered), per family.
+    fwd: [Option<OwnedFd>; 2],
+    fwd_seq: u32,
+    /// ICMP redirects the gateway answered our echoes with, per family.
+    redirects: [u64; 2],
+    warned_redirect: bool,
+    warned_ttl: bool,
     pending: Vec<Pending>,
     /// Transit echoes waiting for the gateway's MAC: (probe, frame with the
     /// destination MAC left to fill, gateway, socket).
@@ -147,6 +163,7 @@ impl Member {
         self.arp = None;
         self.ip4 = None;
         self.ip6 = None;
+        self.fwd = [None, None];
     }
 }
 
@@ -193,6 +210,14 @@ impl MemberProber {
                 }
             }
         }
+    }
+
+    /// ICMP redirects the gateway answered `member`'s forwarding-plane
+    /// echoes of `family` with.
+    pub fn redirects(&self, member: &str, family: Family) -> u64 {
+        self.members
+            .get(member)
+            .map_or(0, |m| m.redirects[family.index()])
     }
 
     /// The source MAC used on `member`, once known.
@@ -249,10 +274,39 @@ impl MemberProber {
             probe6: None,
         });
         let (what, frame): (What, Vec<u8>) = match (req.kind, req.target) {
-            (ProbeKind::Echo, _) => {
-                return Err(format!(
-                    "forwarding-plane echo via {member}: not available on bond members (their gateway is probed by ARP/ND)"
-                ))
+            (ProbeKind::Echo, gw) => {
+                // From the member's probe address to itself, in a frame
+                // from the probe MAC to the gateway's MAC as learned on
+                // this member: the gateway routes it back to the probe
+                // address, which it resolves (ARP / NS, answered by `poll`)
+                // to the probe MAC, never to the bond's.
+                let (from, dst) = match gw {
+                    IpAddr::V4(g) => (
+                        spec.probe4.map(IpAddr::V4),
+                        m.gw4.get(&g).copied().unwrap_or(UNRESOLVED),
+                    ),
+                    IpAddr::V6(g) => (
+                        spec.probe6.map(IpAddr::V6),
+                        m.gw6.get(&g).copied().unwrap_or(UNRESOLVED),
+                    ),
+                };
+                let from = from.ok_or_else(|| {
+                    format!(
+                        "forwarding-plane echo via {member}: no probe_address{} configured (a member echoes from its own probe address)",
+                        if gw.is_ipv4() { 4 } else { 6 }
+                    )
+                })?;
+                m.fwd_seq = m.fwd_seq.wrapping_add(1);
+                let payload =
+                    echo::echo_payload(&self.token, req.id, req.uplink, req.family, m.fwd_seq);
+                (
+                    What::Fwd {
+                        uplink: req.uplink,
+                        family: req.family,
+                        seq: m.fwd_seq,
+                    },
+                    echo::echo_frame(src, dst, from, &payload),
+                )
             }
             (ProbeKind::Gateway, IpAddr::V4(gw)) => {
                 let dst = m.gw4.get(&gw).copied().unwrap_or([0xff; 6]);
@@ -306,6 +360,38 @@ impl MemberProber {
         };
         let uc = (libc::PACKET_MR_UNICAST as u16, src);
         let fd = match what {
+            What::Fwd { family, .. } => {
+                // The socket that answers the gateway's ARP requests / NS
+                // for the probe address, then the one the echoes come back on.
+                let addr = match family {
+                    Family::V4 => {
+                        open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?;
+                        IpAddr::V4(spec.probe4.expect("checked above"))
+                    }
+                    Family::V6 => {
+                        let f = dst_mac_or_solicited_filter(src, spec.probe6);
+                        let mut acc = vec![uc];
+                        if let Some(p) = spec.probe6 {
+                            acc.push((libc::PACKET_MR_MULTICAST as u16, solicited_mac(&p)));
+                        }
+                        open_lazily(&mut m.ip6, member, ifindex, ETH_P_IPV6, Some(&f), &acc)?;
+                        IpAddr::V6(spec.probe6.expect("checked above"))
+                    }
+                };
+                let proto = match family {
+                    Family::V4 => ETH_P_IP,
+                    Family::V6 => ETH_P_IPV6,
+                };
+                let f = echo::echo_filter(addr);
+                open_lazily(
+                    &mut m.fwd[family.index()],
+                    member,
+                    ifindex,
+                    proto,
+                    Some(&f),
+                    &[uc],
+                )?
+            }
             What::Arp(_) => open_lazily(&mut m.arp, member, ifindex, ETH_P_ARP, None, &[uc])?,
             What::Ns(_) | What::Echo(IpAddr::V6(_), ..) => {
                 let f = dst_mac_or_solicited_filter(src, spec.probe6);
@@ -413,11 +499,13 @@ impl MemberProber {
             let probe4 = spec.as_ref().and_then(|s| s.probe4);
             let probe6 = spec.as_ref().and_then(|s| s.probe6);
             let mut failed = None;
-            for which in 0..3 {
+            for which in 0..5 {
                 let fd = match which {
                     0 => m.arp.as_ref(),
                     1 => m.ip4.as_ref(),
-                    _ => m.ip6.as_ref(),
+                    2 => m.ip6.as_ref(),
+                    3 => m.fwd[0].as_ref(),
+                    _ => m.fwd[1].as_ref(),
                 }
                 .map(|f| f.as_raw_fd());
                 let Some(fd) = fd else { continue };
@@ -434,7 +522,9 @@ impl MemberProber {
                     let hit = match which {
                         0 => on_arp(m, fd, frame, probe4),
                         1 => on_ip4(frame, m.src, probe4, ident, &token),
-                        _ => on_ip6(m, fd, frame, probe6, ident, &token),
+                        2 => on_ip6(m, fd, frame, probe6, ident, &token),
+                        3 => on_fwd(m, name, frame, Family::V4, probe4.map(IpAddr::V4), &token),
+                        _ => on_fwd(m, name, frame, Family::V6, probe6.map(IpAddr::V6), &token),
                     };
                     let Some(hit) = hit else { continue };
                     let Some(i) = m.pending.iter().position(|p| matches_pending(p, &hit)) else {
@@ -517,7 +607,7 @@ impl MemberProber {
                         What::Ns(g) => {
                             m.gw6.remove(&g);
                         }
-                        What::Echo(..) => {}
+                        What::Echo(..) | What::Fwd { .. } => {}
                     }
                     out.push((p.id, ProbeOutcome::Timeout));
                 } else {
@@ -540,6 +630,13 @@ enum Hit {
         /// Arrival TTL / hop limit.
         ttl: u8,
     },
+    /// A forwarding-plane echo with our token, forwarded exactly once.
+    Fwd {
+        id: ProbeId,
+        uplink: usize,
+        family: usize,
+        seq: u32,
+    },
 }
 
 fn matches_pending(p: &Pending, h: &Hit) -> bool {
@@ -549,6 +646,19 @@ fn matches_pending(p: &Pending, h: &Hit) -> bool {
         (What::Echo(t, s, _), Hit::Echo { from, seq, id, .. }) => {
             t == *from && s == *seq && p.id == *id
         }
+        (
+            What::Fwd {
+                uplink,
+                family,
+                seq,
+            },
+            Hit::Fwd {
+                id,
+                uplink: u,
+                family: f,
+                seq: s,
+            },
+        ) => p.id == *id && uplink == *u && family.index() == *f && seq == *s,
         _ => false,
     }
 }
@@ -572,6 +682,49 @@ fn on_arp(m: &mut Member, fd: RawFd, f: &[u8], probe4: Option<Ipv4Addr>) -> Opti
             Some(Hit::Arp(a.sip))
         }
         _ => None,
+    }
+}
+
+/// A forwarding-plane echo back on the member (the socket's kernel filter
+/// passes only UDP to the probe address and port 3785, and ICMP redirects
+/// to it): ours (token) and forwarded exactly once (arrival TTL / hop
+/// limit 254; a forger on the link, or our own frame reflected, carries
+/// something else). Redirects are counted.
+fn on_fwd(
+    m: &mut Member,
+    member: &str,
+    f: &[u8],
+    family: Family,
+    addr: Option<IpAddr>,
+    token: &[u8; 8],
+) -> Option<Hit> {
+    match echo::parse_echo(f, family, addr?)? {
+        Parsed::Redirect => {
+            m.redirects[family.index()] += 1;
+            if !m.warned_redirect {
+                m.warned_redirect = true;
+                warn!(member, family = %family,
+                    "the gateway answers forwarding-plane echoes with ICMP redirects: turn redirects off on the router's interface toward this server (Linux: net.ipv4.conf.<if>.send_redirects=0; IPv6 routers: no ipv6 redirects), or set gateway_probe = \"icmp\"");
+            }
+            None
+        }
+        Parsed::Echo { ttl, payload } => {
+            let (id, uplink, fam, seq) = echo::decode_echo(token, payload)?;
+            if ttl != ARRIVAL_TTL {
+                if !m.warned_ttl {
+                    m.warned_ttl = true;
+                    info!(member, family = %family, ttl,
+                        "forwarding-plane echo rejected: arrival TTL is not 254 (not forwarded exactly once)");
+                }
+                return None;
+            }
+            Some(Hit::Fwd {
+                id,
+                uplink,
+                family: fam,
+                seq,
+            })
+        }
     }
 }
 
@@ -889,6 +1042,76 @@ mod tests {
         };
         assert_eq!(on_ip6(&mut other, -1, &na, None, 77, &[0; 8]), None);
         assert!(other.gw6.is_empty());
+    }
+
+    #[test]
+    fn forwarding_plane_echo_is_ours_and_forwarded_once() {
+        let src = [0x02, 1, 2, 3, 4, 5];
+        let token = [7u8; 8];
+        for addr in ["198.18.1.10", "2001:db8:1::10"] {
+            let addr: IpAddr = addr.parse().unwrap();
+            let family = if addr.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            let ttl_at = 14 + if addr.is_ipv4() { 8 } else { 7 };
+            let payload = echo::echo_payload(&token, ProbeId(42), 1, family, 9);
+            let sent = echo::echo_frame(src, [9; 6], addr, &payload);
+            let mut m = Member {
+                src,
+                ..Default::default()
+            };
+            // As sent (TTL 255): our own frame reflected, or a forger.
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &sent, family, Some(addr), &token),
+                None,
+                "{addr}: TTL 255"
+            );
+            let mut back = sent.clone();
+            back[ttl_at] = ARRIVAL_TTL;
+            if addr.is_ipv4() {
+                // The IPv4 header checksum is not checked; keep it right anyway.
+                back[24..26].copy_from_slice(&[0, 0]);
+                let c = checksum(&back[14..34]);
+                back[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &back, family, Some(addr), &token),
+                Some(Hit::Fwd {
+                    id: ProbeId(42),
+                    uplink: 1,
+                    family: family.index(),
+                    seq: 9
+                }),
+                "{addr}: forwarded once"
+            );
+            assert_eq!(
+                on_fwd(&mut m, "eth1", &back, family, Some(addr), &[0; 8]),
+                None,
+                "{addr}: another token"
+            );
+            let pending = Pending {
+                id: ProbeId(42),
+                what: What::Fwd {
+                    uplink: 1,
+                    family,
+                    seq: 9,
+                },
+                sent: Instant::now(),
+                sent_rt: None,
+                timeout: Duration::from_millis(10),
+            };
+            let hit = |uplink, seq| Hit::Fwd {
+                id: ProbeId(42),
+                uplink,
+                family: family.index(),
+                seq,
+            };
+            assert!(matches_pending(&pending, &hit(1, 9)));
+            assert!(!matches_pending(&pending, &hit(0, 9)), "other uplink");
+            assert!(!matches_pending(&pending, &hit(1, 8)), "other sequence");
+        }
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl Core {
     /// loops echoes.
     fn retry_echo(&mut self, _now: Now, uplink: UplinkId, family: Family, out: &mut Vec<Action>) {
         let c = &self.cfg.uplinks[uplink];
-        if c.gateway_probe != GatewayProbe::Auto || c.bond.is_some() {
+        if c.gateway_probe != GatewayProbe::Auto || !c.can_echo(family) {
             return;
         }
         let name = c.name.clone();
@@ -372,7 +372,9 @@ impl Core {
             }
             // Round echoes of the trial still in flight when it ended: the
             // stream decides in echo mode; in ICMP mode they say nothing.
-            (ProbeKind::Echo, GatewayMode::Icmp | GatewayMode::Echo) => true,
+            (ProbeKind::Echo, GatewayMode::Icmp) => true,
+            // A bond member's round echoes decide its gateway (no stream).
+            (ProbeKind::Echo, GatewayMode::Echo) => self.cfg.uplinks[fl.uplink].bond.is_none(),
             (ProbeKind::Echo, GatewayMode::Trying) => {
                 if ok {
                     f.trial_ok += 1;
@@ -449,8 +451,9 @@ impl Core {
         for (i, u) in self.uplinks.iter_mut().enumerate() {
             for (fi, f) in u.fams.iter_mut().enumerate() {
                 let Some(f) = f else { continue };
-                // Echo mode: the echo stream decides (`on_echo`).
-                if f.mode == GatewayMode::Echo {
+                // Echo mode: the echo stream decides (`on_echo`), except
+                // on a bond member, whose round echoes are judged here.
+                if f.mode == GatewayMode::Echo && self.cfg.uplinks[i].bond.is_none() {
                     continue;
                 }
                 let g = &mut f.gateway;

@@ -39,6 +39,8 @@ fn same_uplink(a: &UplinkConfig, b: &UplinkConfig) -> bool {
         && a.gateway6 == b.gateway6
         && a.gateway_probe == b.gateway_probe
         && a.bond == b.bond
+        // A member given or losing its probe address is probed another way.
+        && Family::ALL.iter().all(|&f| a.can_echo(f) == b.can_echo(f))
 }
 
 /// The keys of `new` that differ from `old` and can only change by a restart.

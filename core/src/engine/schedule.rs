@@ -122,11 +122,14 @@ impl Core {
                 let present = self.uplinks[i].present;
                 let carrier = self.uplinks[i].carrier == Some(true);
                 let active = self.fam[fi].active;
+                // A bond member's echoes go in rounds through its member
+                // prober (the gateway timers), not in a stream.
+                let member = self.cfg.uplinks[i].bond.is_some();
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
                 // Echo mode: the echo stream (see `crate::echo`) takes the
                 // rounds' place: fast through the uplink carrying the
                 // family (or any, while none does), slow through a standby.
-                let want = (f.mode == GatewayMode::Echo && present).then(|| {
+                let want = (f.mode == GatewayMode::Echo && present && !member).then(|| {
                     let every = match active {
                         // A standby, fast too while the active uplink's
                         // gateway is in doubt (see `verify`), and while its
@@ -157,7 +160,7 @@ impl Core {
                         fresh: std::mem::take(&mut f.stream_fresh),
                     });
                 }
-                let echo_mode = f.mode == GatewayMode::Echo;
+                let echo_mode = f.mode == GatewayMode::Echo && !member;
                 // Gateway: fast while a reply is missing.
                 let g = &mut f.gateway;
                 if echo_mode {
@@ -204,7 +207,10 @@ impl Core {
                             p.gateway_timeout,
                             false,
                         )),
-                        GatewayMode::Echo => {}
+                        GatewayMode::Echo => {
+                            // Only a bond member gets here (see `echo_mode`).
+                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false))
+                        }
                         GatewayMode::Trying => {
                             reqs.push((
                                 ProbeKind::Gateway,
