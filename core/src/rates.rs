@@ -125,7 +125,7 @@ mod tests {
             // The rates priced here are the probes' rounds; in echo mode
             // (auto's choice where the router loops echoes) the same rounds
             // carry forwarding-plane echoes through the gateway, and the
-            // router itself gets 1 ping/s (README: control-plane budget).
+            // router itself gets a ping every 2 s (README: control-plane budget).
             gateway_probe: crate::config::GatewayProbe::Icmp,
         };
         Config {
