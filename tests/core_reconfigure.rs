@@ -25,7 +25,10 @@ fn uplink(name: &str, ifname: &str, n: u8) -> UplinkConfig {
         bond: None,
         probe_address4: None,
         probe_address6: None,
-        gateway_probe: Default::default(),
+        // ICMP rounds: this simulation does not run the echo streams of
+        // echo mode (tests/core_scenarios.rs does), and a reload is about
+        // the rest of the state.
+        gateway_probe: uplinkd::config::GatewayProbe::Icmp,
     }
 }
 
