@@ -35,7 +35,7 @@ use super::packet::{
     bpf, checksum, decode_payload, encode_payload, ETH_HEADER_LEN, ETH_P_IP, ETH_P_IPV6,
     PAYLOAD_LEN,
 };
-use super::{kernel_rtt, realtime_ns, recv_timestamped, ProbeUplink};
+use super::{realtime_ns, recv_timestamped, reply_outcome, ProbeUplink};
 use crate::config::Family;
 use crate::core::{ProbeId, ProbeOutcome, ProbeRequest, UplinkId};
 
@@ -285,16 +285,10 @@ impl EchoProber {
                                     continue;
                                 };
                                 let p = slot.pending.swap_remove(i);
-                                let rtt = kernel_rtt(p.sent, p.sent_rt, r.rx, now)
-                                    .unwrap_or_else(|| now.saturating_duration_since(p.sent));
                                 slot.misses = 0;
                                 out.push((
                                     p.id,
-                                    if rtt <= p.timeout {
-                                        ProbeOutcome::Reply { rtt }
-                                    } else {
-                                        ProbeOutcome::Timeout
-                                    },
+                                    reply_outcome(p.sent, p.sent_rt, p.timeout, r.rx, now),
                                 ));
                             }
                             None => {}

@@ -77,7 +77,7 @@ use super::packet::{
     ICMPV6_ECHO_REPLY, IPPROTO_ICMP, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
 };
 use super::reflect::{Paths, Verdict};
-use super::{kernel_rtt, realtime_ns, recv_timestamped};
+use super::{realtime_ns, recv_timestamped, reply_outcome};
 use crate::config::Family;
 use crate::netlink::BondSample;
 use tracing::{debug, info, warn};
@@ -538,16 +538,7 @@ impl MemberProber {
                         }
                     }
                     let p = m.pending.remove(i);
-                    let rtt = kernel_rtt(p.sent, p.sent_rt, rx, now)
-                        .unwrap_or_else(|| now.saturating_duration_since(p.sent));
-                    out.push((
-                        p.id,
-                        if rtt <= p.timeout {
-                            ProbeOutcome::Reply { rtt }
-                        } else {
-                            ProbeOutcome::Timeout
-                        },
-                    ));
+                    out.push((p.id, reply_outcome(p.sent, p.sent_rt, p.timeout, rx, now)));
                 }
             }
             if let Some(e) = failed {

@@ -697,14 +697,29 @@ fn on_packet(
         Verdict::Accept { recovered: false } => {}
     }
     let p = pending.swap_remove(i);
-    let rtt = kernel_rtt(p.sent, p.sent_rt, dgram.rx, now)
-        .unwrap_or_else(|| now.saturating_duration_since(p.sent));
-    let outcome = if rtt <= p.timeout {
+    out.push((
+        p.id,
+        reply_outcome(p.sent, p.sent_rt, p.timeout, dgram.rx, now),
+    ));
+}
+
+/// What a reply received at `rx` (kernel timestamp, if any) or `now` says
+/// of a probe sent at `sent` / `sent_rt`: a reply within its timeout, or
+/// one that came too late (a timeout). Every prober judges replies so.
+pub(crate) fn reply_outcome(
+    sent: Instant,
+    sent_rt: Option<i64>,
+    timeout: Duration,
+    rx: Option<i64>,
+    now: Instant,
+) -> ProbeOutcome {
+    let rtt =
+        kernel_rtt(sent, sent_rt, rx, now).unwrap_or_else(|| now.saturating_duration_since(sent));
+    if rtt <= timeout {
         ProbeOutcome::Reply { rtt }
     } else {
         ProbeOutcome::Timeout
-    };
-    out.push((p.id, outcome));
+    }
 }
 
 /// Kernel receive time `rx` minus send time `sent_rt` (both CLOCK_REALTIME
