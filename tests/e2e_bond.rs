@@ -1905,8 +1905,7 @@ fn scenario_tcp_connection_survives_a_member_switch_by_the_agent() {
 fn native_member_prober_gateway_and_transit_probes() {
     use std::net::IpAddr;
     use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
-    use uplinkd::config::Family;
-    use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::core::{ProbeKind, ProbeOutcome};
     use uplinkd::netlink::BondSample;
     use uplinkd::probe::{MemberProber, MemberSpec};
 
@@ -1934,46 +1933,11 @@ fn native_member_prober_gateway_and_transit_probes() {
             ..Default::default()
         });
         let mut next = 1u64;
+        // One try: a transit echo sent before the gateway's MAC is known
+        // waits for it, and the gateway resolves the probe address
+        // (answered by the prober) before replying.
         let mut run = |m: &mut MemberProber, kind, target: IpAddr, gw: IpAddr, tries: u32| {
-            let family = if target.is_ipv4() {
-                Family::V4
-            } else {
-                Family::V6
-            };
-            // One try: a transit echo sent before the gateway's MAC is
-            // known waits for it, and the gateway resolves the probe
-            // address (answered by the prober) before replying.
-            let mut last = None;
-            for _ in 0..tries {
-                next += 1;
-                let id = ProbeId(next);
-                m.send(
-                    "eth0",
-                    Some(gw),
-                    ProbeRequest {
-                        id,
-                        uplink: 0,
-                        family,
-                        kind,
-                        target,
-                        timeout: Duration::from_millis(500),
-                    },
-                );
-                let t0 = Instant::now();
-                let mut out = Vec::new();
-                while t0.elapsed() < S(2) {
-                    std::thread::sleep(Duration::from_millis(4));
-                    m.poll(Instant::now(), &mut out);
-                    if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
-                        last = Some(o.clone());
-                        break;
-                    }
-                }
-                if matches!(last, Some(ProbeOutcome::Reply { .. })) {
-                    break;
-                }
-            }
-            last
+            probe_on_eth0(m, &mut next, 0, kind, target, gw, tries)
         };
         // Transits first, before any gateway probe taught the MACs.
         let echo4 = run(
@@ -2085,45 +2049,13 @@ fn member_echo_checks(
 ) {
     use std::net::IpAddr;
     use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
-    use uplinkd::config::Family;
-    use uplinkd::core::{ProbeId, ProbeKind, ProbeOutcome, ProbeRequest};
+    use uplinkd::core::{ProbeKind, ProbeOutcome};
     use uplinkd::probe::MemberProber;
     let mut next = 1u64;
     // Up to `tries` probes (the first waits for the gateway's MAC and the
     // gateway's resolution of the probe address); the last outcome.
     let mut run = |m: &mut MemberProber, kind, gw: IpAddr, tries: u32| {
-        let family = if gw.is_ipv4() { Family::V4 } else { Family::V6 };
-        let mut last = None;
-        for _ in 0..tries {
-            next += 1;
-            let id = ProbeId(next);
-            m.send(
-                "eth0",
-                Some(gw),
-                ProbeRequest {
-                    id,
-                    uplink: 3,
-                    family,
-                    kind,
-                    target: gw,
-                    timeout: Duration::from_millis(500),
-                },
-            );
-            let t0 = Instant::now();
-            let mut out = Vec::new();
-            while t0.elapsed() < S(2) {
-                std::thread::sleep(Duration::from_millis(4));
-                m.poll(Instant::now(), &mut out);
-                if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
-                    last = Some(o.clone());
-                    break;
-                }
-            }
-            if matches!(last, Some(ProbeOutcome::Reply { .. })) {
-                break;
-            }
-        }
-        last
+        probe_on_eth0(m, &mut next, 3, kind, gw, gw, tries)
     };
     let mut outcomes = Vec::new();
     for (what, gw) in [("echo4", gw4), ("echo6", gw6)] {
@@ -2177,4 +2109,56 @@ fn member_echo_checks(
         "",
         "nothing for the server's address"
     );
+}
+
+/// Up to `tries` probes of `kind` at `target` from `uplink` through eth0
+/// (gateway `gw`), each waited for up to 2 s, until one is answered: the
+/// last outcome (`next` numbers the probes).
+fn probe_on_eth0(
+    m: &mut uplinkd::probe::MemberProber,
+    next: &mut u64,
+    uplink: usize,
+    kind: uplinkd::core::ProbeKind,
+    target: std::net::IpAddr,
+    gw: std::net::IpAddr,
+    tries: u32,
+) -> Option<uplinkd::core::ProbeOutcome> {
+    use uplinkd::config::Family;
+    use uplinkd::core::{ProbeId, ProbeOutcome, ProbeRequest};
+    let family = if target.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let mut last = None;
+    for _ in 0..tries {
+        *next += 1;
+        let id = ProbeId(*next);
+        m.send(
+            "eth0",
+            Some(gw),
+            ProbeRequest {
+                id,
+                uplink,
+                family,
+                kind,
+                target,
+                timeout: Duration::from_millis(500),
+            },
+        );
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        while t0.elapsed() < S(2) {
+            std::thread::sleep(Duration::from_millis(4));
+            m.poll(Instant::now(), &mut out);
+            if let Some((_, o)) = out.iter().find(|(i, _)| *i == id) {
+                last = Some(o.clone());
+                break;
+            }
+        }
+        if matches!(last, Some(ProbeOutcome::Reply { .. })) {
+            break;
+        }
+    }
+    last
 }
