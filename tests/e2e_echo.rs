@@ -108,12 +108,7 @@ fn auto_uses_echo_on_a_router_that_loops_it() {
 fn router_that_stops_forwarding_but_answers_pings_is_left() {
     let lab = lab();
     let a = settled_echo(&lab, "echo");
-    nft(&lab, Uplink::Primary, "add table inet echotest");
-    nft(
-        &lab,
-        Uplink::Primary,
-        "add chain inet echotest fchain { type filter hook forward priority 0; policy drop; }",
-    );
+    lab.forwarding_dead(Uplink::Primary).unwrap();
     for f in Family::ALL {
         wait_route(&lab, &a, f, Uplink::Secondary, S(5));
     }
@@ -143,33 +138,14 @@ fn router_that_stops_forwarding_but_answers_pings_is_left() {
     );
 }
 
-/// (b) The router polices pings and neighbour solicitations addressed to
-/// itself down to 1/s while forwarding everything: no switch in echo mode.
+/// (b) The router polices everything addressed to itself (pings, ND, ARP,
+/// the rest) down to 1/s while forwarding everything: no switch in echo mode.
 #[test]
 fn router_policing_its_own_pings_causes_no_switch() {
     let lab = lab();
     let a = settled_echo(&lab, "auto");
-    nft(&lab, Uplink::Primary, "add table inet echotest");
-    nft(
-        &lab,
-        Uplink::Primary,
-        "add chain inet echotest input { type filter hook input priority 0; policy accept; }",
-    );
-    nft(
-        &lab,
-        Uplink::Primary,
-        "add rule inet echotest input meta l4proto icmp icmp type echo-request limit rate over 1/second drop",
-    );
-    nft(
-        &lab,
-        Uplink::Primary,
-        "add rule inet echotest input meta l4proto ipv6-icmp icmpv6 type echo-request limit rate over 1/second drop",
-    );
-    nft(
-        &lab,
-        Uplink::Primary,
-        "add rule inet echotest input meta l4proto ipv6-icmp icmpv6 type nd-neighbor-solicit limit rate over 1/second drop",
-    );
+    // Every class addressed to the router (pings, ND, ARP, the rest) at 1/s.
+    lab.police_self(Uplink::Primary, 1).unwrap();
     let start = Instant::now();
     while start.elapsed() < S(20) {
         std::thread::sleep(Duration::from_millis(500));
