@@ -471,6 +471,13 @@ impl UplinkConfig {
         }
     }
 
+    /// In echo mode, whether the echoes run as a stream on the carrier
+    /// poller's tick (routed uplinks) rather than in rounds at the gateway
+    /// timers through the member prober (bond members).
+    pub fn echo_streamed(&self) -> bool {
+        self.bond.is_none()
+    }
+
     /// Whether the forwarding-plane echo can probe this uplink's gateway of
     /// `family`: a routed uplink echoes from its own address, a bond member
     /// from its probe address of that family (without one, its gateway is

@@ -374,7 +374,7 @@ impl Core {
             // stream decides in echo mode; in ICMP mode they say nothing.
             (ProbeKind::Echo, GatewayMode::Icmp) => true,
             // A bond member's round echoes decide its gateway (no stream).
-            (ProbeKind::Echo, GatewayMode::Echo) => self.cfg.uplinks[fl.uplink].bond.is_none(),
+            (ProbeKind::Echo, GatewayMode::Echo) => self.cfg.uplinks[fl.uplink].echo_streamed(),
             (ProbeKind::Echo, GatewayMode::Trying) => {
                 if ok {
                     f.trial_ok += 1;
@@ -453,7 +453,7 @@ impl Core {
                 let Some(f) = f else { continue };
                 // Echo mode: the echo stream decides (`on_echo`), except
                 // on a bond member, whose round echoes are judged here.
-                if f.mode == GatewayMode::Echo && self.cfg.uplinks[i].bond.is_none() {
+                if f.mode == GatewayMode::Echo && self.cfg.uplinks[i].echo_streamed() {
                     continue;
                 }
                 let g = &mut f.gateway;

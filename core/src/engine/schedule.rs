@@ -126,7 +126,7 @@ impl Core {
                 let active = self.fam[fi].active;
                 // A bond member's echoes go in rounds through its member
                 // prober (the gateway timers), not in a stream.
-                let member = self.cfg.uplinks[i].bond.is_some();
+                let member = !self.cfg.uplinks[i].echo_streamed();
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
                 // Echo mode: the echo stream (see `crate::echo`) takes the
                 // rounds' place: fast through the uplink carrying the
