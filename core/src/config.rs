@@ -362,14 +362,17 @@ settings! {
         /// Echo timeout for gateway probes.
         gateway_timeout: Duration = ms(8), Duration { min: ms(1), max: secs(10) };
         /// Echo mode: one forwarding-plane echo every this long through the uplink
-        /// carrying the family's traffic (a standby: every `gateway_interval`). The
-        /// echoes leave on the carrier poller's tick (`carrier_interval`): a shorter
-        /// interval sends several per tick.
-        echo_interval: Duration = ms(2), Duration { min: ms(1), max: SECOND };
+        /// carrying the family's traffic while they all come back (a standby: every
+        /// `gateway_interval`); while one is missing the stream hurries (see
+        /// `echo_dead_after`). The echoes leave on the carrier poller's tick
+        /// (`carrier_interval`): a shorter interval sends several per tick.
+        echo_interval: Duration = ms(8), Duration { min: ms(1), max: SECOND };
         /// Echo mode: the gateway stops counting as alive when the echoes sent over
-        /// this long (`echo_dead_after / echo_interval` in a row, 8 at the defaults)
-        /// all went unanswered (see core/src/echo.rs for the false-trip arithmetic).
-        echo_dead_after: Duration = ms(16), Duration { min: ms(2), max: secs(10) };
+        /// this long all went unanswered. As soon as one is missing the stream sends
+        /// enough per tick for at least 8 to be lost in this window (4 per tick at
+        /// the defaults: 9 in 12 ms); see core/src/echo.rs for the false-trip
+        /// arithmetic.
+        echo_dead_after: Duration = ms(12), Duration { min: ms(2), max: secs(10) };
         /// Interval between probes of one transit target through one uplink while all is well.
         transit_interval: Duration = secs(1), Duration { min: ms(10), max: HOUR };
         /// Interval while a transit target is suspected (missed a reply).

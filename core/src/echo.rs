@@ -9,38 +9,52 @@
 //! tells the loop only what changed ([`EchoNews`]), and the core turns that
 //! into the gateway's verdict.
 //!
-//! # Why `lost_after` echoes (8 at the defaults)
+//! # The steady rate, the hurry and `lost_after`
 //! The stream is judged once per tick, after the drain and before the next
 //! echoes leave, so an echo has a whole tick (4 ms) to come back; the
-//! echoes "outstanding" are those sent after the newest one back. The
-//! stream has stopped when `lost_after = ceil(echo_dead_after /
-//! echo_interval)` are outstanding: 16 ms / 2 ms = 8 at the defaults
-//! (two echoes per 4 ms tick), so a router that stops forwarding is found
-//! 16–20 ms after its last echo came back.
+//! echoes "outstanding" are those sent after the newest one back.
 //!
-//! Under independent random loss `p` on the echo path, a run of `n` lost
-//! echoes starts at a given echo with probability `(1 - p)·pⁿ`. At 10 %
-//! loss and `n = 8` that is 0.9 × 10⁻⁸. Ten minutes of the two active
-//! streams (IPv4 and IPv6 through the active uplink, 500 echoes/s each)
-//! are 600,000 echoes: 600,000 × 0.9 × 10⁻⁸ ≈ 5.4 × 10⁻³ expected false
-//! trips; the two standby streams (one echo per 48 ms, ≈ 21/s each) add
-//! 25,000 × 0.9 × 10⁻⁸ ≈ 2.3 × 10⁻⁴. In all about 1 in 180 ten-minute
-//! runs, one false trip per ~30 hours of 10 % loss (and a standby's trip
-//! moves no traffic). With `n = 6` it would be 0.55 per ten minutes: not
-//! far enough below one. A `late` notice (half of `lost_after`) lets the
-//! core ping the router's own address once, so that when the stream stops
-//! it can tell a router that only stopped forwarding (its CPU answers)
-//! from a dead one; at 10 % loss a run of 4 starts about once per 11 s
-//! (0.9 × 10⁻⁴ × 1,000 echoes/s), within the control-plane budget of one
-//! ping per second.
+//! While every echo comes back, the stream sends at its steady rate: one
+//! per `echo_interval` (8 ms, every other tick) through the uplink carrying
+//! the family's traffic, one per `gateway_interval` through a standby. As
+//! soon as one is outstanding at a judging, the stream *hurries*: it sends
+//! `hurry` echoes on every tick until none is outstanding or it stops.
+//! `hurry` is chosen so that the echoes of a silent gateway add up to at
+//! least [`MIN_LOST`] (8) within `echo_dead_after`: the first echo lost,
+//! then `hurry` per tick on the `k - 1` ticks after it, where `k =
+//! echo_dead_after / tick` (3 at the defaults: `hurry` = 4). The stream has
+//! stopped when `lost_after = 1 + hurry·(k - 1)` are outstanding (9 at the
+//! defaults): `k` ticks (12 ms) after the first lost echo left. A router
+//! that stops forwarding is found 12-20 ms after it stopped (the first lost
+//! echo leaves within one `echo_interval`), as fast as a steady 2 ms stream
+//! judged over 16 ms would find it, with a quarter of the packets and of
+//! the sending ticks in the steady state.
+//!
+//! Under independent random loss `p` on the echo path, a false stop needs
+//! a steady echo lost and then every hurried echo after it: `p^lost_after`
+//! per steady echo, 10⁻⁹ at 10 % loss and the defaults. Ten minutes of the
+//! two active streams (IPv4 and IPv6 through the active uplink, 125 steady
+//! echoes/s each) are 150,000 steady echoes: 1.5 × 10⁻⁴ expected false
+//! trips (one per ~45 days of 10 % loss), and the standbys' streams (≈ 21/s
+//! each) add a third of that. A `late` notice (`late_after` = 1 + `hurry`,
+//! 5 outstanding, one tick before the stop) lets the core ping the
+//! router's own address once, so that when the stream stops it can tell a
+//! router that only stopped forwarding (its CPU answers) from a dead one;
+//! at 10 % loss one comes about every 400 s (10⁻⁵ × 250 steady echoes/s),
+//! far within the control-plane budget of one ping per second. At 10 %
+//! loss the stream hurries after one steady echo in ten, for one tick
+//! mostly: it sends about 1.4 times its steady rate.
 
 use std::time::Duration;
 
 /// How one stream is run (the core decides it; the thread runs it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EchoSpec {
-    /// One echo every this long (below the poller's tick: several per tick).
+    /// One echo every this long while all come back (below the poller's
+    /// tick: several per tick).
     pub every: Duration,
+    /// Echoes per tick while one is outstanding (see the module docs).
+    pub hurry: u32,
     /// Echoes outstanding (sent after the newest one back) that stop the stream.
     pub lost_after: u32,
     /// Echoes outstanding that make it late (the core pings the router once).
@@ -49,20 +63,47 @@ pub struct EchoSpec {
     pub rise: u32,
 }
 
+/// A stream stops only after at least this many echoes in a row are lost
+/// (the false-stop arithmetic of the module docs).
+pub const MIN_LOST: u32 = 8;
+
+/// Hurried echoes per tick are at most this many.
+const MAX_HURRY: u32 = 16;
+
 impl EchoSpec {
     /// The stream of an uplink at `every`, judged by the configured
-    /// `echo_dead_after` over `echo_interval` and `gateway_rise`.
+    /// `echo_dead_after` on the poller's tick (`carrier_interval`), and
+    /// `gateway_rise`.
     pub fn new(every: Duration, p: &crate::config::ProbeConfig) -> EchoSpec {
-        let lost_after = lost_after(p.echo_dead_after, p.echo_interval);
+        let tick = p.carrier_interval.as_nanos().max(1);
+        // Judgings from the first lost echo to the stop.
+        let k = (p.echo_dead_after.as_nanos() / tick).clamp(2, u32::MAX as u128) as u32;
+        let steady = EchoSpec {
+            every,
+            hurry: 1,
+            lost_after: 1,
+            late_after: 1,
+            rise: 1,
+        }
+        .per_tick(p.carrier_interval)
+        .0;
+        let hurry = (MIN_LOST.saturating_sub(steady).div_ceil(k - 1))
+            .max(steady)
+            .clamp(1, MAX_HURRY);
+        let lost_after = steady.saturating_add(hurry.saturating_mul(k - 1));
         EchoSpec {
             every,
+            hurry,
             lost_after,
-            late_after: (lost_after / 2).max(1),
+            late_after: steady
+                .saturating_add(hurry.saturating_mul((k - 1) / 2))
+                .max(1),
             rise: p.gateway_rise.max(1),
         }
     }
 
-    /// Echoes sent per tick of `tick`, and every how many ticks.
+    /// Echoes sent per tick of `tick` at the steady rate, and every how
+    /// many ticks.
     pub fn per_tick(&self, tick: Duration) -> (u32, u64) {
         let (e, t) = (self.every.as_nanos().max(1), tick.as_nanos().max(1));
         if e >= t {
@@ -71,12 +112,6 @@ impl EchoSpec {
             ((t / e).max(1) as u32, 1)
         }
     }
-}
-
-/// `ceil(dead_after / interval)`, at least 1.
-pub fn lost_after(dead_after: Duration, interval: Duration) -> u32 {
-    let i = interval.as_nanos().max(1);
-    (dead_after.as_nanos().div_ceil(i)).clamp(1, u32::MAX as u128) as u32
 }
 
 /// A new stream (nothing back yet) stops only after this many times
@@ -168,6 +203,27 @@ impl EchoRun {
         self.sent - self.newest_back
     }
 
+    /// Echoes to send on the tick numbered `ticks` (the poller's count,
+    /// so that every stream's steady echoes fall on the same ticks) of a
+    /// poller ticking every `tick`, right after [`EchoRun::judge`]: the
+    /// steady rate; `hurry` while one is outstanding and the stream has
+    /// not stopped (see the module docs); one at once when asked to verify;
+    /// and the rest of a rise at once when a stopped stream's echo is back.
+    pub fn due(&self, ticks: u64, tick: Duration) -> u32 {
+        let (n, every) = self.spec.per_tick(tick);
+        let steady = if ticks % every == 0 { n } else { 0 };
+        let lost = self.outstanding();
+        match self.state {
+            EchoState::Stopped if lost == 0 && self.back_in_row > 0 => {
+                steady.max(self.spec.rise.saturating_sub(self.back_in_row))
+            }
+            EchoState::Stopped => steady,
+            EchoState::Verifying if self.sent == self.verify_from => steady.max(1),
+            _ if lost > 0 => self.spec.hurry.max(n),
+            _ => steady,
+        }
+    }
+
     /// Judge the stream (after the drain, before the next echoes leave):
     /// the news, if its state changed.
     pub fn judge(&mut self) -> Option<EchoNews> {
@@ -230,6 +286,7 @@ mod tests {
     fn spec() -> EchoSpec {
         EchoSpec {
             every: Duration::from_millis(2),
+            hurry: 2,
             lost_after: 8,
             late_after: 4,
             rise: 3,
@@ -306,32 +363,149 @@ mod tests {
         assert_eq!(r.outstanding(), 0, "the newest back covers the older ones");
     }
 
+    const TICK: Duration = Duration::from_millis(4);
+
+    /// The stream at the defaults through the active uplink.
+    fn default_spec() -> EchoSpec {
+        let p = crate::config::ProbeConfig::default();
+        EchoSpec::new(p.echo_interval, &p)
+    }
+
+    /// One tick as the poller runs it: judge, then send what is due, each
+    /// echo back unless `lost` says so. The news and the echoes sent.
+    fn run_tick(
+        r: &mut EchoRun,
+        ticks: u64,
+        mut lost: impl FnMut() -> bool,
+    ) -> (Option<EchoNews>, u32) {
+        let news = r.judge();
+        let n = r.due(ticks, TICK);
+        for _ in 0..n {
+            let s = r.send();
+            if !lost() {
+                r.back(s);
+            }
+        }
+        (news, n)
+    }
+
     /// The arithmetic of the module docs, by simulation: 10 % independent
-    /// loss, 2 echoes per tick, 8 outstanding stop the stream.
+    /// loss at the defaults (one echo per tick, hurrying when one is lost).
     #[test]
     fn ten_percent_loss_rarely_stops_the_stream() {
-        let mut r = EchoRun::new(spec());
+        let mut r = EchoRun::new(default_spec());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut stops = 0;
+        let (mut stops, mut lates, mut sent) = (0, 0u64, 0u64);
         let ticks = 3_000_000u64; // 200 minutes of one stream at 4 ms
-        for _ in 0..ticks {
-            if matches!(r.judge(), Some(EchoNews::Stopped { .. })) {
-                stops += 1;
-            }
-            for _ in 0..2 {
-                let s = r.send();
+        for t in 0..ticks {
+            let (news, n) = run_tick(&mut r, t, || {
                 // xorshift64*
                 x ^= x >> 12;
                 x ^= x << 25;
                 x ^= x >> 27;
-                let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-                if v % 10 != 0 {
-                    r.back(s);
-                }
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % 10 == 0
+            });
+            sent += u64::from(n);
+            match news {
+                Some(EchoNews::Stopped { .. }) => stops += 1,
+                Some(EchoNews::Late { .. }) => lates += 1,
+                _ => {}
             }
         }
-        // Expected 6,000,000 × 0.9 × 10⁻⁸ = 0.054.
-        assert!(stops <= 1, "{stops} stops in {ticks} ticks at 10 % loss");
+        // Expected 1,500,000 steady echoes × 10⁻⁹: none.
+        assert_eq!(stops, 0, "{stops} stops in {ticks} ticks at 10 % loss");
+        // About 1,500,000 × 10⁻⁵ = 15 late notices, each one ping.
+        assert!((3..60).contains(&lates), "{lates} late notices");
+        // The hurry costs about 0.4 of the steady rate at 10 % loss (one
+        // steady echo in ten is followed by a tick of 4).
+        let rate = sent as f64 / ticks as f64;
+        assert!((0.65..0.78).contains(&rate), "{rate} echoes per tick");
+    }
+
+    /// A gateway that goes silent stops the stream `k` = 3 ticks (12 ms)
+    /// after the first lost echo left, late a tick before; a stream that
+    /// flows sends one echo every other tick.
+    #[test]
+    fn a_silent_gateway_stops_the_stream_within_echo_dead_after() {
+        let spec = default_spec();
+        assert_eq!(
+            (spec.every, spec.hurry, spec.lost_after, spec.late_after),
+            (Duration::from_millis(8), 4, 9, 5)
+        );
+        let mut r = EchoRun::new(spec);
+        let steady: Vec<u32> = (0..10).map(|t| run_tick(&mut r, t, || false).1).collect();
+        assert_eq!(steady, [1, 0, 1, 0, 1, 0, 1, 0, 1, 0], "steady");
+        assert_eq!(r.state, EchoState::Flowing);
+        let mut news = Vec::new();
+        for t in 10..18 {
+            let (n, sent) = run_tick(&mut r, t, || true);
+            news.push((t, n, sent));
+        }
+        assert_eq!(news[0], (10, None, 1), "the first lost echo leaves");
+        assert_eq!(news[1], (11, None, 4), "one outstanding: hurry");
+        assert_eq!(news[2], (12, Some(EchoNews::Late { lost: 5 }), 4));
+        assert_eq!(news[3], (13, Some(EchoNews::Stopped { lost: 9 }), 0));
+        assert_eq!(
+            news[4..].iter().map(|x| x.2).collect::<Vec<_>>(),
+            [1, 0, 1, 0],
+            "a stopped stream sends at the steady rate: {news:?}"
+        );
+    }
+
+    /// A stream asked to verify sends at once; a stopped stream whose echo
+    /// is back sends the rest of its rise at once.
+    #[test]
+    fn verifying_and_rising_do_not_wait_for_the_steady_tick() {
+        let mut r = EchoRun::new(default_spec());
+        for t in 0..4 {
+            run_tick(&mut r, t, || false);
+        }
+        r.verify();
+        assert_eq!(r.due(5, TICK), 1, "verify: one now, off the steady tick");
+        let (_, sent) = run_tick(&mut r, 5, || false);
+        assert_eq!(sent, 1);
+        let (news, _) = run_tick(&mut r, 7, || false);
+        assert_eq!(news, Some(EchoNews::Back { back: 1 }));
+        // Stopped, then the gateway answers again.
+        let mut t = 8;
+        while r.state != EchoState::Stopped {
+            run_tick(&mut r, t, || true);
+            t += 1;
+        }
+        while r.due(t, TICK) == 0 {
+            run_tick(&mut r, t, || true);
+            t += 1;
+        }
+        run_tick(&mut r, t, || false); // one steady echo back
+        let (news, sent) = run_tick(&mut r, t + 1, || false);
+        assert_eq!((news, sent), (None, 2), "the rest of the rise at once");
+        let (news, _) = run_tick(&mut r, t + 2, || false);
+        assert_eq!(news, Some(EchoNews::Back { back: 3 }));
+    }
+
+    /// Other settings keep at least `MIN_LOST` echoes and `echo_dead_after`.
+    #[test]
+    fn hurry_fits_the_configured_window() {
+        let mut p = crate::config::ProbeConfig::default();
+        for (dead_ms, every_ms, hurry, lost_after) in [
+            (12, 8, 4, 9),
+            (16, 4, 3, 10),
+            (16, 2, 2, 8),
+            (8, 4, 7, 8),
+            (2, 4, 7, 8),
+            (32, 8, 1, 8),
+            (1000, 100, 1, 250),
+        ] {
+            p.echo_dead_after = Duration::from_millis(dead_ms);
+            p.echo_interval = Duration::from_millis(every_ms);
+            let s = EchoSpec::new(p.echo_interval, &p);
+            assert_eq!(
+                (s.hurry, s.lost_after),
+                (hurry, lost_after),
+                "dead_after {dead_ms} ms, every {every_ms} ms"
+            );
+            assert!(s.lost_after >= MIN_LOST);
+        }
     }
 
     #[test]
@@ -343,13 +517,5 @@ mod tests {
             ..s
         };
         assert_eq!(slow.per_tick(Duration::from_millis(4)), (1, 12));
-        assert_eq!(
-            lost_after(Duration::from_millis(16), Duration::from_millis(2)),
-            8
-        );
-        assert_eq!(
-            lost_after(Duration::from_millis(15), Duration::from_millis(2)),
-            8
-        );
     }
 }

@@ -248,6 +248,7 @@ impl Daemon {
         // `probe::echo_stream`); their sockets are opened by the thread,
         // which is in this namespace.
         let streams = Arc::new(EchoStreams::new(cfg.probe.carrier_interval));
+        counters.set_own_tx(streams.frames());
         let poller = CarrierPoller::start(
             ifnames,
             cfg.probe.carrier_interval,

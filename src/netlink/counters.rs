@@ -8,7 +8,13 @@
 //! and stays so while open), and re-read with `pread` at offset 0 (a
 //! seq_file regenerates its text on a read from the start) into buffers
 //! allocated once. Read by the carrier poller thread every few of its ticks
-//! ([`CounterTap::tick`]): no wake-up of its own. The samples wait in a
+//! ([`CounterTap::tick`]): no wake-up of its own. The TCP counters (the
+//! costly file: ~120 per-CPU sums, ~4 µs here, more than the rest
+//! together) are read again only when the uplinks sent more than the
+//! agent's own forwarding-plane echoes since they were last read: every
+//! TCP signal needs segments sent, and a segment sent through an uplink
+//! moves its packet counter. An idle server reads them a few times a
+//! second (at the loop's probe rounds), a busy one at every reading. The samples wait in a
 //! buffer the loop drains on each turn; the loop is woken early only when a
 //! sample could matter (nothing received since the last sample while
 //! something was sent, or new retransmission timeouts): in the steady
@@ -17,7 +23,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::suspicion::{LinkCounters, TcpCounters};
@@ -42,7 +48,28 @@ pub struct CounterReader {
     interfaces: Vec<String>,
     /// RetransSegs at the last read of netstat, and what it said then.
     ext: Option<(u64, u64, u64)>,
+    /// Frames the agent sent through the uplinks that are not TCP (the
+    /// forwarding-plane echoes), counted by their sender.
+    own_tx: Option<Arc<AtomicU64>>,
+    /// The last reading of the TCP counters: when, what it said, and the
+    /// uplinks' packets sent and `own_tx` then.
+    tcp_read: Option<TcpRead>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct TcpRead {
+    at: Duration,
+    tcp: Option<TcpCounters>,
+    tx: u64,
+    own: u64,
+}
+
+/// The TCP counters are read again when the uplinks sent at least this
+/// many packets besides the agent's echoes since they were last read (a
+/// lone probe, an ARP or ND answer, are not TCP) ...
+const OTHER_TX: u64 = 2;
+/// ... or when they are this old.
+const TCP_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The files, relative to `/proc/thread-self/net` (see the module docs).
 const PROC_NET: &str = "/proc/thread-self/net";
@@ -59,6 +86,8 @@ impl CounterReader {
             buf: Vec::with_capacity(16 << 10),
             interfaces,
             ext: None,
+            own_tx: None,
+            tcp_read: None,
         }
     }
 
@@ -75,8 +104,33 @@ impl CounterReader {
         .collect()
     }
 
-    /// Read everything now.
+    /// Read everything now (the TCP counters only if they could have
+    /// changed, see the module docs).
     pub fn read(&mut self, at: Duration) -> CounterSample {
+        let mut links = Vec::new();
+        if let Some(f) = &self.dev {
+            if pread_all(f, &mut self.buf).is_ok() {
+                parse_dev(&self.buf, &self.interfaces, &mut links);
+            }
+        }
+        let tx: u64 = links.iter().map(|(_, l)| l.tx_packets).sum();
+        let own = self
+            .own_tx
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let complete = links.len() == self.interfaces.len();
+        let tcp = match self.tcp_read {
+            Some(r) if !tcp_due(&r, at, tx, own, complete) => r.tcp,
+            _ => {
+                let tcp = self.read_tcp();
+                self.tcp_read = Some(TcpRead { at, tcp, tx, own });
+                tcp
+            }
+        };
+        CounterSample { at, tcp, links }
+    }
+
+    fn read_tcp(&mut self) -> Option<TcpCounters> {
         let mut tcp = None;
         if let Some(f) = &self.snmp {
             if pread_all(f, &mut self.buf).is_ok() {
@@ -104,14 +158,19 @@ impl CounterReader {
                 }
             }
         }
-        let mut links = Vec::new();
-        if let Some(f) = &self.dev {
-            if pread_all(f, &mut self.buf).is_ok() {
-                parse_dev(&self.buf, &self.interfaces, &mut links);
-            }
-        }
-        CounterSample { at, tcp, links }
+        tcp
     }
+}
+
+/// Whether the TCP counters are to be read again at `at`, the uplinks
+/// having sent `tx` packets in all and the agent `own` echoes, since
+/// `last` (`complete`: every uplink's counters were found; a count gone
+/// down is an interface created again).
+fn tcp_due(last: &TcpRead, at: Duration, tx: u64, own: u64, complete: bool) -> bool {
+    !complete
+        || tx < last.tx
+        || at.saturating_sub(last.at) >= TCP_MAX_AGE
+        || tx.saturating_sub(last.tx) >= own.saturating_sub(last.own) + OTHER_TX
 }
 
 /// The whole file from offset 0 into `buf`.
@@ -255,10 +314,16 @@ impl CounterTap {
 
     /// Read these interfaces' counters from now on (a reload).
     pub fn set_interfaces(&self, interfaces: Vec<String>) {
-        self.reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .interfaces = interfaces;
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        r.interfaces = interfaces;
+        r.tcp_read = None;
+    }
+
+    /// The frames the agent itself sends through the uplinks that are not
+    /// TCP (the forwarding-plane echoes: [`crate::probe::echo_stream::EchoStreams::frames`]):
+    /// they do not make the TCP counters worth reading again.
+    pub fn set_own_tx(&self, frames: Arc<AtomicU64>) {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).own_tx = Some(frames);
     }
 
     /// Called by the poller on each tick `polls` at `at` (CLOCK_MONOTONIC).
@@ -382,6 +447,31 @@ mod tests {
             r.read(Duration::from_millis(i));
         }
         eprintln!("one reading with netstat: {:?}", t.elapsed() / 1000);
+    }
+
+    #[test]
+    fn tcp_counters_are_read_again_only_when_more_than_the_echoes_left() {
+        let ms = Duration::from_millis;
+        let last = TcpRead {
+            at: ms(100),
+            tcp: None,
+            tx: 1000,
+            own: 500,
+        };
+        // 40 echoes and nothing else: the counters cannot have moved.
+        assert!(!tcp_due(&last, ms(116), 1040, 540, true));
+        // One packet more (a lone probe, an ARP answer): still not.
+        assert!(!tcp_due(&last, ms(116), 1041, 540, true));
+        // Two more: maybe TCP.
+        assert!(tcp_due(&last, ms(116), 1042, 540, true));
+        // Without echoes (ICMP mode): two packets.
+        assert!(tcp_due(&last, ms(116), 1002, 500, true));
+        // A second old, an uplink's counters missing: read.
+        assert!(tcp_due(&last, ms(1100), 1000, 500, true));
+        assert!(!tcp_due(&last, ms(1099), 1000, 500, true));
+        assert!(tcp_due(&last, ms(116), 1000, 500, false));
+        // An interface re-created (its counter back to 0): read.
+        assert!(tcp_due(&last, ms(116), 10, 540, true));
     }
 
     #[test]

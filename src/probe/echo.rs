@@ -373,13 +373,8 @@ fn absorber(addr: IpAddr) -> Option<OwnedFd> {
     Some(s.into())
 }
 
-pub(super) fn send_frame(
-    fd: &OwnedFd,
-    ifindex: u32,
-    gw_mac: [u8; 6],
-    family: Family,
-    frame: &[u8],
-) -> io::Result<()> {
+/// Where a frame of `family` to `gw_mac` leaves on `ifindex`.
+pub(super) fn frame_dest(ifindex: u32, gw_mac: [u8; 6], family: Family) -> libc::sockaddr_ll {
     // SAFETY: an all-zero sockaddr_ll is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -391,6 +386,17 @@ pub(super) fn send_frame(
     sll.sll_ifindex = ifindex as i32;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&gw_mac);
+    sll
+}
+
+pub(super) fn send_frame(
+    fd: &OwnedFd,
+    ifindex: u32,
+    gw_mac: [u8; 6],
+    family: Family,
+    frame: &[u8],
+) -> io::Result<()> {
+    let sll = frame_dest(ifindex, gw_mac, family);
     // SAFETY: valid fd, buffer and sockaddr_ll of the stated size.
     let rc = unsafe {
         libc::sendto(

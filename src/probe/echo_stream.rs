@@ -2,13 +2,24 @@
 //!
 //! In echo mode the gateway is probed by a stream of echoes, not by rounds
 //! of the loop: on every tick of the carrier poller thread (4 ms, the
-//! wake-up it already has) each stream's packet socket is drained without
-//! blocking, the stream is judged ([`EchoRun`], the same pure rule the
-//! core's scenarios run), and its next echoes leave: several per tick
-//! through the uplink carrying the family's traffic (`echo_interval`), one
-//! every `gateway_interval` through a standby. The loop is woken only when
-//! a stream changes ([`EchoNews`]: late, stopped, back): in the steady
-//! state the echoes cost no wake-up of the loop and no thread of their own.
+//! wake-up it already has) the streams' packet sockets are drained without
+//! blocking, each stream is judged ([`EchoRun`], the same pure rule the
+//! core's scenarios run), and the next echoes leave: one per tick
+//! (`echo_interval`) through the uplink carrying the family's traffic, one
+//! every `gateway_interval` through a standby, and a few more per tick
+//! while one is missing (the hurry, see `uplinkd_core::echo`). The loop is
+//! woken only when a stream changes ([`EchoNews`]: late, stopped, back): in
+//! the steady state the echoes cost no wake-up of the loop and no thread of
+//! their own.
+//!
+//! Few system calls per tick: every echo of the tick, all streams
+//! together, leaves in one `sendmmsg` on a send-only packet socket; a
+//! stream's socket is read (one `recvmmsg` for up to 16 frames) only while
+//! one of its echoes is outstanding, and every 12th tick otherwise. In the
+//! steady state that is one `sendmmsg` and one `recvmmsg` per family
+//! through the active uplink per tick, where one `sendto` and one
+//! `recvfrom` per echo plus a `recvfrom` per socket that found nothing
+//! would be about three times as many.
 //!
 //! The frames and their validation are the echo prober's
 //! ([`super::echo`]): src = dst = the uplink's own address, UDP to port
@@ -18,17 +29,16 @@
 //! with 254 on the packet socket bound to the uplink it left.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::echo::ARRIVAL_TTL;
-use super::echo::{decode_echo, echo_frame, echo_payload, parse_echo, send_frame, Parsed, Sock};
+use super::echo::{decode_echo, echo_frame, echo_payload, frame_dest, parse_echo, Parsed, Sock};
 use crate::config::Family;
 use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
 use crate::core::{ProbeId, UplinkId};
@@ -44,6 +54,14 @@ const OPEN_EVERY_TICKS: u64 = 12;
 const REOPEN_EVERY_TICKS: u64 = 125;
 /// At most this many frames are read from one socket per tick.
 const MAX_RECV_PER_TICK: usize = 64;
+/// Frames read by one `recvmmsg`.
+const RECV_BATCH: usize = 16;
+/// Frames longer than this are cut (an echo is under 100 bytes, a redirect
+/// quoting one under 250).
+const FRAME_MAX: usize = 256;
+/// A stream with no echo outstanding (nothing can come back) is drained
+/// only every this many ticks (anything else the filter lets in).
+const DRAIN_EVERY_TICKS: u64 = 12;
 
 /// What the loop is told: a change of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +103,12 @@ struct Inner {
     /// Redirects of streams no longer running, per (uplink, family index).
     redirects_done: Vec<(UplinkId, usize, u64)>,
     tick: Duration,
+    /// The socket every stream's echoes leave by, in one `sendmmsg` per
+    /// tick: a packet socket of protocol 0, which receives nothing; opened
+    /// on the poller thread (its network namespace).
+    tx: Option<OwnedFd>,
+    /// This tick's echoes: where each leaves, and its frame.
+    batch: Vec<(libc::sockaddr_ll, Vec<u8>)>,
 }
 
 /// The streams, shared by the loop (which sets them as the core asks) and
@@ -98,6 +122,8 @@ pub struct EchoStreams {
     ticks: AtomicU64,
     sent: AtomicU64,
     tick_ns: AtomicU64,
+    /// Frames handed to the kernel (see [`EchoStreams::frames`]).
+    frames: Arc<AtomicU64>,
 }
 
 impl EchoStreams {
@@ -114,7 +140,14 @@ impl EchoStreams {
             ticks: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             tick_ns: AtomicU64::new(0),
+            frames: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The count of echo frames the kernel took to send so far (the
+    /// counter tap tells them from TCP's packets by it).
+    pub fn frames(&self) -> Arc<AtomicU64> {
+        self.frames.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -253,8 +286,11 @@ impl EchoStreams {
         )
     }
 
-    /// One tick of the poller at `at` (CLOCK_MONOTONIC): drain, judge, send.
-    pub fn tick(&self, at: Duration) {
+    /// Tick `polls` of the poller (counted from its start), at `at`
+    /// (CLOCK_MONOTONIC): drain, judge, send. The steady echoes leave on
+    /// ticks numbered by `polls`, so every stream's fall on the same ticks
+    /// (one `sendmmsg`, and the other ticks send nothing).
+    pub fn tick(&self, polls: u64, at: Duration) {
         let mut inner = self.lock();
         if inner.streams.is_empty() {
             return;
@@ -265,7 +301,9 @@ impl EchoStreams {
         // nothing below may delay a stop.
         let mut news = Vec::new();
         for s in &mut inner.streams {
-            s.drain(&self.token, at);
+            if s.run.outstanding() > 0 || s.ticks % DRAIN_EVERY_TICKS == 0 {
+                s.drain(&self.token, at);
+            }
             if let Some(n) = s.run.judge() {
                 if matches!(n, EchoNews::Stopped { .. }) {
                     // Looked up again only if it stays stopped a while.
@@ -296,7 +334,7 @@ impl EchoStreams {
             .streams
             .iter_mut()
             .filter_map(|s| {
-                let due = s.ticks % s.run.spec.per_tick(tick).1 == 0 && s.open_due();
+                let due = s.run.due(polls, tick) > 0 && s.open_due();
                 due.then(|| (s.uplink, s.family, s.interface.clone(), s.gateway))
             })
             .collect();
@@ -318,18 +356,33 @@ impl EchoStreams {
             }
         }
         let mut sent = 0u64;
+        let mut batch = std::mem::take(&mut inner.batch);
+        batch.clear();
         for s in &mut inner.streams {
-            let (per_tick, every) = s.run.spec.per_tick(tick);
-            if s.ticks % every == 0 {
-                s.account(per_tick);
-                for _ in 0..per_tick {
+            let n = s.run.due(polls, tick);
+            if n > 0 {
+                s.account(n);
+                for _ in 0..n {
                     let seq = s.run.send();
                     sent += 1;
-                    s.send(&self.token, seq);
+                    // Without a socket: counted as sent, and so as lost.
+                    batch.extend(s.frame(&self.token, seq));
                 }
             }
             s.ticks += 1;
         }
+        if !batch.is_empty() {
+            if inner.tx.is_none() {
+                inner.tx = open_tx()
+                    .map_err(|e| warn!(error = %e, "forwarding-plane echoes: no socket to send by"))
+                    .ok();
+            }
+            if let Some(fd) = &inner.tx {
+                let n = send_batch(fd, &batch);
+                self.frames.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        inner.batch = batch;
         drop(inner);
         self.ticks.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(sent, Ordering::Relaxed);
@@ -339,8 +392,8 @@ impl EchoStreams {
 }
 
 impl crate::netlink::carrier::TickHook for EchoStreams {
-    fn tick(&self, _polls: u64, at: Duration) {
-        EchoStreams::tick(self, at)
+    fn tick(&self, polls: u64, at: Duration) {
+        EchoStreams::tick(self, polls, at)
     }
 }
 
@@ -392,83 +445,197 @@ impl Stream {
         }
     }
 
-    fn send(&mut self, token: &[u8; 8], seq: u32) {
-        let Some(sock) = self.sock.as_ref() else {
-            return; // counted as sent, and so as lost
-        };
+    /// The frame of echo `seq` and where it leaves (None without a socket).
+    fn frame(&self, token: &[u8; 8], seq: u32) -> Option<(libc::sockaddr_ll, Vec<u8>)> {
+        let sock = self.sock.as_ref()?;
         let payload = echo_payload(token, STREAM_ID, self.uplink, self.family, seq);
-        let frame = echo_frame(sock.mac, sock.gw_mac, sock.addr, &payload);
-        if let Err(e) = send_frame(&sock.fd, sock.ifindex, sock.gw_mac, self.family, &frame) {
-            debug!(interface = %self.interface, family = %self.family, error = %e,
-                "forwarding-plane echo not sent");
-        }
+        Some((
+            frame_dest(sock.ifindex, sock.gw_mac, self.family),
+            echo_frame(sock.mac, sock.gw_mac, sock.addr, &payload),
+        ))
     }
 
-    /// Read every frame queued (without blocking) and count the valid echoes.
+    /// Read every frame queued (without blocking, `RECV_BATCH` per
+    /// `recvmmsg`) and count the valid echoes.
     fn drain(&mut self, token: &[u8; 8], at: Duration) {
         let Some(sock) = self.sock.as_ref() else {
             return;
         };
         let fd = sock.fd.as_raw_fd();
         let addr = sock.addr;
-        let mut buf = [0u8; 256];
-        for _ in 0..MAX_RECV_PER_TICK {
-            let mut sll = MaybeUninit::<libc::sockaddr_ll>::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: valid fd, buffer and sockaddr_ll of the stated size.
-            let n = unsafe {
-                libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    sll.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+        let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
+        for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
+            let mut got = [(0usize, 0u8); RECV_BATCH];
+            let n = recv_batch(fd, &mut bufs, &mut got);
+            for (buf, &(len, pkttype)) in bufs.iter().zip(&got[..n]) {
+                if pkttype == libc::PACKET_OUTGOING {
                     continue;
                 }
+                self.count(token, &buf[..len.min(FRAME_MAX)], addr, at);
+            }
+            if n < RECV_BATCH {
                 break;
-            }
-            // SAFETY: the kernel wrote a sockaddr_ll (or left zeros).
-            if unsafe { sll.assume_init_ref() }.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            let frame = &buf[..(n as usize).min(buf.len())];
-            match parse_echo(frame, self.family, addr) {
-                Some(Parsed::Redirect) => {
-                    self.redirects += 1;
-                    if !self.warned_redirect {
-                        self.warned_redirect = true;
-                        warn!(uplink = self.uplink, family = %self.family,
-                            "the gateway answers forwarding-plane echoes with ICMP redirects: turn redirects off on the router's interface toward this server (Linux: net.ipv4.conf.<if>.send_redirects=0; IPv6 routers: no ipv6 redirects), or set gateway_probe = \"icmp\"; this host does not accept them");
-                    }
-                }
-                Some(Parsed::Echo { ttl, payload }) => {
-                    let Some((id, u, f, seq)) = decode_echo(token, payload) else {
-                        continue; // not our token
-                    };
-                    if id != STREAM_ID || u != self.uplink || f != self.family.index() {
-                        continue;
-                    }
-                    if ttl != ARRIVAL_TTL {
-                        if !self.warned_ttl {
-                            self.warned_ttl = true;
-                            info!(uplink = self.uplink, family = %self.family, ttl,
-                                "forwarding-plane echo rejected: arrival TTL is not 254 (not forwarded exactly once)");
-                        }
-                        continue;
-                    }
-                    if self.run.back(seq) {
-                        self.last_back = Some(at);
-                        self.back_since += 1;
-                        self.back_total += 1;
-                    }
-                }
-                None => {}
             }
         }
     }
+
+    /// One frame read back: a redirect, or one of our echoes.
+    fn count(&mut self, token: &[u8; 8], frame: &[u8], addr: IpAddr, at: Duration) {
+        match parse_echo(frame, self.family, addr) {
+            Some(Parsed::Redirect) => {
+                self.redirects += 1;
+                if !self.warned_redirect {
+                    self.warned_redirect = true;
+                    warn!(uplink = self.uplink, family = %self.family,
+                        "the gateway answers forwarding-plane echoes with ICMP redirects: turn redirects off on the router's interface toward this server (Linux: net.ipv4.conf.<if>.send_redirects=0; IPv6 routers: no ipv6 redirects), or set gateway_probe = \"icmp\"; this host does not accept them");
+                }
+            }
+            Some(Parsed::Echo { ttl, payload }) => {
+                let Some((id, u, f, seq)) = decode_echo(token, payload) else {
+                    return; // not our token
+                };
+                if id != STREAM_ID || u != self.uplink || f != self.family.index() {
+                    return;
+                }
+                if ttl != ARRIVAL_TTL {
+                    if !self.warned_ttl {
+                        self.warned_ttl = true;
+                        info!(uplink = self.uplink, family = %self.family, ttl,
+                            "forwarding-plane echo rejected: arrival TTL is not 254 (not forwarded exactly once)");
+                    }
+                    return;
+                }
+                if self.run.back(seq) {
+                    self.last_back = Some(at);
+                    self.back_since += 1;
+                    self.back_total += 1;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// The packet socket the echoes leave by (protocol 0: nothing is queued on
+/// it; each frame names its interface and protocol).
+fn open_tx() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Send every frame of `batch` with `sendmmsg`, past any that fails (an
+/// interface gone down fails its frames only): how many were sent.
+fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
+    let mut iovs: Vec<libc::iovec> = batch
+        .iter()
+        .map(|(_, f)| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    // SAFETY: all-zero msghdrs are valid; each is pointed at a live
+    // sockaddr_ll and iovec below.
+    let mut msgs: Vec<libc::mmsghdr> = batch
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|((sll, _), iov)| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (sll as *const libc::sockaddr_ll as *mut libc::sockaddr_ll).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let (mut i, mut sent) = (0, 0);
+    // Each round sends at least one frame or skips the one that failed.
+    for _ in 0..=msgs.len() {
+        if i >= msgs.len() {
+            break;
+        }
+        let rest = &mut msgs[i..];
+        // SAFETY: valid fd; `rest` points at live headers, names and buffers.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n > 0 {
+            i += n as usize;
+            sent += n as u64;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        let ifindex = batch[i].0.sll_ifindex;
+        debug!(ifindex, error = %e, "forwarding-plane echo not sent");
+        i += 1;
+    }
+    sent
+}
+
+/// One `recvmmsg` without blocking into `bufs`: how many frames were read
+/// (0 when none is queued), each one's (length, packet type) in `got`.
+fn recv_batch(
+    fd: libc::c_int,
+    bufs: &mut [[u8; FRAME_MAX]; RECV_BATCH],
+    got: &mut [(usize, u8); RECV_BATCH],
+) -> usize {
+    // SAFETY: all-zero sockaddr_lls and msghdrs are valid.
+    let mut slls: [libc::sockaddr_ll; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    for ((m, iov), (buf, sll)) in msgs
+        .iter_mut()
+        .zip(iovs.iter_mut())
+        .zip(bufs.iter_mut().zip(slls.iter_mut()))
+    {
+        iov.iov_base = buf.as_mut_ptr().cast();
+        iov.iov_len = FRAME_MAX;
+        m.msg_hdr.msg_name = (sll as *mut libc::sockaddr_ll).cast();
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    for _ in 0..3 {
+        // SAFETY: valid fd; every header points at live buffers of the
+        // stated sizes.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return 0;
+        }
+        let n = n as usize;
+        for (g, (m, sll)) in got.iter_mut().zip(msgs.iter().zip(&slls)).take(n) {
+            *g = (m.msg_len as usize, sll.sll_pkttype);
+        }
+        return n;
+    }
+    0
 }
