@@ -225,6 +225,26 @@ impl MemberProber {
         self.macs.get(member).map(|(p, b)| probe_mac(*p, *b))
     }
 
+    /// `gateway`'s MAC as last learned on `member` (an answer to our ARP
+    /// probe or NS there), if known: where the member's echo stream
+    /// sends (see [`super::echo_stream`]).
+    pub fn gateway_mac(&self, member: &str, gateway: IpAddr) -> Option<[u8; 6]> {
+        let m = self.members.get(member)?;
+        match gateway {
+            IpAddr::V4(g) => m.gw4.get(&g).copied(),
+            IpAddr::V6(g) => m.gw6.get(&g).copied(),
+        }
+    }
+
+    /// Close `member`'s socket of the auto trial's echoes of `family`: the
+    /// echo stream took over (each packet socket on the member gets a copy
+    /// of every echo). Echoes still in flight through it time out.
+    pub fn close_echoes(&mut self, member: &str, family: Family) {
+        if let Some(m) = self.members.get_mut(member) {
+            m.fwd[family.index()] = None;
+        }
+    }
+
     /// True when something is in flight (the caller polls on its tick anyway).
     pub fn busy(&self) -> bool {
         !self.ready.is_empty()
@@ -492,7 +512,12 @@ impl MemberProber {
         let token = self.token;
         let ident = self.ident;
         for (name, m) in self.members.iter_mut() {
-            if m.pending.is_empty() && m.parked.is_empty() {
+            // With nothing in flight the ARP and IPv6 sockets are read all
+            // the same: the gateway's ARP requests / NS for the probe
+            // address are answered on the loop's next turn (the member's
+            // echo stream comes back through that entry, and sends no
+            // probe through here that would have them read).
+            if m.pending.is_empty() && m.parked.is_empty() && m.arp.is_none() && m.ip6.is_none() {
                 continue;
             }
             let spec = m.spec.clone();
