@@ -2040,6 +2040,141 @@ fn native_member_prober_forwarding_plane_echo() {
     .unwrap();
 }
 
+/// A bond member's echo stream (`EchoStreams` with a member source, as
+/// the daemon runs it on the poller's tick) against a real Linux gateway
+/// over a plain veth: from the probe MAC and probe address, to the
+/// gateway's MAC the member prober learned (ARP, NS), IPv4 and IPv6; the
+/// prober answers the gateway's ARP / NS for the probe addresses while the
+/// stream runs. The streams flow; when the gateway stops forwarding (it
+/// still answers ARP / NS) both stop within `echo_dead_after` of echoes.
+#[test]
+fn native_member_echo_stream() {
+    use std::net::IpAddr;
+    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::config::Family;
+    use uplinkd::core::echo::{EchoNews, EchoSpec};
+    use uplinkd::core::ProbeKind;
+    use uplinkd::netlink::BondSample;
+    use uplinkd::probe::echo_stream::{EchoStreams, Source, StreamNews};
+    use uplinkd::probe::{MemberProber, MemberSpec};
+
+    if in_vm() {
+        return;
+    }
+    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
+    lab.count_echoes("gw").unwrap();
+    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let p4: IpAddr = PROBE_ADDRESSES[0].parse().unwrap();
+    let p6: IpAddr = PROBE_ADDRESSES6[0].parse().unwrap();
+    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
+    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    let news = uplink_lab::netns::in_netns(&lab.server_ns(), || {
+        let mut m = MemberProber::new(vec![MemberSpec {
+            interface: "eth0".into(),
+            probe4: p4.to_string().parse().ok(),
+            probe6: p6.to_string().parse().ok(),
+        }]);
+        // As if eth0 were a backup member of a bond with another MAC.
+        m.update(&BondSample {
+            bond: "bond0".into(),
+            present: true,
+            perm_mac: vec![("eth0".into(), perm)],
+            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
+            ..Default::default()
+        });
+        let mut next = 1u64;
+        for gw in [gw4, gw6] {
+            probe_on_eth0(&mut m, &mut next, 0, ProbeKind::Gateway, gw, gw, 3);
+        }
+        let probe_mac = m.source_mac("eth0");
+        assert_eq!(probe_mac, Some(perm));
+        let p = uplinkd::config::ProbeConfig::default();
+        let spec = EchoSpec::new(p.echo_interval, &p);
+        let streams = EchoStreams::new(p.carrier_interval);
+        for (family, addr, gw) in [(Family::V4, p4, gw4), (Family::V6, p6, gw6)] {
+            let gw_mac = m.gateway_mac("eth0", gw);
+            assert!(gw_mac.is_some(), "{gw}'s MAC learned on eth0");
+            let source = Source::Member {
+                addr,
+                probe_mac,
+                gw_mac,
+            };
+            streams.set(0, family, "eth0", gw, source, Some(spec), false);
+        }
+        // Run as the poller thread does, with the member prober polled as
+        // by the loop, until `until` holds of the news (at most 5 s).
+        let t0 = Instant::now();
+        let mut all: Vec<StreamNews> = Vec::new();
+        let mut run = |until: &dyn Fn(&[StreamNews]) -> bool| {
+            let start = Instant::now();
+            let from = all.len();
+            while start.elapsed() < S(5) && !until(&all[from..]) {
+                streams.tick(t0.elapsed());
+                m.poll(Instant::now(), &mut Vec::new());
+                streams.take(&mut all);
+                std::thread::sleep(p.carrier_interval);
+            }
+            (start.elapsed(), all[from..].to_vec())
+        };
+        let both = |want: fn(&EchoNews) -> bool| {
+            move |n: &[StreamNews]| {
+                Family::ALL
+                    .iter()
+                    .all(|f| n.iter().any(|x| x.family == *f && want(&x.news)))
+            }
+        };
+        let (_, flowing) = run(&both(|n| matches!(n, EchoNews::Back { .. })));
+        let sent_back: Vec<_> = Family::ALL
+            .iter()
+            .map(|f| streams.stats(0, *f).map(|s| (s.2, s.3)))
+            .collect();
+        lab.forwarding_dead("gw", true).unwrap();
+        let (took, stopped) = run(&both(|n| matches!(n, EchoNews::Stopped { .. })));
+        lab.forwarding_dead("gw", false).unwrap();
+        (flowing, sent_back, took, stopped)
+    })
+    .unwrap();
+    let (flowing, sent_back, took, stopped) = news;
+    println!(
+        "member echo streams: flowing {flowing:?}, (sent, back) {sent_back:?}; stopped {took:?} after the gateway stopped forwarding: {stopped:?}"
+    );
+    for (i, fam) in ["ipv4", "ipv6"].iter().enumerate() {
+        assert!(
+            flowing
+                .iter()
+                .any(|n| n.family.index() == i && matches!(n.news, EchoNews::Back { .. })),
+            "{fam} stream flows: {flowing:?}"
+        );
+        assert!(
+            stopped
+                .iter()
+                .any(|n| n.family.index() == i && matches!(n.news, EchoNews::Stopped { .. })),
+            "{fam} stream stops when the gateway stops forwarding: {stopped:?}"
+        );
+    }
+    let counts = lab.echo_counts("gw").unwrap();
+    assert!(
+        counts[0][0] >= 10 && counts[0][1] >= 10,
+        "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
+    );
+    // The gateway resolved the probe addresses to the probe MAC, and never
+    // learned anything for the server's address.
+    let mac = perm
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    for a in [PROBE_ADDRESSES[0], PROBE_ADDRESSES6[0]] {
+        let n = lab.gateway_neigh_of(a).unwrap();
+        assert!(n.contains(&mac), "gateway's entry for {a}: {n:?}");
+    }
+    assert_eq!(
+        lab.gateway_neigh().unwrap(),
+        "",
+        "nothing for the server's address"
+    );
+}
+
 fn member_echo_checks(
     lab: &BondLab,
     m: &mut uplinkd::probe::MemberProber,
