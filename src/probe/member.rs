@@ -21,7 +21,13 @@
 //! - an IPv6 socket (ETH_P_IPV6, BPF: the probe MAC, or the solicited-node
 //!   group of the probe address): neighbour advertisements from the IPv6
 //!   gateway, neighbour solicitations for the probe address (answered), and
-//!   echo replies to transit probes.
+//!   echo replies to transit probes;
+//! - per family, while the auto trial runs, a socket for its round
+//!   forwarding-plane echoes. In echo mode a member's echoes run as a
+//!   stream on the carrier poller's tick ([`super::echo_stream`]), which
+//!   sends to the gateway's MAC learned here ([`MemberProber::gateway_mac`])
+//!   and relies on the ARP / NS answers given here: the ARP and IPv6
+//!   sockets are read on every `poll`, with or without probes in flight.
 //!
 //! ## What can be proven through a backup member
 //! In active-backup the kernel drops ordinary traffic received on the
@@ -109,7 +115,8 @@ enum What {
     /// hop limit (a reply whose arrival TTL follows it is reflected).
     Echo(IpAddr, u16, u8),
     /// Forwarding-plane echo of the gateway (see [`super::echo`]) from the
-    /// member's probe address to itself, by uplink, family and sequence.
+    /// member's probe address to itself, by uplink, family and sequence:
+    /// the auto trial's (echo mode runs a stream instead).
     Fwd {
         uplink: usize,
         family: Family,
