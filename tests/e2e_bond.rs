@@ -1924,32 +1924,17 @@ fn native_member_prober_gateway_and_transit_probes() {
     use std::net::IpAddr;
     use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
     use uplinkd::core::{ProbeKind, ProbeOutcome};
-    use uplinkd::netlink::BondSample;
-    use uplinkd::probe::{MemberProber, MemberSpec};
+    use uplinkd::probe::MemberProber;
 
     if in_vm() {
         return;
     }
     let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
     let perm = lab.mac_of("srv", "eth0").unwrap();
-    let p4: std::net::Ipv4Addr = uplink_lab::bond::PROBE_ADDRESSES[0].parse().unwrap();
-    let p6: std::net::Ipv6Addr = PROBE_ADDRESS6.parse().unwrap();
     let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
     let gw6: IpAddr = GATEWAY6.parse().unwrap();
     let outcomes = uplink_lab::netns::in_netns(&lab.server_ns(), || {
-        let mut m = MemberProber::new(vec![MemberSpec {
-            interface: "eth0".into(),
-            probe4: Some(p4),
-            probe6: Some(p6),
-        }]);
-        // As if eth0 were a backup member of a bond with another MAC.
-        m.update(&BondSample {
-            bond: "bond0".into(),
-            present: true,
-            perm_mac: vec![("eth0".into(), perm)],
-            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
-            ..Default::default()
-        });
+        let mut m = eth0_member_prober(perm);
         let mut next = 1u64;
         // One try: a transit echo sent before the gateway's MAC is known
         // waits for it, and the gateway resolves the probe address
@@ -2023,9 +2008,7 @@ fn native_member_prober_gateway_and_transit_probes() {
 #[test]
 fn native_member_prober_forwarding_plane_echo() {
     use std::net::IpAddr;
-    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESSES, PROBE_ADDRESSES6};
-    use uplinkd::netlink::BondSample;
-    use uplinkd::probe::{MemberProber, MemberSpec};
+    use uplink_lab::bond::{Shape, GATEWAY6};
 
     if in_vm() {
         return;
@@ -2033,26 +2016,12 @@ fn native_member_prober_forwarding_plane_echo() {
     let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
     lab.count_echoes("gw").unwrap();
     let perm = lab.mac_of("srv", "eth0").unwrap();
-    let p4: std::net::Ipv4Addr = PROBE_ADDRESSES[0].parse().unwrap();
-    let p6: std::net::Ipv6Addr = PROBE_ADDRESSES6[0].parse().unwrap();
     let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
     let gw6: IpAddr = GATEWAY6.parse().unwrap();
     // Everything the prober does (its sockets are opened lazily, by
     // interface name) happens in the server's namespace.
     uplink_lab::netns::in_netns(&lab.server_ns(), || {
-        let mut m = MemberProber::new(vec![MemberSpec {
-            interface: "eth0".into(),
-            probe4: Some(p4),
-            probe6: Some(p6),
-        }]);
-        // As if eth0 were a backup member of a bond with another MAC.
-        m.update(&BondSample {
-            bond: "bond0".into(),
-            present: true,
-            perm_mac: vec![("eth0".into(), perm)],
-            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
-            ..Default::default()
-        });
+        let mut m = eth0_member_prober(perm);
         member_echo_checks(&lab, &mut m, perm, gw4, gw6);
     })
     .unwrap();
@@ -2072,9 +2041,7 @@ fn native_member_echo_stream() {
     use uplinkd::config::Family;
     use uplinkd::core::echo::{EchoNews, EchoSpec};
     use uplinkd::core::ProbeKind;
-    use uplinkd::netlink::BondSample;
     use uplinkd::probe::echo_stream::{EchoStreams, Source, StreamNews};
-    use uplinkd::probe::{MemberProber, MemberSpec};
 
     if in_vm() {
         return;
@@ -2087,19 +2054,7 @@ fn native_member_echo_stream() {
     let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
     let gw6: IpAddr = GATEWAY6.parse().unwrap();
     let news = uplink_lab::netns::in_netns(&lab.server_ns(), || {
-        let mut m = MemberProber::new(vec![MemberSpec {
-            interface: "eth0".into(),
-            probe4: p4.to_string().parse().ok(),
-            probe6: p6.to_string().parse().ok(),
-        }]);
-        // As if eth0 were a backup member of a bond with another MAC.
-        m.update(&BondSample {
-            bond: "bond0".into(),
-            present: true,
-            perm_mac: vec![("eth0".into(), perm)],
-            mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
-            ..Default::default()
-        });
+        let mut m = eth0_member_prober(perm);
         let mut next = 1u64;
         for gw in [gw4, gw6] {
             probe_on_eth0(&mut m, &mut next, 0, ProbeKind::Gateway, gw, gw, 3);
@@ -2170,13 +2125,41 @@ fn native_member_echo_stream() {
             "{fam} stream stops when the gateway stops forwarding: {stopped:?}"
         );
     }
+    gateway_saw_probe_mac(&lab, perm, 10);
+}
+
+/// eth0's member prober with the first member's probe addresses, as if
+/// eth0 were a backup member of a bond with another MAC (it probes from
+/// its permanent MAC `perm`).
+fn eth0_member_prober(perm: [u8; 6]) -> uplinkd::probe::MemberProber {
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplinkd::netlink::BondSample;
+    use uplinkd::probe::{MemberProber, MemberSpec};
+    let mut m = MemberProber::new(vec![MemberSpec {
+        interface: "eth0".into(),
+        probe4: PROBE_ADDRESSES[0].parse().ok(),
+        probe6: PROBE_ADDRESSES6[0].parse().ok(),
+    }]);
+    m.update(&BondSample {
+        bond: "bond0".into(),
+        present: true,
+        perm_mac: vec![("eth0".into(), perm)],
+        mac: Some([0x02, 0xbb, 0, 0, 0, 1]),
+        ..Default::default()
+    });
+    m
+}
+
+/// The gateway forwarded at least `min` echoes of each family from eth0's
+/// probe addresses, resolved them to the probe MAC `perm`, and learned
+/// nothing for the server's own address.
+fn gateway_saw_probe_mac(lab: &BondLab, perm: [u8; 6], min: u64) {
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
     let counts = lab.echo_counts("gw").unwrap();
     assert!(
-        counts[0][0] >= 10 && counts[0][1] >= 10,
+        counts[0][0] >= min && counts[0][1] >= min,
         "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
     );
-    // The gateway resolved the probe addresses to the probe MAC, and never
-    // learned anything for the server's address.
     let mac = perm
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -2201,7 +2184,6 @@ fn member_echo_checks(
     gw6: std::net::IpAddr,
 ) {
     use std::net::IpAddr;
-    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
     use uplinkd::core::{ProbeKind, ProbeOutcome};
     use uplinkd::probe::MemberProber;
     let mut next = 1u64;
@@ -2224,21 +2206,7 @@ fn member_echo_checks(
             "{what}: {o:?} (all: {outcomes:?})"
         );
     }
-    let counts = lab.echo_counts("gw").unwrap();
-    assert!(
-        counts[0][0] >= 6 && counts[0][1] >= 6,
-        "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
-    );
-    // The gateway resolved the probe addresses to the permanent MAC.
-    let mac = perm
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    for a in [PROBE_ADDRESSES[0], PROBE_ADDRESSES6[0]] {
-        let n = lab.gateway_neigh_of(a).unwrap();
-        assert!(n.contains(&mac), "gateway's entry for {a}: {n:?}");
-    }
+    gateway_saw_probe_mac(lab, perm, 6);
     // The gateway stops forwarding: echoes are lost, its ARP / NS answers
     // still come.
     lab.forwarding_dead("gw", true).unwrap();
