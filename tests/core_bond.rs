@@ -63,9 +63,9 @@ targets = ["198.19.0.2"]
             bond: None,
             probe_address4: None,
             probe_address6: None,
-            // ICMP: a routed uplink's echo runs as a stream in the adapter,
-            // which this simulation does not model (tests/core_scenarios.rs
-            // does); the bond members' round echoes are what is tested here.
+            // ICMP: the routed uplink is the bond's fallback here (its
+            // echo stream is tested in tests/core_scenarios.rs); the bond
+            // members' echo streams are what is tested here.
             gateway_probe: uplinkd::config::GatewayProbe::Icmp,
         },
     ];
@@ -91,6 +91,12 @@ struct Sim {
     log: Vec<(Duration, Action)>,
     /// The driver's active member.
     active: String,
+    /// The echo streams the core asked for, by (uplink, family index),
+    /// run on each step as the daemon's poller thread runs them: (judge,
+    /// ticks run, when the newest echo came back).
+    streams: BTreeMap<(usize, usize), (echo::EchoRun, u64, Option<Duration>)>,
+    /// Echoes sent by the streams, per uplink.
+    echoes: [u64; 3],
 }
 
 impl Sim {
@@ -103,6 +109,8 @@ impl Sim {
             seq: 0,
             log: Vec::new(),
             active: "eth0".into(),
+            streams: BTreeMap::new(),
+            echoes: [0; 3],
         };
         for u in 0..3 {
             s.feed(Event::Carrier {
@@ -174,6 +182,30 @@ impl Sim {
                     self.active = format!("eth{uplink}");
                     bond_changed = true;
                 }
+                Action::EchoStream {
+                    uplink,
+                    family,
+                    spec,
+                    fresh,
+                    ..
+                } => {
+                    let key = (*uplink, family.index());
+                    match (spec, self.streams.get_mut(&key)) {
+                        (None, _) => {
+                            self.streams.remove(&key);
+                        }
+                        (Some(spec), Some(st)) if !fresh => {
+                            if spec.every < st.0.spec.every {
+                                st.0.verify();
+                            }
+                            st.0.spec = *spec;
+                        }
+                        (Some(spec), _) => {
+                            self.streams
+                                .insert(key, (echo::EchoRun::new(*spec), 0, None));
+                        }
+                    }
+                }
                 Action::SetDefaultRoute { family, uplink } => {
                     self.seq += 1;
                     self.pending.insert(
@@ -206,7 +238,42 @@ impl Sim {
                 self.feed(ev);
             }
             self.now = next_tick;
+            self.stream_tick();
             self.feed(Event::Tick);
+        }
+    }
+
+    /// One tick of the echo streams: each judged (its news to the core),
+    /// then its echoes sent, back at once unless the model loses them.
+    fn stream_tick(&mut self) {
+        let tick = self.core.config().probe.carrier_interval;
+        let keys: Vec<(usize, usize)> = self.streams.keys().copied().collect();
+        for (u, fi) in keys {
+            let st = self.streams.get_mut(&(u, fi)).expect("listed");
+            let (news, last_back) = (st.0.judge(), st.2);
+            if let Some(news) = news {
+                self.feed(Event::Echo {
+                    uplink: u,
+                    family: Family::ALL[fi],
+                    news,
+                    last_back,
+                });
+            }
+            // The news may have made the core stop it.
+            let Some((run, ticks, last_back)) = self.streams.get_mut(&(u, fi)) else {
+                continue;
+            };
+            {
+                for _ in 0..run.due(*ticks, tick) {
+                    let seq = run.send();
+                    self.echoes[u] += 1;
+                    let n = &self.net;
+                    if !n.carrier_down[u] && !n.gw_dead[u] && !n.fwd_dead[u] && run.back(seq) {
+                        *last_back = Some(self.now);
+                    }
+                }
+            }
+            *ticks += 1;
         }
     }
 
@@ -323,7 +390,11 @@ fn member_upstream_failure_counts_only_with_a_probe_address() {
 /// Issue 13: a member with a probe address is probed by forwarding-plane
 /// echoes (auto finds out), the backup too; one without stays on ARP. A
 /// gateway that stops forwarding behind the active member (it still
-/// answers ARP) moves the bond, with the reason `forwarding`.
+/// answers ARP) moves the bond, with the reason `forwarding`. Once in echo
+/// mode a member's echoes run as a stream on the poller's tick, as a
+/// routed uplink's (fast through the active member, at the gateway
+/// interval through the backup), so the move follows within the stream's
+/// `echo_dead_after`, not the gateway timers' `gateway_dead_after`.
 #[test]
 fn members_echo_from_their_probe_address_and_a_forwarding_dead_gateway_moves_the_bond() {
     let mut s = Sim::new(config(true));
@@ -334,11 +405,45 @@ fn members_echo_from_their_probe_address_and_a_forwarding_dead_gateway_moves_the
         let gp = st.uplinks[i].gateway_probe.ipv4.as_ref().unwrap();
         assert_eq!(gp.mode, GatewayMode::Echo, "{}: {gp:?}", st.uplinks[i].name);
     }
+    // The auto trial's round echoes went through the backup too...
     assert!(s.log.iter().any(|(_, a)| matches!(a,
         Action::Probe(r) if r.uplink == 1 && r.kind == ProbeKind::Echo)));
+    // ...then each member's stream took over: fast through the active
+    // member, slow through the backup, and no more rounds.
+    let p = s.core.config().probe.clone();
+    let every = |u: usize| s.streams.get(&(u, 0)).map(|st| st.0.spec.every);
+    assert_eq!(every(0), Some(p.echo_interval));
+    assert_eq!(every(1), Some(p.gateway_interval));
+    let t = s.now;
+    let echoes = s.echoes;
+    s.run_for(ms(500));
+    assert!(
+        !s.since(t).any(|a| matches!(a,
+            Action::Probe(r) if r.uplink < 2 && r.kind == ProbeKind::Echo)),
+        "no round echoes in echo mode"
+    );
+    // One per `echo_interval` (8 ms): 62 in 500 ms.
+    assert!(s.echoes[0] - echoes[0] >= 50, "{:?}", s.echoes);
+    assert!(s.echoes[1] > echoes[1], "{:?}", s.echoes);
+
     s.net.fwd_dead[0] = true;
+    let t = s.now;
     s.run_for(ms(3000));
     assert_eq!(s.active, "eth1");
+    let moved = s
+        .log
+        .iter()
+        .find(|(at, a)| *at >= t && matches!(a, Action::SetBondActive { uplink: 1, .. }))
+        .map(|(at, _)| *at - t)
+        .expect("the bond moved");
+    println!("bond moved {moved:?} after the fault");
+    // The issue's bound (50 ms): the stream stops `echo_dead_after` (12 ms)
+    // after its first lost echo left; the gateway timers would take
+    // `gateway_dead_after` (60 ms) and more.
+    assert!(
+        moved <= ms(50),
+        "bond moved {moved:?} after the gateway stopped forwarding"
+    );
     let st = s.core.status(s.now);
     assert!(
         st.uplinks[0]

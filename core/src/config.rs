@@ -474,23 +474,21 @@ impl UplinkConfig {
         }
     }
 
-    /// In echo mode, whether the echoes run as a stream on the carrier
-    /// poller's tick (routed uplinks) rather than in rounds at the gateway
-    /// timers through the member prober (bond members).
-    pub fn echo_streamed(&self) -> bool {
-        self.bond.is_none()
-    }
-
     /// Whether the forwarding-plane echo can probe this uplink's gateway of
     /// `family`: a routed uplink echoes from its own address, a bond member
     /// from its probe address of that family (without one, its gateway is
-    /// probed by ARP / ND).
+    /// probed by ARP / ND). In echo mode the echoes run as a stream on the
+    /// carrier poller's tick, a bond member's as a routed uplink's.
     pub fn can_echo(&self, family: Family) -> bool {
-        self.bond.is_none()
-            || match family {
-                Family::V4 => self.probe_address4.is_some(),
-                Family::V6 => self.probe_address6.is_some(),
-            }
+        self.bond.is_none() || self.probe_address(family).is_some()
+    }
+
+    /// A bond member's probe address of `family`, if it has one.
+    pub fn probe_address(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.probe_address4.map(IpAddr::V4),
+            Family::V6 => self.probe_address6.map(IpAddr::V6),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use crate::netlink::carrier::{CarrierReader, CarrierSample, ReplyWatch};
 use crate::netlink::monitor::{spawn_monitor, MonitorHandle};
 use crate::netlink::BondSample;
 use crate::netlink::NetEvent;
-use crate::probe::echo_stream::{EchoStreams, StreamNews};
+use crate::probe::echo_stream::{EchoStreams, Source, StreamNews};
 use crate::probe::{EchoProber, Prober};
 use crate::probe::{MemberProber, MemberSpec};
 use crate::status::{Change, CompetingRoute, EventRecord, Level};
@@ -57,6 +57,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// The loop sleeps at most this long, whatever is due (the watchdog is
 /// pinged from the loop).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// A bond member's (probe MAC, gateway's MAC learned on it).
+type MemberMacs = ([u8; 6], [u8; 6]);
+
 /// How often managed bonds are read (driver's active member, settings).
 const BOND_POLL_EVERY: Duration = Duration::from_millis(5);
 
@@ -124,6 +127,9 @@ pub(super) struct Daemon {
     /// Shared with the poller thread, which runs them on its tick.
     streams: Arc<EchoStreams>,
     stream_news: Vec<StreamNews>,
+    /// The bond members' echo streams running, by (uplink, family), with
+    /// the (probe MAC, gateway MAC) they were last given.
+    member_streams: HashMap<(UplinkId, Family), Option<MemberMacs>>,
     /// Stops the unreachable listeners when the daemon ends.
     _unreach_stop: StopOnDrop,
     /// The reply watch was set for this turn: cleared once awake.
@@ -394,6 +400,7 @@ impl Daemon {
             counter_samples: Vec::new(),
             streams,
             stream_news: Vec::new(),
+            member_streams: HashMap::new(),
             _unreach_stop: unreach_stop,
             watching: false,
             retired_probers: Vec::new(),
@@ -600,6 +607,7 @@ impl Daemon {
         self.retired_echo.retain(|p| p.in_flight() > 0);
         self.members
             .poll(self.clock.instant_at(at), &mut self.outcomes);
+        self.member_stream_macs();
         for (id, outcome) in self.outcomes.drain(..) {
             self.events_in.push(Event::ProbeDone { id, outcome });
         }
@@ -612,7 +620,33 @@ impl Daemon {
     pub fn on_bond(&mut self, b: BondSample, at: Mono) {
         self.begin(at);
         self.members.update(&b);
+        self.member_stream_macs();
         self.events_in.push(Event::Bond(b.status()));
+    }
+
+    /// The bond members' echo streams get their member's probe MAC and the
+    /// gateway's MAC as the member prober learned them, when first known
+    /// and whenever they change; a MAC no longer known (an ARP probe
+    /// unanswered: a router that polices its CPU may still forward) is
+    /// not taken from the stream, whose echoes tell.
+    fn member_stream_macs(&mut self) {
+        for (&(uplink, family), given) in self.member_streams.iter_mut() {
+            let Some(u) = self.cfg.uplinks.get(uplink) else {
+                continue;
+            };
+            let Some(gateway) = u.gateway(family) else {
+                continue;
+            };
+            let macs = self
+                .members
+                .source_mac(&u.interface)
+                .zip(self.members.gateway_mac(&u.interface, gateway));
+            if let Some((probe_mac, gw_mac)) = macs.filter(|m| Some(*m) != *given) {
+                *given = Some((probe_mac, gw_mac));
+                self.streams
+                    .set_member_macs(uplink, family, probe_mac, gw_mac);
+            }
+        }
     }
 
     /// A link or route event, or the end of a dump, from the netlink monitor.
@@ -992,6 +1026,7 @@ impl Daemon {
         }
         // The echo streams name uplinks by index: the core asks again.
         self.streams.clear();
+        self.member_streams.clear();
         self.streams.set_tick(grid);
         // Read every carrier on this turn: new uplinks learn theirs.
         self.read_carrier = Some(CarrierSource::Poll);
@@ -1027,6 +1062,7 @@ impl Daemon {
                             gp.redirects = match self.cfg.uplinks.get(i) {
                                 Some(c) if c.bond.is_some() => {
                                     self.members.redirects(&c.interface, f)
+                                        + self.streams.redirects(i, f)
                                 }
                                 _ => self.echo.redirects(i, f) + self.streams.redirects(i, f),
                             };
@@ -1160,12 +1196,40 @@ impl Daemon {
                 let Some(u) = self.cfg.uplinks.get(uplink) else {
                     return;
                 };
+                // A bond member echoes from its probe address (the core
+                // streams only a member that has one of the family).
+                let member = u.bond.as_ref().and(u.probe_address(family));
+                let source = match member {
+                    None => Source::Routed,
+                    Some(addr) => {
+                        // As known now, else as the running stream was
+                        // given them (see `member_stream_macs`).
+                        let key = (uplink, family);
+                        let macs = self
+                            .members
+                            .source_mac(&u.interface)
+                            .zip(self.members.gateway_mac(&u.interface, gateway))
+                            .or(self.member_streams.get(&key).copied().flatten());
+                        match spec {
+                            Some(_) => self.member_streams.insert(key, macs),
+                            None => self.member_streams.remove(&key),
+                        };
+                        Source::Member {
+                            addr,
+                            probe_mac: macs.map(|m| m.0),
+                            gw_mac: macs.map(|m| m.1),
+                        }
+                    }
+                };
                 if spec.is_some() {
                     // The stream takes over from the trial's socket.
-                    self.echo.close(uplink, family);
+                    match member {
+                        None => self.echo.close(uplink, family),
+                        Some(_) => self.members.close_echoes(&u.interface, family),
+                    }
                 }
                 self.streams
-                    .set(uplink, family, &u.interface, gateway, spec, fresh);
+                    .set(uplink, family, &u.interface, gateway, source, spec, fresh);
             }
             Action::SetBondActive { .. } if self.observing() => {}
             Action::SetBondActive { bond, uplink } => {

@@ -322,12 +322,47 @@ impl Sock {
             .ok_or_else(|| {
                 format!("gateway {gateway} not (yet) in the neighbour table of {interface}")
             })?;
+        let mut sock = Sock::bound(interface, ifindex, family, mac, gw_mac, addr, &[])?;
+        sock._absorb = absorber(addr);
+        Ok(sock)
+    }
+
+    /// The socket of a bond member's echoes (see [`super::member`]): from
+    /// its probe MAC and probe address (never configured on the host, so
+    /// nothing is delivered locally and no absorber is needed) to the
+    /// gateway's MAC as the member prober learned it on the member. The
+    /// echoes come back to the probe MAC, which bonding did not give the
+    /// member: received with PACKET_MR_UNICAST membership for it.
+    pub(super) fn open_member(
+        member: &str,
+        family: Family,
+        probe_mac: [u8; 6],
+        addr: IpAddr,
+        gw_mac: [u8; 6],
+    ) -> Result<Sock, String> {
+        let ifindex = nix::net::if_::if_nametoindex(member)
+            .map_err(|e| format!("interface {member}: {e}"))?;
+        let accept = [(libc::PACKET_MR_UNICAST as u16, probe_mac)];
+        Sock::bound(member, ifindex, family, probe_mac, gw_mac, addr, &accept)
+    }
+
+    /// The packet socket bound to `interface` that reads the echoes to
+    /// `addr` (kernel-filtered), `accept` as for [`open_packet`].
+    fn bound(
+        interface: &str,
+        ifindex: u32,
+        family: Family,
+        mac: [u8; 6],
+        gw_mac: [u8; 6],
+        addr: IpAddr,
+        accept: &[(u16, [u8; 6])],
+    ) -> Result<Sock, String> {
         let proto = match family {
             Family::V4 => ETH_P_IP,
             Family::V6 => ETH_P_IPV6,
         };
         let filter = echo_filter(addr);
-        let fd = open_packet(interface, ifindex, proto, Some(&filter), &[])?;
+        let fd = open_packet(interface, ifindex, proto, Some(&filter), accept)?;
         // Our own transmissions are not queued (Linux 4.20); the receive
         // path also skips PACKET_OUTGOING for older kernels.
         let one: libc::c_int = 1;
@@ -347,7 +382,7 @@ impl Sock {
             mac,
             gw_mac,
             addr,
-            _absorb: absorber(addr),
+            _absorb: None,
         })
     }
 }

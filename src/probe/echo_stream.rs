@@ -27,6 +27,14 @@
 //! counted only with the per-process token, the stream's identity (uplink,
 //! family) and a sequence number it sent and has not yet counted, arriving
 //! with 254 on the packet socket bound to the uplink it left.
+//!
+//! A bond member's stream ([`Source::Member`]) runs the same way through
+//! the member itself, active or backup: from the member's probe MAC and
+//! probe address (src = dst = the probe address), to the gateway's MAC as
+//! the member prober learned it on that member (ARP / ND), read back on a
+//! packet socket bound to the member with membership for the probe MAC.
+//! The member prober keeps answering the gateway's ARP / NS for the probe
+//! address, so the bond's MAC is never a source on the backup's path.
 
 use std::io;
 use std::net::IpAddr;
@@ -63,6 +71,46 @@ const FRAME_MAX: usize = 256;
 /// only every this many ticks (anything else the filter lets in).
 const DRAIN_EVERY_TICKS: u64 = 12;
 
+/// Where a stream's echoes leave from, and so how its socket is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A routed uplink: its own address and MAC, and the gateway's MAC
+    /// from the kernel's neighbour table, looked up at each open.
+    Routed,
+    /// A bond member: its probe address, probe MAC and the gateway's MAC
+    /// as learned on the member, given by the loop (see
+    /// [`EchoStreams::set_member_macs`]); without both MACs the stream has
+    /// no socket (its echoes count as lost, as a routed stream's without
+    /// the gateway's MAC).
+    Member {
+        addr: IpAddr,
+        probe_mac: Option<[u8; 6]>,
+        gw_mac: Option<[u8; 6]>,
+    },
+}
+
+impl Source {
+    /// Open the socket of a stream through `interface` to `gateway`.
+    fn open(&self, interface: &str, family: Family, gateway: IpAddr) -> Result<Sock, String> {
+        match *self {
+            Source::Routed => Sock::open(interface, family, gateway),
+            Source::Member {
+                addr,
+                probe_mac: Some(probe_mac),
+                gw_mac: Some(gw_mac),
+            } => Sock::open_member(interface, family, probe_mac, addr, gw_mac),
+            Source::Member {
+                probe_mac: None, ..
+            } => Err(format!(
+                "{interface}: its probe MAC is not known yet (not yet read from its bond)"
+            )),
+            Source::Member { gw_mac: None, .. } => Err(format!(
+                "gateway {gateway}'s MAC not (yet) learned on {interface}"
+            )),
+        }
+    }
+}
+
 /// What the loop is told: a change of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamNews {
@@ -78,6 +126,7 @@ struct Stream {
     family: Family,
     interface: String,
     gateway: IpAddr,
+    source: Source,
     run: EchoRun,
     /// Ticks since the stream started.
     ticks: u64,
@@ -162,12 +211,14 @@ impl EchoStreams {
     /// Run the stream through `uplink`'s gateway of `family` as `spec`
     /// says (None: stop it). A running stream to the same gateway keeps
     /// its judge unless `fresh`.
+    #[allow(clippy::too_many_arguments)]
     pub fn set(
         &self,
         uplink: UplinkId,
         family: Family,
         interface: &str,
         gateway: IpAddr,
+        source: Source,
         spec: Option<EchoSpec>,
         fresh: bool,
     ) {
@@ -189,7 +240,11 @@ impl EchoStreams {
                     && inner.streams[i].gateway == gateway
                     && inner.streams[i].interface == interface =>
             {
-                let run = &mut inner.streams[i].run;
+                let s = &mut inner.streams[i];
+                if s.source != source {
+                    s.set_source(source);
+                }
+                let run = &mut s.run;
                 if spec.every < run.spec.every {
                     // Made faster: it may carry the traffic soon.
                     run.verify();
@@ -203,6 +258,7 @@ impl EchoStreams {
                     family,
                     interface: interface.to_string(),
                     gateway,
+                    source,
                     run: EchoRun::new(spec),
                     ticks: 0,
                     sock: None,
@@ -221,6 +277,36 @@ impl EchoStreams {
                     Some(i) => inner.streams[i] = s,
                     None => inner.streams.push(s),
                 }
+            }
+        }
+    }
+
+    /// A bond member's probe MAC or the gateway's MAC learned on it, for
+    /// the stream of (uplink, family) if it runs from a member: a change
+    /// opens its socket again at its next sending tick.
+    pub fn set_member_macs(
+        &self,
+        uplink: UplinkId,
+        family: Family,
+        probe_mac: [u8; 6],
+        gw_mac: [u8; 6],
+    ) {
+        let mut inner = self.lock();
+        let Some(s) = inner
+            .streams
+            .iter_mut()
+            .find(|s| s.uplink == uplink && s.family == family)
+        else {
+            return;
+        };
+        if let Source::Member { addr, .. } = s.source {
+            let source = Source::Member {
+                addr,
+                probe_mac: Some(probe_mac),
+                gw_mac: Some(gw_mac),
+            };
+            if s.source != source {
+                s.set_source(source);
             }
         }
     }
@@ -330,26 +416,32 @@ impl EchoStreams {
         // the kernel's RTNL lock whenever routes or links change anywhere
         // on the host (measured: 12 ms each while the bench injected a
         // fault, which held up the stop of the other family's stream).
-        let due: Vec<(UplinkId, Family, String, IpAddr)> = inner
+        let due: Vec<(UplinkId, Family, String, IpAddr, Source)> = inner
             .streams
             .iter_mut()
             .filter_map(|s| {
                 let due = s.run.due(polls, tick) > 0 && s.open_due();
-                due.then(|| (s.uplink, s.family, s.interface.clone(), s.gateway))
+                due.then(|| {
+                    let source = s.source.clone();
+                    (s.uplink, s.family, s.interface.clone(), s.gateway, source)
+                })
             })
             .collect();
         if !due.is_empty() {
             drop(inner);
             let opened: Vec<_> = due
                 .into_iter()
-                .map(|(u, f, i, g)| (u, f, g, Sock::open(&i, f, g)))
+                .map(|(u, f, i, g, src)| {
+                    let r = src.open(&i, f, g);
+                    (u, f, g, src, r)
+                })
                 .collect();
             inner = self.lock();
-            for (u, f, g, r) in opened {
+            for (u, f, g, src, r) in opened {
                 if let Some(s) = inner
                     .streams
                     .iter_mut()
-                    .find(|s| s.uplink == u && s.family == f && s.gateway == g)
+                    .find(|s| s.uplink == u && s.family == f && s.gateway == g && s.source == src)
                 {
                     s.install(r);
                 }
@@ -427,6 +519,14 @@ impl Stream {
         }
         self.opened_at = Some(self.ticks);
         true
+    }
+
+    /// Another source (a member's MACs learned or changed): the socket is
+    /// opened again at the next sending tick; the judge keeps running.
+    fn set_source(&mut self, source: Source) {
+        self.source = source;
+        self.sock = None;
+        self.opened_at = None;
     }
 
     fn install(&mut self, r: Result<Sock, String>) {
@@ -638,4 +738,78 @@ fn recv_batch(
         return n;
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> EchoSpec {
+        let p = crate::config::ProbeConfig::default();
+        EchoSpec::new(p.echo_interval, &p)
+    }
+
+    fn source(probe_mac: Option<[u8; 6]>, gw_mac: Option<[u8; 6]>) -> Source {
+        Source::Member {
+            addr: "198.18.1.10".parse().unwrap(),
+            probe_mac,
+            gw_mac,
+        }
+    }
+
+    #[test]
+    fn a_member_stream_gets_its_macs_and_keeps_its_judge() {
+        let streams = EchoStreams::new(Duration::from_millis(4));
+        let gw: IpAddr = "198.18.1.1".parse().unwrap();
+        streams.set(
+            1,
+            Family::V4,
+            "eth1",
+            gw,
+            source(None, None),
+            Some(spec()),
+            false,
+        );
+        // Without the MACs: no socket (the echoes count as lost).
+        let err = source(None, None)
+            .open("eth1", Family::V4, gw)
+            .err()
+            .unwrap();
+        assert!(err.contains("probe MAC"), "{err}");
+        let err = source(Some([2; 6]), None)
+            .open("eth1", Family::V4, gw)
+            .err()
+            .unwrap();
+        assert!(err.contains("198.18.1.1"), "{err}");
+        {
+            let mut inner = streams.lock();
+            let s = &mut inner.streams[0];
+            s.run.send();
+            s.opened_at = Some(0);
+        }
+        // Learned: the socket is opened again at once, the judge runs on.
+        streams.set_member_macs(1, Family::V4, [2; 6], [4; 6]);
+        {
+            let inner = streams.lock();
+            let s = &inner.streams[0];
+            assert_eq!(s.source, source(Some([2; 6]), Some([4; 6])));
+            assert_eq!(s.opened_at, None);
+            assert_eq!(s.run.outstanding(), 1, "same judge");
+        }
+        // Another stream's family, or a routed stream: untouched.
+        streams.set_member_macs(1, Family::V6, [6; 6], [8; 6]);
+        streams.set(
+            0,
+            Family::V4,
+            "eth0",
+            gw,
+            Source::Routed,
+            Some(spec()),
+            false,
+        );
+        streams.set_member_macs(0, Family::V4, [6; 6], [8; 6]);
+        let inner = streams.lock();
+        assert_eq!(inner.streams.len(), 2);
+        assert_eq!(inner.streams[1].source, Source::Routed);
+    }
 }

@@ -21,7 +21,13 @@
 //! - an IPv6 socket (ETH_P_IPV6, BPF: the probe MAC, or the solicited-node
 //!   group of the probe address): neighbour advertisements from the IPv6
 //!   gateway, neighbour solicitations for the probe address (answered), and
-//!   echo replies to transit probes.
+//!   echo replies to transit probes;
+//! - per family, while the auto trial runs, a socket for its round
+//!   forwarding-plane echoes. In echo mode a member's echoes run as a
+//!   stream on the carrier poller's tick ([`super::echo_stream`]), which
+//!   sends to the gateway's MAC learned here ([`MemberProber::gateway_mac`])
+//!   and relies on the ARP / NS answers given here: the ARP and IPv6
+//!   sockets are read on every `poll`, with or without probes in flight.
 //!
 //! ## What can be proven through a backup member
 //! In active-backup the kernel drops ordinary traffic received on the
@@ -109,7 +115,8 @@ enum What {
     /// hop limit (a reply whose arrival TTL follows it is reflected).
     Echo(IpAddr, u16, u8),
     /// Forwarding-plane echo of the gateway (see [`super::echo`]) from the
-    /// member's probe address to itself, by uplink, family and sequence.
+    /// member's probe address to itself, by uplink, family and sequence:
+    /// the auto trial's (echo mode runs a stream instead).
     Fwd {
         uplink: usize,
         family: Family,
@@ -223,6 +230,26 @@ impl MemberProber {
     /// The source MAC used on `member`, once known.
     pub fn source_mac(&self, member: &str) -> Option<[u8; 6]> {
         self.macs.get(member).map(|(p, b)| probe_mac(*p, *b))
+    }
+
+    /// `gateway`'s MAC as last learned on `member` (an answer to our ARP
+    /// probe or NS there), if known: where the member's echo stream
+    /// sends (see [`super::echo_stream`]).
+    pub fn gateway_mac(&self, member: &str, gateway: IpAddr) -> Option<[u8; 6]> {
+        let m = self.members.get(member)?;
+        match gateway {
+            IpAddr::V4(g) => m.gw4.get(&g).copied(),
+            IpAddr::V6(g) => m.gw6.get(&g).copied(),
+        }
+    }
+
+    /// Close `member`'s socket of the auto trial's echoes of `family`: the
+    /// echo stream took over (each packet socket on the member gets a copy
+    /// of every echo). Echoes still in flight through it time out.
+    pub fn close_echoes(&mut self, member: &str, family: Family) {
+        if let Some(m) = self.members.get_mut(member) {
+            m.fwd[family.index()] = None;
+        }
     }
 
     /// True when something is in flight (the caller polls on its tick anyway).
@@ -492,7 +519,12 @@ impl MemberProber {
         let token = self.token;
         let ident = self.ident;
         for (name, m) in self.members.iter_mut() {
-            if m.pending.is_empty() && m.parked.is_empty() {
+            // With nothing in flight the ARP and IPv6 sockets are read all
+            // the same: the gateway's ARP requests / NS for the probe
+            // address are answered on the loop's next turn (the member's
+            // echo stream comes back through that entry, and sends no
+            // probe through here that would have them read).
+            if m.pending.is_empty() && m.parked.is_empty() && m.arp.is_none() && m.ip6.is_none() {
                 continue;
             }
             let spec = m.spec.clone();

@@ -371,10 +371,9 @@ impl Core {
                 true
             }
             // Round echoes of the trial still in flight when it ended: the
-            // stream decides in echo mode; in ICMP mode they say nothing.
-            (ProbeKind::Echo, GatewayMode::Icmp) => true,
-            // A bond member's round echoes decide its gateway (no stream).
-            (ProbeKind::Echo, GatewayMode::Echo) => self.cfg.uplinks[fl.uplink].echo_streamed(),
+            // stream decides in echo mode (bond members' too); in ICMP mode
+            // they say nothing.
+            (ProbeKind::Echo, GatewayMode::Icmp | GatewayMode::Echo) => true,
             (ProbeKind::Echo, GatewayMode::Trying) => {
                 if ok {
                     f.trial_ok += 1;
@@ -451,9 +450,8 @@ impl Core {
         for (i, u) in self.uplinks.iter_mut().enumerate() {
             for (fi, f) in u.fams.iter_mut().enumerate() {
                 let Some(f) = f else { continue };
-                // Echo mode: the echo stream decides (`on_echo`), except
-                // on a bond member, whose round echoes are judged here.
-                if f.mode == GatewayMode::Echo && self.cfg.uplinks[i].echo_streamed() {
+                // Echo mode: the echo stream decides (`on_echo`).
+                if f.mode == GatewayMode::Echo {
                     continue;
                 }
                 let g = &mut f.gateway;

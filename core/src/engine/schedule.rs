@@ -124,14 +124,14 @@ impl Core {
                 let present = self.uplinks[i].present;
                 let carrier = self.uplinks[i].carrier == Some(true);
                 let active = self.fam[fi].active;
-                // A bond member's echoes go in rounds through its member
-                // prober (the gateway timers), not in a stream.
-                let member = !self.cfg.uplinks[i].echo_streamed();
                 let f = self.uplinks[i].fams[fi].as_mut().expect("checked");
                 // Echo mode: the echo stream (see `crate::echo`) takes the
                 // rounds' place: fast through the uplink carrying the
                 // family (or any, while none does), slow through a standby.
-                let want = (f.mode == GatewayMode::Echo && present && !member).then(|| {
+                // A bond member's too (from its probe address, through the
+                // member itself: the uplink carrying the family is the
+                // bond's active member).
+                let want = (f.mode == GatewayMode::Echo && present).then(|| {
                     let every = match active {
                         // A standby, fast too while the active uplink's
                         // gateway is in doubt (see `verify`), and while its
@@ -162,7 +162,7 @@ impl Core {
                         fresh: std::mem::take(&mut f.stream_fresh),
                     });
                 }
-                let echo_mode = f.mode == GatewayMode::Echo && !member;
+                let echo_mode = f.mode == GatewayMode::Echo;
                 // Gateway: fast while a reply is missing.
                 let g = &mut f.gateway;
                 if echo_mode {
@@ -199,30 +199,11 @@ impl Core {
                     } else {
                         next_round(now, every, p.gateway_interval)
                     };
-                    // Echo mode: the forwarding-plane echo takes the
-                    // gateway probe's place; trying (auto): it rides along.
-                    match f.mode {
-                        GatewayMode::Icmp => reqs.push((
-                            ProbeKind::Gateway,
-                            0usize,
-                            g.addr,
-                            p.gateway_timeout,
-                            false,
-                        )),
-                        GatewayMode::Echo => {
-                            // Only a bond member gets here (see `echo_mode`).
-                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false))
-                        }
-                        GatewayMode::Trying => {
-                            reqs.push((
-                                ProbeKind::Gateway,
-                                0usize,
-                                g.addr,
-                                p.gateway_timeout,
-                                false,
-                            ));
-                            reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false));
-                        }
+                    // Trying (auto): the forwarding-plane echo rides along
+                    // (echo mode sends no rounds: its stream runs).
+                    reqs.push((ProbeKind::Gateway, 0usize, g.addr, p.gateway_timeout, false));
+                    if f.mode == GatewayMode::Trying {
+                        reqs.push((ProbeKind::Echo, 0usize, g.addr, p.gateway_timeout, false));
                     }
                 }
                 // Echo mode: the router's own address gets one ICMP echo a
