@@ -2078,11 +2078,13 @@ fn native_member_echo_stream() {
         // by the loop, until `until` holds of the news (at most 5 s).
         let t0 = Instant::now();
         let mut all: Vec<StreamNews> = Vec::new();
+        let mut polls = 0u64;
         let mut run = |until: &dyn Fn(&[StreamNews]) -> bool| {
             let start = Instant::now();
             let from = all.len();
             while start.elapsed() < S(5) && !until(&all[from..]) {
-                streams.tick(t0.elapsed());
+                streams.tick(polls, t0.elapsed());
+                polls += 1;
                 m.poll(Instant::now(), &mut Vec::new());
                 streams.take(&mut all);
                 std::thread::sleep(p.carrier_interval);
