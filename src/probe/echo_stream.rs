@@ -13,13 +13,15 @@
 //! their own.
 //!
 //! Few system calls per tick: every echo of the tick, all streams
-//! together, leaves in one `sendmmsg` on a send-only packet socket; a
-//! stream's socket is read (one `recvmmsg` for up to 16 frames) only while
-//! one of its echoes is outstanding, and every 12th tick otherwise. In the
-//! steady state that is one `sendmmsg` and one `recvmmsg` per family
-//! through the active uplink per tick, where one `sendto` and one
-//! `recvfrom` per echo plus a `recvfrom` per socket that found nothing
-//! would be about three times as many.
+//! together, leaves in one `sendmmsg` on a send-only packet socket, and the
+//! streams' steady echoes fall on the same ticks (numbered by the poller),
+//! so the other ticks send nothing. A stream's socket has a receive ring
+//! ([`super::rx_ring`]): reading what came back is a look at shared
+//! memory, no system call (without a ring, one `recvmmsg` for up to 16
+//! frames). It is read only while one of its echoes is outstanding, and
+//! every 12th tick otherwise. In the steady state that is one `sendmmsg`
+//! every other tick, where one `sendto` per echo and one `recvfrom` per
+//! frame and per socket that found nothing would be about a dozen per tick.
 //!
 //! The frames and their validation are the echo prober's
 //! ([`super::echo`]): src = dst = the uplink's own address, UDP to port
@@ -47,6 +49,7 @@ use tracing::{debug, info, warn};
 
 use super::echo::ARRIVAL_TTL;
 use super::echo::{decode_echo, echo_frame, echo_payload, frame_dest, parse_echo, Parsed, Sock};
+use super::rx_ring::RxRing;
 use crate::config::Family;
 use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
 use crate::core::{ProbeId, UplinkId};
@@ -131,6 +134,8 @@ struct Stream {
     /// Ticks since the stream started.
     ticks: u64,
     sock: Option<Sock>,
+    /// `sock`'s receive ring, where it could be set up (else `recvmmsg`).
+    ring: Option<RxRing>,
     /// The tick of the last attempt to open a socket.
     opened_at: Option<u64>,
     last_back: Option<Duration>,
@@ -262,6 +267,7 @@ impl EchoStreams {
                     run: EchoRun::new(spec),
                     ticks: 0,
                     sock: None,
+                    ring: None,
                     opened_at: None,
                     last_back: None,
                     last_batch: 0,
@@ -525,7 +531,7 @@ impl Stream {
     /// opened again at the next sending tick; the judge keeps running.
     fn set_source(&mut self, source: Source) {
         self.source = source;
-        self.sock = None;
+        self.set_sock(None);
         self.opened_at = None;
     }
 
@@ -534,14 +540,41 @@ impl Stream {
             Ok(s) => {
                 debug!(interface = %self.interface, family = %self.family, addr = %s.addr,
                     gw_mac = ?s.gw_mac, "opened forwarding-plane echo stream socket");
-                self.sock = Some(s);
+                self.set_sock(Some(s));
             }
             Err(e) => {
-                if self.sock.take().is_some() || self.ticks == 0 {
+                let had = self.sock.is_some();
+                self.set_sock(None);
+                if had || self.ticks == 0 {
                     debug!(interface = %self.interface, family = %self.family, error = %e,
                         "forwarding-plane echo stream: no socket (retried)");
                 }
             }
+        }
+    }
+
+    /// Use `sock` from now on, with a receive ring where the kernel gives
+    /// one (the frames it queued before the ring are dropped: none can be
+    /// an echo of this socket's).
+    fn set_sock(&mut self, sock: Option<Sock>) {
+        self.ring = None;
+        self.sock = sock;
+        let Some(s) = &self.sock else {
+            return;
+        };
+        match RxRing::attach(&s.fd) {
+            Ok(r) => {
+                let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
+                let mut got = [(0usize, 0u8); RECV_BATCH];
+                for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
+                    if recv_batch(s.fd.as_raw_fd(), &mut bufs, &mut got) < RECV_BATCH {
+                        break;
+                    }
+                }
+                self.ring = Some(r);
+            }
+            Err(e) => debug!(interface = %self.interface, family = %self.family, error = %e,
+                "forwarding-plane echo stream: no receive ring, read by recvmmsg"),
         }
     }
 
@@ -555,14 +588,23 @@ impl Stream {
         ))
     }
 
-    /// Read every frame queued (without blocking, `RECV_BATCH` per
-    /// `recvmmsg`) and count the valid echoes.
+    /// Read every frame queued (from the receive ring, or without blocking,
+    /// `RECV_BATCH` per `recvmmsg`) and count the valid echoes.
     fn drain(&mut self, token: &[u8; 8], at: Duration) {
         let Some(sock) = self.sock.as_ref() else {
             return;
         };
         let fd = sock.fd.as_raw_fd();
         let addr = sock.addr;
+        if let Some(mut ring) = self.ring.take() {
+            ring.drain(MAX_RECV_PER_TICK, |frame, pkttype| {
+                if pkttype != libc::PACKET_OUTGOING {
+                    self.count(token, frame, addr, at);
+                }
+            });
+            self.ring = Some(ring);
+            return;
+        }
         let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
         for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
             let mut got = [(0usize, 0u8); RECV_BATCH];

@@ -98,6 +98,7 @@ pub mod echo_stream;
 pub mod member;
 pub mod packet;
 mod reflect;
+mod rx_ring;
 pub use echo::EchoProber;
 pub mod unreach;
 pub use member::{MemberProber, MemberSpec};
