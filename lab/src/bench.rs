@@ -1084,30 +1084,36 @@ fn measure_idle_steered(
 /// Window of each idle-breakdown variant.
 const BREAKDOWN_WINDOW: Duration = Duration::from_secs(20);
 
-/// Idle CPU (steered, see [`Steering`]) with the default probing, then with
-/// the gateway probes every 20 ms (the former default), then slowed to 1/s,
-/// then also the carrier poll slowed to 100 ms: the differences are what
-/// the gateway probes and the carrier poll cost.
+/// Idle CPU (steered, see [`Steering`]) with the default probing (the
+/// forwarding-plane echo stream on the carrier tick), then with today's
+/// ICMP gateway probes instead (`bench/icmp.toml`), then the echo stream
+/// at half its rate, then the gateway probed once a second with the
+/// carrier poll slowed to 100 ms: the differences are what the gateway
+/// probes and the carrier poll cost.
 fn idle_breakdown(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Vec<Value>> {
+    let icmp = include_str!("../../bench/icmp.toml");
     let variants = [
-        ("defaults (carrier poll 4 ms, gateway echo every 48 ms)", ""),
         (
-            "carrier poll 4 ms, gateway echo every 20 ms",
-            "[probe]\ngateway_interval = \"20ms\"\n",
+            "defaults (carrier poll 4 ms; gateway echo stream, one per 8 ms, on that tick)",
+            String::new(),
         ),
         (
-            "carrier poll 4 ms, gateway echo every 1 s",
-            "[probe]\ngateway_interval = \"1s\"\ngateway_dead_after = \"3s\"\n",
+            "carrier poll 4 ms; gateway_probe = icmp, one ping per 48 ms",
+            icmp.to_string(),
         ),
         (
-            "carrier poll 100 ms, gateway echo every 1 s (transits only)",
-            "[probe]\ncarrier_interval = \"100ms\"\ngateway_fast_interval = \"100ms\"\ngateway_interval = \"1s\"\ngateway_dead_after = \"3s\"\ngateway_timeout = \"100ms\"\n",
+            "carrier poll 4 ms; echo stream at half rate (one per 16 ms)",
+            "[probe]\necho_interval = \"16ms\"\necho_dead_after = \"24ms\"\n".to_string(),
+        ),
+        (
+            "carrier poll 100 ms; gateway echo every 1 s",
+            "[probe]\ncarrier_interval = \"100ms\"\ngateway_fast_interval = \"100ms\"\ngateway_interval = \"1s\"\ngateway_dead_after = \"3s\"\ngateway_timeout = \"100ms\"\necho_interval = \"1s\"\necho_dead_after = \"3s\"\n".to_string(),
         ),
     ];
     let mut out = Vec::new();
     for (what, probe) in variants {
         ctx.cancel.check()?;
-        let d = Uplinkd::start(lab, bin, probe)?;
+        let d = Uplinkd::start(lab, bin, &probe)?;
         ctx.cancel.sleep(Duration::from_secs(3))?;
         let steering = Steering::on(lab, &d)?;
         ctx.cancel.sleep(Duration::from_secs(1))?;
