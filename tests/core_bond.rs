@@ -194,12 +194,7 @@ impl Sim {
                         (None, _) => {
                             self.streams.remove(&key);
                         }
-                        (Some(spec), Some(st)) if !fresh => {
-                            if spec.every < st.0.spec.every {
-                                st.0.verify();
-                            }
-                            st.0.spec = *spec;
-                        }
+                        (Some(spec), Some(st)) if !fresh => st.0.respec(*spec),
                         (Some(spec), _) => {
                             self.streams
                                 .insert(key, (echo::EchoRun::new(*spec), 0, None));

@@ -255,12 +255,7 @@ impl Sim {
                 let slot = &mut self.streams[*uplink][family.index()];
                 match (spec, slot.as_mut()) {
                     (None, _) => *slot = None,
-                    (Some(spec), Some(st)) if !fresh => {
-                        if spec.every < st.run.spec.every {
-                            st.run.verify();
-                        }
-                        st.run.spec = *spec
-                    }
+                    (Some(spec), Some(st)) if !fresh => st.run.respec(*spec),
                     (Some(spec), _) => {
                         *slot = Some(SimStream {
                             run: echo::EchoRun::new(*spec),

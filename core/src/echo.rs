@@ -187,6 +187,15 @@ impl EchoRun {
         true
     }
 
+    /// Run on by `spec` from now on (the same stream, asked for again):
+    /// made faster, it may carry the traffic soon, so it verifies.
+    pub fn respec(&mut self, spec: EchoSpec) {
+        if spec.every < self.spec.every {
+            self.verify();
+        }
+        self.spec = spec;
+    }
+
     /// The stream is about to matter (see [`EchoState::Verifying`]): tell
     /// the loop when an echo sent from now on is back. A stopped stream
     /// stays stopped (its rise is news anyway).

@@ -249,12 +249,7 @@ impl EchoStreams {
                 if s.source != source {
                     s.set_source(source);
                 }
-                let run = &mut s.run;
-                if spec.every < run.spec.every {
-                    // Made faster: it may carry the traffic soon.
-                    run.verify();
-                }
-                run.spec = spec;
+                s.run.respec(spec);
             }
             (Some(spec), i) => {
                 let redirects = i.map_or(0, |i| inner.streams[i].redirects);
