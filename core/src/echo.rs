@@ -78,15 +78,7 @@ impl EchoSpec {
         let tick = p.carrier_interval.as_nanos().max(1);
         // Judgings from the first lost echo to the stop.
         let k = (p.echo_dead_after.as_nanos() / tick).clamp(2, u32::MAX as u128) as u32;
-        let steady = EchoSpec {
-            every,
-            hurry: 1,
-            lost_after: 1,
-            late_after: 1,
-            rise: 1,
-        }
-        .per_tick(p.carrier_interval)
-        .0;
+        let steady = steady_per_tick(every, p.carrier_interval).0;
         let hurry = (MIN_LOST.saturating_sub(steady).div_ceil(k - 1))
             .max(steady)
             .clamp(1, MAX_HURRY);
@@ -105,12 +97,18 @@ impl EchoSpec {
     /// Echoes sent per tick of `tick` at the steady rate, and every how
     /// many ticks.
     pub fn per_tick(&self, tick: Duration) -> (u32, u64) {
-        let (e, t) = (self.every.as_nanos().max(1), tick.as_nanos().max(1));
-        if e >= t {
-            (1, (e / t).max(1) as u64)
-        } else {
-            ((t / e).max(1) as u32, 1)
-        }
+        steady_per_tick(self.every, tick)
+    }
+}
+
+/// One echo every `every` on a tick of `tick`: echoes per tick, and every
+/// how many ticks.
+fn steady_per_tick(every: Duration, tick: Duration) -> (u32, u64) {
+    let (e, t) = (every.as_nanos().max(1), tick.as_nanos().max(1));
+    if e >= t {
+        (1, (e / t).max(1) as u64)
+    } else {
+        ((t / e).max(1) as u32, 1)
     }
 }
 
@@ -399,7 +397,8 @@ mod tests {
     }
 
     /// The arithmetic of the module docs, by simulation: 10 % independent
-    /// loss at the defaults (one echo per tick, hurrying when one is lost).
+    /// loss at the defaults (one echo every other tick, hurrying when one
+    /// is lost).
     #[test]
     fn ten_percent_loss_rarely_stops_the_stream() {
         let mut r = EchoRun::new(default_spec());

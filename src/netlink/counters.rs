@@ -14,11 +14,12 @@
 //! agent's own forwarding-plane echoes since they were last read: every
 //! TCP signal needs segments sent, and a segment sent through an uplink
 //! moves its packet counter. An idle server reads them a few times a
-//! second (at the loop's probe rounds), a busy one at every reading. The samples wait in a
-//! buffer the loop drains on each turn; the loop is woken early only when a
-//! sample could matter (nothing received since the last sample while
-//! something was sent, or new retransmission timeouts): in the steady
-//! state, busy or idle, the counters add no wake-up of the loop.
+//! second (at the loop's probe rounds), a busy one at every reading. The
+//! samples wait in a buffer the loop drains on each turn; the loop is
+//! woken early only when a sample could matter (nothing received since the
+//! last sample while something was sent, or new retransmission timeouts):
+//! in the steady state, busy or idle, the counters add no wake-up of the
+//! loop.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
