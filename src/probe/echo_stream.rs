@@ -40,7 +40,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ use tracing::{debug, info, warn};
 
 use super::echo::ARRIVAL_TTL;
 use super::echo::{decode_echo, echo_frame, echo_payload, frame_dest, parse_echo, Parsed, Sock};
+use super::member::packet_socket;
 use super::rx_ring::RxRing;
 use crate::config::Family;
 use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
@@ -466,7 +467,9 @@ impl EchoStreams {
         }
         if !batch.is_empty() {
             if inner.tx.is_none() {
-                inner.tx = open_tx()
+                // Protocol 0, never bound: it receives nothing; each
+                // frame names its interface and protocol.
+                inner.tx = packet_socket()
                     .map_err(|e| warn!(error = %e, "forwarding-plane echoes: no socket to send by"))
                     .ok();
             }
@@ -559,13 +562,7 @@ impl Stream {
         };
         match RxRing::attach(&s.fd) {
             Ok(r) => {
-                let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
-                let mut got = [(0usize, 0u8); RECV_BATCH];
-                for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
-                    if recv_batch(s.fd.as_raw_fd(), &mut bufs, &mut got) < RECV_BATCH {
-                        break;
-                    }
-                }
+                recv_all(s.fd.as_raw_fd(), |_, _| {});
                 self.ring = Some(r);
             }
             Err(e) => debug!(interface = %self.interface, family = %self.family, error = %e,
@@ -591,29 +588,19 @@ impl Stream {
         };
         let fd = sock.fd.as_raw_fd();
         let addr = sock.addr;
-        if let Some(mut ring) = self.ring.take() {
-            ring.drain(MAX_RECV_PER_TICK, |frame, pkttype| {
-                if pkttype != libc::PACKET_OUTGOING {
-                    self.count(token, frame, addr, at);
-                }
-            });
-            self.ring = Some(ring);
-            return;
-        }
-        let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
-        for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
-            let mut got = [(0usize, 0u8); RECV_BATCH];
-            let n = recv_batch(fd, &mut bufs, &mut got);
-            for (buf, &(len, pkttype)) in bufs.iter().zip(&got[..n]) {
-                if pkttype == libc::PACKET_OUTGOING {
-                    continue;
-                }
-                self.count(token, &buf[..len.min(FRAME_MAX)], addr, at);
+        let mut ring = self.ring.take();
+        let mut take = |frame: &[u8], pkttype: u8| {
+            if pkttype != libc::PACKET_OUTGOING {
+                self.count(token, frame, addr, at);
             }
-            if n < RECV_BATCH {
-                break;
+        };
+        match ring.as_mut() {
+            Some(r) => {
+                r.drain(MAX_RECV_PER_TICK, &mut take);
             }
+            None => recv_all(fd, &mut take),
         }
+        self.ring = ring;
     }
 
     /// One frame read back: a redirect, or one of our echoes.
@@ -651,24 +638,6 @@ impl Stream {
             None => {}
         }
     }
-}
-
-/// The packet socket the echoes leave by (protocol 0: nothing is queued on
-/// it; each frame names its interface and protocol).
-fn open_tx() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2).
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Send every frame of `batch` with `sendmmsg`, past any that fails (an
@@ -725,6 +694,23 @@ fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
         i += 1;
     }
     sent
+}
+
+/// Hand each frame queued on `fd` (at most `MAX_RECV_PER_TICK`, read
+/// without blocking, `RECV_BATCH` per `recvmmsg`) to `f` with its packet
+/// type.
+fn recv_all(fd: libc::c_int, mut f: impl FnMut(&[u8], u8)) {
+    let mut bufs = [[0u8; FRAME_MAX]; RECV_BATCH];
+    let mut got = [(0usize, 0u8); RECV_BATCH];
+    for _ in 0..MAX_RECV_PER_TICK / RECV_BATCH {
+        let n = recv_batch(fd, &mut bufs, &mut got);
+        for (buf, &(len, pkttype)) in bufs.iter().zip(&got[..n]) {
+            f(&buf[..len.min(FRAME_MAX)], pkttype);
+        }
+        if n < RECV_BATCH {
+            break;
+        }
+    }
 }
 
 /// One `recvmmsg` without blocking into `bufs`: how many frames were read

@@ -920,19 +920,8 @@ pub(super) fn open_packet(
         )
     };
     // Protocol 0 until bound: nothing is queued before the filter is on.
-    // SAFETY: plain socket(2).
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(err("socket"));
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = packet_socket()
+        .map_err(|e| format!("packet socket (0x{proto:04x}) on {member}: socket: {e}"))?;
     let raw = fd.as_raw_fd();
     if let Some(f) = filter {
         if attach_filter(raw, f).is_err() {
@@ -988,6 +977,25 @@ pub(super) fn open_packet(
         }
     }
     Ok(fd)
+}
+
+/// A raw packet socket of protocol 0, non-blocking: it queues nothing
+/// until bound to a protocol, and sends frames that name their interface
+/// and protocol.
+pub(super) fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// One non-blocking `recvmsg`: the frame's length and kernel receive time.
