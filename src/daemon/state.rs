@@ -637,10 +637,7 @@ impl Daemon {
             let Some(gateway) = u.gateway(family) else {
                 continue;
             };
-            let macs = self
-                .members
-                .source_mac(&u.interface)
-                .zip(self.members.gateway_mac(&u.interface, gateway));
+            let macs = self.members.echo_macs(&u.interface, gateway);
             if let Some((probe_mac, gw_mac)) = macs.filter(|m| Some(*m) != *given) {
                 *given = Some((probe_mac, gw_mac));
                 self.streams
@@ -1205,11 +1202,11 @@ impl Daemon {
                         // As known now, else as the running stream was
                         // given them (see `member_stream_macs`).
                         let key = (uplink, family);
-                        let macs = self
-                            .members
-                            .source_mac(&u.interface)
-                            .zip(self.members.gateway_mac(&u.interface, gateway))
-                            .or(self.member_streams.get(&key).copied().flatten());
+                        let macs = self.members.echo_macs(&u.interface, gateway).or(self
+                            .member_streams
+                            .get(&key)
+                            .copied()
+                            .flatten());
                         match spec {
                             Some(_) => self.member_streams.insert(key, macs),
                             None => self.member_streams.remove(&key),

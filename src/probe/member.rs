@@ -243,6 +243,13 @@ impl MemberProber {
         }
     }
 
+    /// What `member`'s echo stream to `gateway` sends with: (its probe
+    /// MAC, the gateway's MAC learned on it), once both are known.
+    pub fn echo_macs(&self, member: &str, gateway: IpAddr) -> Option<([u8; 6], [u8; 6])> {
+        self.source_mac(member)
+            .zip(self.gateway_mac(member, gateway))
+    }
+
     /// Close `member`'s socket of the auto trial's echoes of `family`: the
     /// echo stream took over (each packet socket on the member gets a copy
     /// of every echo). Echoes still in flight through it time out.
