@@ -1922,17 +1922,14 @@ fn scenario_tcp_connection_survives_a_member_switch_by_the_agent() {
 #[test]
 fn native_member_prober_gateway_and_transit_probes() {
     use std::net::IpAddr;
-    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESS6, TRANSIT, TRANSIT6};
+    use uplink_lab::bond::{TRANSIT, TRANSIT6};
     use uplinkd::core::{ProbeKind, ProbeOutcome};
     use uplinkd::probe::MemberProber;
 
     if in_vm() {
         return;
     }
-    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
-    let perm = lab.mac_of("srv", "eth0").unwrap();
-    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
-    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    let (lab, perm, gw4, gw6) = plain_gateway_lab(false);
     let outcomes = uplink_lab::netns::in_netns(&lab.server_ns(), || {
         let mut m = eth0_member_prober(perm);
         let mut next = 1u64;
@@ -1973,28 +1970,7 @@ fn native_member_prober_gateway_and_transit_probes() {
     }
     // The gateway learned the probe addresses at the permanent MAC, and
     // nothing for the server's address.
-    let mac = perm
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    let n4 = lab
-        .gateway_neigh_of(uplink_lab::bond::PROBE_ADDRESSES[0])
-        .unwrap();
-    assert!(
-        n4.contains(&mac),
-        "gateway's entry for the probe address: {n4:?}"
-    );
-    let n6 = lab.gateway_neigh_of(PROBE_ADDRESS6).unwrap();
-    assert!(
-        n6.contains(&mac),
-        "gateway's entry for the v6 probe address: {n6:?}"
-    );
-    assert_eq!(
-        lab.gateway_neigh().unwrap(),
-        "",
-        "nothing for the server's address"
-    );
+    gateway_knows_only_probe_mac(&lab, perm);
 }
 
 /// The member prober's forwarding-plane echo against a real Linux gateway,
@@ -2007,17 +1983,10 @@ fn native_member_prober_gateway_and_transit_probes() {
 /// the gateway probes still get their answers.
 #[test]
 fn native_member_prober_forwarding_plane_echo() {
-    use std::net::IpAddr;
-    use uplink_lab::bond::{Shape, GATEWAY6};
-
     if in_vm() {
         return;
     }
-    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
-    lab.count_echoes("gw").unwrap();
-    let perm = lab.mac_of("srv", "eth0").unwrap();
-    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
-    let gw6: IpAddr = GATEWAY6.parse().unwrap();
+    let (lab, perm, gw4, gw6) = plain_gateway_lab(true);
     // Everything the prober does (its sockets are opened lazily, by
     // interface name) happens in the server's namespace.
     uplink_lab::netns::in_netns(&lab.server_ns(), || {
@@ -2037,7 +2006,7 @@ fn native_member_prober_forwarding_plane_echo() {
 #[test]
 fn native_member_echo_stream() {
     use std::net::IpAddr;
-    use uplink_lab::bond::{Shape, GATEWAY6, PROBE_ADDRESSES, PROBE_ADDRESSES6};
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
     use uplinkd::config::Family;
     use uplinkd::core::echo::{EchoNews, EchoSpec};
     use uplinkd::core::ProbeKind;
@@ -2046,13 +2015,9 @@ fn native_member_echo_stream() {
     if in_vm() {
         return;
     }
-    let lab = BondLab::build_shape(0, Shape::Plain).expect("plain lab");
-    lab.count_echoes("gw").unwrap();
-    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let (lab, perm, gw4, gw6) = plain_gateway_lab(true);
     let p4: IpAddr = PROBE_ADDRESSES[0].parse().unwrap();
     let p6: IpAddr = PROBE_ADDRESSES6[0].parse().unwrap();
-    let gw4: IpAddr = uplink_lab::bond::GATEWAY.parse().unwrap();
-    let gw6: IpAddr = GATEWAY6.parse().unwrap();
     let news = uplink_lab::netns::in_netns(&lab.server_ns(), || {
         let mut m = eth0_member_prober(perm);
         let mut next = 1u64;
@@ -2130,6 +2095,20 @@ fn native_member_echo_stream() {
     gateway_saw_probe_mac(&lab, perm, 10);
 }
 
+/// The plain bond lab (the server's eth0 on a veth to a Linux gateway),
+/// the gateway's forwarded echoes counted if `count_echoes`: the lab,
+/// eth0's permanent MAC and the gateway's IPv4 and IPv6 addresses.
+fn plain_gateway_lab(count_echoes: bool) -> (BondLab, [u8; 6], std::net::IpAddr, std::net::IpAddr) {
+    let lab = BondLab::build_shape(0, uplink_lab::bond::Shape::Plain).expect("plain lab");
+    if count_echoes {
+        lab.count_echoes("gw").unwrap();
+    }
+    let perm = lab.mac_of("srv", "eth0").unwrap();
+    let gw4 = uplink_lab::bond::GATEWAY.parse().unwrap();
+    let gw6 = uplink_lab::bond::GATEWAY6.parse().unwrap();
+    (lab, perm, gw4, gw6)
+}
+
 /// eth0's member prober with the first member's probe addresses, as if
 /// eth0 were a backup member of a bond with another MAC (it probes from
 /// its permanent MAC `perm`).
@@ -2156,12 +2135,18 @@ fn eth0_member_prober(perm: [u8; 6]) -> uplinkd::probe::MemberProber {
 /// probe addresses, resolved them to the probe MAC `perm`, and learned
 /// nothing for the server's own address.
 fn gateway_saw_probe_mac(lab: &BondLab, perm: [u8; 6], min: u64) {
-    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
     let counts = lab.echo_counts("gw").unwrap();
     assert!(
         counts[0][0] >= min && counts[0][1] >= min,
         "echoes forwarded by the gateway from the probe addresses (v4, v6): {counts:?}"
     );
+    gateway_knows_only_probe_mac(lab, perm);
+}
+
+/// The gateway's neighbour entries for eth0's probe addresses (v4, v6) are
+/// at the probe MAC `perm`, and it has none for the server's own address.
+fn gateway_knows_only_probe_mac(lab: &BondLab, perm: [u8; 6]) {
+    use uplink_lab::bond::{PROBE_ADDRESSES, PROBE_ADDRESSES6};
     let mac = perm
         .iter()
         .map(|b| format!("{b:02x}"))
