@@ -7,7 +7,8 @@
 //! `/proc/net` file opened from a thread belongs to that thread's namespace,
 //! and stays so while open), and re-read with `pread` at offset 0 (a
 //! seq_file regenerates its text on a read from the start) into buffers
-//! allocated once. Read by the carrier poller thread every few of its ticks
+//! allocated once, only as far as the lines wanted (one `pread` each, where
+//! reading to the end took two). Read by the carrier poller thread every few of its ticks
 //! ([`CounterTap::tick`]): no wake-up of its own. The TCP counters (the
 //! costly file: ~120 per-CPU sums, ~4 µs here, more than the rest
 //! together) are read again only when the uplinks sent more than the
@@ -84,7 +85,7 @@ impl CounterReader {
             snmp: open("snmp"),
             netstat: open("netstat"),
             dev: open("dev"),
-            buf: Vec::with_capacity(16 << 10),
+            buf: vec![0; 16 << 10],
             interfaces,
             ext: None,
             own_tx: None,
@@ -110,8 +111,9 @@ impl CounterReader {
     pub fn read(&mut self, at: Duration) -> CounterSample {
         let mut links = Vec::new();
         if let Some(f) = &self.dev {
-            if pread_all(f, &mut self.buf).is_ok() {
-                parse_dev(&self.buf, &self.interfaces, &mut links);
+            let wanted = &self.interfaces;
+            if let Ok(n) = pread_until(f, &mut self.buf, |b| has_interfaces(b, wanted)) {
+                parse_dev(&self.buf[..n], &self.interfaces, &mut links);
             }
         }
         let tx: u64 = links.iter().map(|(_, l)| l.tx_packets).sum();
@@ -134,8 +136,8 @@ impl CounterReader {
     fn read_tcp(&mut self) -> Option<TcpCounters> {
         let mut tcp = None;
         if let Some(f) = &self.snmp {
-            if pread_all(f, &mut self.buf).is_ok() {
-                tcp = parse_snmp_tcp(&self.buf);
+            if let Ok(n) = pread_until(f, &mut self.buf, |b| has_section(b, b"Tcp:")) {
+                tcp = parse_snmp_tcp(&self.buf[..n]);
             }
         }
         if let (Some(t), Some(f)) = (tcp.as_mut(), &self.netstat) {
@@ -149,8 +151,8 @@ impl CounterReader {
                     (t.loss_probes, t.timeouts) = (lp, to);
                 }
                 _ => {
-                    if pread_all(f, &mut self.buf).is_ok() {
-                        if let Some((lp, to)) = parse_netstat_tcpext(&self.buf) {
+                    if let Ok(n) = pread_until(f, &mut self.buf, |b| has_section(b, b"TcpExt:")) {
+                        if let Some((lp, to)) = parse_netstat_tcpext(&self.buf[..n]) {
                             t.loss_probes = lp;
                             t.timeouts = to;
                             self.ext = Some((t.retrans_segs, lp, to));
@@ -174,36 +176,64 @@ fn tcp_due(last: &TcpRead, at: Duration, tx: u64, own: u64, complete: bool) -> b
         || tx.saturating_sub(last.tx) >= own.saturating_sub(last.own) + OTHER_TX
 }
 
-/// The whole file from offset 0 into `buf`.
-fn pread_all(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    buf.clear();
-    let mut off = 0u64;
+/// The file from offset 0 into `buf`, up to the first read after which
+/// its complete lines satisfy `enough` (then only those count), or to its
+/// end: the length read. A `/proc/net` file is generated anew on each read
+/// from a new offset, so the read that would find the end costs as much as
+/// the first one (`single_open` files render everything again): when the
+/// first read already holds what is wanted, the second one is never made.
+/// `buf` only grows (no clearing or zeroing per read).
+fn pread_until(
+    f: &File,
+    buf: &mut Vec<u8>,
+    enough: impl Fn(&[u8]) -> bool,
+) -> std::io::Result<usize> {
+    let mut len = 0;
     loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 << 10);
+        if buf.len() - len < 4096 {
+            if buf.len() >= 1 << 20 {
+                return Ok(len); // a runaway file: what was read
+            }
+            buf.resize(buf.len() + (16 << 10), 0);
         }
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
-        let n = f.read_at(&mut buf[len..], off);
-        match n {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
-            }
-            Ok(n) => {
-                buf.truncate(len + n);
-                off += n as u64;
-            }
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => return Ok(len),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        if buf.len() > 1 << 20 {
-            return Ok(()); // a runaway file: what was read
+        let lines = buf[..len]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if enough(&buf[..lines]) {
+            return Ok(lines);
         }
     }
+}
+
+/// Both lines (names, values) of the `prefix` section are in `buf`.
+fn has_section(buf: &[u8], prefix: &[u8]) -> bool {
+    buf.split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(prefix))
+        .nth(1)
+        .is_some()
+}
+
+/// Every one of `interfaces` has its line in `buf` (a `/proc/net/dev`).
+fn has_interfaces(buf: &[u8], interfaces: &[String]) -> bool {
+    let found = buf
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let name = l.split(|&b| b == b':').next()?;
+            let name = name.trim_ascii();
+            interfaces
+                .iter()
+                .any(|i| i.as_bytes() == name)
+                .then_some(name)
+        })
+        .count();
+    found >= interfaces.len()
 }
 
 /// The values of the `prefix` section of a snmp-style file (a header line
@@ -473,6 +503,34 @@ mod tests {
         assert!(tcp_due(&last, ms(116), 1000, 500, false));
         // An interface re-created (its counter back to 0): read.
         assert!(tcp_due(&last, ms(116), 10, 540, true));
+    }
+
+    #[test]
+    fn a_read_stops_at_the_first_chunk_that_holds_the_lines_wanted() {
+        // Longer than one read (the buffer holds 16 KiB): the wanted
+        // section first, then filler.
+        let mut text = String::from("Tcp: InSegs OutSegs\nTcp: 1 2\n");
+        while text.len() < 48 << 10 {
+            text.push_str("Udp: InDatagrams NoPorts InErrors OutDatagrams\n");
+        }
+        let path = std::env::temp_dir().join(format!("uplinkd-pread-{}", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut buf = vec![0; 16 << 10];
+        let n = pread_until(&f, &mut buf, |b| has_section(b, b"Tcp:")).unwrap();
+        assert!(n < text.len(), "stopped after the first read");
+        assert!(buf[..n].ends_with(b"\n"), "complete lines only");
+        assert!(text.as_bytes().starts_with(&buf[..n]));
+        // Not there: read to the end.
+        let n = pread_until(&f, &mut buf, |b| has_section(b, b"Icmp:")).unwrap();
+        assert_eq!(&buf[..n], text.as_bytes());
+        std::fs::remove_file(&path).unwrap();
+
+        let dev = b"Inter-| Receive\n face |bytes\n    lo: 1 2\n  upa: 3 4\n";
+        assert!(has_interfaces(dev, &["upa".into(), "lo".into()]));
+        assert!(!has_interfaces(dev, &["upa".into(), "upb".into()]));
+        assert!(!has_interfaces(b"  up: 1\n", &["upa".into()]));
+        assert!(!has_section(b"Tcp: InSegs\n", b"Tcp:"));
     }
 
     #[test]
