@@ -1,6 +1,7 @@
 #!/bin/bash
 # A/B idle cost in one lab: bench/idle-ab.sh SECONDS ROUNDS BIN1 BIN2[+old] ...
-# (as root; BIN+old: a binary from before agent.source4/6, run without those keys).
+# (as root; BIN+old: a binary from before agent.source4/6, run without those keys;
+# BIN%key=value: with `key = value` added to [probe], e.g. BIN%echo_interval='"16ms"').
 # Runs each binary in turn in one lab (steered like the bench), measures its
 # carrier thread's and whole process's CPU time per second.
 set -u
@@ -14,9 +15,12 @@ CFG=$(grep -o '/tmp/uplink-lab-[^ ]*/uplinkd.toml' /tmp/ab-lab.log | head -1)
 for r in ra rb; do ip netns exec $PFX-$r sh -c 'echo 2 > /sys/class/net/down0/queues/rx-0/rps_cpus'; done
 for round in $(seq $ROUNDS); do
   for b in "$@"; do
-    bin=${b%%+*}; extra=""
+    bin=${b%%[+%]*}
     cfg=$CFG
-    if [ "$bin" != "$b" ]; then grep -v '^source[46] = ' $CFG > /tmp/ab-cfg.toml; cfg=/tmp/ab-cfg.toml; fi
+    case "$b" in
+      *+old) grep -v '^source[46] = ' $CFG > /tmp/ab-cfg.toml; cfg=/tmp/ab-cfg.toml ;;
+      *%*) { cat $CFG; printf '\n[probe]\n%s\n' "$(echo "${b#*%}" | sed 's/=/ = /')"; } > /tmp/ab-cfg.toml; cfg=/tmp/ab-cfg.toml ;;
+    esac
     ip netns exec $NS taskset -c 0 $bin --config $cfg > /tmp/ab-d.log 2>&1 &
     D=$!
     sleep 8
