@@ -167,7 +167,7 @@ fn example_parses_with_documented_defaults() {
             gateway_min_misses: 8,
             gateway_rise: 3,
             gateway_timeout: ms(8),
-            echo_interval: ms(8),
+            echo_interval: ms(12),
             echo_dead_after: ms(12),
             transit_interval: s(1),
             transit_fast_interval: ms(50),

@@ -417,8 +417,9 @@ fn members_echo_from_their_probe_address_and_a_forwarding_dead_gateway_moves_the
             Action::Probe(r) if r.uplink < 2 && r.kind == ProbeKind::Echo)),
         "no round echoes in echo mode"
     );
-    // One per `echo_interval` (8 ms): 62 in 500 ms.
-    assert!(s.echoes[0] - echoes[0] >= 50, "{:?}", s.echoes);
+    // One per `echo_interval` (12 ms: every third tick, and this model
+    // ticks every 5 ms): 33 in 500 ms.
+    assert!(s.echoes[0] - echoes[0] >= 30, "{:?} {echoes:?}", s.echoes);
     assert!(s.echoes[1] > echoes[1], "{:?}", s.echoes);
 
     s.net.fwd_dead[0] = true;

@@ -1950,8 +1950,8 @@ fn echo_streams_run_slow_on_the_standby_and_fast_when_the_active_is_late() {
     assert_eq!(spec(&s, 1), Some(p.gateway_interval));
     s.net.forwarding_dead[0][0] = true;
     let t0 = s.now;
-    // Late two ticks after the first lost echo, which leaves within 8 ms.
-    s.run_for(ms(20));
+    // Late two ticks after the first lost echo, which leaves within 12 ms.
+    s.run_for(ms(24));
     assert_eq!(
         spec(&s, 1),
         Some(p.echo_interval),

@@ -366,7 +366,7 @@ settings! {
         /// `gateway_interval`); while one is missing the stream hurries (see
         /// `echo_dead_after`). The echoes leave on the carrier poller's tick
         /// (`carrier_interval`): a shorter interval sends several per tick.
-        echo_interval: Duration = ms(8), Duration { min: ms(1), max: SECOND };
+        echo_interval: Duration = ms(12), Duration { min: ms(1), max: SECOND };
         /// Echo mode: the gateway stops counting as alive when the echoes sent over
         /// this long all went unanswered. As soon as one is missing the stream sends
         /// enough per tick for at least 8 to be lost in this window (4 per tick at

@@ -1094,7 +1094,7 @@ fn idle_breakdown(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Vec<Value>> {
     let icmp = include_str!("../../bench/icmp.toml");
     let variants = [
         (
-            "defaults (carrier poll 4 ms; gateway echo stream, one per 8 ms, on that tick)",
+            "defaults (carrier poll 4 ms; gateway echo stream, one per 12 ms, on that tick)",
             String::new(),
         ),
         (
@@ -1102,8 +1102,8 @@ fn idle_breakdown(ctx: &Ctx, lab: &Lab, bin: &Path) -> Result<Vec<Value>> {
             icmp.to_string(),
         ),
         (
-            "carrier poll 4 ms; echo stream at half rate (one per 16 ms)",
-            "[probe]\necho_interval = \"16ms\"\necho_dead_after = \"24ms\"\n".to_string(),
+            "carrier poll 4 ms; echo stream at half rate (one per 24 ms)",
+            "[probe]\necho_interval = \"24ms\"\necho_dead_after = \"24ms\"\n".to_string(),
         ),
         (
             "carrier poll 100 ms; gateway echo every 1 s",

@@ -4,8 +4,8 @@
 //! of the loop: on every tick of the carrier poller thread (4 ms, the
 //! wake-up it already has) the streams' packet sockets are drained without
 //! blocking, each stream is judged ([`EchoRun`], the same pure rule the
-//! core's scenarios run), and the next echoes leave: one per tick
-//! (`echo_interval`) through the uplink carrying the family's traffic, one
+//! core's scenarios run), and the next echoes leave: one per
+//! `echo_interval` (every third tick) through the uplink carrying the family's traffic, one
 //! every `gateway_interval` through a standby, and a few more per tick
 //! while one is missing (the hurry, see `uplinkd_core::echo`). The loop is
 //! woken only when a stream changes ([`EchoNews`]: late, stopped, back): in
@@ -20,7 +20,7 @@
 //! memory, no system call (without a ring, one `recvmmsg` for up to 16
 //! frames). It is read only while one of its echoes is outstanding, and
 //! every 12th tick otherwise. In the steady state that is one `sendmmsg`
-//! every other tick, where one `sendto` per echo and one `recvfrom` per
+//! every third tick, where one `sendto` per echo and one `recvfrom` per
 //! frame and per socket that found nothing would be about a dozen per tick.
 //!
 //! The frames and their validation are the echo prober's
