@@ -583,3 +583,63 @@ fn udp_traffic_stopping_is_an_rx_stall() {
         .expect("switched");
     assert!(v4.0 - t0 < ms(150), "switched after {:?}", v4.0 - t0);
 }
+
+/// The forwarding-plane echoes through the active uplink, one per family
+/// every 12 ms (the default stream): each one out and, since the router
+/// still forwards, one back, counted by the agent as its own.
+fn echo(s: &mut Sim, ms_now: u64) {
+    if ms_now % 12 == 0 {
+        s.links[0].tx_packets += 2;
+        s.links[0].rx_packets += 2;
+        s.links[0].own_tx += 2;
+    }
+}
+
+#[test]
+fn the_echoes_do_not_hide_an_rx_stall() {
+    // As udp_traffic_stopping_is_an_rx_stall, with the echo stream: the
+    // echoes keep coming back through a router whose upstream died, and
+    // were they counted as traffic, the interface would never look silent.
+    let mut s = settled(
+        true,
+        Some(Traffic {
+            out_per_ms: 10,
+            loss: 0.0,
+            udp: true,
+        }),
+    );
+    for i in 0..300 {
+        echo(&mut s, i);
+        s.run_for(ms(1));
+    }
+    assert!(s.suspicions().is_empty(), "{:?}", s.suspicions());
+    let t0 = s.now + ms(5);
+    s.net.upstream_dead[0] = Some(t0);
+    for i in 0..300 {
+        echo(&mut s, i);
+        s.links[0].tx_packets += 10;
+        s.run_for(ms(1));
+    }
+    let susp = s.suspicions();
+    assert_eq!(susp.len(), 1, "{susp:?}");
+    assert_eq!(susp[0].2, "rx_stall");
+    let v4 = s
+        .switches()
+        .into_iter()
+        .find(|x| x.0 >= t0 && x.1 == Family::V4)
+        .expect("switched");
+    assert!(v4.0 - t0 < ms(150), "switched after {:?}", v4.0 - t0);
+}
+
+#[test]
+fn a_one_way_stream_beside_the_echoes_is_not_an_rx_stall() {
+    // Nothing but the echoes and the probe replies ever comes back: the
+    // echoes are the agent's own, not a flow that stopped.
+    let mut s = settled(true, None);
+    for i in 0..6000 {
+        echo(&mut s, i);
+        s.links[0].tx_packets += 10;
+        s.run_for(ms(1));
+    }
+    assert!(s.suspicions().is_empty(), "{:?}", s.suspicions());
+}

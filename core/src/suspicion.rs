@@ -21,10 +21,12 @@
 //!   out at once with nothing coming back. Under ordinary loss, segments
 //!   received outnumber retransmissions by far (at 2 % loss, ~50 to 1).
 //! - **rx_stall**: the active uplink's interface sent at least `segments`
-//!   packets beyond the agent's own probes over W and received none beyond
-//!   one per probe sent (its reply), while it received at least
-//!   `segments / 2` beyond that over the window before. A one-way stream
-//!   (nothing ever comes back) never fires it.
+//!   packets beyond the agent's own probes and forwarding-plane echoes over
+//!   W and received none beyond one per probe or echo sent (its reply),
+//!   while it received at least `segments / 2` beyond that over the window
+//!   before. A one-way stream (nothing ever comes back) never fires it, and
+//!   the echoes, which come back through a router whose upstream died, do
+//!   not hide a stall.
 //! - **icmp_unreachable**: a destination-unreachable from the active
 //!   gateway quoting one of our own packets (validated by the adapter: the
 //!   quoted source is one of our addresses).
@@ -63,6 +65,11 @@ pub struct TcpCounters {
 pub struct LinkCounters {
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Frames the agent sent through the interface besides the loop's
+    /// probes (the forwarding-plane echoes), counted by their sender at the
+    /// same instant: like a probe, each is one packet out and, if
+    /// answered, one in, and neither is traffic.
+    pub own_tx: u64,
 }
 
 /// One reading of the counters, taken at the instant of the event carrying it.
@@ -124,7 +131,8 @@ pub struct Finding {
 struct Entry {
     at: Now,
     tcp: Option<TcpCounters>,
-    /// (uplink, counters, own probes sent, own replies received) at `at`.
+    /// (uplink, counters, own probes and echoes sent, own replies
+    /// received) at `at`.
     links: Vec<(UplinkId, LinkCounters, u64, u64)>,
 }
 
@@ -173,7 +181,7 @@ impl Detector {
                 .iter()
                 .map(|(u, l)| {
                     let (s, r) = own(*u);
-                    (*u, *l, s, r)
+                    (*u, *l, s + l.own_tx, r)
                 })
                 .collect(),
         };
@@ -280,7 +288,7 @@ impl Detector {
                     source: Source::RxStall,
                     uplink: Some(u),
                     evidence: format!(
-                        "{tx_other} packets sent and none received in {} ms besides the probes ({} received in the {} ms before)",
+                        "{tx_other} packets sent and none received in {} ms besides the probes and echoes ({} received in the {} ms before)",
                         w.as_millis(),
                         rx_before.expect("checked"),
                         w.as_millis()

@@ -30,6 +30,39 @@ use std::time::{Duration, Instant};
 
 use crate::core::suspicion::{LinkCounters, TcpCounters};
 
+/// Frames the agent sends through each interface besides the loop's probes
+/// (the forwarding-plane echoes), counted by their sender: they are
+/// neither TCP (the TCP counters need not be read again for them) nor
+/// traffic (the rx_stall rule counts them as the agent's own, like the
+/// probes).
+#[derive(Debug, Default)]
+pub struct OwnFrames(Mutex<Vec<(String, u64)>>);
+
+impl OwnFrames {
+    /// `n` more frames sent through `interface`.
+    pub fn add(&self, interface: &str, n: u64) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match v.iter_mut().find(|(i, _)| i == interface) {
+            Some((_, c)) => *c += n,
+            None => v.push((interface.to_string(), n)),
+        }
+    }
+
+    /// Frames sent through `interface` so far.
+    pub fn get(&self, interface: &str) -> u64 {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .find(|(i, _)| i == interface)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Frames sent so far, through every interface.
+    pub fn total(&self) -> u64 {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().map(|(_, c)| c).sum()
+    }
+}
+
 /// One reading, sent to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterSample {
@@ -52,7 +85,7 @@ pub struct CounterReader {
     ext: Option<(u64, u64, u64)>,
     /// Frames the agent sent through the uplinks that are not TCP (the
     /// forwarding-plane echoes), counted by their sender.
-    own_tx: Option<Arc<AtomicU64>>,
+    own_tx: Option<Arc<OwnFrames>>,
     /// The last reading of the TCP counters: when, what it said, and the
     /// uplinks' packets sent and `own_tx` then.
     tcp_read: Option<TcpRead>,
@@ -116,11 +149,13 @@ impl CounterReader {
                 parse_dev(&self.buf[..n], &self.interfaces, &mut links);
             }
         }
+        if let Some(own) = &self.own_tx {
+            for (name, l) in &mut links {
+                l.own_tx = own.get(name);
+            }
+        }
         let tx: u64 = links.iter().map(|(_, l)| l.tx_packets).sum();
-        let own = self
-            .own_tx
-            .as_ref()
-            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let own = self.own_tx.as_ref().map_or(0, |c| c.total());
         let complete = links.len() == self.interfaces.len();
         let tcp = match self.tcp_read {
             Some(r) if !tcp_due(&r, at, tx, own, complete) => r.tcp,
@@ -298,6 +333,7 @@ pub fn parse_dev(buf: &[u8], interfaces: &[String], out: &mut Vec<(String, LinkC
                 LinkCounters {
                     rx_packets: f[1],
                     tx_packets: f[9],
+                    own_tx: 0,
                 },
             ));
         }
@@ -353,7 +389,7 @@ impl CounterTap {
     /// The frames the agent itself sends through the uplinks that are not
     /// TCP (the forwarding-plane echoes: [`crate::probe::echo_stream::EchoStreams::frames`]):
     /// they do not make the TCP counters worth reading again.
-    pub fn set_own_tx(&self, frames: Arc<AtomicU64>) {
+    pub fn set_own_tx(&self, frames: Arc<OwnFrames>) {
         self.reader.lock().unwrap_or_else(|p| p.into_inner()).own_tx = Some(frames);
     }
 
@@ -426,7 +462,11 @@ fn matters(last: &CounterSample, s: &CounterSample) -> bool {
             .iter()
             .find(|(n, _)| n == name)
             .is_some_and(|(_, o)| {
-                l.tx_packets >= o.tx_packets + LINK_WAKE_TX && l.rx_packets == o.rx_packets
+                // The agent's echoes: one out, and one back if answered.
+                let own = l.own_tx.saturating_sub(o.own_tx);
+                let tx = l.tx_packets.saturating_sub(o.tx_packets);
+                let rx = l.rx_packets.saturating_sub(o.rx_packets);
+                tx >= own + LINK_WAKE_TX && rx <= own
             })
     })
 }
@@ -451,7 +491,8 @@ mod tests {
                 "upa".to_string(),
                 LinkCounters {
                     rx_packets: 40,
-                    tx_packets: 55
+                    tx_packets: 55,
+                    own_tx: 0
                 }
             )]
         );
@@ -542,5 +583,15 @@ mod tests {
             "Tcp counters of /proc/thread-self/net/snmp"
         );
         assert_eq!(s.links.len(), 1, "lo in /proc/thread-self/net/dev");
+        assert_eq!(s.links[0].1.own_tx, 0);
+        // The echoes' sender's count, per interface, with each reading.
+        let own = Arc::new(OwnFrames::default());
+        own.add("lo", 5);
+        own.add("eth9", 2);
+        own.add("lo", 1);
+        r.own_tx = Some(own.clone());
+        let s = r.read(Duration::from_millis(16));
+        assert_eq!(s.links[0].1.own_tx, 6);
+        assert_eq!(own.total(), 8);
     }
 }

@@ -54,6 +54,7 @@ use super::rx_ring::RxRing;
 use crate::config::Family;
 use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
 use crate::core::{ProbeId, UplinkId};
+use crate::netlink::counters::OwnFrames;
 
 /// The probe id the stream echoes carry (the core's probe ids start at 1,
 /// so a round echo of the auto trial is never taken for a stream's).
@@ -177,8 +178,8 @@ pub struct EchoStreams {
     ticks: AtomicU64,
     sent: AtomicU64,
     tick_ns: AtomicU64,
-    /// Frames handed to the kernel (see [`EchoStreams::frames`]).
-    frames: Arc<AtomicU64>,
+    /// Frames handed to the kernel, per interface (see [`EchoStreams::frames`]).
+    frames: Arc<OwnFrames>,
 }
 
 impl EchoStreams {
@@ -195,13 +196,13 @@ impl EchoStreams {
             ticks: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             tick_ns: AtomicU64::new(0),
-            frames: Arc::new(AtomicU64::new(0)),
+            frames: Arc::new(OwnFrames::default()),
         }
     }
 
-    /// The count of echo frames the kernel took to send so far (the
-    /// counter tap tells them from TCP's packets by it).
-    pub fn frames(&self) -> Arc<AtomicU64> {
+    /// The echo frames sent so far, per interface (the counter tap tells
+    /// them from TCP's packets and from traffic by it).
+    pub fn frames(&self) -> Arc<OwnFrames> {
         self.frames.clone()
     }
 
@@ -456,12 +457,16 @@ impl EchoStreams {
             let n = s.run.due(polls, tick);
             if n > 0 {
                 s.account(n);
+                let before = batch.len();
                 for _ in 0..n {
                     let seq = s.run.send();
                     sent += 1;
                     // Without a socket: counted as sent, and so as lost.
                     batch.extend(s.frame(&self.token, seq));
                 }
+                // Counted before the send, as a probe is (a frame the
+                // kernel refuses, its interface down, moves no counter).
+                self.frames.add(&s.interface, (batch.len() - before) as u64);
             }
             s.ticks += 1;
         }
@@ -474,8 +479,7 @@ impl EchoStreams {
                     .ok();
             }
             if let Some(fd) = &inner.tx {
-                let n = send_batch(fd, &batch);
-                self.frames.fetch_add(n, Ordering::Relaxed);
+                send_batch(fd, &batch);
             }
         }
         inner.batch = batch;
