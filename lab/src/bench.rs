@@ -1140,6 +1140,23 @@ fn threads_line(threads: &[(String, f64, f64)]) -> String {
         .join(", ")
 }
 
+/// The idle windows of an idle figure: "60 s", or "median of 5 rounds of
+/// 12 s: 0.91, 0.85, ... %".
+fn idle_windows(i: &Value) -> String {
+    let w = i["window_s"].as_f64().unwrap_or(f64::NAN);
+    match i["rounds_cpu_percent"].as_array() {
+        Some(r) if r.len() > 1 => format!(
+            "median of {} rounds of {w:.0} s alternating with the other variants: {} %",
+            r.len(),
+            r.iter()
+                .map(|x| x.as_f64().map_or("?".into(), |x| format!("{x:.2}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => format!("{w:.0} s"),
+    }
+}
+
 /// [`threads_line`] from the JSON of an [`IdleFigures`].
 fn threads_of(v: &Value) -> String {
     let t: Vec<(String, f64, f64)> =
@@ -1290,14 +1307,27 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         ctx.say("building the lab for uplinkd");
         let lab = Lab::build(&LabSpec::default())?;
         let mut running = Running::default();
-        // Every variant from a fresh start: the first decision, then idle.
-        for vi in 0..variants.len() {
-            let d = running.switch(ctx, &lab, &variants, vi, res)?;
-            baseline(ctx, &lab, d)?;
-            if wants(opts, "idle") {
-                let v = idle_section(ctx, &lab, d, &variants[vi].label)?;
-                res.variants[vi].idle = Some(v);
+        // Every variant from a fresh start: the first decision, then idle,
+        // in rounds that alternate the variants (see `IDLE_ROUNDS`).
+        let idle_rounds = match (wants(opts, "idle"), variants.len()) {
+            (false, _) => 0,
+            (true, 1) => 1,
+            (true, _) => IDLE_ROUNDS,
+        };
+        let mut idle: Vec<Vec<Value>> = vec![Vec::new(); variants.len()];
+        for round in 0..idle_rounds.max(1) {
+            for vi in 0..variants.len() {
+                let d = running.switch(ctx, &lab, &variants, vi, res)?;
+                baseline(ctx, &lab, d)?;
+                if round < idle_rounds {
+                    let window = WINDOW / idle_rounds as u32;
+                    let label = &variants[vi].label;
+                    idle[vi].push(idle_section(ctx, &lab, d, label, window)?);
+                }
             }
+        }
+        for (vi, rounds) in idle.into_iter().enumerate() {
+            res.variants[vi].idle = median_round(rounds);
         }
         for kind in daemon_kinds {
             if !wants(opts, kind.section()) {
@@ -1570,14 +1600,54 @@ impl Running {
     }
 }
 
-/// Idle CPU and memory of the running daemon, steered and not.
-fn idle_section(ctx: &Ctx, lab: &Lab, d: &Uplinkd, label: &str) -> Result<Value> {
+/// Rounds of the idle row when variants are compared. This machine is a
+/// virtual machine whose host's load comes and goes: one window per
+/// variant, one after the other, measured the load as much as the
+/// daemons (the same binary moved by 0.3 points between runs). Each
+/// variant's idle windows alternate with the others' (a fresh start each
+/// time, `WINDOW` split between the rounds), and its figure is its median
+/// round, so that a slow change of load falls on every variant alike.
+const IDLE_ROUNDS: usize = 5;
+
+/// The median round of one variant's idle rounds (by steered CPU; the
+/// not-steered figure is the median of its own), with every round's
+/// figures and the peak RSS over all of them.
+fn median_round(mut rounds: Vec<Value>) -> Option<Value> {
+    let cpu = |v: &Value, path: &[&str]| {
+        path.iter()
+            .fold(v, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let all: Vec<f64> = rounds.iter().map(|v| cpu(v, &["cpu_percent"])).collect();
+    let plain_all: Vec<f64> = rounds
+        .iter()
+        .map(|v| cpu(v, &["not_steered", "cpu_percent"]))
+        .collect();
+    let hwm = rounds.iter().filter_map(|v| v["vm_hwm_kib"].as_u64()).max();
+    let mut plain: Vec<Value> = rounds.iter().map(|v| v["not_steered"].clone()).collect();
+    plain.sort_by(|a, b| cpu(a, &["cpu_percent"]).total_cmp(&cpu(b, &["cpu_percent"])));
+    rounds.sort_by(|a, b| cpu(a, &["cpu_percent"]).total_cmp(&cpu(b, &["cpu_percent"])));
+    let n = rounds.len();
+    let mut v = rounds.into_iter().nth(n.checked_sub(1)? / 2)?;
+    v["not_steered"] = plain.swap_remove((n - 1) / 2);
+    v["vm_hwm_kib"] = json!(hwm);
+    v["rounds"] = json!(n);
+    v["rounds_cpu_percent"] = json!(all);
+    v["rounds_not_steered_cpu_percent"] = json!(plain_all);
+    let c = v["cpu_percent"].as_f64().unwrap_or(f64::NAN);
+    v["meets_target"] = json!(c <= 1.0 && hwm.is_some_and(|k| k <= 16 * 1024));
+    Some(v)
+}
+
+/// Idle CPU and memory of the running daemon over `window`, steered and not.
+fn idle_section(ctx: &Ctx, lab: &Lab, d: &Uplinkd, label: &str, window: Duration) -> Result<Value> {
     ctx.say(&format!(
         "{label}: idle: {} s with default probes",
-        WINDOW.as_secs()
+        window.as_secs()
     ));
     ctx.cancel.sleep(Duration::from_secs(2))?;
-    let (m, plain) = measure_idle_steered(ctx, lab, d, WINDOW)?;
+    let (m, plain) = measure_idle_steered(ctx, lab, d, window)?;
     ctx.say(&format!(
         "{label}: idle: CPU {:.2} % of one core ({:.0} wake-ups/s, {:.1} us each; {}), peak RSS (VmHWM) {} KiB; {}",
         m.cpu_percent,
@@ -2203,8 +2273,8 @@ pub fn print_table(res: &Results) {
     }
     if let Some(i) = &res.idle {
         println!(
-            "  idle ({:.0} s, default probes): CPU {:.2} % of one core (target <= 1 %; {:.0} wake-ups/s, {:.1} us each; {}), peak RSS {} KiB (target <= 16 MiB); {}",
-            i["window_s"].as_f64().unwrap_or(0.0),
+            "  idle ({}, default probes): CPU {:.2} % of one core (target <= 1 %; {:.0} wake-ups/s, {:.1} us each; {}), peak RSS {} KiB (target <= 16 MiB); {}",
+            idle_windows(i),
             i["cpu_percent"].as_f64().unwrap_or(f64::NAN),
             i["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
             i["us_per_wakeup"].as_f64().unwrap_or(f64::NAN),
@@ -2387,8 +2457,8 @@ pub fn markdown(res: &Results) -> String {
     }
     if let Some(i) = &res.idle {
         m.push_str(&format!(
-            "- idle, {:.0} s, default probes: CPU **{:.2} %** of one core (target <= 1 %; /proc/PID/task/*/schedstat; utime+stime says {:.2} %), {:.0} wake-ups/s at {:.1} us each ({}); peak RSS (VmHWM) **{} KiB** (target <= 16 MiB). Placement: {}\n",
-            i["window_s"].as_f64().unwrap_or(f64::NAN),
+            "- idle, {}, default probes: CPU **{:.2} %** of one core (target <= 1 %; /proc/PID/task/*/schedstat; utime+stime says {:.2} %), {:.0} wake-ups/s at {:.1} us each ({}); peak RSS (VmHWM) **{} KiB** (target <= 16 MiB). Placement: {}\n",
+            idle_windows(i),
             i["cpu_percent"].as_f64().unwrap_or(f64::NAN),
             i["cpu_percent_utime_stime"].as_f64().unwrap_or(f64::NAN),
             i["wakeups_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -2541,6 +2611,31 @@ mod tests {
     use super::*;
 
     const BASE: &str = "[policy]\nfailback_after = \"5s\"\n";
+
+    #[test]
+    fn the_idle_figure_is_the_median_round() {
+        let round = |cpu: f64, plain: f64, hwm: u64| {
+            json!({"cpu_percent": cpu, "window_s": 12.0, "vm_hwm_kib": hwm,
+                   "not_steered": {"cpu_percent": plain}})
+        };
+        let v = median_round(vec![
+            round(1.4, 0.9, 7000),
+            round(0.8, 1.2, 7100),
+            round(0.9, 1.0, 6900),
+            round(2.5, 0.7, 7000),
+            round(1.0, 1.1, 7000),
+        ])
+        .unwrap();
+        assert_eq!(v["cpu_percent"], json!(1.0));
+        assert_eq!(v["not_steered"]["cpu_percent"], json!(1.0));
+        assert_eq!(v["vm_hwm_kib"], json!(7100), "peak over every round");
+        assert_eq!(v["rounds_cpu_percent"], json!([1.4, 0.8, 0.9, 2.5, 1.0]));
+        assert_eq!(v["meets_target"], json!(true));
+        assert!(idle_windows(&v).starts_with("median of 5 rounds of 12 s"));
+        assert_eq!(median_round(Vec::new()), None);
+        let one = median_round(vec![round(0.5, 0.6, 7000)]).unwrap();
+        assert_eq!(idle_windows(&one), "12 s");
+    }
 
     #[test]
     fn a_variant_names_its_binary_and_merges_its_config_over_the_bench_overrides() {
