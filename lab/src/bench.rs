@@ -1612,32 +1612,36 @@ const IDLE_ROUNDS: usize = 5;
 /// The median round of one variant's idle rounds (by steered CPU; the
 /// not-steered figure is the median of its own), with every round's
 /// figures and the peak RSS over all of them.
-fn median_round(mut rounds: Vec<Value>) -> Option<Value> {
-    let cpu = |v: &Value, path: &[&str]| {
-        path.iter()
-            .fold(v, |v, k| &v[*k])
-            .as_f64()
-            .unwrap_or(f64::NAN)
-    };
-    let all: Vec<f64> = rounds.iter().map(|v| cpu(v, &["cpu_percent"])).collect();
-    let plain_all: Vec<f64> = rounds
-        .iter()
-        .map(|v| cpu(v, &["not_steered", "cpu_percent"]))
-        .collect();
+fn median_round(rounds: Vec<Value>) -> Option<Value> {
+    let cpu = |v: &Value| num_at(v, &["cpu_percent"]).unwrap_or(f64::NAN);
+    let all: Vec<f64> = rounds.iter().map(cpu).collect();
+    let plain: Vec<Value> = rounds.iter().map(|v| v["not_steered"].clone()).collect();
+    let plain_all: Vec<f64> = plain.iter().map(cpu).collect();
     let hwm = rounds.iter().filter_map(|v| v["vm_hwm_kib"].as_u64()).max();
-    let mut plain: Vec<Value> = rounds.iter().map(|v| v["not_steered"].clone()).collect();
-    plain.sort_by(|a, b| cpu(a, &["cpu_percent"]).total_cmp(&cpu(b, &["cpu_percent"])));
-    rounds.sort_by(|a, b| cpu(a, &["cpu_percent"]).total_cmp(&cpu(b, &["cpu_percent"])));
     let n = rounds.len();
-    let mut v = rounds.into_iter().nth(n.checked_sub(1)? / 2)?;
-    v["not_steered"] = plain.swap_remove((n - 1) / 2);
+    // The middle one by CPU (the lower of two for an even count).
+    let middle = |mut vs: Vec<Value>| {
+        vs.sort_by(|a, b| cpu(a).total_cmp(&cpu(b)));
+        vs.into_iter().nth(n.checked_sub(1)? / 2)
+    };
+    let mut v = middle(rounds)?;
+    v["not_steered"] = middle(plain)?;
     v["vm_hwm_kib"] = json!(hwm);
     v["rounds"] = json!(n);
     v["rounds_cpu_percent"] = json!(all);
     v["rounds_not_steered_cpu_percent"] = json!(plain_all);
-    let c = v["cpu_percent"].as_f64().unwrap_or(f64::NAN);
-    v["meets_target"] = json!(c <= 1.0 && hwm.is_some_and(|k| k <= 16 * 1024));
+    v["meets_target"] = json!(idle_meets_target(cpu(&v), hwm));
     Some(v)
+}
+
+/// The idle targets: at most 1 % of a core, peak RSS at most 16 MiB.
+fn idle_meets_target(cpu_percent: f64, vm_hwm_kib: Option<u64>) -> bool {
+    cpu_percent <= 1.0 && vm_hwm_kib.is_some_and(|k| k <= 16 * 1024)
+}
+
+/// The number at `path` in `v`.
+fn num_at(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |x, k| x.get(k))?.as_f64()
 }
 
 /// Idle CPU and memory of the running daemon over `window`, steered and not.
@@ -1666,7 +1670,7 @@ fn idle_section(ctx: &Ctx, lab: &Lab, d: &Uplinkd, label: &str, window: Duration
     let mut v = serde_json::to_value(&m).unwrap_or_default();
     v["target_cpu_percent"] = json!(1.0);
     v["target_rss_mib"] = json!(16);
-    v["meets_target"] = json!(m.cpu_percent <= 1.0 && m.vm_hwm_kib.is_some_and(|k| k <= 16 * 1024));
+    v["meets_target"] = json!(idle_meets_target(m.cpu_percent, m.vm_hwm_kib));
     v["not_steered"] = serde_json::to_value(&plain).unwrap_or_default();
     Ok(v)
 }
@@ -2178,13 +2182,7 @@ pub fn comparison(res: &Results) -> Option<String> {
             format!("| {name} | {} |\n", cells.join(" | "))
         }
     };
-    let num = |v: &Option<Value>, path: &[&str]| -> Option<f64> {
-        let mut x = v.as_ref()?;
-        for k in path {
-            x = x.get(k)?;
-        }
-        x.as_f64()
-    };
+    let num = |v: &Option<Value>, path: &[&str]| num_at(v.as_ref()?, path);
     m.push_str(&row("idle CPU, % of a core (steered)", &|v| {
         num(&v.idle, &["cpu_percent"]).map(|x| format!("{x:.2}"))
     }));
