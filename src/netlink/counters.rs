@@ -8,8 +8,8 @@
 //! and stays so while open), and re-read with `pread` at offset 0 (a
 //! seq_file regenerates its text on a read from the start) into buffers
 //! allocated once, only as far as the lines wanted (one `pread` each, where
-//! reading to the end took two). Read by the carrier poller thread every few of its ticks
-//! ([`CounterTap::tick`]): no wake-up of its own. The TCP counters (the
+//! reading to the end took two). Read by the carrier poller thread every
+//! few of its ticks ([`CounterTap::tick`]): no wake-up of its own. The TCP counters (the
 //! costly file: ~120 per-CPU sums, ~4 µs here, more than the rest
 //! together) are read again only when the uplinks sent more than the
 //! agent's own forwarding-plane echoes since they were last read: every
@@ -54,12 +54,6 @@ impl OwnFrames {
         v.iter()
             .find(|(i, _)| i == interface)
             .map_or(0, |(_, c)| *c)
-    }
-
-    /// Frames sent so far, through every interface.
-    pub fn total(&self) -> u64 {
-        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        v.iter().map(|(_, c)| c).sum()
     }
 }
 
@@ -155,7 +149,7 @@ impl CounterReader {
             }
         }
         let tx: u64 = links.iter().map(|(_, l)| l.tx_packets).sum();
-        let own = self.own_tx.as_ref().map_or(0, |c| c.total());
+        let own: u64 = links.iter().map(|(_, l)| l.own_tx).sum();
         let complete = links.len() == self.interfaces.len();
         let tcp = match self.tcp_read {
             Some(r) if !tcp_due(&r, at, tx, own, complete) => r.tcp,
@@ -257,18 +251,20 @@ fn has_section(buf: &[u8], prefix: &[u8]) -> bool {
 
 /// Every one of `interfaces` has its line in `buf` (a `/proc/net/dev`).
 fn has_interfaces(buf: &[u8], interfaces: &[String]) -> bool {
-    let found = buf
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let name = l.split(|&b| b == b':').next()?;
-            let name = name.trim_ascii();
-            interfaces
-                .iter()
-                .any(|i| i.as_bytes() == name)
-                .then_some(name)
-        })
-        .count();
-    found >= interfaces.len()
+    std::str::from_utf8(buf)
+        .is_ok_and(|text| dev_lines(text, interfaces).count() >= interfaces.len())
+}
+
+/// The lines of `interfaces` in a `/proc/net/dev` text: (name, counters).
+fn dev_lines<'a>(
+    text: &'a str,
+    interfaces: &'a [String],
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    text.lines().skip(2).filter_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        let name = name.trim();
+        interfaces.iter().any(|i| i == name).then_some((name, rest))
+    })
 }
 
 /// The values of the `prefix` section of a snmp-style file (a header line
@@ -313,14 +309,7 @@ pub fn parse_dev(buf: &[u8], interfaces: &[String], out: &mut Vec<(String, LinkC
     let Ok(text) = std::str::from_utf8(buf) else {
         return;
     };
-    for line in text.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        if !interfaces.iter().any(|i| i == name) {
-            continue;
-        }
+    for (name, rest) in dev_lines(text, interfaces) {
         // rx: bytes packets errs drop fifo frame compressed multicast;
         // tx: bytes packets ...
         let f: Vec<u64> = rest
@@ -592,6 +581,7 @@ mod tests {
         r.own_tx = Some(own.clone());
         let s = r.read(Duration::from_millis(16));
         assert_eq!(s.links[0].1.own_tx, 6);
-        assert_eq!(own.total(), 8);
+        // Only the interfaces read count (as their packets do).
+        assert_eq!(s.links.iter().map(|(_, l)| l.own_tx).sum::<u64>(), 6);
     }
 }
