@@ -5,12 +5,12 @@
 //! wake-up it already has) the streams' packet sockets are drained without
 //! blocking, each stream is judged ([`EchoRun`], the same pure rule the
 //! core's scenarios run), and the next echoes leave: one per
-//! `echo_interval` (every third tick) through the uplink carrying the family's traffic, one
-//! every `gateway_interval` through a standby, and a few more per tick
-//! while one is missing (the hurry, see `uplinkd_core::echo`). The loop is
-//! woken only when a stream changes ([`EchoNews`]: late, stopped, back): in
-//! the steady state the echoes cost no wake-up of the loop and no thread of
-//! their own.
+//! `echo_interval` (every third tick) through the uplink carrying the
+//! family's traffic, one every `gateway_interval` through a standby, and a
+//! few more per tick while one is missing (the hurry, see
+//! `uplinkd_core::echo`). The loop is woken only when a stream changes
+//! ([`EchoNews`]: late, stopped, back): in the steady state the echoes cost
+//! no wake-up of the loop and no thread of their own.
 //!
 //! Few system calls per tick: every echo of the tick, all streams
 //! together, leaves in one `sendmmsg` on a send-only packet socket, and the
@@ -599,9 +599,7 @@ impl Stream {
             }
         };
         match ring.as_mut() {
-            Some(r) => {
-                r.drain(MAX_RECV_PER_TICK, &mut take);
-            }
+            Some(r) => r.drain(MAX_RECV_PER_TICK, &mut take),
             None => recv_all(fd, &mut take),
         }
         self.ring = ring;
@@ -645,8 +643,8 @@ impl Stream {
 }
 
 /// Send every frame of `batch` with `sendmmsg`, past any that fails (an
-/// interface gone down fails its frames only): how many were sent.
-fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
+/// interface gone down fails its frames only).
+fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) {
     let mut iovs: Vec<libc::iovec> = batch
         .iter()
         .map(|(_, f)| libc::iovec {
@@ -668,7 +666,7 @@ fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
             m
         })
         .collect();
-    let (mut i, mut sent) = (0, 0);
+    let mut i = 0;
     // Each round sends at least one frame or skips the one that failed.
     for _ in 0..=msgs.len() {
         if i >= msgs.len() {
@@ -686,7 +684,6 @@ fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
         };
         if n > 0 {
             i += n as usize;
-            sent += n as u64;
             continue;
         }
         let e = io::Error::last_os_error();
@@ -697,7 +694,6 @@ fn send_batch(fd: &OwnedFd, batch: &[(libc::sockaddr_ll, Vec<u8>)]) -> u64 {
         debug!(ifindex, error = %e, "forwarding-plane echo not sent");
         i += 1;
     }
-    sent
 }
 
 /// Hand each frame queued on `fd` (at most `MAX_RECV_PER_TICK`, read

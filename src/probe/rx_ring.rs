@@ -92,11 +92,9 @@ impl RxRing {
     }
 
     /// Hand each frame the kernel filled to `f` (its bytes, as far as the
-    /// slot holds them, and its packet type), oldest first, at most `max`;
-    /// how many there were.
-    pub(super) fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8], u8)) -> usize {
-        let mut n = 0;
-        while n < max {
+    /// slot holds them, and its packet type), oldest first, at most `max`.
+    pub(super) fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8], u8)) {
+        for _ in 0..max {
             // SAFETY: `next < frames`: the slot lies inside the mapping,
             // aligned for the header (FRAME_SIZE is a multiple of 16).
             let slot = unsafe { self.map.add(self.next * FRAME_SIZE) };
@@ -127,9 +125,7 @@ impl RxRing {
                 std::ptr::addr_of_mut!((*hdr).tp_status).write_volatile(libc::TP_STATUS_KERNEL)
             };
             self.next = (self.next + 1) % self.frames;
-            n += 1;
         }
-        n
     }
 }
 
