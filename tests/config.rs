@@ -47,6 +47,7 @@ const KEYS: &[&str] = &[
     "probe.gateway_timeout",
     "probe.echo_interval",
     "probe.echo_dead_after",
+    "probe.echo_idle_interval",
     "probe.transit_interval",
     "probe.transit_fast_interval",
     "probe.transit_timeout",
@@ -169,6 +170,7 @@ fn example_parses_with_documented_defaults() {
             gateway_timeout: ms(8),
             echo_interval: ms(12),
             echo_dead_after: ms(12),
+            echo_idle_interval: ms(48),
             transit_interval: s(1),
             transit_fast_interval: ms(50),
             transit_timeout: ms(200),
@@ -259,6 +261,7 @@ fn sample(key: &str) -> &'static str {
         "gateway_dead_after" => r#""100ms""#,
         "echo_interval" => r#""4ms""#,
         "echo_dead_after" => r#""24ms""#,
+        "echo_idle_interval" => r#""96ms""#,
         "transit_fast_interval" | "transit_timeout" => r#""100ms""#,
         "on_active_change" | "on_health_change" => r#"["/bin/true"]"#,
         "timeout" => r#""3s""#,
@@ -929,7 +932,7 @@ fn every_duration_has_a_documented_range() {
     check("policy", durations(PolicyConfig::keys()));
     check("policy.damping", durations(DampingConfig::keys()));
     check("hooks", durations(config::HooksConfig::keys()));
-    assert_eq!(checked, 13 + 1 + 3 + 1);
+    assert_eq!(checked, 14 + 1 + 3 + 1);
     // A value just outside each range is refused, the bounds accepted.
     for (name, min, max) in durations(ProbeConfig::keys()) {
         let below = min.checked_sub(Duration::from_nanos(1)).unwrap();

@@ -373,6 +373,14 @@ settings! {
         /// the defaults: 9 in 12 ms); see core/src/echo.rs for the false-trip
         /// arithmetic.
         echo_dead_after: Duration = ms(12), Duration { min: ms(2), max: secs(10) };
+        /// Echo mode: while the uplink carrying the family has carried no traffic
+        /// (packets sent besides the agent's own) for a second, its stream sends one
+        /// echo every this long instead of every `echo_interval`; the first reading
+        /// of its counters that sees traffic (every 16 ms) brings the full rate back
+        /// at once, with an echo on that tick. A standby's rate (`gateway_interval`)
+        /// and the hurry are unchanged. Set it to `echo_interval` to keep the full
+        /// rate on an idle server.
+        echo_idle_interval: Duration = ms(48), Duration { min: ms(1), max: SECOND };
         /// Interval between probes of one transit target through one uplink while all is well.
         transit_interval: Duration = secs(1), Duration { min: ms(10), max: HOUR };
         /// Interval while a transit target is suspected (missed a reply).

@@ -33,6 +33,20 @@
 //! IPI that hands the frames to another CPU): what the echoes cost a server
 //! is counted in sending ticks, which is why the steady rate is not higher.
 //!
+//! # The idle rate
+//! The echoes protect traffic: while the uplink carrying the family has
+//! sent nothing besides the agent's own packets for a second (read from its
+//! counters every 16 ms by the same thread), its stream sends one echo per
+//! `echo_idle_interval` (48 ms, every twelfth tick, the standby's rate and
+//! on the standby's ticks), so an idle server costs its router and itself a
+//! quarter of the echoes and of the sending ticks. The first reading that
+//! sees traffic brings the full rate back, with an echo on that same tick:
+//! a router that stopped forwarding while the server was idle is found
+//! within 12 ms of the traffic being seen (within 16 ms of its first
+//! packet), or by the idle stream itself within 48 + 12 ms, whichever
+//! comes first. Only a flowing stream slows: a new one, one verifying,
+//! late or stopped, and the hurry, run at the full rate.
+//!
 //! Under independent random loss `p` on the echo path, a false stop needs
 //! a steady echo lost and then every hurried echo after it: `p^lost_after`
 //! per steady echo, 10⁻⁹ at 10 % loss and the defaults. Ten minutes of the
@@ -64,6 +78,10 @@ pub struct EchoSpec {
     pub late_after: u32,
     /// Echoes back in a row that make a stopped stream flow again.
     pub rise: u32,
+    /// One echo every this long instead of `every` while the stream flows
+    /// and its interface carries no traffic (the uplink carrying the
+    /// family only; see the module docs).
+    pub idle: Option<Duration>,
 }
 
 /// A stream stops only after at least this many echoes in a row are lost
@@ -94,6 +112,16 @@ impl EchoSpec {
                 .saturating_add(hurry.saturating_mul((k - 1) / 2))
                 .max(1),
             rise: p.gateway_rise.max(1),
+            idle: None,
+        }
+    }
+
+    /// The same, one echo every `idle` while its interface is idle (if
+    /// slower than `every`).
+    pub fn with_idle(self, idle: Duration) -> EchoSpec {
+        EchoSpec {
+            idle: (idle > self.every).then_some(idle),
+            ..self
         }
     }
 
@@ -156,6 +184,10 @@ pub struct EchoRun {
     back_in_row: u32,
     /// Verifying: only echoes sent after this sequence number prove it.
     verify_from: u32,
+    /// Its interface carries no traffic (see [`EchoRun::set_idle`]).
+    idle: bool,
+    /// Traffic came back while it ran at the idle rate: an echo is due now.
+    kick: bool,
 }
 
 impl EchoRun {
@@ -167,11 +199,30 @@ impl EchoRun {
             newest_back: 0,
             back_in_row: 0,
             verify_from: 0,
+            idle: false,
+            kick: false,
         }
+    }
+
+    /// Whether its interface carries no traffic now. The stream runs at
+    /// the spec's idle rate only while it flows (a new stream, one
+    /// verifying, late or stopped runs at the full rate); when traffic
+    /// comes back to a stream at the idle rate, an echo is due at once.
+    pub fn set_idle(&mut self, idle: bool) {
+        if !idle && self.slow() {
+            self.kick = true;
+        }
+        self.idle = idle;
+    }
+
+    /// At the idle rate now.
+    pub fn slow(&self) -> bool {
+        self.idle && self.spec.idle.is_some() && self.state == EchoState::Flowing
     }
 
     /// The sequence number of the next echo, counted as sent.
     pub fn send(&mut self) -> u32 {
+        self.kick = false;
         self.sent = self.sent.wrapping_add(1).max(1);
         self.sent
     }
@@ -220,8 +271,15 @@ impl EchoRun {
     /// not stopped (see the module docs); one at once when asked to verify;
     /// and the rest of a rise at once when a stopped stream's echo is back.
     pub fn due(&self, ticks: u64, tick: Duration) -> u32 {
-        let (n, every) = self.spec.per_tick(tick);
-        let steady = if ticks % every == 0 { n } else { 0 };
+        let (n, every) = match self.spec.idle {
+            Some(idle) if self.slow() => steady_per_tick(idle, tick),
+            _ => self.spec.per_tick(tick),
+        };
+        let steady = if ticks % every == 0 || self.kick {
+            n
+        } else {
+            0
+        };
         let lost = self.outstanding();
         match self.state {
             EchoState::Stopped if lost == 0 && self.back_in_row > 0 => {
@@ -300,6 +358,7 @@ mod tests {
             lost_after: 8,
             late_after: 4,
             rise: 3,
+            idle: None,
         }
     }
 
@@ -397,6 +456,62 @@ mod tests {
             }
         }
         (news, n)
+    }
+
+    /// The idle rate (see the module docs): only a flowing stream slows,
+    /// traffic brings an echo at once and the full rate back, and the
+    /// hurry of a silent gateway is not slowed.
+    #[test]
+    fn an_idle_stream_slows_and_traffic_brings_the_full_rate_at_once() {
+        let p = crate::config::ProbeConfig::default();
+        let spec = default_spec().with_idle(p.echo_idle_interval);
+        assert_eq!(spec.idle, Some(Duration::from_millis(48)));
+        assert_eq!(
+            default_spec().with_idle(Duration::from_millis(12)).idle,
+            None
+        );
+        let mut r = EchoRun::new(spec);
+        // A new stream sends at once, idle or not; its first echo back
+        // makes it flow, and then it slows.
+        r.set_idle(true);
+        assert_eq!(r.due(3, TICK), 1, "a new stream: the full rate");
+        let first: Vec<u32> = (0..6).map(|t| run_tick(&mut r, t, || false).1).collect();
+        assert_eq!(first, [1, 0, 0, 0, 0, 0]);
+        assert_eq!(r.state, EchoState::Flowing);
+        // Flowing and idle: every twelfth tick.
+        let idle: Vec<u64> = (6..54)
+            .filter(|&t| run_tick(&mut r, t, || false).1 > 0)
+            .collect();
+        assert_eq!(idle, [12, 24, 36, 48]);
+        // Traffic on tick 55: an echo at once, then every third tick.
+        run_tick(&mut r, 54, || false);
+        r.set_idle(false);
+        let busy: Vec<u64> = (55..64)
+            .filter(|&t| run_tick(&mut r, t, || false).1 > 0)
+            .collect();
+        assert_eq!(busy, [55, 57, 60, 63]);
+        // Idle again, then the gateway goes silent: the first lost echo
+        // leaves on the idle grid, and the hurry stops the stream 3 ticks
+        // later, as at the full rate.
+        r.set_idle(true);
+        let mut news = Vec::new();
+        for t in 64..76 {
+            let (n, sent) = run_tick(&mut r, t, || t >= 72);
+            news.push((t, n, sent));
+        }
+        assert_eq!(
+            news.iter()
+                .filter(|x| x.2 > 0)
+                .map(|x| x.0)
+                .collect::<Vec<_>>(),
+            [72, 73, 74, 75]
+        );
+        assert_eq!(news[9], (73, None, 4), "hurry");
+        assert_eq!(news[11], (75, Some(EchoNews::Stopped { lost: 9 }), 1));
+        // A stopped stream is not slowed, nor is traffic a kick for it.
+        r.set_idle(false);
+        assert_eq!(r.due(76, TICK), 0);
+        assert_eq!(r.due(78, TICK), 1);
     }
 
     /// The arithmetic of the module docs, by simulation: 10 % independent

@@ -304,6 +304,10 @@ pub struct GatewayProbeStatus {
     /// have redirects off on this interface).
     #[serde(default)]
     pub redirects: u64,
+    /// In echo mode: the stream runs at its idle rate (`echo_idle_interval`)
+    /// because the uplink has carried no traffic for a second.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_idle: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -113,7 +113,8 @@ impl Core {
                 // unknown or unreachable at the full rate (recovery is seen
                 // as soon as on the active uplink).
                 let standby = self.fam[fi].active.is_some_and(|a| a != i);
-                let verify = standby && active_suspect.get(fi).copied().unwrap_or(false);
+                let active_doubt = active_suspect.get(fi).copied().unwrap_or(false);
+                let verify = standby && active_doubt;
                 let slowdown = |verdict: Option<bool>| {
                     if standby && verdict == Some(true) {
                         p.standby_slowdown.max(1)
@@ -132,16 +133,24 @@ impl Core {
                 // member itself: the uplink carrying the family is the
                 // bond's active member).
                 let want = (f.mode == GatewayMode::Echo && present).then(|| {
-                    let every = match active {
+                    match active {
                         // A standby, fast too while the active uplink's
                         // gateway is in doubt (see `verify`), and while its
                         // carrier is down (its gateway is judged dead as
                         // soon as by the rounds of ICMP mode: the far
                         // probes lost meanwhile then say nothing).
-                        Some(a) if a != i && !verify && carrier => p.gateway_interval,
-                        _ => p.echo_interval,
-                    };
-                    crate::echo::EchoSpec::new(every, &p)
+                        Some(a) if a != i && !verify && carrier => {
+                            crate::echo::EchoSpec::new(p.gateway_interval, &p)
+                        }
+                        // The uplink carrying the family, not in doubt:
+                        // slower while it carries no traffic (see
+                        // `crate::echo`).
+                        Some(a) if a == i && !active_doubt => {
+                            crate::echo::EchoSpec::new(p.echo_interval, &p)
+                                .with_idle(p.echo_idle_interval)
+                        }
+                        _ => crate::echo::EchoSpec::new(p.echo_interval, &p),
+                    }
                 });
                 if want != f.stream {
                     if let (Some(old), Some(new)) = (f.stream, want) {

@@ -253,5 +253,6 @@ fn probe_status(
         icmp_check: (f.mode == crate::status::GatewayMode::Echo && f.check.first_sent.is_some())
             .then(|| f.check.status(now)),
         redirects: 0,
+        echo_idle: false,
     }
 }
