@@ -992,6 +992,69 @@ fn thread_switches(tid: u32) -> (u64, u64) {
     )
 }
 
+// ---------------------------------------------------------------- counters
+
+/// The counter readings tell an uplink carrying traffic from an idle one
+/// (the echo streams' idle rate): packets sent besides the agent's own
+/// (its echoes and the loop's probes, each counted by its sender) are
+/// traffic; the agent's own are not, nor is a lone packet. Ticks are
+/// numbered, not slept (4 ms each on `at`).
+#[test]
+fn the_counters_tell_traffic_from_the_agents_own_packets() {
+    use uplinkd::netlink::counters::{CounterTap, OwnFrames, TRAFFIC_HOLD};
+    in_netns(|| async {
+        let tap = CounterTap::new(vec!["lo".into()], 4);
+        let echoes = Arc::new(OwnFrames::default());
+        let probes = Arc::new(OwnFrames::default());
+        tap.set_own_tx(echoes.clone());
+        tap.set_loop_tx(probes.clone());
+        let traffic = tap.traffic();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let ms = |i: u64| Duration::from_millis(4 * i);
+        let hold = TRAFFIC_HOLD.as_millis() as u64 / 4;
+        let mut i = 0u64;
+        let mut run = |ticks: u64, per_tick: u64, counted: Option<&OwnFrames>| {
+            for _ in 0..ticks {
+                for _ in 0..per_tick {
+                    if let Some(c) = counted {
+                        c.add("lo", 1);
+                    }
+                    tx.send_to(b"x", to).unwrap();
+                }
+                tap.tick(i, ms(i));
+                i += 1;
+            }
+            i
+        };
+        // The first reading counts as traffic; a quiet second later, idle.
+        let t = run(1, 0, None);
+        assert!(!traffic.idle("lo", ms(t)));
+        let t = run(hold + 8, 0, None);
+        assert!(traffic.idle("lo", ms(t)), "quiet for a second");
+        // The agent's own packets, echoes or probes, a lot of them: idle.
+        let t = run(hold, 3, Some(&echoes));
+        assert!(traffic.idle("lo", ms(t)), "echoes are not traffic");
+        let t = run(hold, 3, Some(&probes));
+        assert!(traffic.idle("lo", ms(t)), "probes are not traffic");
+        // One packet of someone else's: not yet.
+        let t = run(1, 1, None);
+        let t = run(8, 0, None).max(t);
+        assert!(traffic.idle("lo", ms(t)), "a lone packet");
+        // Traffic: seen at the next reading.
+        let t = run(4, 1, None);
+        assert!(!traffic.idle("lo", ms(t)), "traffic");
+        // Idle again a second after it ends.
+        let t = run(hold - 8, 0, None);
+        assert!(!traffic.idle("lo", ms(t)), "held for a second");
+        let t = run(16, 0, None);
+        assert!(traffic.idle("lo", ms(t)));
+        // One never read: not idle.
+        assert!(!traffic.idle("nonesuch", ms(t)));
+    });
+}
+
 // ---------------------------------------------------------------- sysctls
 
 /// /proc/sys/net follows the *calling thread's* namespace (while /proc/self/net,

@@ -12,15 +12,21 @@
 //! few of its ticks ([`CounterTap::tick`]): no wake-up of its own. The TCP counters (the
 //! costly file: ~120 per-CPU sums, ~4 µs here, more than the rest
 //! together) are read again only when the uplinks sent more than the
-//! agent's own forwarding-plane echoes since they were last read: every
-//! TCP signal needs segments sent, and a segment sent through an uplink
-//! moves its packet counter. An idle server reads them a few times a
-//! second (at the loop's probe rounds), a busy one at every reading. The
+//! agent's own packets (its forwarding-plane echoes and the loop's probes)
+//! since they were last read: every TCP signal needs segments sent, and a
+//! segment sent through an uplink moves its packet counter. An idle server
+//! reads them once a second, a busy one at every reading. The
 //! samples wait in a buffer the loop drains on each turn; the loop is
 //! woken early only when a sample could matter (nothing received since the
 //! last sample while something was sent, or new retransmission timeouts):
 //! in the steady state, busy or idle, the counters add no wake-up of the
 //! loop.
+//!
+//! Each reading also says which uplinks carry traffic ([`Traffic`]):
+//! packets sent besides the agent's own (its echoes, and the loop's probes
+//! counted by the loop as it sends them). The echo streams run at their
+//! idle rate on an interface that carried none for [`TRAFFIC_HOLD`] (see
+//! `uplinkd_core::echo`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -57,6 +63,35 @@ impl OwnFrames {
     }
 }
 
+/// When each uplink interface last carried traffic (packets sent besides
+/// the agent's own), by the counter readings (CLOCK_MONOTONIC).
+#[derive(Debug, Default)]
+pub struct Traffic(Mutex<Vec<(String, Duration)>>);
+
+/// An interface that carried no traffic for this long is idle.
+pub const TRAFFIC_HOLD: Duration = Duration::from_secs(1);
+
+impl Traffic {
+    /// `interface` carried traffic in the reading at `at`.
+    pub fn saw(&self, interface: &str, at: Duration) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match v.iter_mut().find(|(i, _)| i == interface) {
+            Some((_, t)) => *t = (*t).max(at),
+            None => v.push((interface.to_string(), at)),
+        }
+    }
+
+    /// Whether `interface` carried no traffic over the [`TRAFFIC_HOLD`]
+    /// before `at`. One never read is not idle (the full rate, the safe
+    /// side): every interface counts as busy at its first reading.
+    pub fn idle(&self, interface: &str, at: Duration) -> bool {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .find(|(i, _)| i == interface)
+            .is_some_and(|(_, t)| at.saturating_sub(*t) >= TRAFFIC_HOLD)
+    }
+}
+
 /// One reading, sent to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterSample {
@@ -81,8 +116,14 @@ pub struct CounterReader {
     /// forwarding-plane echoes), counted by their sender.
     own_tx: Option<Arc<OwnFrames>>,
     /// The last reading of the TCP counters: when, what it said, and the
-    /// uplinks' packets sent and `own_tx` then.
+    /// uplinks' packets sent and the agent's own then.
     tcp_read: Option<TcpRead>,
+    /// The loop's probes sent through each uplink, counted by the loop.
+    loop_tx: Option<Arc<OwnFrames>>,
+    /// Each uplink's packets sent besides the agent's own (cumulative) at
+    /// the start of its current span, and when (see [`traffic_step`]).
+    spans: Vec<(String, i64, Duration)>,
+    traffic: Arc<Traffic>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +158,9 @@ impl CounterReader {
             ext: None,
             own_tx: None,
             tcp_read: None,
+            loop_tx: None,
+            spans: Vec::new(),
+            traffic: Arc::new(Traffic::default()),
         }
     }
 
@@ -148,8 +192,31 @@ impl CounterReader {
                 l.own_tx = own.get(name);
             }
         }
+        let loop_tx = |name: &str| self.loop_tx.as_ref().map_or(0, |f| f.get(name));
+        let mut own = 0;
+        let mut spans = Vec::with_capacity(links.len());
+        for name in &self.interfaces {
+            let Some((_, l)) = links.iter().find(|(n, _)| n == name) else {
+                // Not read: the full rate, the safe side.
+                self.traffic.saw(name, at);
+                continue;
+            };
+            let mine = l.own_tx + loop_tx(name);
+            own += mine;
+            let other = l.tx_packets as i64 - mine as i64;
+            let span = self
+                .spans
+                .iter()
+                .find(|(n, ..)| n == name)
+                .map(|&(_, o, t)| (o, t));
+            let (traffic, (o, t)) = traffic_step(span, other, at);
+            if traffic {
+                self.traffic.saw(name, at);
+            }
+            spans.push((name.clone(), o, t));
+        }
+        self.spans = spans;
         let tx: u64 = links.iter().map(|(_, l)| l.tx_packets).sum();
-        let own: u64 = links.iter().map(|(_, l)| l.own_tx).sum();
         let complete = links.len() == self.interfaces.len();
         let tcp = match self.tcp_read {
             Some(r) if !tcp_due(&r, at, tx, own, complete) => r.tcp,
@@ -194,8 +261,32 @@ impl CounterReader {
     }
 }
 
+/// One reading of an uplink that has sent `other` packets besides the
+/// agent's own so far (cumulative: a probe counted a moment before it
+/// leaves is not taken for traffic at the next reading), at `at`, in the
+/// span that started at `span` (that count, then): whether it carried
+/// traffic, and the span from now on. Traffic is at least `OTHER_TX`
+/// packets besides the agent's own within one span of at most
+/// `TRAFFIC_HOLD` (a lone ARP or ND answer now and then is not traffic);
+/// it starts a new span, as does a span that ends quiet. The first reading
+/// counts as traffic (the safe side); a count gone down (echoes the kernel
+/// refused, an interface created again) starts a new span.
+fn traffic_step(
+    span: Option<(i64, Duration)>,
+    other: i64,
+    at: Duration,
+) -> (bool, (i64, Duration)) {
+    match span {
+        None => (true, (other, at)),
+        Some((o, _)) if other < o => (false, (other, at)),
+        Some((o, _)) if other - o >= OTHER_TX as i64 => (true, (other, at)),
+        Some((_, t)) if at.saturating_sub(t) >= TRAFFIC_HOLD => (false, (other, at)),
+        Some(span) => (false, span),
+    }
+}
+
 /// Whether the TCP counters are to be read again at `at`, the uplinks
-/// having sent `tx` packets in all and the agent `own` echoes, since
+/// having sent `tx` packets in all and the agent `own` (echoes and probes), since
 /// `last` (`complete`: every uplink's counters were found; a count gone
 /// down is an interface created again).
 fn tcp_due(last: &TcpRead, at: Duration, tx: u64, own: u64, complete: bool) -> bool {
@@ -373,6 +464,25 @@ impl CounterTap {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         r.interfaces = interfaces;
         r.tcp_read = None;
+        r.spans.clear();
+    }
+
+    /// The loop's probes, counted per interface by the loop as it sends
+    /// them: not traffic.
+    pub fn set_loop_tx(&self, frames: Arc<OwnFrames>) {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .loop_tx = Some(frames);
+    }
+
+    /// Which uplinks carry traffic, by the readings (see [`Traffic`]).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .traffic
+            .clone()
     }
 
     /// The frames the agent itself sends through the uplinks that are not
