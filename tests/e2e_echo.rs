@@ -316,3 +316,63 @@ fn forged_echoes_never_keep_a_dead_path_up() {
     forger.signal(nix::sys::signal::Signal::SIGTERM);
     let _ = forger.terminate(S(2));
 }
+
+/// The stream through the uplink carrying the traffic runs at its idle
+/// rate (`echo_idle_interval`, 48 ms) while the server sends nothing
+/// besides the agent's own packets, and at the full rate (12 ms) while it
+/// carries traffic: counted at the primary router, 2 s each.
+#[test]
+fn the_active_stream_slows_while_the_server_is_idle_and_not_with_traffic() {
+    use uplink_lab::load::class;
+    use uplink_lab::StreamSpec;
+    let lab = lab();
+    let a = settled_echo(&lab, "echo");
+    let count = |what: &str| {
+        lab.start_load_count().unwrap();
+        std::thread::sleep(S(2));
+        let loads = lab.read_load_count().unwrap();
+        let ra = &loads[0];
+        assert_eq!(ra.node, "ra");
+        let n = [class::V4_ECHOES, class::V6_ECHOES].map(|c| ra.get(c).unwrap());
+        eprintln!("{what}: echoes forwarded by the primary in 2 s (v4, v6): {n:?}");
+        n
+    };
+    // The agent's own probes (transits, the slow ICMP check) are not
+    // traffic: a second after the start's last packets (the new
+    // interfaces' ND and MLD among them), the stream slows.
+    std::thread::sleep(S(3));
+    let idle = count("idle");
+    // 200 datagrams/s through the primary: the full rate.
+    let stream = lab
+        .udp_stream(&StreamSpec {
+            rate: 200,
+            max_duration: S(30),
+            ..StreamSpec::default()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let busy = count("with traffic");
+    drop(stream.stop());
+    // Idle: one every 48 ms (~42 in 2 s); busy: one every 12 ms (~167).
+    for (i, b) in idle.iter().zip(&busy) {
+        assert!(
+            (20..=80).contains(i),
+            "idle {idle:?}, with traffic {busy:?}"
+        );
+        assert!(*b >= 120, "idle {idle:?}, with traffic {busy:?}");
+    }
+    // And no switch either way.
+    assert_eq!(a.switches(Family::V4).len(), 1, "only the initial choice");
+    assert_eq!(a.switches(Family::V6).len(), 1, "only the initial choice");
+    // Status says which rate the stream runs at.
+    let s = a.status().unwrap();
+    let gp = s.uplinks[0].gateway_probe.ipv4.as_ref().unwrap();
+    assert!(!gp.echo_idle, "{gp:?}");
+    a.wait_for("idle rate again, a second after the traffic", S(5), |s| {
+        s.uplinks[0]
+            .gateway_probe
+            .ipv4
+            .as_ref()
+            .is_some_and(|g| g.echo_idle)
+    });
+}

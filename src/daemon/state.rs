@@ -22,7 +22,7 @@ use super::poller::{
     carrier_samples, counter_interfaces, counter_samples, interfaces, reply_checks, CarrierPoller,
     COUNTERS_EVERY,
 };
-use crate::netlink::counters::{CounterSample, CounterTap};
+use crate::netlink::counters::{CounterSample, CounterTap, OwnFrames};
 use crate::probe::unreach::Unreachable;
 
 /// Sets the flag when dropped: threads watching it end.
@@ -123,6 +123,9 @@ pub(super) struct Daemon {
     watch_entries: Vec<(RawFd, Duration)>,
     /// Shared with the poller thread, which reads the counters every few ticks.
     counters: Arc<CounterTap>,
+    /// The probes sent through each interface (the counter tap tells them
+    /// from traffic).
+    loop_frames: Arc<OwnFrames>,
     counter_samples: Vec<CounterSample>,
     /// Shared with the poller thread, which runs them on its tick.
     streams: Arc<EchoStreams>,
@@ -255,6 +258,11 @@ impl Daemon {
         // which is in this namespace.
         let streams = Arc::new(EchoStreams::new(cfg.probe.carrier_interval));
         counters.set_own_tx(streams.frames());
+        // The loop's probes, counted as it sends them (`act`): with the
+        // echoes, what the uplinks send that is not traffic.
+        let loop_frames = Arc::new(OwnFrames::default());
+        counters.set_loop_tx(loop_frames.clone());
+        streams.set_traffic(counters.traffic());
         let poller = CarrierPoller::start(
             ifnames,
             cfg.probe.carrier_interval,
@@ -397,6 +405,7 @@ impl Daemon {
             watch,
             watch_entries: Vec::new(),
             counters,
+            loop_frames,
             counter_samples: Vec::new(),
             streams,
             stream_news: Vec::new(),
@@ -1063,6 +1072,7 @@ impl Daemon {
                                 }
                                 _ => self.echo.redirects(i, f) + self.streams.redirects(i, f),
                             };
+                            gp.echo_idle = self.streams.idle_rate(i, f);
                         }
                     }
                     // Echo mode: the gateway's loss and last reply are the
@@ -1174,6 +1184,7 @@ impl Daemon {
             Action::Probe(req) => {
                 self.metrics.probe_sent(&req);
                 let u = &self.cfg.uplinks[req.uplink];
+                self.loop_frames.add(&u.interface, 1);
                 if u.bond.is_some() {
                     let gw = u.gateway(req.family);
                     self.members.send(&u.interface, gw, req)

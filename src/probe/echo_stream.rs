@@ -8,9 +8,11 @@
 //! `echo_interval` (every third tick) through the uplink carrying the
 //! family's traffic, one every `gateway_interval` through a standby, and a
 //! few more per tick while one is missing (the hurry, see
-//! `uplinkd_core::echo`). The loop is woken only when a stream changes
-//! ([`EchoNews`]: late, stopped, back): in the steady state the echoes cost
-//! no wake-up of the loop and no thread of their own.
+//! `uplinkd_core::echo`); the first one at `echo_idle_interval` while its
+//! interface carries no traffic ([`Traffic`], from the counter tap's
+//! readings just before on the same tick). The loop is woken only when a
+//! stream changes ([`EchoNews`]: late, stopped, back): in the steady state
+//! the echoes cost no wake-up of the loop and no thread of their own.
 //!
 //! Few system calls per tick: every echo of the tick, all streams
 //! together, leaves in one `sendmmsg` on a send-only packet socket, and the
@@ -54,7 +56,7 @@ use super::rx_ring::RxRing;
 use crate::config::Family;
 use crate::core::echo::{EchoNews, EchoRun, EchoSpec, EchoState};
 use crate::core::{ProbeId, UplinkId};
-use crate::netlink::counters::OwnFrames;
+use crate::netlink::counters::{OwnFrames, Traffic};
 
 /// The probe id the stream echoes carry (the core's probe ids start at 1,
 /// so a round echo of the auto trial is never taken for a stream's).
@@ -165,6 +167,10 @@ struct Inner {
     tx: Option<OwnedFd>,
     /// This tick's echoes: where each leaves, and its frame.
     batch: Vec<(libc::sockaddr_ll, Vec<u8>)>,
+    /// Which interfaces carry traffic (the counter tap's readings, on the
+    /// same thread just before): the streams run at their idle rate on the
+    /// others. None: every stream at its full rate.
+    traffic: Option<Arc<Traffic>>,
 }
 
 /// The streams, shared by the loop (which sets them as the core asks) and
@@ -204,6 +210,12 @@ impl EchoStreams {
     /// them from TCP's packets and from traffic by it).
     pub fn frames(&self) -> Arc<OwnFrames> {
         self.frames.clone()
+    }
+
+    /// Run the streams at their idle rate on the interfaces `traffic`
+    /// says are idle (see `uplinkd_core::echo`).
+    pub fn set_traffic(&self, traffic: Arc<Traffic>) {
+        self.lock().traffic = Some(traffic);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -354,6 +366,14 @@ impl EchoStreams {
         Some((s.loss, s.last_back, s.sent_total, s.back_total))
     }
 
+    /// Whether the stream of (uplink, family) runs at its idle rate now.
+    pub fn idle_rate(&self, uplink: UplinkId, family: Family) -> bool {
+        self.lock()
+            .streams
+            .iter()
+            .any(|s| s.uplink == uplink && s.family == family && s.run.slow())
+    }
+
     /// The news since the last call, oldest first.
     pub fn take(&self, out: &mut Vec<StreamNews>) {
         out.append(&mut self.news.lock().unwrap_or_else(|p| p.into_inner()));
@@ -386,12 +406,17 @@ impl EchoStreams {
         }
         let t0 = Instant::now();
         let tick = inner.tick;
+        let traffic = inner.traffic.clone();
         // Drain and judge every stream first, and tell the loop at once:
         // nothing below may delay a stop.
         let mut news = Vec::new();
         for s in &mut inner.streams {
             if s.run.outstanding() > 0 || s.ticks % DRAIN_EVERY_TICKS == 0 {
                 s.drain(&self.token, at);
+            }
+            if let Some(t) = &traffic {
+                // Before its echoes are due (see `EchoRun::set_idle`).
+                s.run.set_idle(t.idle(&s.interface, at));
             }
             if let Some(n) = s.run.judge() {
                 if matches!(n, EchoNews::Stopped { .. }) {
