@@ -214,6 +214,9 @@ pub enum Kind {
     CarrierBusy,
     GatewayDead,
     ForwardingDead,
+    /// The router stops forwarding while the server is idle (its stream at
+    /// the idle rate), and traffic starts with the fault.
+    ForwardingDeadIdle,
     UpstreamDead,
     Failback,
     Drain,
@@ -230,6 +233,9 @@ impl Kind {
             Kind::CarrierBusy => "carrier loss, busy host",
             Kind::GatewayDead => "dead gateway, carrier up",
             Kind::ForwardingDead => "router stops forwarding, still answers pings",
+            Kind::ForwardingDeadIdle => {
+                "the same on an idle server, traffic starting with the fault"
+            }
             Kind::UpstreamDead => "dead upstream, gateway alive",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
@@ -242,7 +248,7 @@ impl Kind {
             Kind::CarrierQuiet => "carrier-quiet",
             Kind::CarrierBusy => "carrier-busy",
             Kind::GatewayDead => "gateway",
-            Kind::ForwardingDead => "forwarding",
+            Kind::ForwardingDead | Kind::ForwardingDeadIdle => "forwarding",
             Kind::UpstreamDead => "upstream",
             Kind::Failback => "failback",
             Kind::Drain => "drain",
@@ -257,7 +263,7 @@ impl Kind {
             Kind::GatewayDead => 100.0,
             // Issue 13: within 50 ms p99 with the forwarding-plane echo
             // (ICMP mode only sees it through the transit quorum).
-            Kind::ForwardingDead => 50.0,
+            Kind::ForwardingDead | Kind::ForwardingDeadIdle => 50.0,
             Kind::UpstreamDead => 1000.0,
             // Issue 14's targets.
             Kind::UpstreamDeadTcp => 200.0,
@@ -586,11 +592,29 @@ fn uplinkd_trial(ctx: &Ctx, lab: &Lab, d: &mut Uplinkd, kind: Kind, f: Family) -
         Kind::UpstreamDeadTcp => Some(lab.tcp_flow(f)?),
         _ => None,
     };
-    let stream = lab.udp_stream(&spec(f))?;
-    let outcome = (|| -> Result<SystemTime> {
-        ctx.cancel.sleep(Duration::from_millis(300))?;
+    // On an idle server (nothing sent for longer than the daemon's traffic
+    // hold of 1 s, whatever the previous trial's stream), the fault comes
+    // first and the traffic with it.
+    let idle_fault = if kind == Kind::ForwardingDeadIdle {
+        ctx.cancel
+            .sleep(Duration::from_millis(1500 + rand::random_range(0..48)))?;
         let t = SystemTime::now();
         inject(lab, d, kind)?;
+        Some(t)
+    } else {
+        None
+    };
+    let stream = lab.udp_stream(&spec(f))?;
+    let outcome = (|| -> Result<SystemTime> {
+        let t = match idle_fault {
+            Some(t) => t,
+            None => {
+                ctx.cancel.sleep(Duration::from_millis(300))?;
+                let t = SystemTime::now();
+                inject(lab, d, kind)?;
+                t
+            }
+        };
         let bound = match kind {
             Kind::Failback => Duration::from_secs(30),
             _ => Duration::from_secs(15),
@@ -1271,6 +1295,7 @@ fn run_sections(opts: &BenchOpts, ctx: &Ctx, bin: &Path, res: &mut Results) -> R
         Kind::CarrierQuiet,
         Kind::GatewayDead,
         Kind::ForwardingDead,
+        Kind::ForwardingDeadIdle,
         Kind::UpstreamDead,
         Kind::Failback,
         Kind::Drain,
@@ -2329,6 +2354,7 @@ fn targets_missed(res: &Results) -> Vec<String> {
             Kind::CarrierQuiet | Kind::CarrierBusy => "detection is bounded by the 4 ms carrier tick (carrier_interval); a longer gap means the daemon (or the stream's receiver) was not scheduled in time on this loaded machine (see load)".into(),
             Kind::GatewayDead => "detection is gateway_dead_after (60 ms) plus at least gateway_min_misses (5) unanswered probes, plus the tick".into(),
             Kind::ForwardingDead => "with gateway_probe = echo: as a dead gateway (the echoes stop); with icmp: only the transit quorum sees it (a transit miss, then the burst)".into(),
+            Kind::ForwardingDeadIdle => "with gateway_probe = echo: the stream at its idle rate (echo_idle_interval, 48 ms) until the counters see the traffic (read every 16 ms), then as a dead gateway; with icmp: only the transit quorum sees it".into(),
             Kind::UpstreamDead => "detection is a transit miss (up to transit_interval = 1 s after the cut), then a burst of transit_fall (4) probes at transit_fast_interval (50 ms) to confirm".into(),
             Kind::UpstreamDeadTcp => "detection is a TCP stall (suspicion_window, 40 ms, after the last segment received, read every 16 ms), then a burst of transit_fall (4) probes 10 ms apart with timeouts of 4 x srtt (at least 10 ms); with suspicion off, as the dead upstream".into(),
             Kind::UpstreamWithdrawn => "detection is the router's first unreachable (to a probe or our traffic), then the burst as for a TCP stall; with suspicion off, as the dead upstream".into(),
@@ -2579,7 +2605,7 @@ fn inject(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
     match kind {
         Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_down(Uplink::Primary)?,
         Kind::GatewayDead => lab.gateway_dead(Uplink::Primary)?,
-        Kind::ForwardingDead => lab.forwarding_dead(Uplink::Primary)?,
+        Kind::ForwardingDead | Kind::ForwardingDeadIdle => lab.forwarding_dead(Uplink::Primary)?,
         Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_dead(Uplink::Primary)?,
         Kind::UpstreamWithdrawn => lab.upstream_withdrawn(Uplink::Primary)?,
         Kind::Drain => d.client().drain(Uplink::Primary.name())?,
@@ -2593,7 +2619,7 @@ fn undo(lab: &Lab, d: &Uplinkd, kind: Kind) -> Result<()> {
     match kind {
         Kind::CarrierQuiet | Kind::CarrierBusy => lab.carrier_up(Uplink::Primary),
         Kind::GatewayDead => lab.gateway_alive(Uplink::Primary),
-        Kind::ForwardingDead => lab.forwarding_alive(Uplink::Primary),
+        Kind::ForwardingDead | Kind::ForwardingDeadIdle => lab.forwarding_alive(Uplink::Primary),
         Kind::UpstreamDead | Kind::UpstreamDeadTcp => lab.upstream_alive(Uplink::Primary),
         Kind::UpstreamWithdrawn => lab.upstream_restored(Uplink::Primary),
         Kind::Drain => d
