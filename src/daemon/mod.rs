@@ -108,6 +108,12 @@ pub async fn run(
         mean_tick = ?mean,
         "forwarding-plane echo streams: cost on the carrier poller's tick"
     );
+    let (readings, mean) = daemon.counter_cost();
+    info!(
+        readings,
+        mean_reading = ?mean,
+        "interface counters: cost on the carrier poller's tick"
+    );
     info!("uplinkd stopping; routes are left as they are");
     Ok(())
 }

@@ -579,6 +579,12 @@ impl Daemon {
         self.streams.cost()
     }
 
+    /// What the counter tap costs the poller thread: (readings, mean time
+    /// of one).
+    pub fn counter_cost(&self) -> (u64, Duration) {
+        self.counters.cost()
+    }
+
     /// An echo stream changed (see `EchoStreams`): taken at the end of the
     /// turn; the probes' replies are read on this turn too (as `on_counters`).
     pub fn on_echo(&mut self, at: Mono) {
